@@ -1,0 +1,81 @@
+"""Run a model once and record what named submodules receive and return.
+
+Pairing needs the real shapes around each norm; passports need the real input of each producer.
+Both come from one forward of the user's ``example_input`` in eval mode without gradients, so
+nothing in the model changes (BatchNorm running statistics included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Capture", "call_model", "capture", "frozen_eval"]
+
+
+def call_model(model: nn.Module, example_input: Any) -> Any:
+    """Call ``model`` with ``example_input``: a tensor, a tuple/list of positional args, or a dict of kwargs."""
+    if isinstance(example_input, Mapping):
+        return model(**example_input)
+    if isinstance(example_input, (tuple, list)):
+        return model(*example_input)
+    return model(example_input)
+
+
+@contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no autograd for the duration; every module's own train flag is restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        for module, was_training in modes:
+            module.training = was_training
+
+
+@dataclass
+class Capture:
+    """First positional input and output of each watched module, and how often it was called."""
+
+    inputs: dict[str, Tensor] = field(default_factory=dict)
+    outputs: dict[str, Tensor] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+
+def capture(model: nn.Module, example_input: Any, paths: Iterable[str]) -> Capture:
+    """Run ``model`` once (eval, no grad) and record the modules at ``paths``.
+
+    Values are cloned: an in-place op later in the forward cannot change what was recorded.
+    """
+    modules = dict(model.named_modules())
+    record = Capture()
+    handles = []
+
+    def hook_for(path: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            record.calls[path] = record.calls.get(path, 0) + 1
+            if path in record.inputs:
+                return
+            if args and isinstance(args[0], Tensor):
+                record.inputs[path] = args[0].detach().clone()
+            if isinstance(output, Tensor):
+                record.outputs[path] = output.detach().clone()
+
+        return hook
+
+    for path in paths:
+        handles.append(modules[path].register_forward_hook(hook_for(path)))
+    try:
+        with frozen_eval(model):
+            call_model(model, example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return record

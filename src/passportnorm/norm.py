@@ -1,0 +1,243 @@
+"""PassportAwareNorm: one norm layer with its secret passport-aware branch.
+
+The wrapped norm module is kept untouched and is the passport-free (released) branch. The
+passport-aware branch computes its affine parameters from the producer's weights ``W``::
+
+    g, b   = mean(W * P_gamma), mean(W * P_beta)     per channel, producer bias left out
+    gamma1 = MLP(g),  beta1 = MLP(b)                  one MLP per layer, C -> C/4 -> C
+    y      = gamma1 * norm1(x) + beta1                norm1: same norm, no affine, own statistics
+
+and the sign loss ``alpha * sum relu(margin - s * g) + l2 * sum g**2`` ties ``sign(g)`` to the
+signature ``s``. The producer is referenced, not owned, so its weights appear once in the
+state dict and gradients of the branch flow into the very weights the model releases.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import NotProtectedError
+
+__all__ = [
+    "PassportAwareNorm",
+    "SUPPORTED_NORMS",
+    "SUPPORTED_PRODUCERS",
+    "affine_free_copy",
+    "norm_channel_dim",
+    "norm_channels",
+    "producer_channel_dim",
+    "unsupported_norm_reason",
+]
+
+SUPPORTED_PRODUCERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+SUPPORTED_NORMS: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+)
+
+
+def _names(types: tuple[type, ...]) -> str:
+    return ", ".join(t.__name__ for t in types)
+
+
+def unsupported_norm_reason(norm: nn.Module) -> str | None:
+    """Why ``norm`` cannot carry a passport-aware branch, or ``None`` when it can."""
+    if not isinstance(norm, SUPPORTED_NORMS):
+        return f"{type(norm).__name__} is not a supported norm (supported: {_names(SUPPORTED_NORMS)})"
+    if isinstance(norm, nn.LayerNorm):
+        if not norm.elementwise_affine:
+            return "LayerNorm has no affine parameters (elementwise_affine=False)"
+        if len(norm.normalized_shape) != 1:
+            return (
+                f"LayerNorm normalizes over {len(norm.normalized_shape)} axes {tuple(norm.normalized_shape)}; "
+                "only LayerNorm over the last axis has one affine value per channel"
+            )
+        return None
+    if not norm.affine:
+        return f"{type(norm).__name__} has no affine parameters (affine=False)"
+    return None
+
+
+def norm_channels(norm: nn.Module) -> int:
+    """Number of channels (one affine value each) of a supported norm."""
+    if isinstance(norm, nn.LayerNorm):
+        return int(norm.normalized_shape[0])
+    if isinstance(norm, nn.GroupNorm):
+        return int(norm.num_channels)
+    return int(norm.num_features)
+
+
+def norm_channel_dim(norm: nn.Module, ndim: int) -> int:
+    """The axis a norm's affine parameters run along, for an input of rank ``ndim``."""
+    return ndim - 1 if isinstance(norm, nn.LayerNorm) else 1
+
+
+def producer_channel_dim(producer: nn.Module, ndim: int) -> int:
+    """The axis a producer writes its output channels to, for an output of rank ``ndim``."""
+    return ndim - 1 if isinstance(producer, nn.Linear) else 1
+
+
+def affine_free_copy(norm: nn.Module) -> nn.Module:
+    """The same normalization without affine parameters and with fresh running statistics.
+
+    This is ``norm1`` of the passport-aware branch: BatchNorm (and InstanceNorm that tracks
+    running statistics) keeps statistics of its own, separate from the released ones.
+    """
+    ref = norm.weight
+    factory = {"device": ref.device, "dtype": ref.dtype}
+    if isinstance(norm, nn.LayerNorm):
+        return nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False, **factory)
+    if isinstance(norm, nn.GroupNorm):
+        return nn.GroupNorm(norm.num_groups, norm.num_channels, eps=norm.eps, affine=False, **factory)
+    extra: dict[str, Any] = {}
+    if isinstance(norm, nn.SyncBatchNorm):
+        extra["process_group"] = norm.process_group
+    return type(norm)(
+        norm.num_features,
+        eps=norm.eps,
+        momentum=norm.momentum,
+        affine=False,
+        track_running_stats=norm.track_running_stats,
+        **extra,
+        **factory,
+    )
+
+
+def _branch_mlp(channels: int, generator: torch.Generator, like: Tensor) -> nn.Sequential:
+    """C -> C/4 -> C without biases, LeakyReLU between; initialised like nn.Linear, from ``generator``."""
+    hidden = max(1, channels // 4)
+    mlp = nn.Sequential(
+        nn.Linear(channels, hidden, bias=False),
+        nn.LeakyReLU(),
+        nn.Linear(hidden, channels, bias=False),
+    )
+    for layer in (mlp[0], mlp[2]):
+        nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+    return mlp.to(device=like.device, dtype=like.dtype)
+
+
+class PassportAwareNorm(nn.Module):
+    """A norm layer with a passport-aware branch next to it.
+
+    Outside passport mode the forward is exactly ``self.norm(x)``: the original module, its
+    parameters and statistics untouched. In passport mode (see :func:`passportnorm.passport_mode`)
+    the forward runs the passport-aware branch instead.
+
+    Build these through :func:`passportnorm.protect`, which finds producers and makes passports.
+    """
+
+    passport_gamma: Tensor
+    passport_beta: Tensor
+    signature: Tensor
+    message_bits: Tensor
+
+    def __init__(
+        self,
+        norm: nn.Module,
+        producer: nn.Module,
+        passport_gamma: Tensor,
+        passport_beta: Tensor,
+        signature: Tensor,
+        *,
+        producer_path: str,
+        message_bits: int = 0,
+        alpha: float = 0.1,
+        margin: float = 0.1,
+        l2: float = 1e-5,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        channels = norm_channels(norm)
+        if signature.shape != (channels,):
+            raise ValueError(f"signature has shape {tuple(signature.shape)}, the norm has {channels} channels")
+        self.norm = norm
+        self.branch_norm = affine_free_copy(norm)
+        self.mlp = _branch_mlp(channels, generator or torch.Generator().manual_seed(0), norm.weight)
+        like = {"device": norm.weight.device}
+        self.register_buffer("passport_gamma", passport_gamma.detach().clone().to(**like, dtype=norm.weight.dtype))
+        self.register_buffer("passport_beta", passport_beta.detach().clone().to(**like, dtype=norm.weight.dtype))
+        self.register_buffer("signature", signature.detach().to(device=norm.weight.device, dtype=torch.int8).clone())
+        self.register_buffer("message_bits", torch.tensor(int(message_bits), dtype=torch.int64, device=norm.weight.device))
+        self.producer_path = producer_path
+        self.alpha = float(alpha)
+        self.margin = float(margin)
+        self.l2 = float(l2)
+        self.passport_mode = False
+        self._last_g: Tensor | None = None
+        self.attach_producer(producer)
+
+    @property
+    def producer(self) -> nn.Module:
+        """The Conv/Linear module whose weights the branch reads (referenced, not a child)."""
+        return self.__dict__["_producer"]
+
+    def attach_producer(self, producer: nn.Module) -> None:
+        """Point the branch at ``producer`` without registering it as a child module."""
+        if not isinstance(producer, SUPPORTED_PRODUCERS):
+            raise TypeError(f"producer must be one of {_names(SUPPORTED_PRODUCERS)}, got {type(producer).__name__}")
+        self.__dict__["_producer"] = producer
+
+    @property
+    def channels(self) -> int:
+        return int(self.signature.numel())
+
+    def passport_responses(self) -> Tensor:
+        """``(2, C)``: row 0 is ``g`` (from the gamma passport), row 1 is ``b`` (beta passport)."""
+        passports = torch.cat([self.passport_gamma, self.passport_beta], dim=0)
+        producer = self.producer
+        if isinstance(producer, nn.Linear):
+            response = F.linear(passports, producer.weight)
+        else:
+            response = producer._conv_forward(passports, producer.weight, None)
+        channel_dim = producer_channel_dim(producer, response.dim())
+        return response.movedim(channel_dim, 1).reshape(2, self.channels, -1).mean(dim=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.passport_mode:
+            return self.norm(x)
+        responses = self.passport_responses()
+        self._last_g = responses[0]
+        gamma, beta = self.mlp(responses)
+        shape = [1] * x.dim()
+        shape[norm_channel_dim(self.norm, x.dim())] = self.channels
+        return self.branch_norm(x) * gamma.view(shape) + beta.view(shape)
+
+    def sign_loss_of(self, g: Tensor) -> Tensor:
+        """The sign loss for given pre-MLP responses ``g``."""
+        target = self.signature.to(g.dtype)
+        return self.alpha * F.relu(self.margin - target * g).sum() + self.l2 * g.pow(2).sum()
+
+    def sign_loss(self) -> Tensor:
+        """The sign loss of the ``g`` used by the last passport-aware forward (with its graph)."""
+        if self._last_g is None:
+            raise NotProtectedError(
+                "no passport-aware forward has run on this layer yet; run the model inside "
+                "passport_mode(model) before asking for the sign loss"
+            )
+        return self.sign_loss_of(self._last_g)
+
+    @torch.no_grad()
+    def extracted_bits(self) -> Tensor:
+        """``sign(g)`` as int8 +-1 (0 stays 0), read from the producer weights and passports alone."""
+        return torch.sign(self.passport_responses()[0]).to(torch.int8)
+
+    def __getstate__(self) -> dict:
+        # The cached g carries an autograd graph, which can be neither copied nor pickled.
+        state = super().__getstate__()
+        state["_last_g"] = None
+        return state
+
+    def extra_repr(self) -> str:
+        return f"producer={self.producer_path!r}, channels={self.channels}, passport_mode={self.passport_mode}"

@@ -1,0 +1,262 @@
+"""Find, for each norm layer, the Conv/Linear module whose output feeds it directly.
+
+The data flow comes from ``torch.fx``; nothing is guessed from module order. When a module
+cannot be traced (data-dependent control flow, say) its children are traced one by one, and
+norms left unreached are reported with the tracing error. Explicit ``pairs`` replace tracing.
+Every candidate is then checked against real shapes from one run of ``example_input``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from .capture import capture
+from .errors import PairingError
+from .norm import (
+    SUPPORTED_PRODUCERS,
+    norm_channel_dim,
+    norm_channels,
+    producer_channel_dim,
+    unsupported_norm_reason,
+)
+
+__all__ = ["Pair", "Unprotectable", "PairingReport", "find_pairs", "is_norm_layer"]
+
+_NORM_FAMILIES: tuple[type[nn.Module], ...] = (
+    _NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+    nn.CrossMapLRN2d,
+) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+_PRODUCER_NAMES = ", ".join(t.__name__ for t in SUPPORTED_PRODUCERS)
+
+
+def is_norm_layer(module: nn.Module) -> bool:
+    """True for every normalization layer PyTorch ships, supported or not (so it can be reported)."""
+    return isinstance(module, _NORM_FAMILIES)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A norm layer and the producer whose output feeds it, by module path."""
+
+    norm: str
+    producer: str
+    norm_type: str
+    producer_type: str
+    channels: int
+
+
+@dataclass(frozen=True)
+class Unprotectable:
+    """A norm layer that cannot carry a passport-aware branch, and why."""
+
+    norm: str
+    norm_type: str
+    reason: str
+
+
+@dataclass
+class PairingReport:
+    """Which norms can be protected (``pairs``, in module order) and which cannot (with reasons)."""
+
+    pairs: list[Pair] = field(default_factory=list)
+    unprotectable: list[Unprotectable] = field(default_factory=list)
+
+    @property
+    def capacity(self) -> int:
+        """Signature bits the protectable norms offer: one per channel."""
+        return sum(pair.channels for pair in self.pairs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pairs": [asdict(p) for p in self.pairs],
+            "unprotectable": [asdict(u) for u in self.unprotectable],
+            "capacity_bits": self.capacity,
+        }
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.pairs)} protectable norm layers, {self.capacity} channels (signature bits)"]
+        for p in self.pairs:
+            lines.append(f"  + {p.norm} ({p.norm_type}, {p.channels} ch) <- {p.producer} ({p.producer_type})")
+        if self.unprotectable:
+            lines.append(f"{len(self.unprotectable)} norm layers cannot be protected")
+            for u in self.unprotectable:
+                lines.append(f"  - {u.norm} ({u.norm_type}): {u.reason}")
+        return "\n".join(lines)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _describe_source(node: Any, prefix: str, modules: Mapping[str, nn.Module]) -> tuple[str | None, str]:
+    """(producer path or None, reason) for the node that feeds a norm."""
+    if not isinstance(node, fx.Node):
+        return None, f"its input is a constant ({type(node).__name__}), not a layer output"
+    if node.op == "call_module":
+        path = _join(prefix, str(node.target))
+        module = modules[path]
+        if isinstance(module, SUPPORTED_PRODUCERS):
+            return path, ""
+        return None, (
+            f"its input comes from {type(module).__name__} '{path}'; only {_PRODUCER_NAMES} can be producers"
+        )
+    if node.op == "placeholder":
+        where = f"'{prefix}'" if prefix else "the model"
+        return None, f"its input is the input '{node.target}' of {where}, not the output of a {_PRODUCER_NAMES}"
+    what = getattr(node.target, "__name__", str(node.target))
+    return None, f"its input comes from {node.op} '{what}', not straight from a {_PRODUCER_NAMES}"
+
+
+def _trace_links(model: nn.Module, norms: Mapping[str, nn.Module]) -> tuple[dict[str, str], dict[str, str]]:
+    """fx data flow: ({norm: producer}, {norm: reason}) for every norm the traces reach."""
+    modules = dict(model.named_modules())
+    links: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    calls: dict[str, int] = {}
+    trace_errors: dict[str, str] = {}
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        try:
+            graph = fx.symbolic_trace(module).graph
+        except Exception as error:  # fx raises many kinds; all mean "cannot trace here"
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            trace_errors[prefix] = f"{type(error).__name__}: {message}"
+            for name, child in module.named_children():
+                if next(child.children(), None) is not None:
+                    visit(child, _join(prefix, name))
+            return
+        for node in graph.nodes:
+            if node.op != "call_module":
+                continue
+            path = _join(prefix, str(node.target))
+            if path not in norms:
+                continue
+            calls[path] = calls.get(path, 0) + 1
+            source = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
+            producer, reason = _describe_source(source, prefix, modules)
+            if producer is not None:
+                links[path] = producer
+            else:
+                reasons[path] = reason
+
+    visit(model, "")
+    for path, count in calls.items():
+        if count > 1:
+            links.pop(path, None)
+            reasons[path] = f"it is called {count} times in one forward; one branch cannot serve several inputs"
+    for path in norms:
+        if path in links or path in reasons:
+            continue
+        failed = [p for p in trace_errors if p == "" or path.startswith(p + ".")]
+        if failed:
+            where = max(failed, key=len)
+            reasons[path] = (
+                f"torch.fx could not trace '{where or type(model).__name__}' ({trace_errors[where]}); "
+                "pass pairs={'norm.path': 'producer.path'} for it"
+            )
+        else:
+            reasons[path] = "the traced forward never calls it"
+    return links, reasons
+
+
+def _check_shapes(
+    pair: Pair, norm: nn.Module, producer: nn.Module, record: Any
+) -> str | None:
+    """Why the real tensors contradict the pairing, or None when they agree."""
+    if record.calls.get(pair.norm, 0) == 0:
+        return "the forward with example_input never calls it"
+    if record.calls.get(pair.norm, 0) > 1:
+        return f"it is called {record.calls[pair.norm]} times in one forward; one branch cannot serve several inputs"
+    if pair.producer not in record.outputs or pair.producer not in record.inputs:
+        return f"its producer '{pair.producer}' is never called by the forward with example_input"
+    out = record.outputs[pair.producer]
+    seen = record.inputs.get(pair.norm)
+    if seen is not None and tuple(seen.shape) != tuple(out.shape):
+        return (
+            f"it receives shape {tuple(seen.shape)} but producer '{pair.producer}' returns {tuple(out.shape)}"
+        )
+    p_axis = producer_channel_dim(producer, out.dim())
+    n_axis = norm_channel_dim(norm, out.dim())
+    if p_axis != n_axis:
+        return (
+            f"producer '{pair.producer}' ({type(producer).__name__}) writes channels on axis {p_axis} of its "
+            f"{tuple(out.shape)} output but {type(norm).__name__} keeps its affine values on axis {n_axis}"
+        )
+    if out.shape[p_axis] != norm_channels(norm):
+        return f"it has {norm_channels(norm)} channels but producer '{pair.producer}' gives {out.shape[p_axis]}"
+    return None
+
+
+def find_pairs(
+    model: nn.Module,
+    example_input: Any,
+    pairs: Mapping[str, str] | None = None,
+) -> PairingReport:
+    """Pair each norm layer of ``model`` with its producer, or report why it cannot be.
+
+    ``pairs`` ({norm path: producer path}) skips tracing and lists exactly the norms to pair;
+    the caller vouches that each producer's output feeds its norm directly. Either way every
+    pair is checked against the shapes seen when ``example_input`` runs through the model.
+    """
+    modules = dict(model.named_modules())
+    norms = {path: m for path, m in modules.items() if path and is_norm_layer(m)}
+    report = PairingReport()
+
+    if pairs is not None:
+        links: dict[str, str] = {}
+        reasons: dict[str, str] = {}
+        for norm_path, producer_path in pairs.items():
+            for path, role in ((norm_path, "norm"), (producer_path, "producer")):
+                if path not in modules or not path:
+                    raise PairingError(f"pairs names {role} '{path}', which is not a module path of the model")
+            if norm_path not in norms:
+                raise PairingError(f"pairs names '{norm_path}' as a norm but it is a {type(modules[norm_path]).__name__}")
+            links[norm_path] = producer_path
+        for path in norms:
+            if path not in links:
+                reasons[path] = "not listed in pairs="
+    else:
+        links, reasons = _trace_links(model, norms)
+
+    for path, norm in norms.items():
+        why = unsupported_norm_reason(norm)
+        producer_path = links.get(path)
+        if why is None and producer_path is not None and not isinstance(modules[producer_path], SUPPORTED_PRODUCERS):
+            why = f"its producer '{producer_path}' is a {type(modules[producer_path]).__name__}; only {_PRODUCER_NAMES} can be"
+        if why is not None:
+            reasons[path] = why
+            links.pop(path, None)
+
+    candidates = [
+        Pair(path, links[path], type(norms[path]).__name__, type(modules[links[path]]).__name__, norm_channels(norms[path]))
+        for path in norms
+        if path in links
+    ]
+    watched = {p.norm for p in candidates} | {p.producer for p in candidates}
+    record = capture(model, example_input, sorted(watched))
+    for pair in candidates:
+        why = _check_shapes(pair, norms[pair.norm], modules[pair.producer], record)
+        if why is None:
+            report.pairs.append(pair)
+        else:
+            reasons[pair.norm] = why
+
+    for path, norm in norms.items():
+        if path in reasons:
+            report.unprotectable.append(Unprotectable(path, type(norm).__name__, reasons[path]))
+    if pairs is not None:
+        explicit = [u for u in report.unprotectable if u.norm in pairs]
+        if explicit:
+            u = explicit[0]
+            raise PairingError(f"explicit pair '{u.norm}' -> '{pairs[u.norm]}' is invalid: {u.reason}")
+    return report

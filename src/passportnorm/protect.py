@@ -1,0 +1,205 @@
+"""Attach passport-aware branches to a model, switch between branches, and remove them.
+
+``protect`` returns a protected copy; ``strip`` returns the released model (the original
+architecture, module classes and state-dict keys); ``passport_mode`` runs the secret branch for
+the duration of a ``with`` block. The user's model code is never edited or re-threaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .capture import capture
+from .errors import AlreadyProtectedError, NothingToProtectError, NotProtectedError, PairingError
+from .norm import PassportAwareNorm, producer_channel_dim
+from .pairing import Pair, PairingReport, find_pairs
+from .passports import PassportGenerator, make_passport_generator
+from .signature import Signature
+
+__all__ = [
+    "protect",
+    "strip",
+    "passport_mode",
+    "protected_layers",
+    "is_protected",
+    "capacity",
+    "sign_loss",
+    "select_pairs",
+]
+
+
+def protected_layers(model: nn.Module) -> dict[str, PassportAwareNorm]:
+    """Every passport-aware norm of ``model`` by module path, in module order."""
+    return {path: m for path, m in model.named_modules() if isinstance(m, PassportAwareNorm)}
+
+
+def is_protected(model: nn.Module) -> bool:
+    return any(isinstance(m, PassportAwareNorm) for m in model.modules())
+
+
+def _require_protected(model: nn.Module, action: str) -> dict[str, PassportAwareNorm]:
+    layers = protected_layers(model)
+    if not layers:
+        raise NotProtectedError(
+            f"{type(model).__name__} has no passport-aware branches, so it cannot {action}; "
+            "call passportnorm.protect(model, example_input, signature) first"
+        )
+    return layers
+
+
+def capacity(model: nn.Module) -> int:
+    """Signature bits a protected model carries: one per protected channel."""
+    return sum(layer.channels for layer in _require_protected(model, "report a capacity").values())
+
+
+def select_pairs(
+    report: PairingReport,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> list[Pair]:
+    """The pairs whose norm path matches an ``include`` pattern and no ``exclude`` pattern (fnmatch).
+
+    An include pattern that matches no protectable norm is an error that says why.
+    """
+    chosen = list(report.pairs)
+    if include is not None:
+        include = [include] if isinstance(include, str) else list(include)
+        for pattern in include:
+            if not any(fnmatch.fnmatchcase(p.norm, pattern) for p in report.pairs):
+                blocked = [u for u in report.unprotectable if fnmatch.fnmatchcase(u.norm, pattern)]
+                why = f": '{blocked[0].norm}' {blocked[0].reason}" if blocked else ""
+                raise PairingError(f"include pattern '{pattern}' matches no protectable norm layer{why}")
+        chosen = [p for p in chosen if any(fnmatch.fnmatchcase(p.norm, pat) for pat in include)]
+    if exclude is not None:
+        exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+        chosen = [p for p in chosen if not any(fnmatch.fnmatchcase(p.norm, pat) for pat in exclude)]
+    return chosen
+
+
+def _seeds(seed: int, count: int) -> list[int]:
+    """Independent child seeds for the separate random choices of one ``protect`` call."""
+    return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(count, dtype=np.uint32)]
+
+
+def protect(
+    model: nn.Module,
+    example_input: Any,
+    signature: Signature | str | bytes | Tensor | None = None,
+    passports: str | PassportGenerator = "random",
+    seed: int = 0,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    pairs: Mapping[str, str] | None = None,
+    *,
+    alpha: float = 0.1,
+    margin: float = 0.1,
+) -> nn.Module:
+    """A copy of ``model`` whose paired norm layers carry passport-aware branches.
+
+    ``example_input`` is run once (eval mode, no grad) to learn real shapes and, for ``image``
+    and ``shuffle`` passports, real activations. ``signature`` is the owner's message (text,
+    bytes, +-1 bits); channels beyond it get random bits from ``seed``, which also fixes the
+    passports and the branch MLPs, so the same call gives the same protected model. ``include``
+    and ``exclude`` are fnmatch patterns over norm paths; ``pairs`` replaces tracing by
+    explicit ``{norm path: producer path}``. ``alpha`` and ``margin`` shape the sign loss.
+
+    The input model is left alone, and until the copy is trained its passport-free outputs
+    equal the input model's bit for bit.
+    """
+    if is_protected(model):
+        paths = ", ".join(protected_layers(model))
+        raise AlreadyProtectedError(
+            f"{type(model).__name__} already carries passport-aware branches ({paths}); protect the "
+            "original model, or passportnorm.strip(model) first to get the released model back"
+        )
+    message = Signature.coerce(signature)
+    generator = make_passport_generator(passports)
+    protected = copy.deepcopy(model)
+
+    report = find_pairs(protected, example_input, pairs=pairs)
+    chosen = select_pairs(report, include, exclude)
+    if not chosen:
+        raise NothingToProtectError(f"no norm layer of {type(model).__name__} can be protected:\n{report}")
+
+    total = sum(p.channels for p in chosen)
+    bit_seed, passport_seed, mlp_seed = _seeds(seed, 3)
+    bits = message.fill(total, bit_seed)
+
+    producer_paths = sorted({p.producer for p in chosen})
+    captured = capture(protected, example_input, producer_paths).inputs
+    activations = generator.activations(model, example_input, producer_paths, captured)
+    passport_rng = torch.Generator().manual_seed(passport_seed)
+    mlp_rng = torch.Generator().manual_seed(mlp_seed)
+
+    modules = dict(protected.named_modules())
+    offset = 0
+    for pair in chosen:
+        producer = modules[pair.producer]
+        acts = activations[pair.producer]
+        gamma_passport, beta_passport = generator.generate(
+            acts, producer_channel_dim(producer, acts.dim()), passport_rng
+        )
+        layer_bits = bits[offset : offset + pair.channels]
+        in_message = min(pair.channels, max(0, message.num_bits - offset))
+        offset += pair.channels
+        wrapper = PassportAwareNorm(
+            modules[pair.norm],
+            producer,
+            gamma_passport,
+            beta_passport,
+            layer_bits,
+            producer_path=pair.producer,
+            message_bits=in_message,
+            alpha=alpha,
+            margin=margin,
+            generator=mlp_rng,
+        )
+        protected.set_submodule(pair.norm, wrapper)
+    return protected
+
+
+def strip(model: nn.Module) -> nn.Module:
+    """The released model: a copy of ``model`` with every passport-aware branch removed.
+
+    Each wrapper is replaced by the norm module it wraps, so module classes, parameter names
+    and passport-free outputs are exactly those of the original architecture.
+    """
+    _require_protected(model, "be stripped")
+    released = copy.deepcopy(model)
+    for path, layer in protected_layers(released).items():
+        released.set_submodule(path, layer.norm)
+    return released
+
+
+@contextmanager
+def passport_mode(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Run the passport-aware branch (or, with ``enabled=False``, the free one) inside the block.
+
+    The previous mode of every layer is restored on exit, so blocks nest.
+    """
+    layers = _require_protected(model, "enter passport mode").values()
+    previous = [(layer, layer.passport_mode) for layer in layers]
+    for layer in layers:
+        layer.passport_mode = enabled
+    try:
+        yield model
+    finally:
+        for layer, mode in previous:
+            layer.passport_mode = mode
+
+
+def sign_loss(model: nn.Module) -> Tensor:
+    """Total sign loss over all protected layers, for the ``g`` of the last passport-aware forward.
+
+    Add it to the task loss of a passport-mode step; it keeps the autograd graph of that forward.
+    """
+    layers = _require_protected(model, "give a sign loss").values()
+    return torch.stack([layer.sign_loss() for layer in layers]).sum()
