@@ -10,6 +10,7 @@ Protect any PyTorch model in a few lines::
 from .detection import DetectionReport, LayerDetection, extract_bits, signature_detection
 from .errors import (
     AlreadyProtectedError,
+    NoPassportForwardError,
     NothingToProtectError,
     NotProtectedError,
     PairingError,
@@ -51,6 +52,7 @@ __all__ = [
     "PassportNormError",
     "AlreadyProtectedError",
     "NotProtectedError",
+    "NoPassportForwardError",
     "NothingToProtectError",
     "PairingError",
     "PassportError",

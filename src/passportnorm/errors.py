@@ -37,3 +37,7 @@ class SignatureCapacityError(SignatureError):
 
 class PassportError(PassportNormError):
     """Passports could not be generated from the given inputs."""
+
+
+class NoPassportForwardError(PassportNormError):
+    """The sign loss was asked for before any passport-aware forward produced the values it needs."""

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
-from .errors import NotProtectedError
+from .errors import NoPassportForwardError
 
 __all__ = [
     "PassportAwareNorm",
@@ -118,10 +119,11 @@ def affine_free_copy(norm: nn.Module) -> nn.Module:
 def _branch_mlp(channels: int, generator: torch.Generator, like: Tensor) -> nn.Sequential:
     """C -> C/4 -> C without biases, LeakyReLU between; initialised like nn.Linear, from ``generator``."""
     hidden = max(1, channels // 4)
+    # skip_init: the default init would draw from the global RNG, which protect() must not touch
     mlp = nn.Sequential(
-        nn.Linear(channels, hidden, bias=False),
+        skip_init(nn.Linear, channels, hidden, bias=False),
         nn.LeakyReLU(),
-        nn.Linear(hidden, channels, bias=False),
+        skip_init(nn.Linear, hidden, channels, bias=False),
     )
     for layer in (mlp[0], mlp[2]):
         nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
@@ -222,7 +224,7 @@ class PassportAwareNorm(nn.Module):
     def sign_loss(self) -> Tensor:
         """The sign loss of the ``g`` used by the last passport-aware forward (with its graph)."""
         if self._last_g is None:
-            raise NotProtectedError(
+            raise NoPassportForwardError(
                 "no passport-aware forward has run on this layer yet; run the model inside "
                 "passport_mode(model) before asking for the sign loss"
             )

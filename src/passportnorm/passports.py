@@ -88,7 +88,13 @@ class _ActivationPassports(PassportGenerator):
                 "give a model with the same module paths as the protected one"
             )
         inputs = self.inputs if self.inputs is not None else example_input
-        return capture(source, inputs, producer_paths).inputs
+        try:
+            return capture(source, inputs, producer_paths).inputs
+        except Exception as error:
+            raise PassportError(
+                f"{self.name} passports: running the passport inputs through {type(source).__name__} failed "
+                f"({type(error).__name__}: {error}); give inputs the passport model accepts"
+            ) from error
 
     @staticmethod
     def _need_several(activations: Tensor, kind: str) -> int:
