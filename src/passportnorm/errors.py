@@ -41,3 +41,11 @@ class PassportError(PassportNormError):
 
 class NoPassportForwardError(PassportNormError):
     """The sign loss was asked for before any passport-aware forward produced the values it needs."""
+
+
+class DatasetError(PassportNormError):
+    """A dataset is unknown, or its folder or files are missing or malformed."""
+
+
+class ConfigError(PassportNormError):
+    """An option has a value the tool cannot use (unknown model, bad setting)."""

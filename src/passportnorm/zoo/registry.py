@@ -1,0 +1,35 @@
+"""A name -> builder registry, in the manner of timm's, so the CLI can build models by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = ["register_model", "available_models", "build"]
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _BUILDERS[name] = builder
+        return builder
+
+    return add
+
+
+def available_models() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build(name: str, **cfg) -> nn.Module:
+    """The model registered as ``name``, built with ``cfg`` (in_channels, num_classes, width, norm ...)."""
+    if name not in _BUILDERS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(available_models())}")
+    try:
+        return _BUILDERS[name](**cfg)
+    except TypeError as error:
+        raise ConfigError(f"model {name!r} does not accept these options: {error}") from error

@@ -1,0 +1,45 @@
+import json
+
+import pytest
+import torch
+
+from passportnorm.cli import main
+
+
+def test_demo_short_run_writes_metrics_and_passes_its_checks(tmp_path, capsys):
+    code = main(["demo", "--epochs", "1", "--width", "0.5", "--out", str(tmp_path), "--signature", "(c) t"])
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert code == 0, out
+    assert metrics["strip"] == {
+        "same_module_classes": True,
+        "same_state_dict_keys_and_shapes": True,
+        "outputs_bit_identical_to_passport_free": True,
+    }
+    assert metrics["signature_detection"]["rate"] == 1.0
+    assert metrics["signature_detection"]["message"] == "(c) t"
+    assert metrics["history"][0]["passport_free_accuracy"] > 0.5
+    assert "signature detection rate: 100.00%" in out and "strip check" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_bad_device_is_one_line_and_exit_2(tmp_path, capsys):
+    code = main(["demo", "--epochs", "1", "--device", "cuda", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and "no CUDA device" in err and "--device cpu" in err
+
+
+def test_signature_too_long_is_one_line(tmp_path, capsys):
+    code = main(["demo", "--epochs", "1", "--width", "0.125", "--out", str(tmp_path), "--signature", "x" * 40])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "capacity of" in err
+
+
+@pytest.mark.slow
+def test_full_default_demo(tmp_path):
+    code = main(["demo", "--out", str(tmp_path)])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert code == 0
+    assert metrics["released_accuracy"] > 0.93
+    assert metrics["signature_detection"]["rate"] == 1.0
