@@ -140,3 +140,20 @@ def test_unsupported_producer_type_is_refused():
             nn.BatchNorm2d(4), nn.ConvTranspose2d(4, 4, 3), torch.zeros(1, 4, 3, 3), torch.zeros(1, 4, 3, 3),
             torch.ones(4), producer_path="up",
         )
+
+
+def test_copy_and_pickle_work_right_after_a_passport_forward():
+    import copy
+    import io
+
+    protected = protect(PlainCNN(), torch.randn(2, 1, 12, 12))
+    with passport_mode(protected):
+        out = protected(torch.randn(2, 1, 12, 12))
+    assert protected_layers(protected)["bn1"]._last_g.grad_fn is not None
+    twin = copy.deepcopy(protected)
+    assert protected_layers(twin)["bn1"].producer is twin.conv1
+    assert protected_layers(twin)["bn1"]._last_g is None
+    buffer = io.BytesIO()
+    torch.save(protected, buffer)  # whole-module pickling, for users who do it with their own models
+    sign_loss(protected).backward()  # the original's cached graph is intact
+    assert out.shape == (2, 10)

@@ -63,6 +63,7 @@ def run_demo(
     signature: str = "(c) passportnorm demo",
     width: float = 1.0,
     passports: str = "shuffle",
+    alpha: float = 0.1,
 ) -> dict[str, Any]:
     """Run the demonstration and return (and write to ``out/metrics.json``) its metrics."""
     out = Path(out)
@@ -71,7 +72,7 @@ def run_demo(
     data = load_dataset("mnist5k", seed=seed)
     plain = zoo.build("small_cnn", in_channels=1, num_classes=data.num_classes, width=width).to(dev)
     example = torch.stack([data.train[i][0] for i in range(8)]).to(dev)
-    protected = protect(plain, example, signature=signature, passports=passports, seed=seed)
+    protected = protect(plain, example, signature=signature, passports=passports, seed=seed, alpha=alpha)
 
     loader_rng = torch.Generator().manual_seed(seed)
     train = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=loader_rng)
@@ -87,7 +88,7 @@ def run_demo(
     for epoch in range(1, epochs + 1):
         protected.train()
         start = time.perf_counter()
-        bar = tqdm(train, desc=f"epoch {epoch}/{epochs}", leave=False, dynamic_ncols=True)
+        bar = tqdm(train, desc=f"epoch {epoch}/{epochs}", leave=False, dynamic_ncols=True, disable=None)
         for x, y in bar:
             x, y = x.to(dev), y.to(dev)
             for aware in (False, True):  # alternate, ratio 0.5: free step then passport-aware step
@@ -137,6 +138,7 @@ def run_demo(
         "device": str(dev),
         "signature": signature,
         "passports": passports,
+        "alpha": alpha,
         "history": history,
         "signature_detection": detection.to_dict(),
         "released_accuracy": released_acc,

@@ -1,0 +1,167 @@
+"""Cost of the passport-aware branch, as ratios to a plain model timed in the same process.
+
+    python benchmarks/overhead.py [--device auto] [--rounds 5] [--docs]
+
+Measures, for small_cnn on MNIST-shaped batches: a training step of the plain model against a
+protected model's passport-free step, its alternating step pair (the paper's 50% ratio) and its
+joint step; eval inference of the released (stripped) model, of the protected model's free and
+passport-aware branches; and signature detection. Rounds interleave the variants so that drift
+of the machine hits all of them alike; the median per variant is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import update_section  # noqa: E402
+
+import passportnorm as pn  # noqa: E402
+from passportnorm import zoo  # noqa: E402
+from passportnorm.device import resolve_device  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device, repeats: int) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10, help="steps timed per variant per round")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", default="runs/bench/overhead.json")
+    parser.add_argument("--docs", action="store_true", help="write the table into docs/RESULTS.md")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    plain = zoo.build("small_cnn").to(device)
+    x = torch.randn(args.batch_size, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    protected = pn.protect(plain, x[:8], signature="bench", passports="shuffle")
+    released = pn.strip(protected)
+    opt_plain = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
+    opt_prot = torch.optim.SGD(protected.parameters(), lr=0.01, momentum=0.9)
+
+    def plain_step():
+        loss = F.cross_entropy(plain(x), y)
+        opt_plain.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_plain.step()
+
+    def free_step():
+        loss = F.cross_entropy(protected(x), y)
+        opt_prot.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_prot.step()
+
+    def aware_step():
+        with pn.passport_mode(protected):
+            loss = F.cross_entropy(protected(x), y) + pn.sign_loss(protected)
+        opt_prot.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_prot.step()
+
+    def alternate_pair():
+        free_step()
+        aware_step()
+
+    def joint_step():
+        free_loss = F.cross_entropy(protected(x), y)
+        with pn.passport_mode(protected):
+            aware_loss = F.cross_entropy(protected(x), y) + pn.sign_loss(protected)
+        opt_prot.zero_grad(set_to_none=True)
+        (free_loss + aware_loss).backward()
+        opt_prot.step()
+
+    probe = torch.randn(256, 1, 28, 28, device=device)
+
+    @torch.no_grad()
+    def infer(model, aware=False):
+        model.eval()
+        if aware:
+            with pn.passport_mode(model):
+                model(probe)
+        else:
+            model(probe)
+
+    variants = {
+        "train: plain step": (plain_step, "train"),
+        "train: protected, passport-free step": (free_step, "train"),
+        "train: protected, alternate pair (free + aware)": (alternate_pair, "train"),
+        "train: protected, joint step": (joint_step, "train"),
+        "infer: plain": (lambda: infer(plain), "infer"),
+        "infer: released (stripped)": (lambda: infer(released), "infer"),
+        "infer: protected, passport-free": (lambda: infer(protected), "infer"),
+        "infer: protected, passport-aware": (lambda: infer(protected, aware=True), "infer"),
+        "verify: signature_detection": (lambda: pn.signature_detection(protected), "verify"),
+    }
+    for fn, kind in variants.values():  # warm-up
+        fn() if kind != "train" else [fn() for _ in range(2)]
+        plain.train(), protected.train()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, (fn, kind) in variants.items():
+            plain.train(), protected.train()
+            samples[name].append(_time(fn, device, args.steps))
+    plain.train()
+    median = {name: statistics.median(v) for name, v in samples.items()}
+    base = {"train": median["train: plain step"], "infer": median["infer: plain"], "verify": median["infer: plain"]}
+    rows = []
+    for name, (_, kind) in variants.items():
+        rows.append({"variant": name, "ms": 1000 * median[name], "ratio": median[name] / base[kind], "baseline": kind})
+    result = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+    lines = [
+        "| variant | median ms | ratio to plain |",
+        "|---|---:|---:|",
+    ]
+    for row in rows:
+        base_name = "plain step" if row["baseline"] == "train" else "plain inference"
+        lines.append(f"| {row['variant']} | {row['ms']:.2f} | {row['ratio']:.2f}x {base_name} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.docs:
+        header = (
+            "### Cost of the branch (small_cnn, batch "
+            f"{args.batch_size} train / 256 infer, {device}, {result['threads']} threads, torch {torch.__version__})\n\n"
+            "Command: `python benchmarks/overhead.py --docs` (medians of "
+            f"{args.rounds} interleaved rounds x {args.steps} steps).\n\n"
+        )
+        update_section("RESULTS.md", "overhead", header + table)
+
+
+if __name__ == "__main__":
+    main()
