@@ -219,3 +219,36 @@ def test_branch_runs_on_cuda(case):
     with passport_mode(cpu):
         cpu(x.cpu())
     assert signature_detection(cpu).total == capacity(cpu)
+
+
+def test_weak_lever_layers_are_warned_about_and_get_no_message_bits():
+    from passportnorm import PassportWarning, Signature, find_pairs
+
+    model, x = PlainCNN(), torch.randn(2, 1, 12, 12)
+    report = find_pairs(model, x)
+    assert [p.weak for p in report.pairs] == [True, False] and "fan-in 1" in str(report)
+    with pytest.warns(PassportWarning, match=r"^bn1: the producer reads 1 input channel"):
+        protected = protect(model, x, signature="ok")
+    layers = protected_layers(protected)
+    assert int(layers["bn1"].message_bits) == 0
+    assert int(layers["bn2"].message_bits) == 16 and int(layers["bn2"].message_offset) == 0
+    assert torch.equal(layers["bn2"].signature[:16], Signature.from_text("ok").bits)
+
+
+def test_message_spread_over_layers_is_stored_at_its_offsets():
+    import warnings
+
+    from passportnorm import Signature
+
+    model, x = TinyResNet(), torch.randn(2, 3, 16, 16)
+    text = "(c) Alice 2026"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # three input channels: nothing weak to warn about
+        protected = protect(model, x, signature=text)
+    parts = sorted(
+        (int(layer.message_offset), layer.signature[: int(layer.message_bits)])
+        for layer in protected_layers(protected).values()
+        if int(layer.message_bits)
+    )
+    assert [offset for offset, _ in parts] == [0, 8, 16, 24, 40, 56, 72, 104]  # 8,8,8,16,16,16,32 channels
+    assert torch.equal(torch.cat([bits for _, bits in parts]), Signature.from_text(text).bits)

@@ -16,6 +16,7 @@ from .errors import (
     PairingError,
     PassportError,
     PassportNormError,
+    PassportWarning,
     SignatureCapacityError,
     SignatureError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "DetectionReport",
     "LayerDetection",
     "PassportNormError",
+    "PassportWarning",
     "AlreadyProtectedError",
     "NotProtectedError",
     "NoPassportForwardError",

@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device, signature=args.signature, width=args.width,
                 passports=args.passports,
             )
+            # success: the released model is the original architecture and computes what the
+            # free branch computes, and the owner's message reads back from the weights intact
             strip_ok = all(metrics["strip"].values())
-            return 0 if strip_ok and metrics["signature_detection"]["rate"] == 1.0 else 1
+            message_ok = metrics["signature_detection"]["message"] == args.signature
+            return 0 if strip_ok and message_ok else 1
     except PassportNormError as error:
         print(f"passportnorm: error: {error}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from . import zoo
 from .data import load_dataset
 from .detection import signature_detection
 from .device import resolve_device
+from .errors import PassportWarning
 from .protect import passport_mode, protect, sign_loss, strip
 
 __all__ = ["run_demo"]
@@ -72,7 +74,15 @@ def run_demo(
     data = load_dataset("mnist5k", seed=seed)
     plain = zoo.build("small_cnn", in_channels=1, num_classes=data.num_classes, width=width).to(dev)
     example = torch.stack([data.train[i][0] for i in range(8)]).to(dev)
-    protected = protect(plain, example, signature=signature, passports=passports, seed=seed, alpha=alpha)
+    print(
+        f"protecting small_cnn on mnist5k ({len(data.train)} train / {len(data.test)} test) on {dev}, "
+        f"{passports} passports, signature {signature!r}"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PassportWarning)
+        protected = protect(plain, example, signature=signature, passports=passports, seed=seed, alpha=alpha)
+    for warning in caught:
+        print(f"note: {warning.message}")
 
     loader_rng = torch.Generator().manual_seed(seed)
     train = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=loader_rng)
@@ -81,10 +91,6 @@ def run_demo(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(train))
 
     history = []
-    print(
-        f"protecting small_cnn on mnist5k ({len(data.train)} train / {len(data.test)} test) on {dev}, "
-        f"{passports} passports, signature {signature!r}"
-    )
     for epoch in range(1, epochs + 1):
         protected.train()
         start = time.perf_counter()
@@ -152,6 +158,8 @@ def run_demo(
     _write_json(out / "metrics.json", metrics)
     print(f"decoded signature: {detection.message!r} ({detection.message_bit_errors} bit errors in the message)")
     print(f"signature detection rate: {detection.rate:.2%} ({detection.matched}/{detection.total} bits)")
+    for path, layer in detection.layers.items():
+        print(f"  {path}: {layer.rate:.2%} ({layer.matched}/{layer.total})")
     print(
         f"strip check: module classes identical: {same_classes}; state_dict keys/shapes identical: {same_keys}; "
         f"outputs bit-identical to the passport-free branch on all {len(data.test)} test images: {identical}"

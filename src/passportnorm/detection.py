@@ -76,16 +76,17 @@ def signature_detection(model: nn.Module) -> DetectionReport:
     """How many signature bits ``sign(g)`` reproduces, per layer and overall, plus the decoded message."""
     layers = _require_protected(model, "report signature detection")
     report = DetectionReport()
-    message_read, message_expected = [], []
+    parts = []  # (offset in the message, bits read, bits expected)
     for path, layer in layers.items():
         read = layer.extracted_bits().cpu()
         expected = layer.signature.cpu()
         report.layers[path] = LayerDetection(int((read == expected).sum()), layer.channels)
         used = int(layer.message_bits)
-        message_read.append(read[:used])
-        message_expected.append(expected[:used])
-    read_bits = torch.cat(message_read)
-    if read_bits.numel():
+        if used:
+            parts.append((int(layer.message_offset), read[:used], expected[:used]))
+    if parts:
+        parts.sort(key=lambda part: part[0])
+        read_bits = torch.cat([part[1] for part in parts])
         report.message = Signature.decode_text(read_bits)
-        report.message_bit_errors = int((read_bits != torch.cat(message_expected)).sum())
+        report.message_bit_errors = int((read_bits != torch.cat([part[2] for part in parts])).sum())
     return report

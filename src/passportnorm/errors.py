@@ -49,3 +49,7 @@ class DatasetError(PassportNormError):
 
 class ConfigError(PassportNormError):
     """An option has a value the tool cannot use (unknown model, bad setting)."""
+
+
+class PassportWarning(UserWarning):
+    """Something will work, but less well than the user probably expects."""

@@ -32,6 +32,7 @@ __all__ = [
     "norm_channel_dim",
     "norm_channels",
     "producer_channel_dim",
+    "producer_fan_in",
     "unsupported_norm_reason",
 ]
 
@@ -90,6 +91,17 @@ def producer_channel_dim(producer: nn.Module, ndim: int) -> int:
     return ndim - 1 if isinstance(producer, nn.Linear) else 1
 
 
+def producer_fan_in(producer: nn.Module) -> int:
+    """Input channels each output channel of a producer reads (``in_channels // groups`` or ``in_features``).
+
+    With a fan-in of 1 (a grayscale first conv, a depthwise conv) a channel's passport response is
+    the filter's DC gain times the passport's mean, a weak lever for the sign loss.
+    """
+    if isinstance(producer, nn.Linear):
+        return int(producer.in_features)
+    return int(producer.in_channels // producer.groups)
+
+
 def affine_free_copy(norm: nn.Module) -> nn.Module:
     """The same normalization without affine parameters and with fresh running statistics.
 
@@ -144,6 +156,7 @@ class PassportAwareNorm(nn.Module):
     passport_beta: Tensor
     signature: Tensor
     message_bits: Tensor
+    message_offset: Tensor
 
     def __init__(
         self,
@@ -155,6 +168,7 @@ class PassportAwareNorm(nn.Module):
         *,
         producer_path: str,
         message_bits: int = 0,
+        message_offset: int = 0,
         alpha: float = 0.1,
         margin: float = 0.1,
         l2: float = 1e-5,
@@ -171,7 +185,9 @@ class PassportAwareNorm(nn.Module):
         self.register_buffer("passport_gamma", passport_gamma.detach().clone().to(**like, dtype=norm.weight.dtype))
         self.register_buffer("passport_beta", passport_beta.detach().clone().to(**like, dtype=norm.weight.dtype))
         self.register_buffer("signature", signature.detach().to(device=norm.weight.device, dtype=torch.int8).clone())
+        # the first ``message_bits`` channels carry message[message_offset : message_offset + message_bits]
         self.register_buffer("message_bits", torch.tensor(int(message_bits), dtype=torch.int64, device=norm.weight.device))
+        self.register_buffer("message_offset", torch.tensor(int(message_offset), dtype=torch.int64, device=norm.weight.device))
         self.producer_path = producer_path
         self.alpha = float(alpha)
         self.margin = float(margin)

@@ -23,6 +23,7 @@ from .norm import (
     norm_channel_dim,
     norm_channels,
     producer_channel_dim,
+    producer_fan_in,
     unsupported_norm_reason,
 )
 
@@ -53,6 +54,12 @@ class Pair:
     norm_type: str
     producer_type: str
     channels: int
+    fan_in: int = 0
+
+    @property
+    def weak(self) -> bool:
+        """Fan-in 1: the branch reads only the producer's DC gain; its bits embed slowly."""
+        return self.fan_in == 1
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,8 @@ class PairingReport:
     def __str__(self) -> str:
         lines = [f"{len(self.pairs)} protectable norm layers, {self.capacity} channels (signature bits)"]
         for p in self.pairs:
-            lines.append(f"  + {p.norm} ({p.norm_type}, {p.channels} ch) <- {p.producer} ({p.producer_type})")
+            weak = "  [fan-in 1: weak lever, bits embed slowly]" if p.weak else ""
+            lines.append(f"  + {p.norm} ({p.norm_type}, {p.channels} ch) <- {p.producer} ({p.producer_type}){weak}")
         if self.unprotectable:
             lines.append(f"{len(self.unprotectable)} norm layers cannot be protected")
             for u in self.unprotectable:
@@ -238,7 +246,14 @@ def find_pairs(
             links.pop(path, None)
 
     candidates = [
-        Pair(path, links[path], type(norms[path]).__name__, type(modules[links[path]]).__name__, norm_channels(norms[path]))
+        Pair(
+            path,
+            links[path],
+            type(norms[path]).__name__,
+            type(modules[links[path]]).__name__,
+            norm_channels(norms[path]),
+            producer_fan_in(modules[links[path]]),
+        )
         for path in norms
         if path in links
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .capture import capture
-from .errors import AlreadyProtectedError, NothingToProtectError, NotProtectedError, PairingError
+from .errors import AlreadyProtectedError, NothingToProtectError, NotProtectedError, PairingError, PassportWarning
 from .norm import PassportAwareNorm, producer_channel_dim
 from .pairing import Pair, PairingReport, find_pairs
 from .passports import PassportGenerator, make_passport_generator
@@ -84,6 +85,19 @@ def select_pairs(
     return chosen
 
 
+def _bit_layout(pairs: Sequence[Pair]) -> dict[str, int]:
+    """Where each layer's slice starts in the filled bit vector (message first, random fill after).
+
+    Layers are filled in module order, except that weak-lever layers (fan-in 1) come last, so
+    the owner's message lands where bits embed reliably.
+    """
+    starts, position = {}, 0
+    for pair in sorted(pairs, key=lambda p: p.weak):  # stable: module order within each group
+        starts[pair.norm] = position
+        position += pair.channels
+    return starts
+
+
 def _seeds(seed: int, count: int) -> list[int]:
     """Independent child seeds for the separate random choices of one ``protect`` call."""
     return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(count, dtype=np.uint32)]
@@ -132,6 +146,16 @@ def protect(
     total = sum(p.channels for p in chosen)
     bit_seed, passport_seed, mlp_seed = _seeds(seed, 3)
     bits = message.fill(total, bit_seed)
+    starts = _bit_layout(chosen)
+    weak = [p.norm for p in chosen if p.weak]
+    if weak:
+        warnings.warn(
+            f"{', '.join(weak)}: the producer reads 1 input channel per output channel, so the passport "
+            "response follows the filter's DC gain alone and these signature bits embed slowly "
+            "(docs/RESULTS.md); the owner's message goes to the other layers first",
+            PassportWarning,
+            stacklevel=2,
+        )
 
     producer_paths = sorted({p.producer for p in chosen})
     captured = capture(protected, example_input, producer_paths).inputs
@@ -140,16 +164,15 @@ def protect(
     mlp_rng = torch.Generator().manual_seed(mlp_seed)
 
     modules = dict(protected.named_modules())
-    offset = 0
     for pair in chosen:
         producer = modules[pair.producer]
         acts = activations[pair.producer]
         gamma_passport, beta_passport = generator.generate(
             acts, producer_channel_dim(producer, acts.dim()), passport_rng
         )
-        layer_bits = bits[offset : offset + pair.channels]
-        in_message = min(pair.channels, max(0, message.num_bits - offset))
-        offset += pair.channels
+        start = starts[pair.norm]
+        layer_bits = bits[start : start + pair.channels]
+        in_message = min(pair.channels, max(0, message.num_bits - start))
         wrapper = PassportAwareNorm(
             modules[pair.norm],
             producer,
@@ -158,6 +181,7 @@ def protect(
             layer_bits,
             producer_path=pair.producer,
             message_bits=in_message,
+            message_offset=start if in_message else 0,
             alpha=alpha,
             margin=margin,
             generator=mlp_rng,
