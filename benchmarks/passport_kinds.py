@@ -50,8 +50,8 @@ def main() -> None:
     layer_names = list(runs[0]["signature_detection"]["layers"])
     lines = [
         "| passports | detection, mean (min) | " + " | ".join(f"`{n}`" for n in layer_names)
-        + " | passport-free acc | passport-aware acc |",
-        "|---|---:|" + "---:|" * len(layer_names) + "---:|---:|",
+        + " | passport-free acc | passport-aware acc | message intact |",
+        "|---|---:|" + "---:|" * len(layer_names) + "---:|---:|---:|",
     ]
     for kind in KINDS:
         mine = [r for r in runs if r["passports"] == kind]
@@ -61,10 +61,11 @@ def main() -> None:
         ]
         free = [r["history"][-1]["passport_free_accuracy"] for r in mine]
         aware = [r["history"][-1]["passport_aware_accuracy"] for r in mine]
+        intact = sum(r["signature_detection"]["message"] == r["signature"] for r in mine)
         lines.append(
             f"| {kind} | {100 * statistics.mean(rates):.1f}% ({100 * min(rates):.1f}%) | "
             + " | ".join(f"{100 * v:.1f}%" for v in per_layer)
-            + f" | {100 * statistics.mean(free):.2f}% | {100 * statistics.mean(aware):.2f}% |"
+            + f" | {100 * statistics.mean(free):.2f}% | {100 * statistics.mean(aware):.2f}% | {intact}/{len(mine)} |"
         )
     table = "\n".join(lines)
     print(table)
@@ -74,7 +75,8 @@ def main() -> None:
             f"seeds {', '.join(map(str, args.seeds))})\n\n"
             "Command: `python benchmarks/passport_kinds.py --docs`. Detection is the share of the 224 "
             "signature bits that `sign(g)` reproduces after training; per-layer columns are means over seeds; "
-            "accuracies are on the 1000 test images, means over seeds.\n\n"
+            "accuracies are on the 1000 test images, means over seeds; 'message intact' counts the runs whose "
+            "owner text decodes back exactly from the weights.\n\n"
         )
         update_section("RESULTS.md", "passport-kinds", header + table)
 
