@@ -1,12 +1,75 @@
-"""The ``passportnorm`` command. Errors become one line on stderr and exit code 2."""
+"""The ``passportnorm`` command. Errors become one line on stderr and exit code 2.
+
+    passportnorm protect  [options]   train a protected model; write released/, owner-key/, certificate.json
+    passportnorm train    [options]   the same training without protection (the baseline)
+    passportnorm verify --model DIR --key DIR [--certificate FILE]   exit 0 verified, 1 not, 2 error
+    passportnorm inspect  [--arch --width --norm --dataset]          which norms can be protected, and why not
+    passportnorm demo     [options]   the quick core demonstration (small CNN, mnist5k)
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import fields
+from pathlib import Path
 
 from . import __version__
-from .errors import PassportNormError
+from .errors import ConfigError, PassportNormError
+
+_HELP = {
+    "dataset": "mnist5k (shipped), digits (shipped), cifar10, cifar100 (need --data-dir)",
+    "data_dir": "folder holding a local dataset (CIFAR archives unpacked)",
+    "arch": "zoo model: resnet18, alexnet, small_cnn",
+    "width": "channel width multiplier (small widths for CPU)",
+    "norm": "bn, gn or in",
+    "signature": "owner text embedded in the signature bits",
+    "passports": "random, image or shuffle",
+    "schedule": "alternate (the paper) or joint (the original code)",
+    "ratio": "share of steps that train the passport-aware branch (alternate schedule)",
+    "sign_weight": "multiplier of the sign loss in passport-aware steps",
+    "alpha": "sign-loss alpha stored in each protected layer",
+    "weak_layers": "skip or protect norms whose producer reads one input channel (see docs/RESULTS.md)",
+    "trigger": "none, noise, pattern, or a folder with images and labels.csv",
+    "device": "auto (CUDA when present), cpu, cuda, cuda:N",
+    "out": "output folder (default runs/<time>)",
+}
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    from .pipeline import RunOptions
+
+    parser.add_argument("--config", help="YAML file with any of these options; flags given here win")
+    for spec in fields(RunOptions):
+        flag = "--" + spec.name.replace("_", "-")
+        if spec.name == "resume":
+            parser.add_argument(flag, action="store_true", default=None, help="continue from out/checkpoint.pt")
+            continue
+        kind = {"int": int, "float": float}.get(str(spec.type), str)
+        parser.add_argument(flag, type=kind, default=None, help=_HELP.get(spec.name))
+
+
+def _run_options(args: argparse.Namespace):
+    import yaml
+
+    from .pipeline import RunOptions
+
+    values = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"cannot read config {path}: {error}") from error
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping of option: value")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    for spec in fields(RunOptions):
+        given = getattr(args, spec.name, None)
+        if given is not None:
+            values[spec.name] = given
+    return RunOptions.from_mapping(values)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -14,8 +77,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"passportnorm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="protect a small CNN on MNIST-5k, read the signature, strip")
-    demo.add_argument("--out", default="runs/demo", help="folder for metrics.json (default: runs/demo)")
+    _add_run_options(commands.add_parser("protect", help="train a protected model and release it with a key"))
+    _add_run_options(commands.add_parser("train", help="train the same model without protection (baseline)"))
+
+    check = commands.add_parser("verify", help="verify a released model with an owner key")
+    check.add_argument("--model", required=True, help="released-model folder (model.json + model.safetensors)")
+    check.add_argument("--key", required=True, help="owner-key folder (key.json + key.safetensors)")
+    check.add_argument("--certificate", help="certificate.json published at release")
+    check.add_argument("--dataset", help="dataset for the accuracy check (default: the one recorded at protect time)")
+    check.add_argument("--data-dir")
+    check.add_argument("--no-data", action="store_true", help="signature (and triggers) only, no accuracy check")
+    check.add_argument("--recalibrate", action="store_true", help="re-estimate the branch statistics on the data first")
+    check.add_argument("--max-p-value", type=float, default=1e-6, help="signature p-value threshold (default 1e-6)")
+    check.add_argument("--max-accuracy-drop", type=float, default=0.10, help="allowed passport-aware accuracy drop (default 0.10)")
+    check.add_argument("--device", default="auto")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    look = commands.add_parser("inspect", help="which norm layers of a zoo model can be protected, and why not")
+    look.add_argument("--arch", default="resnet18")
+    look.add_argument("--width", type=float, default=0.25)
+    look.add_argument("--norm", default="bn")
+    look.add_argument("--dataset", default="mnist5k", help="decides input shape and classes (mnist5k, digits, cifar10, cifar100)")
+
+    demo = commands.add_parser("demo", help="quick core demonstration: protect a small CNN on MNIST-5k, read the signature, strip")
+    demo.add_argument("--out", default="runs/core-demo")
     demo.add_argument("--epochs", type=int, default=5)
     demo.add_argument("--batch-size", type=int, default=64)
     demo.add_argument("--lr", type=float, default=0.05)
@@ -27,16 +112,63 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SHAPES = {"mnist5k": ((1, 28, 28), 10), "digits": ((1, 8, 8), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import zoo
+    from .pairing import find_pairs
+
+    if args.dataset not in _SHAPES:
+        raise ConfigError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(_SHAPES)}")
+    shape, classes = _SHAPES[args.dataset]
+    model = zoo.build(args.arch, in_channels=shape[0], num_classes=classes, width=args.width, norm=args.norm)
+    print(f"{args.arch} (width {args.width}, norm {args.norm}) for {args.dataset} inputs {shape}:")
+    print(find_pairs(model, torch.zeros((2, *shape))))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .pipeline import run_verify
+    from .verify import VerdictRule
+
+    rule = VerdictRule(max_signature_p_value=args.max_p_value, max_accuracy_drop=args.max_accuracy_drop)
+    report = run_verify(
+        args.model, args.key, certificate=args.certificate, dataset=args.dataset, data_dir=args.data_dir,
+        use_data=not args.no_data, recalibrate=args.recalibrate, rule=rule, device=args.device,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.to_markdown(f"Verification of {args.model} with {args.key}"))
+    return 0 if report.verified else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "protect":
+            from .pipeline import run_protect
+
+            run_protect(_run_options(args))
+            return 0
+        if args.command == "train":
+            from .pipeline import run_train
+
+            run_train(_run_options(args))
+            return 0
+        if args.command == "verify":
+            return _verify(args)
+        if args.command == "inspect":
+            return _inspect(args)
         if args.command == "demo":
             from .demo import run_demo
 
             metrics = run_demo(
                 out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                device=args.device, signature=args.signature, width=args.width,
-                passports=args.passports,
+                device=args.device, signature=args.signature, width=args.width, passports=args.passports,
             )
             # success: the released model is the original architecture and computes what the
             # free branch computes, and the owner's message reads back from the weights intact
@@ -47,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"passportnorm: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("passportnorm: interrupted", file=sys.stderr)
+        print("passportnorm: interrupted; rerun with --resume to continue from the last epoch", file=sys.stderr)
         return 130
     return 2
 

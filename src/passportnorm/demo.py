@@ -26,21 +26,13 @@ from tqdm import tqdm
 from . import zoo
 from .data import load_dataset
 from .detection import signature_detection
+from .evaluation import accuracy
 from .device import resolve_device
 from .errors import PassportWarning
 from .protect import passport_mode, protect, sign_loss, strip
 
 __all__ = ["run_demo"]
 
-
-@torch.no_grad()
-def accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
-        total += y.numel()
-    return correct / total
 
 
 @torch.no_grad()

@@ -53,3 +53,19 @@ class ConfigError(PassportNormError):
 
 class PassportWarning(UserWarning):
     """Something will work, but less well than the user probably expects."""
+
+
+class OwnerKeyError(PassportNormError):
+    """An owner key is missing, corrupted, of an unknown format, or does not fit the model."""
+
+
+class ModelFileError(PassportNormError):
+    """A released-model folder is missing, corrupted, a pickle, or for another architecture."""
+
+
+class CertificateError(PassportNormError):
+    """A certificate is unreadable or does not match the key or released model it names."""
+
+
+class TrainingError(PassportNormError):
+    """Training cannot go on (a NaN loss, an unusable checkpoint)."""

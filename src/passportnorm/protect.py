@@ -115,6 +115,7 @@ def protect(
     *,
     alpha: float = 0.1,
     margin: float = 0.1,
+    weak_layers: str = "protect",
 ) -> nn.Module:
     """A copy of ``model`` whose paired norm layers carry passport-aware branches.
 
@@ -124,6 +125,8 @@ def protect(
     passports and the branch MLPs, so the same call gives the same protected model. ``include``
     and ``exclude`` are fnmatch patterns over norm paths; ``pairs`` replaces tracing by
     explicit ``{norm path: producer path}``. ``alpha`` and ``margin`` shape the sign loss.
+    ``weak_layers="skip"`` leaves out norms whose producer reads one input channel per output
+    channel (their bits embed slowly, see docs/RESULTS.md); the default protects them with a warning.
 
     The input model is left alone, and until the copy is trained its passport-free outputs
     equal the input model's bit for bit.
@@ -140,6 +143,10 @@ def protect(
 
     report = find_pairs(protected, example_input, pairs=pairs)
     chosen = select_pairs(report, include, exclude)
+    if weak_layers == "skip":
+        chosen = [p for p in chosen if not p.weak]
+    elif weak_layers != "protect":
+        raise PairingError(f"weak_layers must be 'protect' or 'skip', got {weak_layers!r}")
     if not chosen:
         raise NothingToProtectError(f"no norm layer of {type(model).__name__} can be protected:\n{report}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import TensorDataset
 
@@ -22,6 +23,8 @@ class DatasetSplits:
     test: TensorDataset
     num_classes: int
     input_shape: tuple[int, ...]
+    augment: Any = None  # callable(images, generator) -> images, applied to training batches
+    normalize: Any = None  # callable(images in [0, 1]) -> images as the model sees them
 
 
 _LOADERS: dict[str, Callable[..., DatasetSplits]] = {}
@@ -41,7 +44,7 @@ def available_datasets() -> list[str]:
 
 def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0) -> DatasetSplits:
     """The dataset called ``name``; ``data_dir`` for those read from a local folder."""
-    from . import shipped  # noqa: F401  (registers the shipped datasets)
+    from . import cifar, shipped  # noqa: F401  (registers the datasets)
 
     if name not in _LOADERS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(available_datasets())}")

@@ -35,7 +35,10 @@ def mnist5k(data_dir=None, seed: int = 0) -> DatasetSplits:
     pixels, labels = mnist_data()
     images = ((pixels.reshape(-1, 1, 28, 28) / 255.0 - MNIST_MEAN) / MNIST_STD).astype(np.float32)
     train, test = _split(images, labels.astype(np.int64), test_size=1000, seed=seed)
-    return DatasetSplits("mnist5k", train, test, num_classes=10, input_shape=(1, 28, 28))
+    return DatasetSplits(
+        "mnist5k", train, test, num_classes=10, input_shape=(1, 28, 28),
+        normalize=lambda x: (x - MNIST_MEAN) / MNIST_STD,
+    )
 
 
 @register_dataset("digits")
@@ -46,4 +49,6 @@ def digits(data_dir=None, seed: int = 0) -> DatasetSplits:
     bunch = load_digits()
     images = (bunch.images.reshape(-1, 1, 8, 8) / 16.0 - 0.5).astype(np.float32) / 0.5
     train, test = _split(images, bunch.target.astype(np.int64), test_size=0.2, seed=seed)
-    return DatasetSplits("digits", train, test, num_classes=10, input_shape=(1, 8, 8))
+    return DatasetSplits(
+        "digits", train, test, num_classes=10, input_shape=(1, 8, 8), normalize=lambda x: (x - 0.5) / 0.5
+    )

@@ -1,0 +1,98 @@
+"""Safe, atomic file handling shared by released models, keys, certificates and checkpoints.
+
+Tensors go through safetensors, never pickle; a folder is written under a temporary name and
+renamed into place, so an interrupted or failed write leaves no half-written output behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+__all__ = [
+    "atomic_folder",
+    "write_json_atomic",
+    "sha256_file",
+    "tensors_fingerprint",
+    "save_tensors",
+    "load_tensors",
+    "looks_like_pickle",
+]
+
+
+@contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``target``; on success it replaces ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tensors_fingerprint(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes in name order: equal iff the weights are equal."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_tensors(tensors: Mapping[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+def looks_like_pickle(path: str | Path) -> bool:
+    """True for pickle streams and torch.save zip archives, which must never be loaded here."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head[:1] == b"\x80" or head[:2] == b"PK"
+
+
+def load_tensors(path: str | Path) -> dict[str, Tensor]:
+    """Load a safetensors file; raises ValueError with a plain reason when it is not one."""
+    path = Path(path)
+    if looks_like_pickle(path):
+        raise ValueError("it is a pickle or torch.save archive, which passportnorm never loads (it can run code)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise ValueError(f"not a readable safetensors file ({error})") from error

@@ -1,0 +1,190 @@
+"""The owner's jobs end to end, shared by the CLI and Python users: protect, train, verify.
+
+``run_protect`` trains a protected zoo model on a named dataset and writes, under ``out``:
+``released/`` (the plain architecture), ``owner-key/`` (secret), ``certificate.json`` (public),
+``metrics.json``, ``history.csv`` and ``report.md``; ``checkpoint.pt`` makes it resumable.
+``run_train`` is the same without protection (the baseline). ``run_verify`` checks a released
+model folder against a key.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import zoo
+from .certificate import Certificate
+from .data import load_dataset
+from .data.triggers import TriggerSet, generate_triggers, load_trigger_folder, TRIGGER_KINDS
+from .device import resolve_device
+from .errors import ConfigError, PassportWarning
+from .fileio import write_json_atomic
+from .key import OwnerKey, extract_key
+from .protect import capacity, protect, strip
+from .release import load_released, save_released
+from .report import run_report_markdown, write_history_csv, write_text_atomic
+from .train import TrainConfig, Trainer
+from .verify import VerdictRule, VerificationReport, verify
+
+__all__ = ["RunOptions", "run_protect", "run_train", "run_verify"]
+
+
+@dataclass
+class RunOptions:
+    dataset: str = "mnist5k"
+    data_dir: str | None = None
+    arch: str = "resnet18"
+    width: float = 0.25
+    norm: str = "bn"
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 0.05
+    seed: int = 0
+    signature: str = "(c) passportnorm owner"
+    passports: str = "shuffle"
+    schedule: str = "alternate"
+    ratio: float = 0.5
+    sign_weight: float = 1.0
+    alpha: float = 0.1
+    weak_layers: str = "skip"
+    trigger: str = "noise"  # none, noise, pattern, or a folder
+    trigger_count: int = 50
+    triggers_per_batch: int = 2
+    device: str = "auto"
+    out: str = field(default_factory=lambda: f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    resume: bool = False
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> "RunOptions":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown option {unknown[0]!r} in the config; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def _train_config(opts: RunOptions) -> TrainConfig:
+    return TrainConfig(
+        epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, schedule=opts.schedule, ratio=opts.ratio,
+        sign_weight=opts.sign_weight, triggers_per_batch=opts.triggers_per_batch, seed=opts.seed,
+    )
+
+
+def _trigger(opts: RunOptions, data) -> TriggerSet | None:
+    if opts.trigger in ("none", "", None):
+        return None
+    if opts.trigger in TRIGGER_KINDS:
+        return generate_triggers(opts.trigger_count, data.input_shape, data.num_classes, seed=opts.seed + 7919, kind=opts.trigger)
+    return load_trigger_folder(opts.trigger, data.input_shape, data.num_classes, data.normalize)
+
+
+def _model_config(opts: RunOptions, data) -> dict[str, Any]:
+    return {"in_channels": data.input_shape[0], "num_classes": data.num_classes, "width": opts.width, "norm": opts.norm}
+
+
+def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
+    device = resolve_device(opts.device)
+    data = load_dataset(opts.dataset, opts.data_dir, seed=opts.seed)
+    torch.manual_seed(opts.seed)
+    model_config = _model_config(opts, data)
+    model = zoo.build(opts.arch, **model_config).to(device)
+    out = Path(opts.out)
+    # a trigger set is owner evidence that lives in the key; plain training has no key, so no triggers
+    trigger = _trigger(opts, data) if protected else None
+    notes = []
+    if protected:
+        example = data.train.tensors[0][:16].to(device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PassportWarning)
+            model = protect(
+                model, example, signature=opts.signature, passports=opts.passports, seed=opts.seed,
+                alpha=opts.alpha, weak_layers=opts.weak_layers,
+            )
+        notes = [str(w.message) for w in caught]
+        for note in notes:
+            print(f"note: {note}")
+    trainer = Trainer(model, data, _train_config(opts), trigger=trigger, out_dir=out, device=device)
+    what = "protected" if protected else "plain"
+    print(
+        f"{what} {opts.arch} (width {opts.width}, {opts.norm}) on {opts.dataset} "
+        f"({len(data.train)} train / {len(data.test)} test), {opts.epochs} epochs on {device}"
+        + (f", {capacity(model)} signature bits, {opts.schedule} schedule" if protected else "")
+    )
+    start = time.perf_counter()
+    trainer.fit(resume=opts.resume, on_step=None)
+    for row in trainer.history:
+        print("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    released = strip(model) if protected else model
+    settings = {k: v for k, v in asdict(opts).items() if k not in ("resume",)}
+    metrics: dict[str, Any] = {
+        "command": "protect" if protected else "train",
+        "settings": settings,
+        "seeds": {"seed": opts.seed, "trigger_seed": opts.seed + 7919},
+        "history": trainer.history,
+        "train_seconds": time.perf_counter() - start,
+        "notes": notes,
+        "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)},
+    }
+    released.eval()
+    save_released(
+        released.cpu(), out / "released", opts.arch, model_config, dataset=opts.dataset, seed=opts.seed,
+        signature_bits=capacity(model) if protected else 0,
+    )
+    verification = None
+    if protected:
+        key = extract_key(model.cpu(), config=settings | {"model_config": model_config}, seeds=metrics["seeds"], trigger=trigger)
+        key.save(out / "owner-key")
+        Certificate.issue(key, released.cpu()).save(out / "certificate.json")
+        report = verify(released.cpu(), key, data=data.test, trigger=key.trigger)
+        metrics["verification"] = report.to_dict()
+        verification = report.to_markdown("Verification of the released model with the owner key")
+    write_history_csv(out / "history.csv", trainer.history)
+    write_json_atomic(out / "metrics.json", metrics)
+    write_text_atomic(out / "report.md", run_report_markdown(metrics, verification))
+    print(f"wrote {out}/released/" + (f", {out}/owner-key/ (keep it secret), {out}/certificate.json (publish it)" if protected else ""))
+    if verification:
+        print(verification)
+    return metrics
+
+
+def run_protect(opts: RunOptions) -> dict[str, Any]:
+    """Protect, train, release, key, certify and self-verify; returns the metrics written to metrics.json."""
+    return _train(opts, protected=True)
+
+
+def run_train(opts: RunOptions) -> dict[str, Any]:
+    """Plain training with the same data, budget and seeds (the baseline); no key, certificate or triggers."""
+    return _train(opts, protected=False)
+
+
+def run_verify(
+    model_dir: str | Path,
+    key_dir: str | Path,
+    certificate: str | Path | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    use_data: bool = True,
+    recalibrate: bool = False,
+    rule: VerdictRule = VerdictRule(),
+    device: str = "auto",
+) -> VerificationReport:
+    """Verify a released-model folder with an owner key (and optionally its certificate)."""
+    key = OwnerKey.load(key_dir)
+    model, meta = load_released(model_dir)
+    cert = Certificate.load(certificate) if certificate is not None else None
+    data = None
+    if use_data:
+        name = dataset or key.manifest.get("config", {}).get("dataset") or meta.get("dataset")
+        if name is None:
+            raise ConfigError("no dataset recorded in the key or model; pass --dataset (or --no-data)")
+        seed = key.manifest.get("config", {}).get("seed", 0)
+        data_dir = data_dir or key.manifest.get("config", {}).get("data_dir")
+        data = load_dataset(name, data_dir, seed=seed).test
+    model = model.to(resolve_device(device))
+    return verify(model, key, data=data, trigger=key.trigger, certificate=cert, recalibrate=recalibrate, rule=rule)

@@ -1,0 +1,88 @@
+"""Released-model folders: ``model.safetensors`` (the stripped weights) + ``model.json`` (how to build it).
+
+A released model is the original architecture with the original parameter names, so anyone
+can load it into the zoo model named in ``model.json``. Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from . import zoo
+from .errors import ModelFileError, PassportNormError
+from .fileio import atomic_folder, load_tensors, save_tensors, tensors_fingerprint, write_json_atomic
+from .protect import is_protected
+
+__all__ = ["RELEASED_FORMAT", "save_released", "load_released", "released_fingerprint"]
+
+RELEASED_FORMAT = "passportnorm.released-model"
+RELEASED_VERSION = 1
+
+
+def released_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's weights (state dict): the identity a certificate commits to."""
+    return tensors_fingerprint(model.state_dict())
+
+
+def save_released(model: nn.Module, folder: str | Path, arch: str, model_config: dict[str, Any], **extra: Any) -> Path:
+    """Write a released (stripped) zoo model; ``extra`` goes into model.json (dataset, seed ...)."""
+    if is_protected(model):
+        raise ModelFileError("refusing to release a model that still carries passport-aware branches; strip() it first")
+    folder = Path(folder)
+    with atomic_folder(folder) as staging:
+        save_tensors(model.state_dict(), staging / "model.safetensors")
+        write_json_atomic(
+            staging / "model.json",
+            {
+                "format": RELEASED_FORMAT,
+                "version": RELEASED_VERSION,
+                "arch": arch,
+                "model_config": model_config,
+                "sha256_weights": released_fingerprint(model),
+                **extra,
+            },
+        )
+    return folder
+
+
+def load_released(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, model.json) from a released-model folder; every failure is one ModelFileError line."""
+    folder = Path(folder)
+    meta_path, weights_path = folder / "model.json", folder / "model.safetensors"
+    if not folder.is_dir():
+        raise ModelFileError(f"released-model folder {folder} does not exist")
+    for path in (meta_path, weights_path):
+        if not path.is_file():
+            raise ModelFileError(f"{path} is missing; a released-model folder holds model.json and model.safetensors")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"{meta_path} is not valid JSON ({error}); the folder is corrupted") from error
+    if not isinstance(meta, dict) or meta.get("format") != RELEASED_FORMAT:
+        raise ModelFileError(f"{meta_path} is not a passportnorm released-model description (format {RELEASED_FORMAT!r})")
+    if meta.get("version") != RELEASED_VERSION:
+        raise ModelFileError(f"{meta_path} has version {meta.get('version')!r}; this passportnorm reads {RELEASED_VERSION}")
+    try:
+        state = load_tensors(weights_path)
+    except ValueError as error:
+        raise ModelFileError(f"{weights_path}: {error}") from error
+    try:
+        model = zoo.build(meta["arch"], **meta.get("model_config", {}))
+    except (KeyError, PassportNormError) as error:
+        raise ModelFileError(f"{meta_path}: cannot build the model it names ({error})") from error
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        what = (
+            f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}" if unexpected
+            else f"{wrong[0]!r} has shape {tuple(state[wrong[0]].shape)}, {meta['arch']} needs {tuple(expected[wrong[0]].shape)}"
+        )
+        raise ModelFileError(f"{weights_path} does not fit {meta['arch']} {meta.get('model_config')}: {what}")
+    model.load_state_dict(state)
+    return model, meta

@@ -1,0 +1,258 @@
+"""Trainer: the paper's schedules for protected models, plain training for baselines, exact resume.
+
+``schedule="alternate"``: after each passport-free step on a batch, passport-aware steps on the
+same batch so that a share ``ratio`` of all steps trains the secret branch (0.5: one each, the
+paper's default). ``schedule="joint"``: both losses in one step, as the original code does. A
+plain (unprotected) model trains with passport-free steps only, through the same code, so that
+baselines get the same data order, augmentation, optimiser and budget.
+
+Each epoch draws its data order, augmentation and trigger picks from ``(seed, epoch)``, and a
+checkpoint (model, optimiser, scheduler, RNG state, history) is written atomically after every
+epoch, so an interrupted run resumes to the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .data.registry import DatasetSplits
+from .data.triggers import TriggerSet
+from .detection import signature_detection
+from .evaluation import accuracy
+from .errors import ConfigError, TrainingError
+from .protect import is_protected, passport_mode, sign_loss
+
+__all__ = ["TrainConfig", "Trainer"]
+
+SCHEDULES = ("alternate", "joint")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "alternate"
+    ratio: float = 0.5
+    sign_weight: float = 1.0
+    triggers_per_batch: int = 2
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose alternate or joint")
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"ratio {self.ratio} must be in [0, 1): it is the share of steps that train the passport-aware branch")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+
+
+@dataclass
+class _StepState:
+    aware_credit: float = 0.0
+    sign_losses: list[float] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains ``model`` (protected or plain) on ``data``; see the module docstring for the schedules."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DatasetSplits,
+        config: TrainConfig = TrainConfig(),
+        trigger: TriggerSet | None = None,
+        out_dir: str | Path | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        config.validate()
+        self.config = config
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.data = data
+        self.trigger = trigger.to(self.device) if trigger is not None else None
+        self.protected = is_protected(model)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=config.epochs * self.steps_per_epoch
+        )
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self._state = _StepState()
+
+    # one optimisation unit -------------------------------------------------------------
+    def _optimise(self, loss: Tensor, where: str) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"{where} loss became {loss.item()} at epoch {self.epoch + 1}; lower --lr (now {self.config.lr}) "
+                "or --sign-weight, or resume from the last checkpoint"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def _aware_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        with passport_mode(self.model):
+            task = F.cross_entropy(self.model(x), y)
+            penalty = sign_loss(self.model)
+        self._state.sign_losses.append(penalty.item())
+        return task + self.config.sign_weight * penalty
+
+    def step(self, batch: tuple[Tensor, Tensor]) -> dict[str, float]:
+        """One scheduled unit on ``batch`` (the LR scheduler is stepped once); returns its losses."""
+        self.model.train()
+        x, y = (t.to(self.device) for t in batch)
+        losses: dict[str, float] = {}
+        if not self.protected:
+            loss = F.cross_entropy(self.model(x), y)
+            self._optimise(loss, "training")
+            losses["free"] = loss.item()
+        elif self.config.schedule == "joint":
+            free = F.cross_entropy(self.model(x), y)
+            total = free + self._aware_loss(x, y)
+            self._optimise(total, "joint")
+            losses.update(free=free.item(), total=total.item())
+        else:
+            free = F.cross_entropy(self.model(x), y)
+            self._optimise(free, "passport-free")
+            losses["free"] = free.item()
+            self._state.aware_credit += self.config.ratio / (1.0 - self.config.ratio)
+            while self._state.aware_credit >= 1.0 - 1e-9:
+                aware = self._aware_loss(x, y)
+                self._optimise(aware, "passport-aware")
+                losses["aware"] = aware.item()
+                self._state.aware_credit -= 1.0
+        self.scheduler.step()
+        return losses
+
+    # epochs ----------------------------------------------------------------------------
+    def _epoch_generator(self, epoch: int, stream: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch * 101 + stream)
+
+    def _batches(self, epoch: int):
+        images, labels = self.data.train.tensors
+        order = torch.randperm(len(labels), generator=self._epoch_generator(epoch, 0))
+        augment_rng = self._epoch_generator(epoch, 1)
+        trigger_rng = self._epoch_generator(epoch, 2)
+        size = self.config.batch_size
+        for start in range(0, len(order), size):
+            index = order[start : start + size]
+            x, y = images[index], labels[index]
+            if self.data.augment is not None:
+                x = self.data.augment(x, augment_rng)
+            if self.trigger is not None and self.config.triggers_per_batch > 0:
+                pick = torch.randint(0, len(self.trigger), (self.config.triggers_per_batch,), generator=trigger_rng)
+                x = torch.cat([x, self.trigger.inputs[pick].cpu()])
+                y = torch.cat([y, self.trigger.labels[pick].cpu()])
+            yield x, y
+
+    def evaluate(self) -> dict[str, Any]:
+        """Passport-free (and -aware) test accuracy, signature detection, trigger accuracy."""
+        loader = DataLoader(self.data.test, batch_size=256)
+        metrics: dict[str, Any] = {"passport_free_accuracy": accuracy(self.model, loader, self.device)}
+        if self.protected:
+            with passport_mode(self.model):
+                metrics["passport_aware_accuracy"] = accuracy(self.model, loader, self.device)
+            metrics["signature_detection"] = signature_detection(self.model).rate
+        if self.trigger is not None:
+            with torch.no_grad():
+                self.model.eval()
+                hits = (self.model(self.trigger.inputs).argmax(1) == self.trigger.labels).float().mean()
+            metrics["trigger_accuracy"] = float(hits)
+        return metrics
+
+    def fit(self, resume: bool = False, on_step: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+        """Train to ``config.epochs``; with ``resume`` continue from the checkpoint in ``out_dir``.
+
+        ``on_step(epoch, step)`` is called after every unit (progress hooks, tests that interrupt).
+        """
+        if resume:
+            self.load_checkpoint()
+        while self.epoch < self.config.epochs:
+            epoch = self.epoch
+            self._state.sign_losses.clear()
+            start = time.perf_counter()
+            bar = tqdm(
+                self._batches(epoch), total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                leave=False, dynamic_ncols=True, disable=None,
+            )
+            for step, batch in enumerate(bar):
+                losses = self.step(batch)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+                if on_step is not None:
+                    on_step(epoch, step)
+            seconds = time.perf_counter() - start
+            row = {"epoch": epoch + 1, "seconds": seconds, "lr": self.scheduler.get_last_lr()[0], **self.evaluate()}
+            if self._state.sign_losses:
+                row["sign_loss"] = sum(self._state.sign_losses) / len(self._state.sign_losses)
+            self.history.append(row)
+            self.epoch = epoch + 1
+            self.save_checkpoint()
+        return self.history
+
+    # checkpoints -----------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / "checkpoint.pt" if self.out_dir is not None else None
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_path is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "aware_credit": self._state.aware_credit,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "config": asdict(self.config),
+        }
+        tmp = self.checkpoint_path.with_name(".checkpoint.pt.tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def load_checkpoint(self) -> None:
+        path = self.checkpoint_path
+        if path is None or not path.is_file():
+            raise TrainingError(f"no checkpoint to resume from at {path}; run without --resume first")
+        try:
+            payload = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as error:  # a truncated or foreign file
+            raise TrainingError(f"{path} is not a usable checkpoint ({type(error).__name__}); delete it to start over") from error
+        if payload.get("config") != asdict(self.config):
+            changed = [k for k, v in asdict(self.config).items() if payload.get("config", {}).get(k) != v]
+            raise TrainingError(f"{path} was written with other settings ({', '.join(changed)}); resume with the same options")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.epoch = int(payload["epoch"])
+        self.history = list(payload["history"])
+        self._state.aware_credit = float(payload["aware_credit"])
+        torch.set_rng_state(payload["torch_rng"].cpu())
+        if torch.cuda.is_available() and payload["cuda_rng"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in payload["cuda_rng"]])
+

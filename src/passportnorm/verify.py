@@ -1,0 +1,248 @@
+"""Ownership verification a reviewer can follow: counts, p-values, and an explicit verdict rule.
+
+White-box: put the owner's branch (from the key) back on the suspect model's weights, read
+``sign(g)`` against the signature, and compare the accuracy of the passport-aware branch with the
+suspect's own. Black-box: query the suspect with the trigger set and compare its answers with the
+owner's labels. Each count comes with a one-sided binomial p-value: the chance of at least that
+many matches if the suspect had nothing to do with the owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import numpy as np
+from scipy.special import logsumexp
+from scipy.stats import binom
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from .certificate import Certificate
+from .data.triggers import TriggerSet
+from .detection import signature_detection
+from .evaluation import accuracy
+from .key import OwnerKey, attach_key
+from .protect import passport_mode, protected_layers
+
+__all__ = [
+    "VerdictRule",
+    "VerificationReport",
+    "verify",
+    "verify_blackbox",
+    "binomial_p_value",
+    "binomial_log10_p_value",
+    "recalibrate_branch",
+]
+
+
+def binomial_p_value(matches: int, trials: int, chance: float) -> float:
+    """P(X >= matches) for X ~ Binomial(trials, chance): how surprising the matches are by luck."""
+    if trials <= 0:
+        return 1.0
+    return float(binom.sf(matches - 1, trials, chance))
+
+
+def binomial_log10_p_value(matches: int, trials: int, chance: float) -> float:
+    """log10 of the same tail, exact where the p-value itself underflows to 0 (e.g. 2**-1184)."""
+    if trials <= 0 or matches <= 0:
+        return 0.0
+    terms = binom.logpmf(np.arange(matches, trials + 1), trials, chance)
+    return float(logsumexp(terms) / np.log(10))
+
+
+def format_p_value(p_value: float, log10_p: float) -> str:
+    return f"{p_value:.3g}" if p_value > 0 else f"10^{log10_p:.1f}"
+
+
+@dataclass(frozen=True)
+class VerdictRule:
+    """When a claim counts as verified. White-box needs both conditions; black-box the trigger one."""
+
+    max_signature_p_value: float = 1e-6
+    max_accuracy_drop: float = 0.10  # passport-aware may trail passport-free by at most this (absolute)
+    max_trigger_p_value: float = 1e-6
+
+    def describe(self) -> str:
+        return (
+            f"verified when the signature p-value < {self.max_signature_p_value:g} and passport-aware accuracy is within "
+            f"{100 * self.max_accuracy_drop:g} points of passport-free accuracy (when data is given); black-box alone: "
+            f"trigger p-value < {self.max_trigger_p_value:g}"
+        )
+
+
+@dataclass
+class VerificationReport:
+    verified: bool
+    rule: str
+    reasons: list[str] = field(default_factory=list)
+    signature_bits: int | None = None
+    signature_matches: int | None = None
+    signature_detection: float | None = None
+    bit_errors: int | None = None
+    signature_p_value: float | None = None
+    signature_log10_p_value: float | None = None
+    decoded_text: str | None = None
+    expected_text: str | None = None
+    passport_free_accuracy: float | None = None
+    passport_aware_accuracy: float | None = None
+    trigger_count: int | None = None
+    trigger_matches: int | None = None
+    trigger_accuracy: float | None = None
+    trigger_p_value: float | None = None
+    trigger_log10_p_value: float | None = None
+    certificate: dict[str, Any] | None = None
+    per_layer: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_markdown(self, title: str = "Verification") -> str:
+        rows = [
+            ("verdict", "**VERIFIED**" if self.verified else "**NOT VERIFIED**"),
+            ("rule", self.rule),
+        ]
+        if self.signature_bits is not None:
+            rows += [
+                ("signature detection", f"{self.signature_detection:.2%} ({self.signature_matches}/{self.signature_bits} bits, {self.bit_errors} errors)"),
+                ("P(that many matching bits by chance)", format_p_value(self.signature_p_value, self.signature_log10_p_value)),
+                ("decoded owner text", repr(self.decoded_text)),
+            ]
+        if self.passport_free_accuracy is not None:
+            rows += [
+                ("passport-free accuracy (the suspect as served)", f"{self.passport_free_accuracy:.2%}"),
+                ("passport-aware accuracy (with the owner's branch)", f"{self.passport_aware_accuracy:.2%}"),
+            ]
+        if self.trigger_count is not None:
+            rows += [
+                ("trigger-set accuracy", f"{self.trigger_accuracy:.2%} ({self.trigger_matches}/{self.trigger_count})"),
+                ("P(that many trigger answers by chance)", format_p_value(self.trigger_p_value, self.trigger_log10_p_value)),
+            ]
+        if self.certificate is not None:
+            rows.append(("certificate", ", ".join(f"{k}: {v}" for k, v in self.certificate.items())))
+        rows += [("reason", reason) for reason in self.reasons]
+        lines = [f"### {title}", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+        return "\n".join(lines)
+
+
+
+@torch.no_grad()
+def recalibrate_branch(model: nn.Module, batches: Iterable, device: torch.device) -> None:
+    """Re-estimate the branch's BatchNorm statistics on the owner's data (cumulative average).
+
+    Only the branch norms run in training mode; the suspect's own statistics are not touched.
+    """
+    layers = [layer for layer in protected_layers(model).values() if getattr(layer.branch_norm, "track_running_stats", False)]
+    model.eval()
+    saved = []
+    for layer in layers:
+        layer.branch_norm.reset_running_stats()
+        saved.append(layer.branch_norm.momentum)
+        layer.branch_norm.momentum = None
+        layer.branch_norm.train()
+    with passport_mode(model):
+        for x, _ in batches:
+            model(x.to(device))
+    for layer, momentum in zip(layers, saved):
+        layer.branch_norm.momentum = momentum
+        layer.branch_norm.eval()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def verify(
+    model: nn.Module,
+    key: OwnerKey,
+    data: Dataset | DataLoader | None = None,
+    trigger: TriggerSet | None = None,
+    certificate: Certificate | None = None,
+    recalibrate: bool = False,
+    rule: VerdictRule = VerdictRule(),
+) -> VerificationReport:
+    """White-box (and, with ``trigger``, black-box) verification of a suspect model of the key's architecture.
+
+    ``data`` (the owner's labelled test data) adds the accuracy condition; without it the
+    verdict rests on the signature alone. ``certificate`` is checked against the key first
+    (a mismatch raises CertificateError) and the report says whether the suspect is the certified
+    release bit for bit. ``recalibrate`` re-estimates the branch statistics on ``data`` first,
+    which helps after fine-tuning has shifted the features.
+    """
+    cert_info = None
+    if certificate is not None:
+        certificate.check_key(key)
+        cert_info = {
+            "key matches certificate": True,
+            "suspect is the certified release, bit for bit": certificate.matches_released(model),
+            "certified at (UTC)": certificate.created_utc,
+        }
+    device = _model_device(model)
+    suspect = attach_key(model, key).to(device)
+    detection = signature_detection(suspect)
+    report = VerificationReport(verified=False, rule=rule.describe(), certificate=cert_info)
+    report.signature_bits = detection.total
+    report.signature_matches = detection.matched
+    report.signature_detection = detection.rate
+    report.bit_errors = detection.bit_errors
+    report.signature_p_value = binomial_p_value(detection.matched, detection.total, 0.5)
+    report.signature_log10_p_value = binomial_log10_p_value(detection.matched, detection.total, 0.5)
+    report.decoded_text = detection.message
+    report.expected_text = key.signature_text
+    report.per_layer = {path: d.rate for path, d in detection.layers.items()}
+
+    if data is not None:
+        if recalibrate:
+            loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=256)
+            recalibrate_branch(suspect, loader, device)
+        report.passport_free_accuracy = accuracy(suspect, data, device)
+        with passport_mode(suspect):
+            report.passport_aware_accuracy = accuracy(suspect, data, device)
+    if trigger is not None:
+        _fill_trigger(report, lambda x: suspect(x).argmax(1), trigger, device)
+
+    signature_ok = report.signature_p_value < rule.max_signature_p_value
+    report.reasons.append(
+        f"signature: {detection.matched}/{detection.total} bits match, "
+        f"p = {format_p_value(report.signature_p_value, report.signature_log10_p_value)} "
+        f"({'<' if signature_ok else '>='} {rule.max_signature_p_value:g})"
+    )
+    accuracy_ok = True
+    if data is not None:
+        drop = report.passport_free_accuracy - report.passport_aware_accuracy
+        accuracy_ok = drop <= rule.max_accuracy_drop
+        report.reasons.append(
+            f"accuracy: passport-aware {report.passport_aware_accuracy:.2%} vs passport-free "
+            f"{report.passport_free_accuracy:.2%} (drop {100 * drop:.1f} points, allowed {100 * rule.max_accuracy_drop:g})"
+        )
+    report.verified = bool(signature_ok and accuracy_ok)
+    return report
+
+
+@torch.no_grad()
+def _fill_trigger(report: VerificationReport, predict: Callable[[Tensor], Tensor], trigger: TriggerSet, device) -> None:
+    answers = []
+    for start in range(0, len(trigger), 256):
+        answers.append(torch.as_tensor(predict(trigger.inputs[start : start + 256].to(device))).cpu())
+    matches = int((torch.cat(answers) == trigger.labels.cpu()).sum())
+    report.trigger_count = len(trigger)
+    report.trigger_matches = matches
+    report.trigger_accuracy = matches / len(trigger)
+    report.trigger_p_value = binomial_p_value(matches, len(trigger), 1.0 / trigger.num_classes)
+    report.trigger_log10_p_value = binomial_log10_p_value(matches, len(trigger), 1.0 / trigger.num_classes)
+
+
+def verify_blackbox(
+    predict: Callable[[Tensor], Tensor], trigger: TriggerSet, rule: VerdictRule = VerdictRule(), device: Any = "cpu"
+) -> VerificationReport:
+    """Black-box check: ``predict(inputs) -> labels`` from any served model, against the trigger set."""
+    report = VerificationReport(verified=False, rule=rule.describe())
+    _fill_trigger(report, predict, trigger, torch.device(device))
+    report.verified = report.trigger_p_value < rule.max_trigger_p_value
+    report.reasons.append(
+        f"triggers: {report.trigger_matches}/{report.trigger_count} answered with the owner's labels, "
+        f"p = {format_p_value(report.trigger_p_value, report.trigger_log10_p_value)} (chance {1 / trigger.num_classes:.3g} each)"
+    )
+    return report
