@@ -129,6 +129,11 @@ class OwnerKey:
                     raise OwnerKeyError(f"{where}: layer {path!r} passports have shapes {tuple(parts['passport_gamma'].shape)}/{tuple(parts['passport_beta'].shape)}")
                 if parts["mlp.0.weight"].shape[1] != channels or parts["mlp.2.weight"].shape[0] != channels:
                     raise OwnerKeyError(f"{where}: layer {path!r} MLP does not map {channels} channels")
+            trigger = self.manifest.get("trigger")
+            if trigger:
+                inputs, labels = self.tensors.get("trigger.inputs"), self.tensors.get("trigger.labels")
+                if inputs is None or labels is None or len(inputs) != int(trigger["count"]) or len(labels) != len(inputs):
+                    raise OwnerKeyError(f"{where}: the trigger set in key.safetensors does not match its manifest entry")
         except (KeyError, TypeError, ValueError) as error:
             raise OwnerKeyError(f"{where}: malformed manifest ({error!r}); the key is corrupted") from error
 

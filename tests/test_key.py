@@ -1,0 +1,149 @@
+"""Owner key, certificate and released-model files: round trips, corruption, pickles, mismatches."""
+
+import json
+import pickle
+import warnings
+
+import pytest
+import torch
+
+import passportnorm as pn
+from passportnorm import zoo
+from passportnorm.certificate import Certificate
+from passportnorm.data.triggers import generate_triggers
+from passportnorm.errors import CertificateError, ModelFileError, OwnerKeyError
+from passportnorm.key import OwnerKey, attach_key, extract_key
+from passportnorm.release import load_released, save_released
+
+CONFIG = {"in_channels": 1, "num_classes": 10, "width": 0.125, "norm": "bn"}
+
+
+@pytest.fixture()
+def owner(tmp_path):
+    torch.manual_seed(0)
+    model = zoo.build("resnet18", **CONFIG)
+    x = torch.randn(4, 1, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        protected = pn.protect(model, x, signature="(c) K", passports="random", seed=3)
+    with pn.passport_mode(protected):  # give the branch statistics something to remember
+        protected.train()(torch.randn(8, 1, 16, 16))
+    protected.eval()
+    triggers = generate_triggers(5, (1, 16, 16), 10, seed=1)
+    key = extract_key(protected, config={"dataset": "none"}, trigger=triggers)
+    released = pn.strip(protected)
+    key.save(tmp_path / "key")
+    save_released(released, tmp_path / "released", "resnet18", CONFIG)
+    return protected, released, key, x, tmp_path
+
+
+def test_key_round_trip_restores_the_exact_branch(owner):
+    protected, released, key, x, tmp = owner
+    loaded = OwnerKey.load(tmp / "key")
+    assert loaded.digest() == key.digest() and loaded.signature_text == "(c) K"
+    assert loaded.trigger is not None and torch.equal(loaded.trigger.labels, key.trigger.labels)
+    model, meta = load_released(tmp / "released")
+    assert meta["arch"] == "resnet18"
+    rebuilt = attach_key(model, loaded).eval()
+    assert torch.equal(rebuilt(x), protected(x))
+    with pn.passport_mode(rebuilt), pn.passport_mode(protected):
+        assert torch.equal(rebuilt(x), protected(x))
+    assert not pn.is_protected(model), "attach_key works on a copy"
+    manifest = json.loads((tmp / "key" / "key.json").read_text())
+    assert manifest["sha256_released_weights"] == meta["sha256_weights"]
+    assert {"passport_shape", "producer", "norm_type", "channels"} <= set(manifest["layers"][0])
+
+
+def test_flipped_byte_in_key_tensors_is_detected(owner):
+    *_, tmp = owner
+    path = tmp / "key" / "key.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(OwnerKeyError, match="key.safetensors does not match the SHA-256 in key.json"):
+        OwnerKey.load(tmp / "key")
+
+
+def test_edited_manifest_is_detected(owner):
+    *_, tmp = owner
+    path = tmp / "key" / "key.json"
+    manifest = json.loads(path.read_text())
+    manifest["layers"][0]["alpha"] = 5.0
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(OwnerKeyError, match="key hash does not match its contents"):
+        OwnerKey.load(tmp / "key")
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda d: (d / "key.json").write_text("{not json"), "is not valid JSON"),
+        (lambda d: (d / "key.json").unlink(), "key.json is missing"),
+        (lambda d: (d / "key.json").write_text(json.dumps({"format": "something"})), "is not a passportnorm owner key"),
+        (lambda d: (d / "key.safetensors").write_bytes(b"\x00" * 4), "does not match the SHA-256"),
+    ],
+)
+def test_damaged_keys_are_one_line_errors(owner, damage, message):
+    *_, tmp = owner
+    damage(tmp / "key")
+    with pytest.raises(OwnerKeyError, match=message) as info:
+        OwnerKey.load(tmp / "key")
+    assert "\n" not in str(info.value)
+
+
+def test_a_pickle_posing_as_key_is_never_loaded(owner, monkeypatch):
+    *_, tmp = owner
+    folder = tmp / "key"
+    (folder / "key.safetensors").write_bytes(pickle.dumps({"x": 1}))
+    manifest = json.loads((folder / "key.json").read_text())
+    from passportnorm.fileio import sha256_file
+
+    manifest["sha256_tensors"] = sha256_file(folder / "key.safetensors")  # a careful forger fixes the hash
+    (folder / "key.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
+    with pytest.raises(OwnerKeyError, match="pickle or torch.save archive, which passportnorm never loads"):
+        OwnerKey.load(folder)
+
+
+def test_key_for_another_architecture_names_the_layer(owner):
+    _, _, key, _, _ = owner
+    wider = zoo.build("resnet18", **{**CONFIG, "width": 0.25})
+    with pytest.raises(OwnerKeyError, match=r"another architecture: 'bn1' has 16 channels, the key expects 8"):
+        attach_key(wider, key)
+    other = zoo.build("alexnet", **CONFIG)
+    with pytest.raises(OwnerKeyError, match="the model has no module"):
+        attach_key(other, key)
+
+
+def test_released_model_files(owner):
+    _, released, _, _, tmp = owner
+    folder = tmp / "released"
+    torch.save(released.state_dict(), folder / "model.safetensors")  # a pickle under the right name
+    with pytest.raises(ModelFileError, match="pickle or torch.save archive"):
+        load_released(folder)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_released(tmp / "nothing")
+    save_released(released, tmp / "r2", "resnet18", {**CONFIG, "width": 0.25})
+    with pytest.raises(ModelFileError, match=r"does not fit resnet18 .*'conv1.weight' has shape"):
+        load_released(tmp / "r2")
+    with pytest.raises(ModelFileError, match="strip"):
+        save_released(pn.protect(released, torch.randn(2, 1, 16, 16)), tmp / "r3", "resnet18", CONFIG)
+    assert not (tmp / "r3").exists(), "a refused release leaves nothing behind"
+
+
+def test_certificate_commits_to_key_and_release(owner):
+    protected, released, key, _, tmp = owner
+    cert = Certificate.issue(key, released)
+    cert.save(tmp / "cert.json")
+    loaded = Certificate.load(tmp / "cert.json")
+    assert loaded == cert and loaded.created_utc.endswith("+00:00")
+    loaded.check_key(key)
+    assert loaded.matches_released(released)
+    tuned = zoo.build("resnet18", **CONFIG)
+    assert not loaded.matches_released(tuned)
+    other_key = extract_key(pn.protect(zoo.build("resnet18", **CONFIG), torch.randn(2, 1, 16, 16), seed=9))
+    with pytest.raises(CertificateError, match="it is not the certified key"):
+        loaded.check_key(other_key)
+    (tmp / "bad.json").write_text("[]")
+    with pytest.raises(CertificateError, match="is not a passportnorm certificate"):
+        Certificate.load(tmp / "bad.json")

@@ -1,0 +1,163 @@
+"""The CLI end to end on a tiny budget: protect, verify, train, inspect, resume, and bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from passportnorm.cli import main
+from passportnorm.pipeline import RunOptions, run_protect
+
+TINY = ["--dataset", "digits", "--arch", "small_cnn", "--width", "0.5", "--epochs", "2", "--batch-size", "32",
+        "--trigger-count", "20", "--signature", "(c) CLI"]
+
+
+@pytest.fixture(scope="module")
+def protected_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "protected"
+    assert main(["protect", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_protect_writes_every_output(protected_run):
+    out = protected_run
+    for name in ("released/model.safetensors", "released/model.json", "owner-key/key.json", "owner-key/key.safetensors",
+                 "certificate.json", "metrics.json", "history.csv", "report.md", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["verification"]["verified"] and metrics["settings"]["signature"] == "(c) CLI"
+    assert len(metrics["history"]) == 2 and "VERIFIED" in (out / "report.md").read_text()
+    assert (out / "history.csv").read_text().startswith("epoch,seconds,lr,passport_free_accuracy")
+
+
+def test_verify_exit_codes(protected_run, tmp_path, capsys):
+    out = protected_run
+    args = ["verify", "--model", str(out / "released"), "--key", str(out / "owner-key")]
+    assert main([*args, "--certificate", str(out / "certificate.json")]) == 0
+    capsys.readouterr()
+    assert main([*args, "--json", "--no-data"]) == 0
+    assert json.loads(capsys.readouterr().out)["passport_aware_accuracy"] is None
+    plain = tmp_path / "plain"
+    assert main(["train", *TINY, "--out", str(plain)]) == 0
+    assert not (plain / "owner-key").exists()
+    capsys.readouterr()
+    assert main(["verify", "--model", str(plain / "released"), "--key", str(out / "owner-key"), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["verified"] is False and report["signature_p_value"] > 1e-6
+
+
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        (lambda out: (out / "owner-key" / "key.safetensors").write_bytes(b"junk"), "key.safetensors does not match"),
+        (lambda out: (out / "released" / "model.safetensors").write_bytes(b"\x80\x04junk"), "pickle"),
+        (lambda out: (out / "certificate.json").write_text('{"scheme": 1}'), "not a passportnorm certificate"),
+    ],
+)
+def test_bad_files_give_one_line_and_exit_2(protected_run, tmp_path, capsys, breakage, message):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(protected_run, out)
+    breakage(out)
+    code = main(["verify", "--model", str(out / "released"), "--key", str(out / "owner-key"),
+                 "--certificate", str(out / "certificate.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and message in err, err
+
+
+def test_certificate_of_another_key_is_an_error(protected_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["protect", *TINY, "--epochs", "1", "--seed", "3", "--out", str(other)]) == 0
+    capsys.readouterr()
+    code = main(["verify", "--model", str(protected_run / "released"), "--key", str(protected_run / "owner-key"),
+                 "--certificate", str(other / "certificate.json"), "--no-data"])
+    assert code == 2 and "not the certified key" in capsys.readouterr().err
+
+
+def test_key_for_another_architecture_is_exit_2(protected_run, tmp_path, capsys):
+    narrow = tmp_path / "narrow"
+    assert main(["protect", *TINY, "--width", "0.25", "--epochs", "1", "--signature", "ok", "--out", str(narrow)]) == 0
+    capsys.readouterr()
+    code = main(["verify", "--model", str(narrow / "released"), "--key", str(protected_run / "owner-key")])
+    err = capsys.readouterr().err
+    assert code == 2 and "the key is for another architecture" in err and err.count("\n") == 1
+
+
+def test_missing_dataset_and_oversized_signature_leave_no_outputs(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["protect", "--dataset", "cifar10", "--data-dir", str(tmp_path / "no-cifar"), "--out", str(out)]) == 2
+    assert "no-cifar does not exist" in capsys.readouterr().err
+    assert main(["protect", *TINY, "--signature", "x" * 200, "--out", str(out)]) == 2
+    assert "capacity of" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_config_file_and_flags(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset: digits\narch: small_cnn\nwidth: 0.25\nepochs: 1\nbatch_size: 64\ntrigger: none\nsignature: ok\n")
+    out = tmp_path / "cfg"
+    assert main(["protect", "--config", str(config), "--epochs", "1", "--out", str(out)]) == 0
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert settings["width"] == 0.25 and settings["trigger"] == "none"
+    config.write_text("colour: blue\n")
+    assert main(["protect", "--config", str(config), "--out", str(out)]) == 2
+    assert "unknown option 'colour'" in capsys.readouterr().err
+
+
+def test_inspect_lists_weak_and_protectable_layers(capsys):
+    assert main(["inspect", "--arch", "resnet18", "--width", "0.125", "--dataset", "mnist5k"]) == 0
+    text = capsys.readouterr().out
+    assert "20 protectable norm layers" in text and "bn1 (BatchNorm2d, 8 ch) <- conv1 (Conv2d)  [fan-in 1" in text
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_protect_resumes_to_the_same_release(tmp_path, monkeypatch):
+    from passportnorm import train as train_module
+    from passportnorm.fileio import tensors_fingerprint
+    from passportnorm.release import load_released
+
+    base = dict(dataset="digits", arch="small_cnn", width=0.5, epochs=3, batch_size=32, trigger_count=20, signature="ok")
+    run_protect(RunOptions(**base, out=str(tmp_path / "whole")))
+
+    original = train_module.Trainer.step
+    calls = {"n": 0}
+
+    def dying_step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 70:  # inside the second epoch (45 batches per epoch)
+            raise _Stop
+        return original(self, batch)
+
+    monkeypatch.setattr(train_module.Trainer, "step", dying_step)
+    with pytest.raises(_Stop):
+        run_protect(RunOptions(**base, out=str(tmp_path / "cut")))
+    assert not (tmp_path / "cut" / "released").exists() and (tmp_path / "cut" / "checkpoint.pt").exists()
+    monkeypatch.setattr(train_module.Trainer, "step", original)
+    run_protect(RunOptions(**base, out=str(tmp_path / "cut"), resume=True))
+    whole, _ = load_released(tmp_path / "whole" / "released")
+    cut, _ = load_released(tmp_path / "cut" / "released")
+    assert tensors_fingerprint(whole.state_dict()) == tensors_fingerprint(cut.state_dict())
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "passportnorm.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and "passportnorm" in result.stdout
+
+
+@pytest.mark.slow
+def test_full_default_pipeline_like_make_demo(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["protect", "--out", str(out)]) == 0
+    assert main(["verify", "--model", str(out / "released"), "--key", str(out / "owner-key"),
+                 "--certificate", str(out / "certificate.json")]) == 0
+    assert main(["train", "--out", str(tmp_path / "plain")]) == 0
+    assert main(["verify", "--model", str(tmp_path / "plain" / "released"), "--key", str(out / "owner-key")]) == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["verification"]["signature_detection"] == 1.0
+    assert torch.cuda.is_available() or metrics["environment"]["device"] == "cpu"
