@@ -1,17 +1,17 @@
-"""The short demonstration behind ``make demo``: protect, train, read the signature, strip.
+"""``passportnorm demo``: the core mechanism in one short run (protect, train, read, strip).
 
 A small CNN is protected and trained on the shipped MNIST-5k with the paper's alternating
-schedule (one passport-free step, then one passport-aware step with the sign loss, per batch).
-Passports default to ``shuffle``: zero-mean random passports barely constrain a first conv
-that sees one input channel (docs/RESULTS.md measures this). It prints per-epoch accuracies of both branches and the signature detection rate, then strips
-the branch and checks, bit for bit, that the released model is the original architecture and
-computes exactly what the protected model's passport-free branch computes.
+schedule written out by hand (one passport-free step, then one passport-aware step with the
+sign loss, per batch), to show the library API without the Trainer. Passports default to
+``shuffle``: zero-mean random passports barely constrain a first conv that sees one input
+channel (docs/RESULTS.md measures this). It prints per-epoch accuracies of both branches and
+the signature detection rate, then strips the branch and checks, bit for bit, that the
+released model is the original architecture and computes exactly what the protected model's
+passport-free branch computes. ``benchmarks/passport_kinds.py`` builds on it.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -26,13 +26,13 @@ from tqdm import tqdm
 from . import zoo
 from .data import load_dataset
 from .detection import signature_detection
-from .evaluation import accuracy
 from .device import resolve_device
+from .evaluation import accuracy
 from .errors import PassportWarning
+from .fileio import write_json_atomic
 from .protect import passport_mode, protect, sign_loss, strip
 
 __all__ = ["run_demo"]
-
 
 
 @torch.no_grad()
@@ -41,14 +41,8 @@ def outputs_identical(a: nn.Module, b: nn.Module, loader: DataLoader, device: to
     return all(torch.equal(a(x.to(device)), b(x.to(device))) for x, _ in loader)
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def run_demo(
-    out: str | Path = "runs/demo",
+    out: str | Path = "runs/core-demo",
     epochs: int = 5,
     batch_size: int = 64,
     lr: float = 0.05,
@@ -147,7 +141,7 @@ def run_demo(
         },
     }
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "metrics.json", metrics)
+    write_json_atomic(out / "metrics.json", metrics)
     print(f"decoded signature: {detection.message!r} ({detection.message_bit_errors} bit errors in the message)")
     print(f"signature detection rate: {detection.rate:.2%} ({detection.matched}/{detection.total} bits)")
     for path, layer in detection.layers.items():

@@ -24,6 +24,7 @@ from torch import Tensor
 __all__ = [
     "atomic_folder",
     "write_json_atomic",
+    "write_text_atomic",
     "sha256_file",
     "tensors_fingerprint",
     "save_tensors",
@@ -48,12 +49,17 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> None:
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write beside ``path`` and rename over it: readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def sha256_file(path: str | Path) -> str:

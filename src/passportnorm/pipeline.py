@@ -24,11 +24,11 @@ from .data import load_dataset
 from .data.triggers import TriggerSet, generate_triggers, load_trigger_folder, TRIGGER_KINDS
 from .device import resolve_device
 from .errors import ConfigError, PassportWarning
-from .fileio import write_json_atomic
+from .fileio import write_json_atomic, write_text_atomic
 from .key import OwnerKey, extract_key
 from .protect import capacity, protect, strip
 from .release import load_released, save_released
-from .report import run_report_markdown, write_history_csv, write_text_atomic
+from .report import run_report_markdown, write_history_csv
 from .train import TrainConfig, Trainer
 from .verify import VerdictRule, VerificationReport, verify
 

@@ -7,18 +7,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from .fileio import write_json_atomic
+from .fileio import write_text_atomic
 
-__all__ = ["write_history_csv", "run_report_markdown", "write_text_atomic"]
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    import os
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+__all__ = ["write_history_csv", "run_report_markdown"]
 
 
 def write_history_csv(path: str | Path, history: list[dict[str, Any]]) -> None:
@@ -51,7 +42,3 @@ def run_report_markdown(metrics: dict[str, Any], verification_md: str | None = N
     if verification_md:
         lines += ["", verification_md]
     return "\n".join(lines) + "\n"
-
-
-def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
-    write_json_atomic(path, metrics)
