@@ -1,0 +1,10 @@
+"""Attacks on the ownership proof, one module per family; each states its threat model.
+
+Every attack starts from the released model (the attacker never sees the passport-aware branch
+unless its threat model says so) and ends with the owner's ``verify``.
+"""
+
+from .finetune import FINETUNE_MODES, finetune
+from .prune import prune_sweep
+
+__all__ = ["FINETUNE_MODES", "finetune", "prune_sweep"]

@@ -1,0 +1,70 @@
+"""Removal attacks on a small trained model: fine-tuning (4 modes) and pruning."""
+
+import warnings
+
+import pytest
+import torch
+
+import passportnorm as pn
+from passportnorm import zoo
+from passportnorm.attacks import finetune, prune_sweep
+from passportnorm.attacks.finetune import last_layer
+from passportnorm.attacks.prune import prune_model
+from passportnorm.data import load_dataset
+from passportnorm.errors import ConfigError
+from passportnorm.key import extract_key
+from passportnorm.train import TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def owner():
+    data = load_dataset("digits", seed=0)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        protected = pn.protect(zoo.build("small_cnn", width=0.5), data.train.tensors[0][:8], signature="(c) A",
+                               passports="shuffle", weak_layers="skip")
+    Trainer(protected, data, TrainConfig(epochs=6, batch_size=32)).fit()
+    half = len(data.train) // 2
+    attacker = torch.utils.data.Subset(data.train, range(half))
+    return data, pn.strip(protected).eval(), extract_key(protected), attacker
+
+
+@pytest.mark.parametrize("mode", ["ftll", "ftal", "rtll", "rtal"])
+def test_finetuning_modes_touch_what_they_say_and_report_each_epoch(owner, mode):
+    data, released, key, attacker = owner
+    result = finetune(released, key, attacker, data.test, mode=mode, epochs=1, seed=1)
+    model = result["model"]
+    assert [r["epoch"] for r in result["rows"]] == [0, 1] and "no key" in result["threat_model"]
+    assert result["rows"][0]["verified"] and result["rows"][0]["signature_detection"] == 1.0
+    _, head = last_layer(model)
+    _, old_head = last_layer(released)
+    assert not torch.equal(head.weight, old_head.weight)
+    body_same = torch.equal(model.features[0].weight, released.features[0].weight)
+    assert body_same == mode.endswith("ll")
+    assert result["rows"][-1]["attacker_accuracy"] > 0.5
+    assert result["verified_after"] is result["rows"][-1]["verified"]
+
+
+def test_bad_finetune_options(owner):
+    data, released, key, _ = owner
+    with pytest.raises(ConfigError, match="unknown fine-tuning mode"):
+        finetune(released, key, data.train, data.test, mode="ftxx")
+    with pytest.raises(ConfigError, match="no data"):
+        finetune(released, key, torch.utils.data.Subset(data.train, []), data.test)
+
+
+def test_pruning_zeroes_the_requested_share_and_sweeps(owner):
+    data, released, key, _ = owner
+    pruned = prune_model(released, 0.5)
+    weights = [m.weight for m in pruned.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert 0.49 < zeros < 0.51
+    assert list(pruned.state_dict()) == list(released.state_dict()), "pruning leaves a plain released model"
+    result = prune_sweep(released, key, data.test, rates=(0.0, 0.5, 0.95))
+    rows = {r["rate"]: r for r in result["rows"]}
+    assert rows[0.0]["verified"] and rows[0.0]["signature_detection"] == 1.0
+    assert rows[0.95]["attacker_accuracy"] < rows[0.0]["attacker_accuracy"]
+    assert result["highest_rate_still_verified"] in (0.0, 0.5, 0.95)
+    with pytest.raises(ConfigError, match=r"pruning rate 1.0 must be in \[0, 1\)"):
+        prune_model(released, 1.0)
