@@ -68,3 +68,51 @@ def test_pruning_zeroes_the_requested_share_and_sweeps(owner):
     assert result["highest_rate_still_verified"] in (0.0, 0.5, 0.95)
     with pytest.raises(ConfigError, match=r"pruning rate 1.0 must be in \[0, 1\)"):
         prune_model(released, 1.0)
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet18", "alexnet"])
+@pytest.mark.parametrize(
+    "options", [dict(permute=True, flip=0.0, rescale=None), dict(permute=False, flip=0.5, rescale=None),
+                dict(permute=False, flip=0.0, rescale=(0.5, 2.0)), dict()]
+)
+def test_obfuscation_preserves_the_released_function(arch, options):
+    from passportnorm.attacks import obfuscate
+
+    torch.manual_seed(0)
+    model = zoo.build(arch, in_channels=1, width=0.25)
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            model.train()(torch.randn(16, 1, 28, 28))
+    model.eval()
+    x = torch.randn(8, 1, 28, 28)
+    obfuscated, changed = obfuscate(model, x[:2], seed=3, **options)
+    assert list(obfuscated.state_dict()) == list(model.state_dict())
+    torch.testing.assert_close(obfuscated(x), model(x), rtol=1e-4, atol=1e-5)
+    changed_weights = [k for k, v in obfuscated.state_dict().items() if not torch.equal(v, model.state_dict()[k])]
+    assert changed_weights, "an obfuscation that changes nothing proves nothing"
+    if options.get("permute", True):
+        assert changed["permuted"]
+
+
+def test_obfuscation_breaks_naive_verification(owner):
+    from passportnorm.attacks import obfuscation_attack
+
+    data, released, key, _ = owner
+    result = obfuscation_attack(released, key, data.test, data.train.tensors[0][:4], seed=1)
+    rows = {r["transform"]: r for r in result["rows"]}
+    assert all(r["max_output_difference"] < 1e-3 for r in rows.values())
+    assert all(abs(r["attacker_accuracy"] - rows["permute"]["attacker_accuracy"]) < 1e-9 for r in rows.values())
+    assert rows["flip half"]["signature_detection"] < 0.75 and not rows["flip half"]["verified"]
+    assert rows["rescale 0.5-2"]["signature_detection"] == 1.0  # positive scales keep every sign
+    assert not rows["all three"]["verified"]
+
+
+def test_group_norm_channels_are_not_flipped():
+    from passportnorm.attacks import obfuscate
+
+    model = zoo.build("small_cnn", width=0.25, norm="gn").eval()
+    x = torch.randn(4, 1, 28, 28)
+    obfuscated, changed = obfuscate(model, x, permute=False, seed=0)
+    assert set(changed["skipped"]) == {"features.1", "features.5", "features.9"}
+    assert "mixes channels" in changed["skipped"]["features.1"]
+    torch.testing.assert_close(obfuscated(x), model(x))

@@ -5,6 +5,7 @@ unless its threat model says so) and ends with the owner's ``verify``.
 """
 
 from .finetune import FINETUNE_MODES, finetune
+from .obfuscate import obfuscate, obfuscation_attack
 from .prune import prune_sweep
 
-__all__ = ["FINETUNE_MODES", "finetune", "prune_sweep"]
+__all__ = ["FINETUNE_MODES", "finetune", "obfuscate", "obfuscation_attack", "prune_sweep"]
