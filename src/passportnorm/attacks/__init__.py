@@ -5,7 +5,8 @@ unless its threat model says so) and ends with the owner's ``verify``.
 """
 
 from .finetune import FINETUNE_MODES, finetune
+from .forge import forge_attack, forge_key
 from .obfuscate import obfuscate, obfuscation_attack
 from .prune import prune_sweep
 
-__all__ = ["FINETUNE_MODES", "finetune", "obfuscate", "obfuscation_attack", "prune_sweep"]
+__all__ = ["FINETUNE_MODES", "finetune", "forge_attack", "forge_key", "obfuscate", "obfuscation_attack", "prune_sweep"]

@@ -1,0 +1,170 @@
+"""Closed-form branch forgery: a complete passport-aware branch of one's own, from the released weights alone.
+
+Threat model: the forger has the released weights and the architecture; no data, no key, no
+knowledge of the owner's passports or MLPs. The per-channel passport response
+``g = mean(W * P)`` is linear in the passport ``P``, so for any signature ``t`` the minimum-norm
+passport with ``g = margin_scale * t`` is one linear solve. A fresh MLP of the scheme's own
+shape (C -> C/4 -> C, LeakyReLU, no biases) is then fitted exactly to map the forged responses
+onto the released ``gamma0`` and ``beta0``, and the released normalisation statistics are copied
+into the forged branch. The forged branch then computes what the released model computes, so
+its accuracy equals the released accuracy while its signature is the forger's.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError, PassportWarning
+from ..key import OwnerKey, extract_key
+from ..norm import PassportAwareNorm
+from ..pairing import find_pairs
+from ..protect import protect
+from ..signature import Signature
+from ..verify import VerdictRule, verify
+
+THREAT_MODEL = (
+    "forger: released weights and architecture; no data, no key. Action: solve for passports whose "
+    "responses spell the forger's signature, fit a scheme-shaped MLP onto the released affine values, "
+    "copy the released statistics. Claim: the forged key, checked with the owner's own verification."
+)
+
+
+def _response_matrix(layer: PassportAwareNorm) -> Tensor:
+    """A with g = A @ vec(P): the linear map from a passport to its per-channel response."""
+    shape = layer.passport_gamma.shape
+    size = int(math.prod(shape))
+    eye = torch.eye(size, dtype=layer.passport_gamma.dtype).reshape(size, *shape[1:])
+    rows = []
+    for start in range(0, size, 1024):  # the identity, pushed through the producer in chunks
+        basis = eye[start : start + 1024]
+        rows.append(_responses(layer, basis))
+    return torch.cat(rows).T  # (C, size)
+
+
+def _responses(layer: PassportAwareNorm, passports: Tensor) -> Tensor:
+    producer = layer.producer
+    with torch.no_grad():
+        if isinstance(producer, nn.Linear):
+            out = F.linear(passports, producer.weight)
+        else:
+            out = producer._conv_forward(passports, producer.weight, None)
+        channel_dim = out.dim() - 1 if isinstance(producer, nn.Linear) else 1
+        return out.movedim(channel_dim, 1).reshape(len(passports), layer.channels, -1).mean(dim=2)
+
+
+def _min_norm_solution(matrix: Tensor, wanted: Tensor) -> Tensor:
+    """The smallest x with A x = wanted where A has full row rank, else the least-squares x (float64 SVD).
+
+    No singular value is cut off: a response map with a huge top singular value still gets
+    every direction it can reach (lstsq's default cutoff would silently drop the weak ones).
+    """
+    a = matrix.double()
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    keep = s > s.max() * 1e-12
+    x = vh[keep].T @ ((u[:, keep].T @ wanted.double()) / s[keep])
+    return x.to(matrix.dtype)
+
+
+@torch.no_grad()
+def _fit_mlp(layer: PassportAwareNorm, g: Tensor, b: Tensor, gamma: Tensor, beta: Tensor, generator: torch.Generator) -> float:
+    """First layer random, second solved by least squares so MLP(g) = gamma, MLP(b) = beta; returns the residual."""
+    first, second = layer.mlp[0], layer.mlp[2]
+    nn.init.kaiming_uniform_(first.weight, a=math.sqrt(5), generator=generator)
+    hidden = F.leaky_relu(torch.stack([g, b]) @ first.weight.T)  # (2, H)
+    targets = torch.stack([gamma, beta])  # (2, C)
+    solution = torch.linalg.lstsq(hidden, targets).solution  # (H, C): hidden @ solution = targets
+    second.weight.copy_(solution.T)
+    return float((layer.mlp(torch.stack([g, b])) - targets).abs().max())
+
+
+def forge_key(
+    released: nn.Module,
+    example_input: Tensor,
+    signature: str | Signature = "(c) Mallory",
+    response_scale: float = 1.0,
+    seed: int = 0,
+) -> tuple[OwnerKey, dict[str, Any]]:
+    """A forged owner key for ``released`` whose passports spell ``signature`` (see module docstring)."""
+    if response_scale <= 0:
+        raise ConfigError(f"response_scale must be positive, got {response_scale}")
+    released = released.eval()
+    pairs = find_pairs(released, example_input).pairs
+    if not pairs:
+        raise ConfigError("the released model has no protectable norm layer to forge a branch for")
+    # the scheme's own structure, built with the public tool; every secret in it is replaced below.
+    # A layer whose response map has rank below its channel count (a first conv over one channel,
+    # a 1x1 conv widening its input) cannot spell every signature, so the forger leaves it out.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PassportWarning)
+        probe = protect(released, example_input, seed=seed)
+    matrices = {path: _response_matrix(layer) for path, layer in probe.named_modules() if isinstance(layer, PassportAwareNorm)}
+    full_rank = [path for path, a in matrices.items() if int(torch.linalg.matrix_rank(a.double())) == a.shape[0]]
+    if not full_rank:
+        raise ConfigError("no protectable layer of this model has a full-rank passport response; nothing to forge")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PassportWarning)
+        shell = protect(released, example_input, signature=signature, seed=seed, include=full_rank)
+    generator = torch.Generator().manual_seed(seed)
+    residuals = {}
+    for path, layer in shell.named_modules():
+        if not isinstance(layer, PassportAwareNorm):
+            continue
+        target = layer.signature.to(layer.passport_gamma.dtype)
+        matrix = matrices[path]
+        passports = []
+        for sign_pattern in (target, torch.where(torch.rand(layer.channels, generator=generator) < 0.5, -1.0, 1.0)):
+            wanted = response_scale * sign_pattern.to(matrix.dtype)
+            passports.append(_min_norm_solution(matrix, wanted).reshape(layer.passport_gamma.shape))
+        layer.passport_gamma.copy_(passports[0])
+        layer.passport_beta.copy_(passports[1])
+        g, b = layer.passport_responses()
+        norm = layer.norm
+        beta0 = norm.bias if norm.bias is not None else torch.zeros_like(norm.weight)
+        residuals[path] = _fit_mlp(layer, g, b, norm.weight.detach(), beta0.detach(), generator)
+        if getattr(layer.branch_norm, "running_mean", None) is not None:
+            layer.branch_norm.running_mean.copy_(norm.running_mean)
+            layer.branch_norm.running_var.copy_(norm.running_var)
+            layer.branch_norm.num_batches_tracked.copy_(norm.num_batches_tracked)
+    key = extract_key(shell, config={"forged": True})
+    left_out = sorted(set(matrices) - set(full_rank))
+    return key, {"mlp_fit_max_residual": residuals, "layers_forged": len(residuals), "layers_left_out_rank_deficient": left_out}
+
+
+def forge_attack(
+    released: nn.Module,
+    owner_key: OwnerKey,
+    owner_test: Dataset,
+    example_input: Tensor,
+    signature: str = "(c) Mallory",
+    seed: int = 0,
+    rule: VerdictRule = VerdictRule(),
+) -> dict[str, Any]:
+    """Forge a key, then run the owner's verification with it and with the owner's key, side by side."""
+    forged, info = forge_key(released, example_input, signature=signature, seed=seed)
+    forged_report = verify(released, forged, data=owner_test, rule=rule)
+    owner_report = verify(released, owner_key, data=owner_test, rule=rule)
+    # how different the forged claim is from the owner's: bits, over the layers both keys cover
+    owner_bits = torch.cat([owner_key.layer_tensors(layer["norm"])["signature"] for layer in owner_key.layers])
+    forged_bits = torch.cat([forged.layer_tensors(layer["norm"])["signature"] for layer in forged.layers
+                             if any(o["norm"] == layer["norm"] for o in owner_key.layers)])
+    dissimilarity = float((owner_bits != forged_bits).float().mean()) if len(owner_bits) == len(forged_bits) else None
+    return {
+        "attack": "forge",
+        "threat_model": THREAT_MODEL,
+        "forged": forged_report.to_dict(),
+        "owner": owner_report.to_dict(),
+        "bit_dissimilarity_to_owner": dissimilarity,
+        "forged_verified": forged_report.verified,
+        "forged_decoded_text": forged_report.decoded_text,
+        **info,
+        "forged_key": forged,
+    }
+
+
