@@ -4,9 +4,10 @@ Every attack starts from the released model (the attacker never sees the passpor
 unless its threat model says so) and ends with the owner's ``verify``.
 """
 
+from .ambiguity import ambiguity_one, ambiguity_two
 from .finetune import FINETUNE_MODES, finetune
 from .forge import forge_attack, forge_key
 from .obfuscate import obfuscate, obfuscation_attack
 from .prune import prune_sweep
 
-__all__ = ["FINETUNE_MODES", "finetune", "forge_attack", "forge_key", "obfuscate", "obfuscation_attack", "prune_sweep"]
+__all__ = ["ambiguity_one", "ambiguity_two", "FINETUNE_MODES", "finetune", "forge_attack", "forge_key", "obfuscate", "obfuscation_attack", "prune_sweep"]

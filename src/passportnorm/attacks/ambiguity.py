@@ -1,0 +1,158 @@
+"""Ambiguity attacks from the paper's code: forged passports that claim the owner's model.
+
+Ambiguity I. Threat model: the attacker has the released weights and the owner's branch minus
+the passports (MLPs and branch statistics, the worst case the paper considers), and a share of
+the task data. Random U(-1,1) passports are optimised with cross-entropy through the passport-
+aware branch; the model and MLPs stay frozen. The claim signs are whatever the forged passports
+produce, so the claim stands or falls on the accuracy condition.
+
+Ambiguity II. Threat model: the attacker also starts from the owner's passports (plus noise),
+re-initialises the MLPs and trains them with the passports, towards a target signature with a
+share ``flip`` of the owner's bits flipped, with a term pushing the passports away from the
+owner's (cosine similarity above zero is penalised). The model stays frozen.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ConfigError
+from ..evaluation import accuracy
+from ..key import OwnerKey, attach_key, extract_key
+from ..norm import PassportAwareNorm
+from ..protect import passport_mode, protected_layers
+from ..verify import VerdictRule, verify
+
+THREAT_I = (
+    "attacker: released weights, the owner's MLPs and branch statistics (not the passports), and a share of the "
+    "task data. Action: optimise random passports with cross-entropy, model and MLPs frozen."
+)
+THREAT_II = (
+    "attacker: released weights, the owner's passports as a starting point, and a share of the task data. Action: "
+    "train passports and re-initialised MLPs with cross-entropy + sign loss to a target signature with {flip:.0%} of "
+    "the owner's bits flipped + a push away from the owner's passports; model frozen."
+)
+
+
+def _prepare(released: nn.Module, key: OwnerKey) -> tuple[nn.Module, list[PassportAwareNorm]]:
+    suspect = attach_key(released, key).eval()
+    for parameter in suspect.parameters():
+        parameter.requires_grad_(False)
+    return suspect, list(protected_layers(suspect).values())
+
+
+def _optimise(suspect: nn.Module, tensors: list[Tensor], data: Dataset, epochs: int, lr: float, seed: int, extra) -> None:
+    if len(data) == 0:
+        raise ConfigError("the attacker has no data: give a non-empty attacker split")
+    for tensor in tensors:
+        tensor.requires_grad_(True)
+    optimizer = torch.optim.Adam(tensors, lr=lr)
+    loader = DataLoader(data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    suspect.eval()  # frozen statistics everywhere, the branch's included
+    with passport_mode(suspect):
+        for _ in range(epochs):
+            for x, y in loader:
+                loss = F.cross_entropy(suspect(x), y) + extra()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    for tensor in tensors:
+        tensor.requires_grad_(False)
+
+
+def _claim(released: nn.Module, suspect: nn.Module, owner_test: Dataset, rule: VerdictRule) -> dict[str, Any]:
+    forged_key = extract_key(suspect, config={"forged": True})
+    report = verify(released, forged_key, data=owner_test, rule=rule)
+    with passport_mode(suspect):
+        forged_accuracy = accuracy(suspect, owner_test)
+    return {"forged_key": forged_key, "report": report, "forged_accuracy": forged_accuracy}
+
+
+def ambiguity_one(
+    released: nn.Module, key: OwnerKey, attacker_data: Dataset, owner_test: Dataset,
+    epochs: int = 3, lr: float = 0.01, seed: int = 0, rule: VerdictRule = VerdictRule(),
+) -> dict[str, Any]:
+    suspect, layers = _prepare(released, key)
+    gen = torch.Generator().manual_seed(seed)
+    passports = []
+    with torch.no_grad():
+        for layer in layers:
+            for tensor in (layer.passport_gamma, layer.passport_beta):
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) * 2 - 1)
+                passports.append(tensor)
+    with passport_mode(suspect):
+        before = accuracy(suspect, owner_test)
+    _optimise(suspect, passports, attacker_data, epochs, lr, seed, lambda: 0.0)
+    with torch.no_grad():
+        for layer in layers:  # the claim: whatever signs the forged passports give
+            layer.signature.copy_(torch.where(layer.passport_responses()[0] > 0, 1, -1).to(layer.signature.dtype))
+    claim = _claim(released, suspect, owner_test, rule)
+    report = claim["report"]
+    return {
+        "attack": "ambiguity1",
+        "threat_model": THREAT_I,
+        "forged_accuracy_before": before,
+        "forged_accuracy": claim["forged_accuracy"],
+        "released_accuracy": accuracy(released, owner_test),
+        "forged_signature_detection": report.signature_detection,
+        "forged_verified": report.verified,
+        "forged_key": claim["forged_key"],
+    }
+
+
+def ambiguity_two(
+    released: nn.Module, key: OwnerKey, attacker_data: Dataset, owner_test: Dataset, flip: float = 0.1,
+    epochs: int = 3, lr: float = 0.01, push: float = 1.0, noise: float = 0.1, seed: int = 0,
+    rule: VerdictRule = VerdictRule(),
+) -> dict[str, Any]:
+    if not 0.0 <= flip <= 1.0:
+        raise ConfigError(f"flip share {flip} must be in [0, 1]")
+    suspect, layers = _prepare(released, key)
+    gen = torch.Generator().manual_seed(seed)
+    owner_passports, forged_passports, mlp_weights, owner_bits = [], [], [], []
+    with torch.no_grad():
+        for layer in layers:
+            owner_bits.append(layer.signature.clone())
+            flips = torch.rand(layer.channels, generator=gen) < flip
+            layer.signature.copy_(torch.where(flips, -layer.signature, layer.signature))
+            for tensor in (layer.passport_gamma, layer.passport_beta):
+                owner_passports.append(tensor.clone())
+                tensor.add_(noise * torch.randn(tensor.shape, generator=gen))
+                forged_passports.append(tensor)
+            for linear in (layer.mlp[0], layer.mlp[2]):
+                nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=gen)
+                mlp_weights.append(linear.weight)
+
+    def cosine(a: Tensor, b: Tensor) -> Tensor:
+        return F.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+
+    def extra() -> Tensor:
+        sign = sum(layer.sign_loss() for layer in layers)
+        away = sum(F.relu(cosine(p, o)) for p, o in zip(forged_passports, owner_passports))
+        return sign + push * away
+
+    _optimise(suspect, forged_passports + mlp_weights, attacker_data, epochs, lr, seed, extra)
+    target = torch.cat([layer.signature.cpu() for layer in layers])
+    with torch.no_grad():
+        reached = torch.cat([torch.where(layer.passport_responses()[0] > 0, 1, -1).cpu() for layer in layers])
+        similarity = float(sum(cosine(p, o) for p, o in zip(forged_passports, owner_passports)) / len(owner_passports))
+    claim = _claim(released, suspect, owner_test, rule)
+    owner = torch.cat(owner_bits).cpu()
+    return {
+        "attack": "ambiguity2",
+        "threat_model": THREAT_II.format(flip=flip),
+        "flip": flip,
+        "forged_accuracy": claim["forged_accuracy"],
+        "released_accuracy": accuracy(released, owner_test),
+        "target_detection": float((reached == target).float().mean()),
+        "bit_dissimilarity_to_owner": float((reached != owner).float().mean()),
+        "mean_cosine_to_owner_passports": similarity,
+        "forged_verified": claim["report"].verified,
+        "forged_key": claim["forged_key"],
+    }
