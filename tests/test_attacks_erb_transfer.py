@@ -1,0 +1,60 @@
+"""ERB (CERB, IERB) and transfer learning on a small trained model."""
+
+import warnings
+
+import pytest
+import torch
+
+import passportnorm as pn
+from passportnorm import zoo
+from passportnorm.attacks import class_split, erb_attack, transfer
+from passportnorm.attacks.erb import ERBBranch
+from passportnorm.data import load_dataset
+from passportnorm.errors import ConfigError
+from passportnorm.key import extract_key
+from passportnorm.train import TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def owner():
+    data = load_dataset("digits", seed=0)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        protected = pn.protect(zoo.build("small_cnn", width=0.5), data.train.tensors[0][:8], signature="(c) A",
+                               passports="shuffle", weak_layers="skip")
+    Trainer(protected, data, TrainConfig(epochs=6, batch_size=32)).fit()
+    return data, pn.strip(protected).eval(), extract_key(protected)
+
+
+def test_erb_block_shapes_and_identity_start():
+    norm = torch.nn.BatchNorm2d(16).eval()
+    for mode in ("cerb", "ierb"):
+        branch = ERBBranch(norm, mode, torch.Generator().manual_seed(0))
+        gamma, beta = branch.affine()
+        torch.testing.assert_close(gamma, branch.gamma)  # the up-projection starts at zero: a pure skip
+        assert branch(torch.randn(2, 16, 4, 4)).shape == (2, 16, 4, 4)
+
+
+@pytest.mark.parametrize("mode", ["cerb", "ierb"])
+def test_erb_attack_trains_only_its_branches(owner, mode):
+    data, released, key = owner
+    attacker = torch.utils.data.Subset(data.train, range(len(data.train) // 10))
+    result = erb_attack(released, key, attacker, data.test, mode=mode, epochs=2, seed=1)
+    forged = result["model_with_forged_branch"]
+    assert result["forged_accuracy"] > 0.15 and 0.0 <= result["bit_dissimilarity_to_owner"] <= 1.0
+    assert torch.equal(forged.features[0].weight, released.features[0].weight), "the model stays frozen"
+    assert sum(isinstance(m, ERBBranch) for m in forged.modules()) == len(key.layers)
+    with pytest.raises(ConfigError):
+        erb_attack(released, key, attacker, data.test, mode="xerb")
+
+
+def test_transfer_to_a_class_split_keeps_reporting_the_signature(owner):
+    data, released, key = owner
+    train, test = class_split(data.train, [5, 6, 7, 8, 9]), class_split(data.test, [5, 6, 7, 8, 9])
+    assert set(train.tensors[1].tolist()) == {0, 1, 2, 3, 4}
+    result = transfer(released, key, train, test, num_classes=5, task="digits 5-9", epochs=1, seed=1)
+    model = result["model"]
+    assert model.classifier.out_features == 5 and result["rows"][-1]["attacker_accuracy"] > 0.5
+    assert 0.0 <= result["rows"][-1]["signature_detection"] <= 1.0
+    assert not torch.equal(model.features[0].weight, released.features[0].weight)
