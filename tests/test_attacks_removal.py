@@ -116,3 +116,33 @@ def test_group_norm_channels_are_not_flipped():
     assert set(changed["skipped"]) == {"features.1", "features.5", "features.9"}
     assert "mixes channels" in changed["skipped"]["features.1"]
     torch.testing.assert_close(obfuscated(x), model(x))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_finetuning_resumes_from_its_last_epoch(owner, tmp_path, monkeypatch):
+    import importlib
+
+    finetune_module = importlib.import_module("passportnorm.attacks.finetune")
+
+    data, released, key, attacker = owner
+    whole = finetune(released, key, attacker, data.test, mode="ftal", epochs=3, seed=2)
+    real_verify, calls = finetune_module.verify, {"n": 0}
+
+    def dying_verify(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 0 and 1 evaluated; die while evaluating epoch 2
+            raise _Interrupt
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "verify", dying_verify)
+    checkpoint = tmp_path / "ft.pt"
+    with pytest.raises(_Interrupt):
+        finetune(released, key, attacker, data.test, mode="ftal", epochs=3, seed=2, checkpoint=checkpoint)
+    monkeypatch.setattr(finetune_module, "verify", real_verify)
+    resumed = finetune(released, key, attacker, data.test, mode="ftal", epochs=3, seed=2, checkpoint=checkpoint)
+    assert [r["epoch"] for r in resumed["rows"]] == [0, 1, 2, 3]
+    for a, b in zip(whole["model"].state_dict().values(), resumed["model"].state_dict().values()):
+        assert torch.equal(a, b)

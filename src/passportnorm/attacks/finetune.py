@@ -8,6 +8,8 @@ LL = train the last layer only, AL = train all layers. The owner verifies after 
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,8 +51,13 @@ def finetune(
     seed: int = 0,
     trigger: TriggerSet | None = None,
     rule: VerdictRule = VerdictRule(),
+    checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run one fine-tuning attack; returns per-epoch rows and the attacked model under ``"model"``."""
+    """Run one fine-tuning attack; returns per-epoch rows and the attacked model under ``"model"``.
+
+    With ``checkpoint`` (a file path) the state is saved after every epoch and an interrupted
+    attack continues from its last finished epoch when called again with the same arguments.
+    """
     if mode not in FINETUNE_MODES:
         raise ConfigError(f"unknown fine-tuning mode {mode!r}; choose one of {', '.join(FINETUNE_MODES)}")
     if len(attacker_data) == 0:
@@ -68,7 +75,6 @@ def finetune(
     for parameter in model.parameters():
         parameter.requires_grad_(any(parameter is p for p in params))
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    loader = DataLoader(attacker_data, batch_size=batch_size, shuffle=True, generator=generator)
 
     def row(epoch: int) -> dict[str, Any]:
         report = verify(model, key, data=owner_test, trigger=trigger, rule=rule)
@@ -82,15 +88,25 @@ def finetune(
             "verified": report.verified,
         }
 
-    rows = [row(0)]
-    for epoch in range(1, epochs + 1):
+    rows, start = [row(0)], 1
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rows, start = state["rows"], int(state["epoch"]) + 1
+    for epoch in range(start, epochs + 1):
         model.train() if mode.endswith("al") else model.eval()  # LL: frozen layers keep their statistics
-        for x, y in loader:
+        order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # replayable after a resume
+        for x, y in DataLoader(attacker_data, batch_size=batch_size, shuffle=True, generator=order):
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         rows.append(row(epoch))
+        if checkpoint is not None:
+            tmp = Path(checkpoint).with_name(f".{Path(checkpoint).name}.tmp")
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rows": rows, "epoch": epoch}, tmp)
+            os.replace(tmp, checkpoint)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     model.eval()
