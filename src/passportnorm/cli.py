@@ -4,6 +4,7 @@
     passportnorm train    [options]   the same training without protection (the baseline)
     passportnorm verify --model DIR --key DIR [--certificate FILE]   exit 0 verified, 1 not, 2 error
     passportnorm inspect  [--arch --width --norm --dataset]          which norms can be protected, and why not
+    passportnorm attack NAME --model DIR --key DIR --out DIR          run one attack, write result.json/md, plots
     passportnorm demo     [options]   the quick core demonstration (small CNN, mnist5k)
 """
 
@@ -93,6 +94,24 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--device", default="auto")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    attack = commands.add_parser("attack", help="run one attack on a released model and check it with the owner's key")
+    attack.add_argument("name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge")
+    attack.add_argument("--model", required=True, help="released-model folder")
+    attack.add_argument("--key", required=True, help="the owner's key folder (the attacker never uses it unless the threat model says so)")
+    attack.add_argument("--out", required=True, help="output folder: result.json, result.md, plots, model/ or forged-key/")
+    attack.add_argument("--dataset", help="default: the one recorded in the key")
+    attack.add_argument("--data-dir")
+    attack.add_argument("--share", type=float, help="attacker's share of the training split (default 0.5; 0.1 for erb/ambiguity)")
+    attack.add_argument("--epochs", type=int, help="attack epochs (default 5)")
+    attack.add_argument("--seed", type=int, default=0)
+    attack.add_argument("--mode", choices=["ftll", "ftal", "rtll", "rtal"], help="finetune mode (default ftal)")
+    attack.add_argument("--rates", help="prune: comma-separated shares in [0, 1)")
+    attack.add_argument("--flips", help="ambiguity2: comma-separated shares of flipped bits")
+    attack.add_argument("--erb-mode", choices=["cerb", "ierb"])
+    attack.add_argument("--target-dataset", help="transfer: the new task (default digits)")
+    attack.add_argument("--target-classes", help="transfer: a class split of the owner's dataset, e.g. 5,6,7,8,9")
+    attack.add_argument("--forge-signature", help="forge: the forger's text")
+
     look = commands.add_parser("inspect", help="which norm layers of a zoo model can be protected, and why not")
     look.add_argument("--arch", default="resnet18")
     look.add_argument("--width", type=float, default=0.25)
@@ -163,6 +182,14 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(args)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "attack":
+            from .attacks.runner import run_attack
+
+            options = {k: getattr(args, k) for k in ("dataset", "data_dir", "share", "epochs", "seed", "mode", "rates", "flips",
+                                                      "erb_mode", "target_dataset", "target_classes", "forge_signature")}
+            result = run_attack(args.name, args.model, args.key, args.out, **options)
+            print((Path(args.out) / "result.md").read_text())
+            return 0 if result else 2
         if args.command == "demo":
             from .demo import run_demo
 

@@ -1,0 +1,170 @@
+"""``passportnorm attack NAME``: run one attack on a released model with the owner's key, write its evidence.
+
+Writes ``DIR/result.json`` (every number, the threat model), ``DIR/result.md`` (a table),
+PNG plots where the attack has a curve, ``DIR/model/`` for attacks that produce a model (a
+released-model folder) and ``DIR/forged-key/`` for attacks that produce a forged claim (a key
+folder), so that ``passportnorm verify`` can be pointed at either.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Subset
+
+from ..data import load_dataset
+from ..errors import ConfigError
+from ..fileio import write_json_atomic, write_text_atomic
+from ..key import OwnerKey
+from ..release import load_released, save_released
+
+ATTACKS = ("finetune", "transfer", "prune", "obfuscate", "ambiguity1", "ambiguity2", "erb", "forge")
+
+
+def _attacker_split(train, share: float, seed: int) -> Subset:
+    if not 0.0 < share <= 1.0:
+        raise ConfigError(f"attacker data share {share} must be in (0, 1]")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 17))
+    return Subset(train, order[: max(1, int(round(share * len(train))))].tolist())
+
+
+def _plot(path: Path, x: list, series: dict[str, list], xlabel: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, values in series.items():
+        axis.plot(x, [float("nan") if v is None else v for v in values], marker="o", label=label)
+    axis.set_xlabel(xlabel)
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    columns = list(rows[0])
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v))  # noqa: E731
+    return "\n".join(
+        ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        + ["| " + " | ".join(fmt(row[c]) for c in columns) + " |" for row in rows]
+    )
+
+
+def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
+    """Run attack ``name``; ``options`` are the attack's settings (see ``passportnorm attack --help``)."""
+    from . import ambiguity_one, ambiguity_two, class_split, erb_attack, finetune, forge_attack, obfuscation_attack, prune_sweep, transfer
+
+    if name not in ATTACKS:
+        raise ConfigError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
+    key = OwnerKey.load(key_dir)
+    released, meta = load_released(model_dir)
+    released.eval()
+    config = key.manifest.get("config", {})
+    seed = int(options.get("seed", 0))
+    dataset = options.get("dataset") or config.get("dataset") or meta.get("dataset")
+    if dataset is None:
+        raise ConfigError("no dataset recorded in the key or the model; pass --dataset")
+    data = load_dataset(dataset, options.get("data_dir") or config.get("data_dir"), seed=int(config.get("seed", 0)))
+    default_share = 0.1 if name in ("erb", "ambiguity1", "ambiguity2") else 0.5
+    attacker = _attacker_split(data.train, float(options.get("share") or default_share), seed)
+    example = data.train.tensors[0][:4]
+    epochs = int(options.get("epochs") or 5)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    trigger = key.trigger
+    model = forged_key = None
+    plots: list[str] = []
+
+    if name == "finetune":
+        mode = options.get("mode") or "ftal"
+        result = finetune(released, key, attacker, data.test, mode=mode, epochs=epochs, seed=seed, trigger=trigger,
+                          checkpoint=out / "checkpoint.pt")
+        model, rows = result.pop("model"), result["rows"]
+        _plot(out / "finetune.png", [r["epoch"] for r in rows],
+              {"attacker accuracy": [r["attacker_accuracy"] for r in rows],
+               "signature detection": [r["signature_detection"] for r in rows],
+               "passport-aware accuracy": [r["passport_aware_accuracy"] for r in rows]},
+              "epoch", f"fine-tuning ({mode.upper()})")
+        plots.append("finetune.png")
+    elif name == "transfer":
+        classes = options.get("target_classes")
+        if classes:
+            keep = [int(c) for c in str(classes).split(",")]
+            train, test, count, task = class_split(data.train, keep), class_split(data.test, keep), len(keep), f"{dataset} classes {classes}"
+        else:
+            target = load_dataset(options.get("target_dataset") or "digits", seed=seed)
+            train, test, count, task = target.train, target.test, target.num_classes, f"{dataset} -> {target.name}"
+        result = transfer(released, key, train, test, num_classes=count, task=task, epochs=epochs, seed=seed)
+        model, rows = result.pop("model"), result["rows"]
+        meta = dict(meta, model_config=dict(meta["model_config"], num_classes=count))
+    elif name == "prune":
+        rates = [float(r) for r in str(options.get("rates") or "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9").split(",")]
+        result = prune_sweep(released, key, data.test, rates=rates, trigger=trigger)
+        rows = result["rows"]
+        from .prune import prune_model
+
+        model = prune_model(released, rates[-1])
+        _plot(out / "prune.png", [r["rate"] for r in rows],
+              {"attacker accuracy": [r["attacker_accuracy"] for r in rows],
+               "passport-aware accuracy": [r["passport_aware_accuracy"] for r in rows],
+               "trigger accuracy": [r["trigger_accuracy"] for r in rows],
+               "signature detection": [r["signature_detection"] for r in rows]},
+              "share of conv/linear weights pruned", "global magnitude pruning")
+        plots.append("prune.png")
+    elif name == "obfuscate":
+        result = obfuscation_attack(released, key, data.test, example, seed=seed, trigger=trigger)
+        model, rows = result.pop("model"), [{k: v for k, v in r.items() if k != "layers_skipped"} for r in result["rows"]]
+    elif name == "ambiguity1":
+        result = ambiguity_one(released, key, attacker, data.test, epochs=epochs, seed=seed)
+        forged_key = result.pop("forged_key")
+        rows = [{k: v for k, v in result.items() if k not in ("attack", "threat_model")}]
+    elif name == "ambiguity2":
+        flips = [float(f) for f in str(options.get("flips") or "0,0.1,0.25,0.5").split(",")]
+        rows, result = [], {}
+        for flip in flips:
+            result = ambiguity_two(released, key, attacker, data.test, flip=flip, epochs=epochs, seed=seed)
+            forged_key = result.pop("forged_key")
+            rows.append({k: v for k, v in result.items() if k not in ("attack", "threat_model")})
+        result = {"attack": "ambiguity2", "threat_model": result["threat_model"], "rows": rows}
+        _plot(out / "ambiguity2.png", flips,
+              {"forged accuracy": [r["forged_accuracy"] for r in rows],
+               "target signature detection": [r["target_detection"] for r in rows],
+               "bit dissimilarity to owner": [r["bit_dissimilarity_to_owner"] for r in rows]},
+              "share of the owner's bits flipped in the target", "ambiguity II")
+        plots.append("ambiguity2.png")
+    elif name == "erb":
+        result = erb_attack(released, key, attacker, data.test, mode=options.get("erb_mode") or "cerb",
+                            share=float(options.get("share") or default_share), epochs=epochs, seed=seed)
+        result.pop("model_with_forged_branch")
+        rows = [{k: v for k, v in result.items() if k not in ("attack", "threat_model")}]
+    else:  # forge
+        result = forge_attack(released, key, data.test, example, signature=options.get("forge_signature") or "(c) Mallory", seed=seed)
+        forged_key = result.pop("forged_key")
+        rows = [{"forged_verified": result["forged_verified"], "forged_decoded_text": result["forged_decoded_text"],
+                 "forged_signature_detection": result["forged"]["signature_detection"],
+                 "forged_passport_aware_accuracy": result["forged"]["passport_aware_accuracy"],
+                 "released_accuracy": result["forged"]["passport_free_accuracy"],
+                 "bit_dissimilarity_to_owner": result["bit_dissimilarity_to_owner"]}]
+
+    if model is not None:
+        save_released(model.eval(), out / "model", meta["arch"], meta["model_config"], attack=name, attacked_from=str(model_dir))
+    if forged_key is not None:
+        forged_key.save(out / "forged-key")
+    result.setdefault("rows", rows)
+    result.update(options={k: v for k, v in options.items() if v is not None}, plots=plots,
+                  model_folder="model" if model is not None else None,
+                  forged_key_folder="forged-key" if forged_key is not None else None)
+    write_json_atomic(out / "result.json", json.loads(json.dumps(result, default=str)))
+    text = [f"# Attack: {result['attack']}", "", f"Threat model: {result['threat_model']}", "", _table(rows)]
+    text += [f"\n![{p}]({p})" for p in plots]
+    write_text_atomic(out / "result.md", "\n".join(text) + "\n")
+    return result
