@@ -84,6 +84,7 @@ def finetune(
             "passport_aware_accuracy": report.passport_aware_accuracy,
             "signature_detection": report.signature_detection,
             "signature_p_value": report.signature_p_value,
+            "signature_log10_p_value": report.signature_log10_p_value,
             "trigger_accuracy": report.trigger_accuracy,
             "verified": report.verified,
         }

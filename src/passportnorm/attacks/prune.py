@@ -63,6 +63,7 @@ def prune_sweep(
                 "trigger_accuracy": report.trigger_accuracy,
                 "signature_detection": report.signature_detection,
                 "signature_p_value": report.signature_p_value,
+                "signature_log10_p_value": report.signature_log10_p_value,
                 "verified": report.verified,
             }
         )

@@ -75,7 +75,8 @@ def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str |
         raise ConfigError("no dataset recorded in the key or the model; pass --dataset")
     data = load_dataset(dataset, options.get("data_dir") or config.get("data_dir"), seed=int(config.get("seed", 0)))
     default_share = 0.1 if name in ("erb", "ambiguity1", "ambiguity2") else 0.5
-    attacker = _attacker_split(data.train, float(options.get("share") or default_share), seed)
+    share = default_share if options.get("share") is None else float(options["share"])
+    attacker = _attacker_split(data.train, share, seed)
     example = data.train.tensors[0][:4]
     epochs = int(options.get("epochs") or 5)
     out = Path(out)
@@ -143,7 +144,7 @@ def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str |
         plots.append("ambiguity2.png")
     elif name == "erb":
         result = erb_attack(released, key, attacker, data.test, mode=options.get("erb_mode") or "cerb",
-                            share=float(options.get("share") or default_share), epochs=epochs, seed=seed)
+                            share=share, epochs=epochs, seed=seed)
         result.pop("model_with_forged_branch")
         rows = [{k: v for k, v in result.items() if k not in ("attack", "threat_model")}]
     else:  # forge

@@ -71,7 +71,8 @@ def transfer(
         report = verify(model.eval(), key, rule=rule)
         rows.append({"epoch": epoch, "attacker_accuracy": accuracy(model, target_test),
                      "signature_detection": report.signature_detection,
-                     "signature_p_value": report.signature_p_value, "verified": report.verified})
+                     "signature_p_value": report.signature_p_value,
+                     "signature_log10_p_value": report.signature_log10_p_value, "verified": report.verified})
     return {
         "attack": "transfer",
         "threat_model": THREAT_MODEL.format(task=task, classes=num_classes, epochs=epochs),

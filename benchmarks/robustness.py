@@ -1,0 +1,131 @@
+"""Every attack against the default protected model on mnist5k; writes docs/ROBUSTNESS.md and its plots.
+
+    python benchmarks/robustness.py [--epochs 5] [--reuse] [--docs]
+
+Trains the default ``passportnorm protect`` model (ResNet18 x0.25, mnist5k, seed 0) unless
+``--reuse`` finds it, then runs ``passportnorm attack`` for each attack and tabulates one row per
+attack: the attacker's accuracy, the signature evidence, and the owner's verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docs import DOCS, update_section  # noqa: E402
+
+from passportnorm.attacks.runner import run_attack  # noqa: E402
+from passportnorm.pipeline import RunOptions, run_protect  # noqa: E402
+from passportnorm.verify import format_p_value  # noqa: E402
+
+PLAN = [
+    ("finetune", {"mode": "ftll"}, "ftll"),
+    ("finetune", {"mode": "ftal"}, "ftal"),
+    ("finetune", {"mode": "rtll"}, "rtll"),
+    ("finetune", {"mode": "rtal"}, "rtal"),
+    ("transfer", {"target_dataset": "digits"}, "transfer-digits"),
+    ("transfer", {"target_classes": "5,6,7,8,9"}, "transfer-classes"),
+    ("prune", {}, "prune"),
+    ("obfuscate", {}, "obfuscate"),
+    ("ambiguity1", {}, "ambiguity1"),
+    ("ambiguity2", {}, "ambiguity2"),
+    ("erb", {"erb_mode": "cerb"}, "erb-cerb"),
+    ("erb", {"erb_mode": "ierb"}, "erb-ierb"),
+    ("forge", {}, "forge"),
+]
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def summarise(label: str, result: dict) -> list[str]:
+    """Markdown rows: attacker accuracy, evidence, verdict."""
+    rows = result["rows"]
+    name = result["attack"]
+    if name.startswith("finetune") or name == "transfer":
+        last = rows[-1]
+        p_value = format_p_value(last["signature_p_value"], last["signature_log10_p_value"])
+        return [f"| {label} | {_pct(last['attacker_accuracy'])} | detection {_pct(last['signature_detection'])} "
+                f"(p = {p_value}) | {'verified' if last['verified'] else '**not verified**'} |"]
+    if name == "prune":
+        lines = []
+        for row in rows:
+            if row["rate"] in (0.3, 0.5, 0.7, 0.9):
+                lines.append(f"| prune {row['rate']:.0%} | {_pct(row['attacker_accuracy'])} | detection "
+                             f"{_pct(row['signature_detection'])}, passport-aware {_pct(row['passport_aware_accuracy'])} | "
+                             f"{'verified' if row['verified'] else '**not verified**'} |")
+        lines.append(f"| prune: highest rate still verified | | | {result['highest_rate_still_verified']} |")
+        return lines
+    if name == "obfuscate":
+        return [f"| obfuscate: {r['transform']} (max output change {r['max_output_difference']:.1e}) | "
+                f"{_pct(r['attacker_accuracy'])} | detection {_pct(r['signature_detection'])}, passport-aware "
+                f"{_pct(r['passport_aware_accuracy'])} | {'verified' if r['verified'] else '**not verified**'} |" for r in rows]
+    if name == "ambiguity1":
+        r = rows[0]
+        return [f"| ambiguity I (forged claim) | forged branch {_pct(r['forged_accuracy'])} vs released "
+                f"{_pct(r['released_accuracy'])} | forged signs {_pct(r['forged_signature_detection'])} | "
+                f"forged claim {'**verified**' if r['forged_verified'] else 'rejected'} |"]
+    if name == "ambiguity2":
+        return [f"| ambiguity II, {r['flip']:.0%} flipped (forged claim) | forged branch {_pct(r['forged_accuracy'])} | "
+                f"target reached {_pct(r['target_detection'])}, dissimilar to owner {_pct(r['bit_dissimilarity_to_owner'])} | "
+                f"forged claim {'**verified**' if r['forged_verified'] else 'rejected'} |" for r in rows]
+    if name.startswith("erb"):
+        r = rows[0]
+        return [f"| {label} (forged branch) | {_pct(r['forged_accuracy'])} vs released {_pct(r['released_accuracy'])} | "
+                f"dissimilar to owner {_pct(r['bit_dissimilarity_to_owner'])}, own target {_pct(r['target_detection'])} | "
+                "not a passport key: outside the owner's verification |"]
+    r = rows[0]  # forge
+    return [f"| forge (closed form, no data) | forged branch {_pct(r['forged_passport_aware_accuracy'])} vs released "
+            f"{_pct(r['released_accuracy'])} | forged signs {_pct(r['forged_signature_detection'])}, decodes "
+            f"{r['forged_decoded_text']!r} | forged claim {'**verified**' if r['forged_verified'] else 'rejected'} |"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of each training attack")
+    parser.add_argument("--out", default="runs/bench/robustness")
+    parser.add_argument("--reuse", action="store_true", help="reuse the owner's model found in --out")
+    parser.add_argument("--docs", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    owner = out / "owner"
+    if not (args.reuse and (owner / "owner-key" / "key.json").is_file()):
+        print("training the owner's protected model (defaults) ...", flush=True)
+        with contextlib.redirect_stdout(io.StringIO()):
+            run_protect(RunOptions(out=str(owner)))
+    lines = ["| attack | attacker's accuracy | signature evidence | owner's verdict |", "|---|---:|---|---|"]
+    threats = {}
+    for name, options, label in PLAN:
+        print(f"{label} ...", flush=True)
+        shutil.rmtree(out / label, ignore_errors=True)  # a fresh attack, not a resume of an older run
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = run_attack(name, owner / "released", owner / "owner-key", out / label, epochs=args.epochs, **options)
+        lines += summarise(label, result)
+        threats[result["attack"]] = result["threat_model"]
+        for plot in result["plots"]:
+            (DOCS / "robustness").mkdir(parents=True, exist_ok=True)
+            shutil.copy(out / label / plot, DOCS / "robustness" / f"{label}.png")
+    table = "\n".join(lines)
+    print(table)
+    if args.docs:
+        header = (
+            f"Command: `python benchmarks/robustness.py --docs` (owner: default `passportnorm protect`, ResNet18 x0.25 on "
+            f"mnist5k, seed 0; each training attack {args.epochs} epochs; attacker data: 50% of the training split, "
+            "10% for ambiguity and ERB; the owner verifies with the test split).\n\n"
+        )
+        notes = "\n".join(f"- **{k}**: {v}" for k, v in threats.items())
+        plots = (
+            "\n\nPlots: ![pruning](robustness/prune.png) ![ambiguity II flip sweep](robustness/ambiguity2.png) "
+            "![fine-tuning, FTAL](robustness/ftal.png) ![fine-tuning, RTAL](robustness/rtal.png)\n"
+        )
+        update_section("ROBUSTNESS.md", "attacks", header + table + "\n\nThreat models:\n\n" + notes + plots)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""``passportnorm attack``: every attack end to end on a tiny budget, its outputs, and bad options."""
+
+import json
+
+import pytest
+
+from passportnorm.cli import main
+
+TINY = ["--dataset", "digits", "--arch", "small_cnn", "--width", "0.5", "--epochs", "3", "--batch-size", "32",
+        "--trigger-count", "20", "--signature", "(c) Z"]
+
+
+@pytest.fixture(scope="module")
+def owner(tmp_path_factory):
+    out = tmp_path_factory.mktemp("owner")
+    assert main(["protect", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    "name,extra,produces",
+    [
+        ("finetune", ["--mode", "rtal"], "model"),
+        ("transfer", ["--target-classes", "5,6,7,8,9"], "model"),
+        ("prune", ["--rates", "0,0.5"], "model"),
+        ("obfuscate", [], "model"),
+        ("ambiguity1", [], "forged-key"),
+        ("ambiguity2", ["--flips", "0,0.5"], "forged-key"),
+        ("erb", ["--erb-mode", "ierb"], None),
+        ("forge", [], "forged-key"),
+    ],
+)
+def test_each_attack_writes_its_evidence(owner, tmp_path, capsys, name, extra, produces):
+    out = tmp_path / name
+    assert main(["attack", name, "--model", str(owner / "released"), "--key", str(owner / "owner-key"),
+                 "--out", str(out), "--epochs", "1", *extra]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["threat_model"] and result["rows"]
+    assert (out / "result.md").read_text().startswith("# Attack:")
+    for plot in result["plots"]:
+        assert (out / plot).stat().st_size > 1000
+    if produces == "model":
+        assert main(["verify", "--model", str(out / "model"), "--key", str(owner / "owner-key"), "--no-data"]) in (0, 1)
+    elif produces == "forged-key":
+        assert main(["verify", "--model", str(owner / "released"), "--key", str(out / "forged-key")]) in (0, 1)
+    else:
+        assert not (out / "model").exists() and not (out / "forged-key").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["prune", "--rates", "0,1.5"], "pruning rate 1.5 must be in [0, 1)"),
+        (["finetune", "--share", "0"], "attacker data share 0.0 must be in (0, 1]"),
+        (["sneeze"], "unknown attack 'sneeze'"),
+    ],
+)
+def test_bad_attack_options_are_one_line(owner, tmp_path, capsys, args, message):
+    code = main(["attack", args[0], "--model", str(owner / "released"), "--key", str(owner / "owner-key"),
+                 "--out", str(tmp_path / "x"), *args[1:]])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
