@@ -58,3 +58,14 @@ def test_transfer_to_a_class_split_keeps_reporting_the_signature(owner):
     assert model.classifier.out_features == 5 and result["rows"][-1]["attacker_accuracy"] > 0.5
     assert 0.0 <= result["rows"][-1]["signature_detection"] <= 1.0
     assert not torch.equal(model.features[0].weight, released.features[0].weight)
+
+
+def test_transfer_resumes_from_its_checkpoint(owner, tmp_path):
+    data, released, key = owner
+    train, test = class_split(data.train, [5, 6, 7, 8, 9]), class_split(data.test, [5, 6, 7, 8, 9])
+    whole = transfer(released, key, train, test, num_classes=5, epochs=2, seed=3)
+    transfer(released, key, train, test, num_classes=5, epochs=1, seed=3, checkpoint=tmp_path / "t.pt")  # "killed" after 1
+    resumed = transfer(released, key, train, test, num_classes=5, epochs=2, seed=3, checkpoint=tmp_path / "t.pt")
+    assert [r["epoch"] for r in resumed["rows"]] == [1, 2]
+    for a, b in zip(whole["model"].state_dict().values(), resumed["model"].state_dict().values()):
+        assert torch.equal(a, b)

@@ -8,7 +8,6 @@ LL = train the last layer only, AL = train all layers. The owner verifies after 
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..verify import VerdictRule, verify
+from .checkpoint import resume_state, save_state
 
 FINETUNE_MODES = ("ftll", "ftal", "rtll", "rtal")
 
@@ -89,12 +89,7 @@ def finetune(
             "verified": report.verified,
         }
 
-    rows, start = [row(0)], 1
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        rows, start = state["rows"], int(state["epoch"]) + 1
+    rows, start = resume_state(checkpoint, model, optimizer, [row(0)])
     for epoch in range(start, epochs + 1):
         model.train() if mode.endswith("al") else model.eval()  # LL: frozen layers keep their statistics
         order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # replayable after a resume
@@ -104,10 +99,7 @@ def finetune(
             loss.backward()
             optimizer.step()
         rows.append(row(epoch))
-        if checkpoint is not None:
-            tmp = Path(checkpoint).with_name(f".{Path(checkpoint).name}.tmp")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rows": rows, "epoch": epoch}, tmp)
-            os.replace(tmp, checkpoint)
+        save_state(checkpoint, model, optimizer, rows, epoch)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     model.eval()

@@ -104,7 +104,8 @@ def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str |
         else:
             target = load_dataset(options.get("target_dataset") or "digits", seed=seed)
             train, test, count, task = target.train, target.test, target.num_classes, f"{dataset} -> {target.name}"
-        result = transfer(released, key, train, test, num_classes=count, task=task, epochs=epochs, seed=seed)
+        result = transfer(released, key, train, test, num_classes=count, task=task, epochs=epochs, seed=seed,
+                          checkpoint=out / "checkpoint.pt")
         model, rows = result.pop("model"), result["rows"]
         meta = dict(meta, model_config=dict(meta["model_config"], num_classes=count))
     elif name == "prune":

@@ -8,6 +8,7 @@ transferred model by its signature alone (the original task's accuracy no longer
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..verify import VerdictRule, verify
+from .checkpoint import resume_state, save_state
 from .finetune import last_layer
 
 THREAT_MODEL = (
@@ -46,7 +48,9 @@ def transfer(
     lr: float = 0.01,
     seed: int = 0,
     rule: VerdictRule = VerdictRule(),
+    checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
+    """New head, RTAL on the new task; ``checkpoint`` makes an interrupted run resume from its last epoch."""
     if len(target_train) == 0:
         raise ConfigError("the attacker has no data for the new task")
     gen = torch.Generator().manual_seed(seed)
@@ -59,11 +63,11 @@ def transfer(
         new_head.bias.uniform_(-bound, bound, generator=gen)
     model.set_submodule(name, new_head)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    loader = DataLoader(target_train, batch_size=64, shuffle=True, generator=gen)
-    rows = []
-    for epoch in range(1, epochs + 1):
+    rows, start = resume_state(checkpoint, model, optimizer, [])
+    for epoch in range(start, epochs + 1):
         model.train()
-        for x, y in loader:
+        order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # replayable after a resume
+        for x, y in DataLoader(target_train, batch_size=64, shuffle=True, generator=order):
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -73,6 +77,7 @@ def transfer(
                      "signature_detection": report.signature_detection,
                      "signature_p_value": report.signature_p_value,
                      "signature_log10_p_value": report.signature_log10_p_value, "verified": report.verified})
+        save_state(checkpoint, model, optimizer, rows, epoch)
     return {
         "attack": "transfer",
         "threat_model": THREAT_MODEL.format(task=task, classes=num_classes, epochs=epochs),
