@@ -12,3 +12,24 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits_owner():
+    """An owner's small CNN protected and trained on digits: (data, released model, key). Shared by the attack tests."""
+    import warnings
+
+    import passportnorm as pn
+    from passportnorm import zoo
+    from passportnorm.data import load_dataset
+    from passportnorm.key import extract_key
+    from passportnorm.train import TrainConfig, Trainer
+
+    data = load_dataset("digits", seed=0)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        protected = pn.protect(zoo.build("small_cnn", width=0.5), data.train.tensors[0][:8], signature="(c) A",
+                               passports="shuffle", weak_layers="skip")
+    Trainer(protected, data, TrainConfig(epochs=6, batch_size=32)).fit()
+    return data, pn.strip(protected).eval(), extract_key(protected)

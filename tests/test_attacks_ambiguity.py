@@ -1,30 +1,18 @@
 """Ambiguity I and II on a small trained model: measured, with the claim checked by the owner's verify."""
 
-import warnings
 
 import pytest
 import torch
 
 import passportnorm as pn
-from passportnorm import zoo
 from passportnorm.attacks.ambiguity import ambiguity_one, ambiguity_two
-from passportnorm.data import load_dataset
 from passportnorm.errors import ConfigError
-from passportnorm.key import extract_key
-from passportnorm.train import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")
-def owner():
-    data = load_dataset("digits", seed=0)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        protected = pn.protect(zoo.build("small_cnn", width=0.5), data.train.tensors[0][:8], signature="(c) A",
-                               passports="shuffle", weak_layers="skip")
-    Trainer(protected, data, TrainConfig(epochs=6, batch_size=32)).fit()
-    attacker = torch.utils.data.Subset(data.train, range(len(data.train) // 10))
-    return data, pn.strip(protected).eval(), extract_key(protected), attacker
+def owner(digits_owner):
+    data, released, key = digits_owner
+    return data, released, key, torch.utils.data.Subset(data.train, range(len(data.train) // 10))
 
 
 def test_ambiguity_one_reports_the_forged_claim(owner):

@@ -1,30 +1,17 @@
 """ERB (CERB, IERB) and transfer learning on a small trained model."""
 
-import warnings
 
 import pytest
 import torch
 
-import passportnorm as pn
-from passportnorm import zoo
 from passportnorm.attacks import class_split, erb_attack, transfer
 from passportnorm.attacks.erb import ERBBranch
-from passportnorm.data import load_dataset
 from passportnorm.errors import ConfigError
-from passportnorm.key import extract_key
-from passportnorm.train import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")
-def owner():
-    data = load_dataset("digits", seed=0)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        protected = pn.protect(zoo.build("small_cnn", width=0.5), data.train.tensors[0][:8], signature="(c) A",
-                               passports="shuffle", weak_layers="skip")
-    Trainer(protected, data, TrainConfig(epochs=6, batch_size=32)).fit()
-    return data, pn.strip(protected).eval(), extract_key(protected)
+def owner(digits_owner):
+    return digits_owner
 
 
 def test_erb_block_shapes_and_identity_start():

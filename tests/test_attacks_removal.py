@@ -1,33 +1,20 @@
 """Removal attacks on a small trained model: fine-tuning (4 modes) and pruning."""
 
-import warnings
 
 import pytest
 import torch
 
-import passportnorm as pn
 from passportnorm import zoo
 from passportnorm.attacks import finetune, prune_sweep
 from passportnorm.attacks.finetune import last_layer
 from passportnorm.attacks.prune import prune_model
-from passportnorm.data import load_dataset
 from passportnorm.errors import ConfigError
-from passportnorm.key import extract_key
-from passportnorm.train import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")
-def owner():
-    data = load_dataset("digits", seed=0)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        protected = pn.protect(zoo.build("small_cnn", width=0.5), data.train.tensors[0][:8], signature="(c) A",
-                               passports="shuffle", weak_layers="skip")
-    Trainer(protected, data, TrainConfig(epochs=6, batch_size=32)).fit()
-    half = len(data.train) // 2
-    attacker = torch.utils.data.Subset(data.train, range(half))
-    return data, pn.strip(protected).eval(), extract_key(protected), attacker
+def owner(digits_owner):
+    data, released, key = digits_owner
+    return data, released, key, torch.utils.data.Subset(data.train, range(len(data.train) // 2))
 
 
 @pytest.mark.parametrize("mode", ["ftll", "ftal", "rtll", "rtal"])
