@@ -34,8 +34,8 @@ PLAN = [
     ("obfuscate", {}, "obfuscate"),
     ("ambiguity1", {}, "ambiguity1"),
     ("ambiguity2", {}, "ambiguity2"),
-    ("erb", {"erb_mode": "cerb"}, "erb-cerb"),
-    ("erb", {"erb_mode": "ierb"}, "erb-ierb"),
+    ("erb", {"erb_mode": "cerb", "epochs": 100}, "erb-cerb"),  # cheap per epoch (10% of the data): train it well
+    ("erb", {"erb_mode": "ierb", "epochs": 100}, "erb-ierb"),
     ("forge", {}, "forge"),
 ]
 
@@ -77,9 +77,11 @@ def summarise(label: str, result: dict) -> list[str]:
                 f"forged claim {'**verified**' if r['forged_verified'] else 'rejected'} |" for r in rows]
     if name.startswith("erb"):
         r = rows[0]
-        return [f"| {label} (forged branch) | {_pct(r['forged_accuracy'])} vs released {_pct(r['released_accuracy'])} | "
-                f"dissimilar to owner {_pct(r['bit_dissimilarity_to_owner'])}, own target {_pct(r['target_detection'])} | "
-                "not a passport key: outside the owner's verification |"]
+        drop = r["released_accuracy"] - r["forged_accuracy"]
+        verdict = "**meets** the paper's accuracy condition" if drop <= 0.10 else f"{100 * drop:.1f} points below released"
+        return [f"| {label}, {result['options'].get('epochs')} epochs (forged branch) | {_pct(r['forged_accuracy'])} vs released "
+                f"{_pct(r['released_accuracy'])} | dissimilar to owner {_pct(r['bit_dissimilarity_to_owner'])}, own target "
+                f"{_pct(r['target_detection'])} | {verdict} (not a passport key) |"]
     r = rows[0]  # forge
     return [f"| forge (closed form, no data) | forged branch {_pct(r['forged_passport_aware_accuracy'])} vs released "
             f"{_pct(r['released_accuracy'])} | forged signs {_pct(r['forged_signature_detection'])}, decodes "
@@ -105,7 +107,7 @@ def main() -> None:
         print(f"{label} ...", flush=True)
         shutil.rmtree(out / label, ignore_errors=True)  # a fresh attack, not a resume of an older run
         with contextlib.redirect_stdout(io.StringIO()):
-            result = run_attack(name, owner / "released", owner / "owner-key", out / label, epochs=args.epochs, **options)
+            result = run_attack(name, owner / "released", owner / "owner-key", out / label, **{"epochs": args.epochs, **options})
         lines += summarise(label, result)
         threats[result["attack"]] = result["threat_model"]
         for plot in result["plots"]:
@@ -116,7 +118,7 @@ def main() -> None:
     if args.docs:
         header = (
             f"Command: `python benchmarks/robustness.py --docs` (owner: default `passportnorm protect`, ResNet18 x0.25 on "
-            f"mnist5k, seed 0; each training attack {args.epochs} epochs; attacker data: 50% of the training split, "
+            f"mnist5k, seed 0; each training attack {args.epochs} epochs, ERB 100; attacker data: 50% of the training split, "
             "10% for ambiguity and ERB; the owner verifies with the test split).\n\n"
         )
         notes = "\n".join(f"- **{k}**: {v}" for k, v in threats.items())
