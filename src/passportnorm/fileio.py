@@ -30,6 +30,7 @@ __all__ = [
     "save_tensors",
     "load_tensors",
     "looks_like_pickle",
+    "read_folder_manifest",
 ]
 
 
@@ -102,3 +103,28 @@ def load_tensors(path: str | Path) -> dict[str, Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, RuntimeError) as error:
         raise ValueError(f"not a readable safetensors file ({error})") from error
+
+
+def read_folder_manifest(
+    folder: Path, manifest_name: str, tensors_name: str, fmt: str, version: int, error: type[Exception], what: str
+) -> dict[str, Any]:
+    """Check a (manifest.json + tensors.safetensors) folder's presence, JSON, format and version.
+
+    Every failure raises ``error`` with one line naming the file at fault; ``what`` names the
+    kind of folder for the messages (for example "an owner key").
+    """
+    manifest_path = folder / manifest_name
+    if not folder.is_dir():
+        raise error(f"{folder} does not exist; pass the folder that holds {what}")
+    for path in (manifest_path, folder / tensors_name):
+        if not path.is_file():
+            raise error(f"{path} is missing; {what} is a folder with {manifest_name} and {tensors_name}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as problem:
+        raise error(f"{manifest_path} is not valid JSON ({problem}); the folder is corrupted") from problem
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise error(f"{manifest_path} is not {what} (format {fmt!r})")
+    if manifest.get("version") != version:
+        raise error(f"{manifest_path} has format version {manifest.get('version')!r}; this passportnorm reads {version}")
+    return manifest

@@ -19,7 +19,15 @@ import torch
 from torch import Tensor, nn
 
 from .errors import OwnerKeyError
-from .fileio import atomic_folder, load_tensors, save_tensors, sha256_file, tensors_fingerprint, write_json_atomic
+from .fileio import (
+    atomic_folder,
+    load_tensors,
+    read_folder_manifest,
+    save_tensors,
+    sha256_file,
+    tensors_fingerprint,
+    write_json_atomic,
+)
 from .norm import PassportAwareNorm, SUPPORTED_PRODUCERS, norm_channels, unsupported_norm_reason
 from .protect import _require_protected, strip
 from .release import released_fingerprint
@@ -85,21 +93,9 @@ class OwnerKey:
         """Read and validate a key folder; every problem is one OwnerKeyError naming the file."""
         folder = Path(folder)
         manifest_path, tensors_path = folder / "key.json", folder / "key.safetensors"
-        if not folder.is_dir():
-            raise OwnerKeyError(f"key folder {folder} does not exist; pass the owner-key/ folder written at protect time")
-        for path in (manifest_path, tensors_path):
-            if not path.is_file():
-                raise OwnerKeyError(f"{path} is missing; an owner key is a folder with key.json and key.safetensors")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise OwnerKeyError(f"{manifest_path} is not valid JSON ({error}); the key is corrupted") from error
-        if not isinstance(manifest, dict) or manifest.get("format") != KEY_FORMAT:
-            raise OwnerKeyError(f"{manifest_path} is not a passportnorm owner key (format {KEY_FORMAT!r})")
-        if manifest.get("version") != KEY_VERSION:
-            raise OwnerKeyError(
-                f"{manifest_path} has key format version {manifest.get('version')!r}; this passportnorm reads {KEY_VERSION}"
-            )
+        manifest = read_folder_manifest(
+            folder, "key.json", "key.safetensors", KEY_FORMAT, KEY_VERSION, OwnerKeyError, "a passportnorm owner key"
+        )
         if sha256_file(tensors_path) != manifest.get("sha256_tensors"):
             raise OwnerKeyError(f"{tensors_path} does not match the SHA-256 in {manifest_path.name}: the key is corrupted or altered")
         try:

@@ -6,7 +6,6 @@ can load it into the zoo model named in ``model.json``. Loading never unpickles 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from torch import nn
 
 from . import zoo
 from .errors import ModelFileError, PassportNormError
-from .fileio import atomic_folder, load_tensors, save_tensors, tensors_fingerprint, write_json_atomic
+from .fileio import atomic_folder, load_tensors, read_folder_manifest, save_tensors, tensors_fingerprint, write_json_atomic
 from .protect import is_protected
 
 __all__ = ["RELEASED_FORMAT", "save_released", "load_released", "released_fingerprint"]
@@ -53,19 +52,10 @@ def load_released(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """(model, model.json) from a released-model folder; every failure is one ModelFileError line."""
     folder = Path(folder)
     meta_path, weights_path = folder / "model.json", folder / "model.safetensors"
-    if not folder.is_dir():
-        raise ModelFileError(f"released-model folder {folder} does not exist")
-    for path in (meta_path, weights_path):
-        if not path.is_file():
-            raise ModelFileError(f"{path} is missing; a released-model folder holds model.json and model.safetensors")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelFileError(f"{meta_path} is not valid JSON ({error}); the folder is corrupted") from error
-    if not isinstance(meta, dict) or meta.get("format") != RELEASED_FORMAT:
-        raise ModelFileError(f"{meta_path} is not a passportnorm released-model description (format {RELEASED_FORMAT!r})")
-    if meta.get("version") != RELEASED_VERSION:
-        raise ModelFileError(f"{meta_path} has version {meta.get('version')!r}; this passportnorm reads {RELEASED_VERSION}")
+    meta = read_folder_manifest(
+        folder, "model.json", "model.safetensors", RELEASED_FORMAT, RELEASED_VERSION, ModelFileError,
+        "a passportnorm released model",
+    )
     try:
         state = load_tensors(weights_path)
     except ValueError as error:
