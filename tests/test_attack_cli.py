@@ -60,3 +60,13 @@ def test_bad_attack_options_are_one_line(owner, tmp_path, capsys, args, message)
                  "--out", str(tmp_path / "x"), *args[1:]])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_key_for_another_model_is_one_line(owner, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["protect", *TINY, "--width", "0.25", "--epochs", "1", "--signature", "o", "--out", str(other)]) == 0
+    capsys.readouterr()
+    code = main(["attack", "prune", "--model", str(other / "released"), "--key", str(owner / "owner-key"),
+                 "--out", str(tmp_path / "x"), "--rates", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the key is for another architecture" in err and err.count("\n") == 1
