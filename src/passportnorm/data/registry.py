@@ -38,14 +38,18 @@ def register_dataset(name: str) -> Callable[[Callable[..., DatasetSplits]], Call
     return add
 
 
+def _register_builtin() -> None:
+    from . import cifar, shipped  # noqa: F401  (importing them registers their datasets)
+
+
 def available_datasets() -> list[str]:
+    _register_builtin()
     return sorted(_LOADERS)
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, seed: int = 0) -> DatasetSplits:
     """The dataset called ``name``; ``data_dir`` for those read from a local folder."""
-    from . import cifar, shipped  # noqa: F401  (registers the datasets)
-
+    _register_builtin()
     if name not in _LOADERS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(available_datasets())}")
     return _LOADERS[name](data_dir=data_dir, seed=seed)
