@@ -211,16 +211,19 @@ class PassportAwareNorm(nn.Module):
     def channels(self) -> int:
         return int(self.signature.numel())
 
-    def passport_responses(self) -> Tensor:
-        """``(2, C)``: row 0 is ``g`` (from the gamma passport), row 1 is ``b`` (beta passport)."""
-        passports = torch.cat([self.passport_gamma, self.passport_beta], dim=0)
+    def responses_of(self, passports: Tensor) -> Tensor:
+        """``(N, C)``: each passport's bias-free producer response averaged per channel (linear in it)."""
         producer = self.producer
         if isinstance(producer, nn.Linear):
             response = F.linear(passports, producer.weight)
         else:
             response = producer._conv_forward(passports, producer.weight, None)
         channel_dim = producer_channel_dim(producer, response.dim())
-        return response.movedim(channel_dim, 1).reshape(2, self.channels, -1).mean(dim=2)
+        return response.movedim(channel_dim, 1).reshape(len(passports), self.channels, -1).mean(dim=2)
+
+    def passport_responses(self) -> Tensor:
+        """``(2, C)``: row 0 is ``g`` (from the gamma passport), row 1 is ``b`` (beta passport)."""
+        return self.responses_of(torch.cat([self.passport_gamma, self.passport_beta], dim=0))
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.passport_mode:

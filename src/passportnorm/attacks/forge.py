@@ -44,19 +44,9 @@ def _response_matrix(layer: PassportAwareNorm) -> Tensor:
     rows = []
     for start in range(0, size, 1024):  # the identity, pushed through the producer in chunks
         basis = eye[start : start + 1024]
-        rows.append(_responses(layer, basis))
+        with torch.no_grad():
+            rows.append(layer.responses_of(basis))
     return torch.cat(rows).T  # (C, size)
-
-
-def _responses(layer: PassportAwareNorm, passports: Tensor) -> Tensor:
-    producer = layer.producer
-    with torch.no_grad():
-        if isinstance(producer, nn.Linear):
-            out = F.linear(passports, producer.weight)
-        else:
-            out = producer._conv_forward(passports, producer.weight, None)
-        channel_dim = out.dim() - 1 if isinstance(producer, nn.Linear) else 1
-        return out.movedim(channel_dim, 1).reshape(len(passports), layer.channels, -1).mean(dim=2)
 
 
 def _min_norm_solution(matrix: Tensor, wanted: Tensor) -> Tensor:
