@@ -1,4 +1,4 @@
-"""The seven model families issue 2 requires, small enough for CPU tests.
+"""The seven model families issue 2 requires, and the zoo's PointNet, small enough for CPU tests.
 
 Each entry builds a model, an example input and random targets, and states which norm layers
 must be protectable and which must be reported (so pairing can be checked, not just run).
@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from passportnorm.zoo import build
 
 
 class PlainCNN(nn.Module):
@@ -171,6 +173,20 @@ class Case:
         return torch.randint(0, self.classes, (batch,), generator=gen)
 
 
+def _pointnet_past_init() -> nn.Module:
+    """The zoo PointNet with its T-Nets' zero-initialised last layers given small random weights,
+    as after some training: at init the T-Nets output the identity whatever their inner layers
+    compute, so no task gradient would reach those layers and gradient tests would see zeros."""
+    model = build("pointnet", num_classes=10, width=0.125)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for tnet in (model.input_transform, model.feature_transform):
+            tnet.transform.weight.copy_(0.05 * torch.randn(tnet.transform.weight.shape, generator=gen))
+    return model
+
+
+TNET_NORMS = ("points.1", "points.4", "points.7", "head.1", "head.4")
+
 CASES = [
     Case("plain_cnn", PlainCNN, (1, 12, 12), ("bn1", "bn2")),
     Case(
@@ -187,6 +203,21 @@ CASES = [
     Case("pointnet", PointNetLike, (3, 32), ("bn1", "bn2", "bn3")),
     Case("mobilenet", MobileNetLike, (3, 16, 16), ("stem.1", "expand.1", "depthwise.1", "project.1")),
     Case("transformer", TransformerBlockNet, (6, 8), ("ln_embed", "ln_mlp"), reported=("ln_attn",)),
+    # the zoo's PointNet, built by name: the generic core must carry over with no special casing
+    Case(
+        "zoo_pointnet_tnets",
+        lambda: _pointnet_past_init(),
+        (3, 32),
+        tuple(f"input_transform.{p}" for p in TNET_NORMS) + ("embed.1",)
+        + tuple(f"feature_transform.{p}" for p in TNET_NORMS)
+        + ("features.1", "features.4", "classifier.1", "classifier.4"),
+    ),
+    Case(
+        "zoo_pointnet_vanilla",
+        lambda: build("pointnet_vanilla", num_classes=10, width=0.125),
+        (3, 32),
+        ("embed.1", "features.1", "features.4", "classifier.1", "classifier.4"),
+    ),
 ]
 
 CASE_IDS = [case.name for case in CASES]

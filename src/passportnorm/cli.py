@@ -20,9 +20,12 @@ from . import __version__
 from .errors import ConfigError, PassportNormError
 
 _HELP = {
-    "dataset": "mnist5k (shipped), digits (shipped), cifar10, cifar100 (need --data-dir)",
-    "data_dir": "folder holding a local dataset (CIFAR archives unpacked)",
-    "arch": "zoo model: resnet18, alexnet, small_cnn",
+    "dataset": "images: mnist5k, digits (shipped), cifar10, cifar100 (need --data-dir); "
+               "point clouds: mnist5k-points, shapes3d (shipped), modelnet40 (needs --data-dir)",
+    "data_dir": "folder holding a local dataset (CIFAR or ModelNet40 archives unpacked)",
+    "task": "image or pointcloud (default: what the dataset holds)",
+    "points": "points per cloud (default 256; modelnet40 1024)",
+    "arch": "zoo model: resnet18, alexnet, small_cnn (images); pointnet, pointnet_vanilla (point clouds); default by task",
     "width": "channel width multiplier (small widths for CPU)",
     "norm": "bn, gn or in",
     "signature": "owner text embedded in the signature bits",
@@ -32,9 +35,16 @@ _HELP = {
     "sign_weight": "multiplier of the sign loss in passport-aware steps",
     "alpha": "sign-loss alpha stored in each protected layer",
     "weak_layers": "skip or protect norms whose producer reads one input channel (see docs/RESULTS.md)",
-    "trigger": "none, noise, pattern, or a folder with images and labels.csv",
+    "trigger": "none, noise, pattern (images), shapes (point clouds), or a folder with inputs and labels.csv; default noise/shapes",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "out": "output folder (default runs/<time>)",
+}
+
+
+# input shape and classes per dataset, so `inspect` needs no data on disk
+_SHAPES = {
+    "mnist5k": ((1, 28, 28), 10), "digits": ((1, 8, 8), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100),
+    "mnist5k-points": ((3, 256), 10), "shapes3d": ((3, 256), 8), "modelnet40": ((3, 1024), 40),
 }
 
 
@@ -108,15 +118,15 @@ def _parser() -> argparse.ArgumentParser:
     attack.add_argument("--rates", help="prune: comma-separated shares in [0, 1)")
     attack.add_argument("--flips", help="ambiguity2: comma-separated shares of flipped bits")
     attack.add_argument("--erb-mode", choices=["cerb", "ierb"])
-    attack.add_argument("--target-dataset", help="transfer: the new task (default digits)")
+    attack.add_argument("--target-dataset", help="transfer: the new task (default digits; shapes3d for point clouds)")
     attack.add_argument("--target-classes", help="transfer: a class split of the owner's dataset, e.g. 5,6,7,8,9")
     attack.add_argument("--forge-signature", help="forge: the forger's text")
 
     look = commands.add_parser("inspect", help="which norm layers of a zoo model can be protected, and why not")
-    look.add_argument("--arch", default="resnet18")
+    look.add_argument("--arch", default="auto", help="default: resnet18 for images, pointnet for point clouds")
     look.add_argument("--width", type=float, default=0.25)
     look.add_argument("--norm", default="bn")
-    look.add_argument("--dataset", default="mnist5k", help="decides input shape and classes (mnist5k, digits, cifar10, cifar100)")
+    look.add_argument("--dataset", default="mnist5k", help="decides input shape and classes: " + ", ".join(_SHAPES))
 
     demo = commands.add_parser("demo", help="quick core demonstration: protect a small CNN on MNIST-5k, read the signature, strip")
     demo.add_argument("--out", default="runs/core-demo")
@@ -131,9 +141,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SHAPES = {"mnist5k": ((1, 28, 28), 10), "digits": ((1, 8, 8), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
-
-
 def _inspect(args: argparse.Namespace) -> int:
     import torch
 
@@ -143,6 +150,10 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.dataset not in _SHAPES:
         raise ConfigError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(_SHAPES)}")
     shape, classes = _SHAPES[args.dataset]
+    if args.arch == "auto":
+        from .pipeline import DEFAULT_ARCH, dataset_task
+
+        args.arch = DEFAULT_ARCH[dataset_task(args.dataset)]
     model = zoo.build(args.arch, in_channels=shape[0], num_classes=classes, width=args.width, norm=args.norm)
     print(f"{args.arch} (width {args.width}, norm {args.norm}) for {args.dataset} inputs {shape}:")
     print(find_pairs(model, torch.zeros((2, *shape))))

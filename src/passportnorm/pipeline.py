@@ -12,7 +12,7 @@ from __future__ import annotations
 import platform
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 
 from . import zoo
 from .certificate import Certificate
-from .data import load_dataset
+from .data import dataset_task, load_dataset
 from .data.triggers import TriggerSet, generate_triggers, load_trigger_folder, TRIGGER_KINDS
 from .device import resolve_device
 from .errors import ConfigError, PassportWarning
@@ -39,12 +39,14 @@ __all__ = ["RunOptions", "run_protect", "run_train", "run_verify"]
 class RunOptions:
     dataset: str = "mnist5k"
     data_dir: str | None = None
-    arch: str = "resnet18"
+    task: str = "auto"  # image or pointcloud; auto: what the dataset holds
+    points: int = 0  # points per cloud for point-cloud datasets; 0: the dataset's default
+    arch: str = "auto"  # auto: resnet18 for images, pointnet for point clouds
     width: float = 0.25
     norm: str = "bn"
     epochs: int = 8
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float = 0.0  # 0: the task's default, 0.05 for images, 0.01 for point clouds (PointNet is unstable higher)
     seed: int = 0
     signature: str = "(c) passportnorm owner"
     passports: str = "shuffle"
@@ -53,7 +55,7 @@ class RunOptions:
     sign_weight: float = 1.0
     alpha: float = 0.1
     weak_layers: str = "skip"
-    trigger: str = "noise"  # none, noise, pattern, or a folder
+    trigger: str = "auto"  # none, noise, pattern (images), shapes (point clouds), or a folder; auto: noise / shapes
     trigger_count: int = 50
     triggers_per_batch: int = 2
     device: str = "auto"
@@ -76,6 +78,26 @@ def _train_config(opts: RunOptions) -> TrainConfig:
     )
 
 
+DEFAULT_ARCH = {"image": "resnet18", "pointcloud": "pointnet"}
+DEFAULT_TRIGGER = {"image": "noise", "pointcloud": "shapes"}
+DEFAULT_LR = {"image": 0.05, "pointcloud": 0.01}
+
+
+def resolve_task(opts: RunOptions) -> RunOptions:
+    """Fill in ``task``, ``arch``, ``trigger`` and ``lr`` left on auto, and refuse a model that cannot read the data."""
+    task = dataset_task(opts.dataset)
+    if opts.task not in ("auto", task):
+        raise ConfigError(f"dataset {opts.dataset!r} holds {task} data, not {opts.task}; drop --task or pick a {opts.task} dataset")
+    arch = DEFAULT_ARCH[task] if opts.arch == "auto" else opts.arch
+    if zoo.model_task(arch) != task:
+        raise ConfigError(f"model {arch!r} reads {zoo.model_task(arch)} inputs but {opts.dataset!r} holds {task} data; "
+                          f"use --arch {DEFAULT_ARCH[task]}")
+    if opts.points and task != "pointcloud":
+        raise ConfigError(f"--points applies to point-cloud datasets; {opts.dataset!r} holds images")
+    trigger = DEFAULT_TRIGGER[task] if opts.trigger == "auto" else opts.trigger
+    return replace(opts, task=task, arch=arch, trigger=trigger, lr=opts.lr or DEFAULT_LR[task])
+
+
 def _trigger(opts: RunOptions, data) -> TriggerSet | None:
     if opts.trigger in ("none", "", None):
         return None
@@ -90,7 +112,8 @@ def _model_config(opts: RunOptions, data) -> dict[str, Any]:
 
 def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     device = resolve_device(opts.device)
-    data = load_dataset(opts.dataset, opts.data_dir, seed=opts.seed)
+    opts = resolve_task(opts)
+    data = load_dataset(opts.dataset, opts.data_dir, seed=opts.seed, points=opts.points or None)
     torch.manual_seed(opts.seed)
     model_config = _model_config(opts, data)
     model = zoo.build(opts.arch, **model_config).to(device)
@@ -183,8 +206,8 @@ def run_verify(
         name = dataset or key.manifest.get("config", {}).get("dataset") or meta.get("dataset")
         if name is None:
             raise ConfigError("no dataset recorded in the key or model; pass --dataset (or --no-data)")
-        seed = key.manifest.get("config", {}).get("seed", 0)
-        data_dir = data_dir or key.manifest.get("config", {}).get("data_dir")
-        data = load_dataset(name, data_dir, seed=seed).test
+        config = key.manifest.get("config", {})
+        data_dir = data_dir or config.get("data_dir")
+        data = load_dataset(name, data_dir, seed=config.get("seed", 0), points=config.get("points") or None).test
     model = model.to(resolve_device(device))
     return verify(model, key, data=data, trigger=key.trigger, certificate=cert, recalibrate=recalibrate, rule=rule)

@@ -88,11 +88,13 @@ def select_pairs(
 def _bit_layout(pairs: Sequence[Pair]) -> dict[str, int]:
     """Where each layer's slice starts in the filled bit vector (message first, random fill after).
 
-    Layers are filled in module order, except that weak-lever layers (fan-in 1) come last, so
-    the owner's message lands where bits embed reliably.
+    Layers are filled strongest lever first: by producer fan-in, largest first (module order among
+    equals). A channel's passport response has as many degrees of freedom as its producer reads
+    input channels, so bits in layers reading 1 (grayscale, depthwise) or 3 (xyz points, RGB
+    1x1) channels embed last and least reliably; the owner's message lands where they embed well.
     """
     starts, position = {}, 0
-    for pair in sorted(pairs, key=lambda p: p.weak):  # stable: module order within each group
+    for pair in sorted(pairs, key=lambda p: -p.fan_in):  # stable: module order among equals
         starts[pair.norm] = position
         position += pair.channels
     return starts

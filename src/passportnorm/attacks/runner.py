@@ -59,6 +59,13 @@ def _table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _default_transfer_target(dataset: str, task: str) -> str:
+    """Another shipped dataset of the same kind: digits for images, shapes or digit clouds for point clouds."""
+    if task == "pointcloud":
+        return "mnist5k-points" if dataset == "shapes3d" else "shapes3d"
+    return "digits"
+
+
 def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
     """Run attack ``name``; ``options`` are the attack's settings (see ``passportnorm attack --help``)."""
     from . import ambiguity_one, ambiguity_two, class_split, erb_attack, finetune, forge_attack, obfuscation_attack, prune_sweep, transfer
@@ -73,7 +80,8 @@ def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str |
     dataset = options.get("dataset") or config.get("dataset") or meta.get("dataset")
     if dataset is None:
         raise ConfigError("no dataset recorded in the key or the model; pass --dataset")
-    data = load_dataset(dataset, options.get("data_dir") or config.get("data_dir"), seed=int(config.get("seed", 0)))
+    points = config.get("points") or None
+    data = load_dataset(dataset, options.get("data_dir") or config.get("data_dir"), seed=int(config.get("seed", 0)), points=points)
     default_share = 0.1 if name in ("erb", "ambiguity1", "ambiguity2") else 0.5
     share = default_share if options.get("share") is None else float(options["share"])
     attacker = _attacker_split(data.train, share, seed)
@@ -102,7 +110,8 @@ def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str |
             keep = [int(c) for c in str(classes).split(",")]
             train, test, count, task = class_split(data.train, keep), class_split(data.test, keep), len(keep), f"{dataset} classes {classes}"
         else:
-            target = load_dataset(options.get("target_dataset") or "digits", seed=seed)
+            target_name = options.get("target_dataset") or _default_transfer_target(dataset, data.task)
+            target = load_dataset(target_name, seed=seed, points=points if data.task == "pointcloud" else None)
             train, test, count, task = target.train, target.test, target.num_classes, f"{dataset} -> {target.name}"
         result = transfer(released, key, train, test, num_classes=count, task=task, epochs=epochs, seed=seed,
                           checkpoint=out / "checkpoint.pt")

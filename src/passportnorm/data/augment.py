@@ -28,3 +28,28 @@ class RandomCropFlip:
 
     def __repr__(self) -> str:
         return f"RandomCropFlip(padding={self.padding}, flip={self.flip})"
+
+
+class PointCloudAugment:
+    """The PointNet++ training augmentation for clouds ``(batch, 3, points)``, per cloud:
+    random point dropout (a random share up to ``max_dropout`` of the points replaced by the first
+    point, so the shape keeps its size), random scaling in ``scale`` and a random shift up to
+    ``shift`` along each axis.
+    """
+
+    def __init__(self, scale: tuple[float, float] = (0.8, 1.25), shift: float = 0.1, max_dropout: float = 0.875):
+        self.scale = scale
+        self.shift = shift
+        self.max_dropout = max_dropout
+
+    def __call__(self, clouds: Tensor, generator: torch.Generator) -> Tensor:
+        n, _, p = clouds.shape
+        ratio = torch.rand(n, 1, generator=generator) * self.max_dropout
+        dropped = (torch.rand(n, p, generator=generator) <= ratio).unsqueeze(1)
+        out = torch.where(dropped, clouds[:, :, :1], clouds)
+        scale = torch.empty(n, 1, 1).uniform_(*self.scale, generator=generator)
+        shift = torch.empty(n, 3, 1).uniform_(-self.shift, self.shift, generator=generator)
+        return out * scale + shift
+
+    def __repr__(self) -> str:
+        return f"PointCloudAugment(scale={self.scale}, shift={self.shift}, max_dropout={self.max_dropout})"

@@ -19,7 +19,7 @@ from ..errors import DatasetError
 
 __all__ = ["TriggerSet", "generate_triggers", "load_trigger_folder", "TRIGGER_KINDS"]
 
-TRIGGER_KINDS = ("noise", "pattern")
+TRIGGER_KINDS = ("noise", "pattern", "shapes")
 
 
 @dataclass
@@ -43,15 +43,26 @@ def generate_triggers(
 ) -> TriggerSet:
     """``count`` seeded triggers with uniformly random labels.
 
-    ``noise``: i.i.d. N(0, 1) images (task data is standardised, so this is its scale).
-    ``pattern``: a flat background with one random 8x8-ish block pattern stamped at a random place.
+    ``noise``: i.i.d. N(0, 1) inputs (images: task data is standardised, so this is its scale;
+    point clouds: a Gaussian blob).
+    ``pattern`` (images): a flat background with one random block pattern stamped at a random place.
+    ``shapes`` (point clouds, ``input_shape`` = (3, points)): procedural 3D shapes, a source
+    other than the task's, as the paper swaps in shapes from another dataset.
     """
     if count < 1:
         raise DatasetError(f"a trigger set needs at least 1 trigger, got {count}")
+    clouds = len(input_shape) == 2
+    if (kind == "pattern" and clouds) or (kind == "shapes" and not clouds):
+        fits = "shapes or noise" if clouds else "noise or pattern"
+        raise DatasetError(f"trigger kind {kind!r} does not fit inputs of shape {tuple(input_shape)}; use {fits}")
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, num_classes, (count,), generator=gen)
     if kind == "noise":
         inputs = torch.randn((count, *input_shape), generator=gen)
+    elif kind == "shapes":
+        from .shapes import SHAPES, sample_shapes
+
+        inputs = sample_shapes(torch.randint(0, len(SHAPES), (count,), generator=gen), input_shape[1], gen)
     elif kind == "pattern":
         c, h, w = input_shape
         size = max(2, min(h, w) // 3)
@@ -72,14 +83,14 @@ def load_trigger_folder(
     num_classes: int,
     normalize: Callable[[Tensor], Tensor],
 ) -> TriggerSet:
-    """Images listed in ``folder/labels.csv`` (``filename,label`` per line), resized to the task's shape."""
-    from PIL import Image
-
+    """Inputs listed in ``folder/labels.csv`` (``filename,label`` per line): images resized to the
+    task's shape, or, for point-cloud tasks, clouds as ``.npy`` or text files of ``x,y,z`` lines
+    (the first N points are used)."""
     root = Path(folder)
     index = root / "labels.csv"
     if not index.is_file():
         raise DatasetError(f"trigger folder {root} has no labels.csv; add one with lines 'filename,label'")
-    c, h, w = input_shape
+    read = _read_cloud if len(input_shape) == 2 else _read_image
     images, labels = [], []
     with index.open(newline="") as handle:
         for line, row in enumerate(csv.reader(handle), start=1):
@@ -94,15 +105,40 @@ def load_trigger_folder(
                 raise DatasetError(f"{index}:{line}: label {label!r} is not an integer") from None
             if not 0 <= label_value < num_classes:
                 raise DatasetError(f"{index}:{line}: label {label_value} out of range for {num_classes} classes")
-            try:
-                with Image.open(root / name) as image:
-                    image = image.convert("L" if c == 1 else "RGB").resize((w, h))
-                    array = np.asarray(image, dtype=np.float32) / 255.0
-            except (OSError, ValueError) as error:
-                raise DatasetError(f"{index}:{line}: cannot read image {root / name}: {error}") from error
-            images.append(torch.from_numpy(array.reshape(h, w, -1)).permute(2, 0, 1))
+            images.append(read(root / name, input_shape, f"{index}:{line}"))
             labels.append(label_value)
     if not images:
-        raise DatasetError(f"{index} lists no images")
-    inputs = normalize(torch.stack(images))
+        raise DatasetError(f"{index} lists no inputs")
+    inputs = torch.stack(images)
+    if normalize is not None and read is _read_image:
+        inputs = normalize(inputs)
     return TriggerSet(inputs, torch.tensor(labels), num_classes, f"folder:{root}")
+
+
+def _read_image(path: Path, input_shape: tuple[int, ...], where: str) -> torch.Tensor:
+    from PIL import Image
+
+    c, h, w = input_shape
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if c == 1 else "RGB").resize((w, h))
+            array = np.asarray(image, dtype=np.float32) / 255.0
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{where}: cannot read image {path}: {error}") from error
+    return torch.from_numpy(array.reshape(h, w, -1)).permute(2, 0, 1)
+
+
+def _read_cloud(path: Path, input_shape: tuple[int, ...], where: str) -> torch.Tensor:
+    channels, points = input_shape
+    try:
+        if path.suffix == ".npy":
+            cloud = np.load(path, allow_pickle=False)
+        else:
+            cloud = np.loadtxt(path, delimiter="," if "," in path.read_text()[:200] else None, dtype=np.float32, ndmin=2)
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{where}: cannot read point cloud {path}: {error}") from error
+    if cloud.ndim != 2 or cloud.shape[1] < channels:
+        raise DatasetError(f"{where}: {path} has shape {cloud.shape}, expected (points, {channels}) coordinates")
+    if len(cloud) < points:
+        raise DatasetError(f"{where}: {path} has {len(cloud)} points, fewer than the task's {points}")
+    return torch.from_numpy(np.ascontiguousarray(cloud[:points, :channels], dtype=np.float32).T)

@@ -8,14 +8,20 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["register_model", "available_models", "build"]
+__all__ = ["register_model", "available_models", "build", "model_task", "TASKS"]
+
+TASKS = ("image", "pointcloud")
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_TASKS: dict[str, str] = {}
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_model(name: str, task: str = "image") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``builder`` as ``name``; ``task`` says what input it reads (images or point clouds)."""
+
     def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _BUILDERS[name] = builder
+        _TASKS[name] = task
         return builder
 
     return add
@@ -23,6 +29,13 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 def available_models() -> list[str]:
     return sorted(_BUILDERS)
+
+
+def model_task(name: str) -> str:
+    """``image`` or ``pointcloud``: the kind of input the model ``name`` reads."""
+    if name not in _TASKS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(available_models())}")
+    return _TASKS[name]
 
 
 def build(name: str, **cfg) -> nn.Module:

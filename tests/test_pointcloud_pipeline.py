@@ -1,0 +1,111 @@
+"""Point clouds through the same CLI: protect, verify, train, attack, resume, and bad input."""
+
+import json
+
+import pytest
+
+from passportnorm.cli import main
+from passportnorm.fileio import tensors_fingerprint
+from passportnorm.pipeline import RunOptions, resolve_task, run_protect
+from passportnorm.release import load_released
+
+# PointNet without T-Nets keeps the CLI tests fast; the T-Net model's promises are in tests/models.py
+TINY = ["--dataset", "shapes3d", "--arch", "pointnet_vanilla", "--points", "64", "--width", "0.25", "--epochs", "5", "--lr", "0.05",
+        "--batch-size", "32", "--trigger-count", "20", "--signature", "(c) points"]
+
+
+@pytest.fixture(scope="module")
+def protected_clouds(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clouds") / "protected"
+    assert main(["protect", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_the_dataset_implies_the_task_model_and_triggers():
+    resolved = resolve_task(RunOptions(dataset="shapes3d"))
+    assert (resolved.task, resolved.arch, resolved.trigger) == ("pointcloud", "pointnet", "shapes")
+    resolved = resolve_task(RunOptions(dataset="mnist5k"))
+    assert (resolved.task, resolved.arch, resolved.trigger) == ("image", "resnet18", "noise")
+
+
+def test_protect_writes_a_verified_point_cloud_release(protected_clouds):
+    metrics = json.loads((protected_clouds / "metrics.json").read_text())
+    settings = metrics["settings"]
+    assert (settings["task"], settings["arch"], settings["trigger"], settings["points"]) == ("pointcloud", "pointnet_vanilla", "shapes", 64)
+    verification = metrics["verification"]
+    assert verification["verified"] and verification["signature_detection"] > 0.95
+    assert verification["decoded_text"] == "(c) points"
+    released, meta = load_released(protected_clouds / "released")
+    assert type(released).__name__ == "PointNet" and meta["arch"] == "pointnet_vanilla"
+    assert not any("Passport" in type(m).__name__ for m in released.modules())
+
+
+def test_verify_and_a_plain_model(protected_clouds, tmp_path, capsys):
+    key = str(protected_clouds / "owner-key")
+    assert main(["verify", "--model", str(protected_clouds / "released"), "--key", key,
+                 "--certificate", str(protected_clouds / "certificate.json")]) == 0
+    plain = tmp_path / "plain"
+    assert main(["train", *TINY, "--out", str(plain)]) == 0
+    capsys.readouterr()
+    assert main(["verify", "--model", str(plain / "released"), "--key", key, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["signature_p_value"] > 1e-6
+
+
+@pytest.mark.parametrize("attack,extra", [("finetune", ["--epochs", "1"]), ("prune", ["--rates", "0,0.5"]),
+                                          ("transfer", ["--epochs", "1"])])
+def test_attacks_run_on_point_clouds(protected_clouds, tmp_path, attack, extra):
+    out = tmp_path / attack
+    args = ["attack", attack, "--model", str(protected_clouds / "released"), "--key", str(protected_clouds / "owner-key"),
+            "--out", str(out), *extra]
+    assert main(args) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["rows"] and result["rows"][0]["signature_detection"] > 0.9
+    if attack == "transfer":
+        assert "shapes3d -> mnist5k-points" in (out / "result.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dataset", "shapes3d", "--arch", "resnet18"], "model 'resnet18' reads image inputs but 'shapes3d' holds pointcloud data; use --arch pointnet"),
+        (["--dataset", "mnist5k", "--arch", "pointnet"], "use --arch resnet18"),
+        (["--dataset", "shapes3d", "--task", "image"], "dataset 'shapes3d' holds pointcloud data, not image"),
+        (["--dataset", "mnist5k", "--points", "64"], "--points applies to point-cloud datasets"),
+        (["--dataset", "shapes3d", "--trigger", "pattern"], "trigger kind 'pattern' does not fit"),
+        (["--dataset", "modelnet40", "--data-dir", "/nonexistent/modelnet"], "modelnet40: data folder /nonexistent/modelnet does not exist"),
+    ],
+)
+def test_mismatched_options_are_one_line_errors(tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    assert main(["protect", *args, "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (out / "released").exists()
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_point_cloud_run_resumes_to_the_same_release(tmp_path, monkeypatch):
+    from passportnorm import train as train_module
+
+    base = dict(dataset="shapes3d", arch="pointnet_vanilla", points=64, width=0.125, epochs=2, batch_size=64, trigger_count=20, signature="ok")
+    run_protect(RunOptions(**base, out=str(tmp_path / "whole")))
+    original = train_module.Trainer.step
+    calls = {"n": 0}
+
+    def dying_step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 30:  # inside the second epoch (25 batches per epoch)
+            raise _Stop
+        return original(self, batch)
+
+    monkeypatch.setattr(train_module.Trainer, "step", dying_step)
+    with pytest.raises(_Stop):
+        run_protect(RunOptions(**base, out=str(tmp_path / "cut")))
+    monkeypatch.setattr(train_module.Trainer, "step", original)
+    run_protect(RunOptions(**base, out=str(tmp_path / "cut"), resume=True))
+    whole, _ = load_released(tmp_path / "whole" / "released")
+    cut, _ = load_released(tmp_path / "cut" / "released")
+    assert tensors_fingerprint(whole.state_dict()) == tensors_fingerprint(cut.state_dict())
