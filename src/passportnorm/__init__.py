@@ -25,6 +25,7 @@ from .pairing import Pair, PairingReport, Unprotectable, find_pairs
 from .passports import ImagePassports, PassportGenerator, RandomPassports, ShufflePassports
 from .protect import capacity, is_protected, passport_mode, protect, protected_layers, sign_loss, strip
 from .signature import Signature
+from . import baselines  # noqa: F401,E402  (registers the DeepIPR branch kinds, so keys of those schemes load)
 
 __version__ = "0.1.0"
 

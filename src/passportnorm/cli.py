@@ -5,6 +5,7 @@
     passportnorm verify --model DIR --key DIR [--certificate FILE]   exit 0 verified, 1 not, 2 error
     passportnorm inspect  [--arch --width --norm --dataset]          which norms can be protected, and why not
     passportnorm attack NAME --model DIR --key DIR --out DIR          run one attack, write result.json/md, plots
+    passportnorm compare  [--dataset --arch --schemes --seeds --epochs]  plain vs DeepIPR V1/V2 vs passport-aware norm
     passportnorm demo     [options]   the quick core demonstration (small CNN, mnist5k)
 """
 
@@ -122,6 +123,23 @@ def _parser() -> argparse.ArgumentParser:
     attack.add_argument("--target-classes", help="transfer: a class split of the owner's dataset, e.g. 5,6,7,8,9")
     attack.add_argument("--forge-signature", help="forge: the forger's text")
 
+    versus = commands.add_parser("compare", help="train plain, DeepIPR V1/V2 and passport-aware normalization side by side")
+    versus.add_argument("--dataset", default="mnist5k")
+    versus.add_argument("--data-dir")
+    versus.add_argument("--points", type=int, help="points per cloud (point-cloud datasets)")
+    versus.add_argument("--arch", default="resnet18", help="zoo model (alexnet and resnet18 are the paper's)")
+    versus.add_argument("--width", type=float, default=0.25)
+    versus.add_argument("--norm", default="bn")
+    versus.add_argument("--schemes", default="plain,deepipr-v1,deepipr-v2,pan", help="comma-separated: plain, deepipr-v1, deepipr-v2, pan")
+    versus.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    versus.add_argument("--epochs", type=int, default=8)
+    versus.add_argument("--batch-size", type=int, default=64)
+    versus.add_argument("--lr", type=float, default=0.05)
+    versus.add_argument("--placement", default="all", help="all (every norm) or deepipr (AlexNet's last 3 convs, ResNet18's layer4)")
+    versus.add_argument("--forge-epochs", type=int, default=3, help="epochs of the ambiguity II forgery per run")
+    versus.add_argument("--device", default="auto")
+    versus.add_argument("--out", default="runs/compare", help="output folder; a rerun resumes and skips finished runs")
+
     look = commands.add_parser("inspect", help="which norm layers of a zoo model can be protected, and why not")
     look.add_argument("--arch", default="auto", help="default: resnet18 for images, pointnet for point clouds")
     look.add_argument("--width", type=float, default=0.25)
@@ -201,6 +219,17 @@ def main(argv: list[str] | None = None) -> int:
             result = run_attack(args.name, args.model, args.key, args.out, **options)
             print((Path(args.out) / "result.md").read_text())
             return 0 if result else 2
+        if args.command == "compare":
+            from .baselines.compare import CompareOptions, run_compare
+
+            summary = run_compare(CompareOptions(
+                dataset=args.dataset, data_dir=args.data_dir, points=args.points, arch=args.arch, width=args.width,
+                norm=args.norm, schemes=tuple(s.strip() for s in args.schemes.split(",") if s.strip()),
+                seeds=tuple(range(args.seeds)), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                placement=args.placement, forge_epochs=args.forge_epochs, device=args.device, out=args.out,
+            ))
+            print(summary["table"])
+            return 0
         if args.command == "demo":
             from .demo import run_demo
 

@@ -28,7 +28,7 @@ from .fileio import (
     tensors_fingerprint,
     write_json_atomic,
 )
-from .norm import PassportAwareNorm, SUPPORTED_PRODUCERS, norm_channels, unsupported_norm_reason
+from .norm import BRANCH_KINDS, PassportAwareNorm, SUPPORTED_PRODUCERS, norm_channels, unsupported_norm_reason
 from .protect import _require_protected, strip
 from .release import released_fingerprint
 from .data.triggers import TriggerSet
@@ -116,14 +116,16 @@ class OwnerKey:
             for layer in layers:
                 path, channels = layer["norm"], int(layer["channels"])
                 parts = self.layer_tensors(path)
-                for name in ("passport_gamma", "passport_beta", "signature", "mlp.0.weight", "mlp.2.weight"):
+                has_mlp = layer.get("branch", PassportAwareNorm.branch_kind) == PassportAwareNorm.branch_kind
+                needed = ("passport_gamma", "passport_beta", "signature") + (("mlp.0.weight", "mlp.2.weight") if has_mlp else ())
+                for name in needed:
                     if name not in parts:
                         raise OwnerKeyError(f"{where}: layer {path!r} has no tensor {name!r} in key.safetensors")
                 if tuple(parts["signature"].shape) != (channels,):
                     raise OwnerKeyError(f"{where}: layer {path!r} signature has shape {tuple(parts['signature'].shape)}, expected ({channels},)")
                 if parts["passport_gamma"].shape != parts["passport_beta"].shape or parts["passport_gamma"].shape[0] != 1:
                     raise OwnerKeyError(f"{where}: layer {path!r} passports have shapes {tuple(parts['passport_gamma'].shape)}/{tuple(parts['passport_beta'].shape)}")
-                if parts["mlp.0.weight"].shape[1] != channels or parts["mlp.2.weight"].shape[0] != channels:
+                if has_mlp and (parts["mlp.0.weight"].shape[1] != channels or parts["mlp.2.weight"].shape[0] != channels):
                     raise OwnerKeyError(f"{where}: layer {path!r} MLP does not map {channels} channels")
             trigger = self.manifest.get("trigger")
             if trigger:
@@ -159,6 +161,7 @@ def extract_key(
                 "passport_shape": list(layer.passport_gamma.shape),
                 "alpha": layer.alpha,
                 "margin": layer.margin,
+                "branch": layer.branch_kind,
             }
         )
         if int(layer.message_bits):
@@ -216,18 +219,24 @@ def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:
                 f"the key is for another architecture: {norm_path!r} has {norm_channels(norm)} channels, the key expects {layer['channels']}"
             )
         parts = key.layer_tensors(norm_path)
-        wrapper = PassportAwareNorm(
-            norm,
-            producer,
-            parts["passport_gamma"],
-            parts["passport_beta"],
-            parts["signature"],
-            producer_path=producer_path,
-            message_bits=int(parts.get("message_bits", torch.tensor(0))),
-            message_offset=int(parts.get("message_offset", torch.tensor(0))),
-            alpha=layer.get("alpha", 0.1),
-            margin=layer.get("margin", 0.1),
-        )
+        kind = layer.get("branch", PassportAwareNorm.branch_kind)
+        if kind == PassportAwareNorm.branch_kind:
+            wrapper = PassportAwareNorm(
+                norm,
+                producer,
+                parts["passport_gamma"],
+                parts["passport_beta"],
+                parts["signature"],
+                producer_path=producer_path,
+                message_bits=int(parts.get("message_bits", torch.tensor(0))),
+                message_offset=int(parts.get("message_offset", torch.tensor(0))),
+                alpha=layer.get("alpha", 0.1),
+                margin=layer.get("margin", 0.1),
+            )
+        elif kind in BRANCH_KINDS:
+            wrapper = BRANCH_KINDS[kind](norm, producer, parts, layer)
+        else:
+            raise OwnerKeyError(f"the key's layer {norm_path!r} uses branch kind {kind!r}, which this version cannot rebuild")
         try:
             wrapper.passport_responses()
         except RuntimeError as error:

@@ -142,6 +142,16 @@ def _branch_mlp(channels: int, generator: torch.Generator, like: Tensor) -> nn.S
     return mlp.to(device=like.device, dtype=like.dtype)
 
 
+# branch kind -> factory(norm, producer, key tensors, key layer entry), so keys can rebuild branches
+# of other schemes (the baselines register theirs) without this module importing them
+BRANCH_KINDS: dict[str, Any] = {}
+
+
+def register_branch_kind(kind: str, factory: Any) -> None:
+    """Let ``attach_key`` rebuild layers whose key entry says ``"branch": kind`` with ``factory``."""
+    BRANCH_KINDS[kind] = factory
+
+
 class PassportAwareNorm(nn.Module):
     """A norm layer with a passport-aware branch next to it.
 
@@ -157,6 +167,7 @@ class PassportAwareNorm(nn.Module):
     signature: Tensor
     message_bits: Tensor
     message_offset: Tensor
+    branch_kind = "passport-aware"
 
     def __init__(
         self,

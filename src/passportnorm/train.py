@@ -36,7 +36,9 @@ from .protect import is_protected, passport_mode, sign_loss
 
 __all__ = ["TrainConfig", "Trainer"]
 
-SCHEDULES = ("alternate", "joint")
+# alternate: the paper's free step then aware step; joint: one backward over both (the original
+# code, and DeepIPR V2); aware: passport-aware steps only (DeepIPR V1, whose model has no free branch)
+SCHEDULES = ("alternate", "joint", "aware")
 
 
 @dataclass
@@ -54,7 +56,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose alternate or joint")
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"ratio {self.ratio} must be in [0, 1): it is the share of steps that train the passport-aware branch")
         for name in ("epochs", "batch_size"):
@@ -128,6 +130,10 @@ class Trainer:
             loss = F.cross_entropy(self.model(x), y)
             self._optimise(loss, "training")
             losses["free"] = loss.item()
+        elif self.config.schedule == "aware":
+            aware = self._aware_loss(x, y)
+            self._optimise(aware, "passport-aware")
+            losses["aware"] = aware.item()
         elif self.config.schedule == "joint":
             free = F.cross_entropy(self.model(x), y)
             total = free + self._aware_loss(x, y)

@@ -31,6 +31,7 @@ __all__ = [
     "VerdictRule",
     "VerificationReport",
     "verify",
+    "verify_attached",
     "verify_blackbox",
     "binomial_p_value",
     "binomial_log10_p_value",
@@ -179,10 +180,24 @@ def verify(
             "suspect is the certified release, bit for bit": certificate.matches_released(model),
             "certified at (UTC)": certificate.created_utc,
         }
-    device = _model_device(model)
-    suspect = attach_key(model, key).to(device)
+    suspect = attach_key(model, key).to(_model_device(model))
+    return verify_attached(suspect, data, trigger, recalibrate, rule, expected_text=key.signature_text, certificate_info=cert_info)
+
+
+def verify_attached(
+    suspect: nn.Module,
+    data: Dataset | DataLoader | None = None,
+    trigger: TriggerSet | None = None,
+    recalibrate: bool = False,
+    rule: VerdictRule = VerdictRule(),
+    expected_text: str | None = None,
+    certificate_info: dict[str, Any] | None = None,
+) -> VerificationReport:
+    """The verification report of a model that already carries its branch (after ``attach_key``,
+    or a DeepIPR V1 model, whose passports ship inside it)."""
+    device = _model_device(suspect)
     detection = signature_detection(suspect)
-    report = VerificationReport(verified=False, rule=rule.describe(), certificate=cert_info)
+    report = VerificationReport(verified=False, rule=rule.describe(), certificate=certificate_info)
     report.signature_bits = detection.total
     report.signature_matches = detection.matched
     report.signature_detection = detection.rate
@@ -190,7 +205,7 @@ def verify(
     report.signature_p_value = binomial_p_value(detection.matched, detection.total, 0.5)
     report.signature_log10_p_value = binomial_log10_p_value(detection.matched, detection.total, 0.5)
     report.decoded_text = detection.message
-    report.expected_text = key.signature_text
+    report.expected_text = expected_text
     report.per_layer = {path: d.rate for path, d in detection.layers.items()}
 
     if data is not None:

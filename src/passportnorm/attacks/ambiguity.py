@@ -106,14 +106,18 @@ def ambiguity_one(
     }
 
 
-def ambiguity_two(
-    released: nn.Module, key: OwnerKey, attacker_data: Dataset, owner_test: Dataset, flip: float = 0.1,
-    epochs: int = 3, lr: float = 0.01, push: float = 1.0, noise: float = 0.1, seed: int = 0,
-    rule: VerdictRule = VerdictRule(),
+def forge_flipped_signature(
+    suspect: nn.Module, attacker_data: Dataset, flip: float = 0.1, epochs: int = 3, lr: float = 0.01,
+    push: float = 1.0, noise: float = 0.1, seed: int = 0,
 ) -> dict[str, Any]:
+    """Ambiguity II on a model that carries a branch (frozen; its passports, signatures and MLPs are
+    overwritten in place): passports from the owner's plus noise, MLPs (if the scheme has them)
+    re-initialised, trained to a target with a share ``flip`` of the owner's bits flipped."""
     if not 0.0 <= flip <= 1.0:
         raise ConfigError(f"flip share {flip} must be in [0, 1]")
-    suspect, layers = _prepare(released, key)
+    for parameter in suspect.parameters():
+        parameter.requires_grad_(False)
+    layers = list(protected_layers(suspect).values())
     gen = torch.Generator().manual_seed(seed)
     owner_passports, forged_passports, mlp_weights, owner_bits = [], [], [], []
     with torch.no_grad():
@@ -125,7 +129,7 @@ def ambiguity_two(
                 owner_passports.append(tensor.clone())
                 tensor.add_(noise * torch.randn(tensor.shape, generator=gen))
                 forged_passports.append(tensor)
-            for linear in (layer.mlp[0], layer.mlp[2]):
+            for linear in (m for m in layer.mlp.modules() if isinstance(m, nn.Linear)):
                 nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=gen)
                 mlp_weights.append(linear.weight)
 
@@ -142,17 +146,29 @@ def ambiguity_two(
     with torch.no_grad():
         reached = torch.cat([torch.where(layer.passport_responses()[0] > 0, 1, -1).cpu() for layer in layers])
         similarity = float(sum(cosine(p, o) for p, o in zip(forged_passports, owner_passports)) / len(owner_passports))
-    claim = _claim(released, suspect, owner_test, rule)
     owner = torch.cat(owner_bits).cpu()
+    return {
+        "target_detection": float((reached == target).float().mean()),
+        "bit_dissimilarity_to_owner": float((reached != owner).float().mean()),
+        "mean_cosine_to_owner_passports": similarity,
+    }
+
+
+def ambiguity_two(
+    released: nn.Module, key: OwnerKey, attacker_data: Dataset, owner_test: Dataset, flip: float = 0.1,
+    epochs: int = 3, lr: float = 0.01, push: float = 1.0, noise: float = 0.1, seed: int = 0,
+    rule: VerdictRule = VerdictRule(),
+) -> dict[str, Any]:
+    suspect, _ = _prepare(released, key)
+    forged = forge_flipped_signature(suspect, attacker_data, flip, epochs, lr, push, noise, seed)
+    claim = _claim(released, suspect, owner_test, rule)
     return {
         "attack": "ambiguity2",
         "threat_model": THREAT_II.format(flip=flip),
         "flip": flip,
         "forged_accuracy": claim["forged_accuracy"],
         "released_accuracy": accuracy(released, owner_test),
-        "target_detection": float((reached == target).float().mean()),
-        "bit_dissimilarity_to_owner": float((reached != owner).float().mean()),
-        "mean_cosine_to_owner_passports": similarity,
+        **forged,
         "forged_verified": claim["report"].verified,
         "forged_key": claim["forged_key"],
     }

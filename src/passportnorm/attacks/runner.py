@@ -24,7 +24,7 @@ from ..release import load_released, save_released
 ATTACKS = ("finetune", "transfer", "prune", "obfuscate", "ambiguity1", "ambiguity2", "erb", "forge")
 
 
-def _attacker_split(train, share: float, seed: int) -> Subset:
+def attacker_split(train, share: float, seed: int) -> Subset:
     if not 0.0 < share <= 1.0:
         raise ConfigError(f"attacker data share {share} must be in (0, 1]")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 17))
@@ -84,7 +84,7 @@ def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str |
     data = load_dataset(dataset, options.get("data_dir") or config.get("data_dir"), seed=int(config.get("seed", 0)), points=points)
     default_share = 0.1 if name in ("erb", "ambiguity1", "ambiguity2") else 0.5
     share = default_share if options.get("share") is None else float(options["share"])
-    attacker = _attacker_split(data.train, share, seed)
+    attacker = attacker_split(data.train, share, seed)
     example = data.train.tensors[0][:4]
     epochs = int(options.get("epochs") or 5)
     out = Path(out)
