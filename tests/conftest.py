@@ -29,7 +29,7 @@ def digits_owner():
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        protected = pn.protect(zoo.build("small_cnn", width=0.5), data.train.tensors[0][:8], signature="(c) A",
+        protected = pn.protect(zoo.build("small_cnn", width=1.0), data.train.tensors[0][:8], signature="(c) A",
                                passports="shuffle", weak_layers="skip")
     Trainer(protected, data, TrainConfig(epochs=6, batch_size=32)).fit()
     return data, pn.strip(protected).eval(), extract_key(protected)

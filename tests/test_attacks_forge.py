@@ -8,6 +8,7 @@ import passportnorm as pn
 from passportnorm import zoo
 from passportnorm.attacks.forge import _min_norm_solution, forge_attack, forge_key
 from passportnorm.key import OwnerKey, attach_key
+from passportnorm.verify import VerdictRule
 
 
 def test_min_norm_solution_reaches_any_target_of_a_full_rank_map():
@@ -23,7 +24,7 @@ def test_min_norm_solution_reaches_any_target_of_a_full_rank_map():
 def test_forged_key_loads_attaches_and_reads_its_own_signature(tmp_path):
     model = zoo.build("resnet18", in_channels=1, width=0.25).eval()  # 16 first-conv channels > 9 reachable
     x = torch.randn(4, 1, 16, 16)
-    key, info = forge_key(model, x, signature="(c) Mallory", seed=1)
+    key, info = forge_key(model, x, signature="(c) Mallory", seed=1, signature_mode="text")
     key.save(tmp_path / "forged")
     loaded = OwnerKey.load(tmp_path / "forged")
     detection = pn.signature_detection(attach_key(model, loaded))
@@ -41,8 +42,10 @@ def owner(digits_owner):
 
 
 def test_forgery_passes_the_papers_verification(owner):
+    """With the paper's text signatures and its verification rule, the forgery is accepted."""
     data, released, key = owner
-    result = forge_attack(released, key, data.test, data.train.tensors[0][:4], seed=2)
+    papers_rule = VerdictRule(allow_text_signatures=True)
+    result = forge_attack(released, key, data.test, data.train.tensors[0][:4], seed=2, rule=papers_rule, signature_mode="text")
     forged, genuine = result["forged"], result["owner"]
     assert genuine["verified"]
     assert result["forged_verified"], "the scheme as published cannot tell this forgery from the owner"

@@ -12,7 +12,7 @@ from passportnorm.baselines.compare import CompareOptions, run_compare
 from passportnorm.cli import main
 from passportnorm.errors import ConfigError
 from passportnorm.key import OwnerKey, attach_key, extract_key
-from passportnorm.verify import verify
+from passportnorm.verify import VerdictRule, verify
 from models import PlainCNN
 
 
@@ -38,7 +38,7 @@ def _train(model, steps=150, seed=1):
 
 @pytest.mark.parametrize("scheme", ["v1", "v2"])
 def test_deepipr_embeds_its_signature(scheme):
-    model = protect_deepipr(_model(), torch.randn(4, 1, 12, 12), scheme=scheme, signature="ok")
+    model = protect_deepipr(_model(), torch.randn(4, 1, 12, 12), scheme=scheme, signature="ok", signature_mode="text")
     layers = protected_layers(model)
     assert layers and all(isinstance(layer, DeepIPRNorm) and layer.scheme == scheme for layer in layers.values())
     before = signature_detection(model).rate
@@ -85,7 +85,7 @@ def test_v2_releases_the_plain_architecture_but_shares_its_statistics():
 
 def test_deepipr_v2_key_round_trip_and_verify(tmp_path):
     x = torch.randn(4, 1, 12, 12)
-    model = _train(protect_deepipr(PlainCNN(), x, scheme="v2", signature="k"))
+    model = _train(protect_deepipr(PlainCNN(), x, scheme="v2", signature="k", signature_mode="text"))
     key = extract_key(model)
     assert {layer["branch"] for layer in key.layers} == {"deepipr-v2"}
     key.save(tmp_path / "key")
@@ -93,7 +93,7 @@ def test_deepipr_v2_key_round_trip_and_verify(tmp_path):
     released = strip(model)
     attached = attach_key(released, loaded)
     assert all(isinstance(layer, DeepIPRNorm) and layer.scheme == "v2" for layer in protected_layers(attached).values())
-    report = verify(released, loaded)
+    report = verify(released, loaded, rule=VerdictRule(allow_text_signatures=True))
     assert report.signature_detection == 1.0 and report.decoded_text == "k" and report.verified
 
 

@@ -40,7 +40,8 @@ def owner(tmp_path):
 def test_key_round_trip_restores_the_exact_branch(owner):
     protected, released, key, x, tmp = owner
     loaded = OwnerKey.load(tmp / "key")
-    assert loaded.digest() == key.digest() and loaded.signature_text == "(c) K"
+    assert loaded.digest() == key.digest() and loaded.identity == "(c) K" and loaded.signature_mode == "hash"
+    assert loaded.bits_follow_from_passports()
     assert loaded.trigger is not None and torch.equal(loaded.trigger.labels, key.trigger.labels)
     model, meta = load_released(tmp / "released")
     assert meta["arch"] == "resnet18"

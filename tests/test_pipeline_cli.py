@@ -10,7 +10,8 @@ import torch
 from passportnorm.cli import main
 from passportnorm.pipeline import RunOptions, run_protect
 
-TINY = ["--dataset", "digits", "--arch", "small_cnn", "--width", "0.5", "--epochs", "2", "--batch-size", "32",
+# width 1.0: 192 hash-bound bits, enough for the 2^-128 claim bound (96 would not be)
+TINY = ["--dataset", "digits", "--arch", "small_cnn", "--width", "1.0", "--epochs", "2", "--batch-size", "32",
         "--trigger-count", "20", "--signature", "(c) CLI"]
 
 
@@ -79,7 +80,7 @@ def test_certificate_of_another_key_is_an_error(protected_run, tmp_path, capsys)
 
 def test_key_for_another_architecture_is_exit_2(protected_run, tmp_path, capsys):
     narrow = tmp_path / "narrow"
-    assert main(["protect", *TINY, "--width", "0.25", "--epochs", "1", "--signature", "ok", "--out", str(narrow)]) == 0
+    assert main(["protect", *TINY, "--width", "0.5", "--epochs", "1", "--signature", "ok", "--out", str(narrow)]) == 0
     capsys.readouterr()
     code = main(["verify", "--model", str(narrow / "released"), "--key", str(protected_run / "owner-key")])
     err = capsys.readouterr().err
@@ -90,7 +91,7 @@ def test_missing_dataset_and_oversized_signature_leave_no_outputs(tmp_path, caps
     out = tmp_path / "never"
     assert main(["protect", "--dataset", "cifar10", "--data-dir", str(tmp_path / "no-cifar"), "--out", str(out)]) == 2
     assert "no-cifar does not exist" in capsys.readouterr().err
-    assert main(["protect", *TINY, "--signature", "x" * 200, "--out", str(out)]) == 2
+    assert main(["protect", *TINY, "--signature", "x" * 200, "--signature-mode", "text", "--out", str(out)]) == 2
     assert "capacity of" in capsys.readouterr().err
     assert not out.exists()
 

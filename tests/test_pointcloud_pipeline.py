@@ -34,7 +34,7 @@ def test_protect_writes_a_verified_point_cloud_release(protected_clouds):
     assert (settings["task"], settings["arch"], settings["trigger"], settings["points"]) == ("pointcloud", "pointnet_vanilla", "shapes", 64)
     verification = metrics["verification"]
     assert verification["verified"] and verification["signature_detection"] > 0.95
-    assert verification["decoded_text"] == "(c) points"
+    assert verification["identity"] == "(c) points" and verification["bits_follow_from_passports"]
     released, meta = load_released(protected_clouds / "released")
     assert type(released).__name__ == "PointNet" and meta["arch"] == "pointnet_vanilla"
     assert not any("Passport" in type(m).__name__ for m in released.modules())

@@ -39,11 +39,11 @@ def trained():
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        protected = pn.protect(zoo.build("small_cnn", width=0.5), data.train.tensors[0][:8], signature="(c) V",
+        protected = pn.protect(zoo.build("small_cnn", width=1.0), data.train.tensors[0][:8], signature="(c) V",
                                passports="shuffle", weak_layers="skip")
     Trainer(protected, data, TrainConfig(epochs=6, batch_size=32), trigger=triggers).fit()
     torch.manual_seed(1)
-    independent = zoo.build("small_cnn", width=0.5)
+    independent = zoo.build("small_cnn", width=1.0)
     Trainer(independent, data, TrainConfig(epochs=6, batch_size=32, seed=1)).fit()
     key = extract_key(protected, trigger=triggers)
     return data, protected, pn.strip(protected), independent.eval(), key, triggers
@@ -54,7 +54,7 @@ def test_released_model_is_verified_with_readable_evidence(trained):
     report = verify(released, key, data=data.test, trigger=triggers)
     assert report.verified
     assert report.signature_detection == 1.0 and report.bit_errors == 0
-    assert report.signature_p_value == pytest.approx(2.0**-96) and report.decoded_text == "(c) V" == report.expected_text
+    assert report.signature_p_value == pytest.approx(2.0**-192) and report.identity == "(c) V" and report.bits_follow_from_passports
     assert report.passport_aware_accuracy > 0.85 and report.passport_free_accuracy > 0.85
     assert report.trigger_accuracy > 0.5 and report.trigger_p_value < 1e-6
     assert any("signature:" in r for r in report.reasons) and any("accuracy:" in r for r in report.reasons)

@@ -29,7 +29,8 @@ _HELP = {
     "arch": "zoo model: resnet18, alexnet, small_cnn (images); pointnet, pointnet_vanilla (point clouds); default by task",
     "width": "channel width multiplier (small widths for CPU)",
     "norm": "bn, gn or in",
-    "signature": "owner text embedded in the signature bits",
+    "signature": "owner identity text (hash mode: hashed with the passports into the bits; text mode: embedded as is)",
+    "signature_mode": "hash (default: bits bound to identity and passports) or text (the paper's; forgeable)",
     "passports": "random, image or shuffle",
     "schedule": "alternate (the paper) or joint (the original code)",
     "ratio": "share of steps that train the passport-aware branch (alternate schedule)",
@@ -102,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--recalibrate", action="store_true", help="re-estimate the branch statistics on the data first")
     check.add_argument("--max-p-value", type=float, default=1e-6, help="signature p-value threshold (default 1e-6)")
     check.add_argument("--max-accuracy-drop", type=float, default=0.10, help="allowed passport-aware accuracy drop (default 0.10)")
+    check.add_argument("--reference", help="the owner's released-model folder: align the suspect's channels to it first "
+                                          "(undoes permutation, sign flips and rescaling)")
+    check.add_argument("--allow-text-signatures", action="store_true",
+                       help="accept a claim resting on the paper's text signature (forgeable, see docs/SECURITY.md)")
+    check.add_argument("--security-bits", type=int, default=128, help="hash-bound claims need p <= 2^-N (default 128)")
     check.add_argument("--device", default="auto")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -122,6 +128,20 @@ def _parser() -> argparse.ArgumentParser:
     attack.add_argument("--target-dataset", help="transfer: the new task (default digits; shapes3d for point clouds)")
     attack.add_argument("--target-classes", help="transfer: a class split of the owner's dataset, e.g. 5,6,7,8,9")
     attack.add_argument("--forge-signature", help="forge: the forger's text")
+
+    cert = commands.add_parser("certify", help="issue the public certificate of a key and its released model (UTC time now)")
+    cert.add_argument("--key", required=True, help="owner-key folder")
+    cert.add_argument("--model", required=True, help="the released-model folder the key protects")
+    cert.add_argument("--out", required=True, help="certificate file to write (publish it)")
+
+    fight = commands.add_parser("dispute", help="decide between two ownership claims on a suspect model")
+    fight.add_argument("--suspect", required=True, help="the disputed released-model folder")
+    fight.add_argument("--claim", nargs=3, action="append", required=True, metavar=("KEY", "CERTIFICATE", "RELEASED"),
+                       help="one claimant: key folder, certificate file, certified released-model folder (give two)")
+    fight.add_argument("--dataset", help="dataset for the accuracy condition (default: the first key's)")
+    fight.add_argument("--data-dir")
+    fight.add_argument("--no-data", action="store_true", help="signatures only")
+    fight.add_argument("--json", action="store_true")
 
     versus = commands.add_parser("compare", help="train plain, DeepIPR V1/V2 and passport-aware normalization side by side")
     versus.add_argument("--dataset", default="mnist5k")
@@ -182,10 +202,12 @@ def _verify(args: argparse.Namespace) -> int:
     from .pipeline import run_verify
     from .verify import VerdictRule
 
-    rule = VerdictRule(max_signature_p_value=args.max_p_value, max_accuracy_drop=args.max_accuracy_drop)
+    rule = VerdictRule(max_signature_p_value=args.max_p_value, max_accuracy_drop=args.max_accuracy_drop,
+                       security_bits=args.security_bits, allow_text_signatures=args.allow_text_signatures)
     report = run_verify(
         args.model, args.key, certificate=args.certificate, dataset=args.dataset, data_dir=args.data_dir,
         use_data=not args.no_data, recalibrate=args.recalibrate, rule=rule, device=args.device,
+        reference_dir=args.reference,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -219,6 +241,22 @@ def main(argv: list[str] | None = None) -> int:
             result = run_attack(args.name, args.model, args.key, args.out, **options)
             print((Path(args.out) / "result.md").read_text())
             return 0 if result else 2
+        if args.command == "certify":
+            from .certificate import Certificate
+            from .key import OwnerKey
+            from .release import load_released
+
+            key, (model, _) = OwnerKey.load(args.key), load_released(args.model)
+            certificate = Certificate.issue(key, model)
+            certificate.save(args.out)
+            print(json.dumps(certificate.__dict__, indent=2))
+            return 0
+        if args.command == "dispute":
+            from .pipeline import run_dispute
+
+            result = run_dispute(args.suspect, args.claim, dataset=args.dataset, data_dir=args.data_dir, use_data=not args.no_data)
+            print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_markdown())
+            return 0 if result.winner else 1
         if args.command == "compare":
             from .baselines.compare import CompareOptions, run_compare
 

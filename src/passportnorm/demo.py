@@ -66,7 +66,8 @@ def run_demo(
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PassportWarning)
-        protected = protect(plain, example, signature=signature, passports=passports, seed=seed, alpha=alpha)
+        protected = protect(plain, example, signature=signature, passports=passports, seed=seed, alpha=alpha,
+                            signature_mode="text")  # the demo reads the text back out of the weights
     for warning in caught:
         print(f"note: {warning.message}")
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .binding import DOMAIN, hash_bound_bits
 from .errors import OwnerKeyError
 from .fileio import (
     atomic_folder,
@@ -71,6 +72,22 @@ class OwnerKey:
     def layer_tensors(self, norm_path: str) -> dict[str, Tensor]:
         prefix = norm_path + "."
         return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    @property
+    def signature_mode(self) -> str:
+        """``hash`` (bits bound to the passports and identity) or ``text`` (the paper's, forgeable)."""
+        return self.manifest.get("signature", {}).get("mode", "text")
+
+    @property
+    def identity(self) -> str | None:
+        return self.manifest.get("signature", {}).get("identity")
+
+    def bits_follow_from_passports(self) -> bool:
+        """For a hash-bound key: do its bits equal the hash of its identity and passports?"""
+        layers = [(l["norm"], self.layer_tensors(l["norm"])["passport_gamma"], self.layer_tensors(l["norm"])["passport_beta"])
+                  for l in self.layers]
+        bits = torch.cat([self.layer_tensors(l["norm"])["signature"].to(torch.int8) for l in self.layers])
+        return bool(torch.equal(hash_bound_bits(self.identity or "", layers, self.total_bits), bits))
 
     def digest(self) -> str:
         """SHA-256 over the tensors and the manifest: what a certificate commits to."""
@@ -136,6 +153,15 @@ class OwnerKey:
             raise OwnerKeyError(f"{where}: malformed manifest ({error!r}); the key is corrupted") from error
 
 
+def _binding_of(model: nn.Module) -> dict[str, Any]:
+    """How the model's bits were chosen (set by ``protect``): hash-bound to an identity, or text."""
+    binding = getattr(model, "passportnorm_signature", None) or {"mode": "text", "identity": None}
+    entry = {"mode": binding["mode"], "identity": binding.get("identity")}
+    if binding["mode"] == "hash":
+        entry.update(hash="shake_256", domain=DOMAIN.decode())
+    return entry
+
+
 def extract_key(
     model: nn.Module,
     config: dict[str, Any] | None = None,
@@ -181,7 +207,10 @@ def extract_key(
             "format": KEY_FORMAT,
             "version": KEY_VERSION,
             "layers": described,
-            "signature": {"text": text, "message_bits": message_bits, "total_bits": sum(d["channels"] for d in described)},
+            "signature": {
+                "text": text, "message_bits": message_bits, "total_bits": sum(d["channels"] for d in described),
+                **_binding_of(model),
+            },
             "seeds": seeds or {},
             "config": config or {},
             "sha256_released_weights": released_fingerprint(strip(model)),
@@ -249,4 +278,5 @@ def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:
             raise OwnerKeyError(f"the key's branch for {norm_path!r} does not match a {type(norm).__name__} branch")
         wrapper.load_state_dict({**wrapper.state_dict(), **branch})
         suspect.set_submodule(norm_path, wrapper)
+    suspect.passportnorm_signature = {"mode": key.signature_mode, "identity": key.identity}
     return suspect

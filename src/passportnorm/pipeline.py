@@ -21,6 +21,7 @@ import torch
 from . import zoo
 from .certificate import Certificate
 from .data import dataset_task, load_dataset
+from .dispute import Claim, DisputeResult, dispute
 from .data.triggers import TriggerSet, generate_triggers, load_trigger_folder, TRIGGER_KINDS
 from .device import resolve_device
 from .errors import ConfigError, PassportWarning
@@ -49,6 +50,7 @@ class RunOptions:
     lr: float = 0.0  # 0: the task's default, 0.05 for images, 0.01 for point clouds (PointNet is unstable higher)
     seed: int = 0
     signature: str = "(c) passportnorm owner"
+    signature_mode: str = "hash"  # hash: bits bound to identity and passports; text: the paper's (forgeable)
     passports: str = "shuffle"
     schedule: str = "alternate"
     ratio: float = 0.5
@@ -127,7 +129,7 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
             warnings.simplefilter("always", PassportWarning)
             model = protect(
                 model, example, signature=opts.signature, passports=opts.passports, seed=opts.seed,
-                alpha=opts.alpha, weak_layers=opts.weak_layers,
+                alpha=opts.alpha, weak_layers=opts.weak_layers, signature_mode=opts.signature_mode,
             )
         notes = [str(w.message) for w in caught]
         for note in notes:
@@ -196,10 +198,13 @@ def run_verify(
     recalibrate: bool = False,
     rule: VerdictRule = VerdictRule(),
     device: str = "auto",
+    reference_dir: str | Path | None = None,
 ) -> VerificationReport:
-    """Verify a released-model folder with an owner key (and optionally its certificate)."""
+    """Verify a released-model folder with an owner key (and optionally its certificate); with
+    ``reference_dir`` (the owner's released model) the suspect's channels are aligned to it first."""
     key = OwnerKey.load(key_dir)
     model, meta = load_released(model_dir)
+    reference = load_released(reference_dir)[0] if reference_dir is not None else None
     cert = Certificate.load(certificate) if certificate is not None else None
     data = None
     if use_data:
@@ -209,5 +214,29 @@ def run_verify(
         config = key.manifest.get("config", {})
         data_dir = data_dir or config.get("data_dir")
         data = load_dataset(name, data_dir, seed=config.get("seed", 0), points=config.get("points") or None).test
-    model = model.to(resolve_device(device))
-    return verify(model, key, data=data, trigger=key.trigger, certificate=cert, recalibrate=recalibrate, rule=rule)
+    target = resolve_device(device)
+    model = model.to(target)
+    return verify(model, key, data=data, trigger=key.trigger, certificate=cert, recalibrate=recalibrate, rule=rule,
+                  reference=reference.to(target) if reference is not None else None)
+
+
+def run_dispute(suspect_dir: str | Path, claims: list[tuple[str, str, str]], dataset: str | None = None,
+                data_dir: str | None = None, use_data: bool = True) -> DisputeResult:
+    """Two claims of (key folder, certificate file, released folder) on a suspect released folder."""
+    if len(claims) != 2:
+        raise ConfigError(f"a dispute needs exactly two --claim entries, got {len(claims)}")
+    suspect = load_released(suspect_dir)[0]
+    parsed = []
+    for index, (key_dir, cert_file, released_dir) in enumerate(claims):
+        name = Path(key_dir).resolve().parent.name or "ABCDEFG"[index]
+        parsed.append(Claim(name, OwnerKey.load(key_dir), Certificate.load(cert_file), load_released(released_dir)[0]))
+    if parsed[0].name == parsed[1].name:
+        parsed = [Claim(f"{c.name} ({i + 1})", c.key, c.certificate, c.released) for i, c in enumerate(parsed)]
+    data = None
+    if use_data:
+        config = parsed[0].key.manifest.get("config", {})
+        name = dataset or config.get("dataset")
+        if name is None:
+            raise ConfigError("no dataset recorded in the first key; pass --dataset (or --no-data)")
+        data = load_dataset(name, data_dir or config.get("data_dir"), seed=config.get("seed", 0), points=config.get("points") or None).test
+    return dispute(suspect, parsed[0], parsed[1], data=data)

@@ -18,8 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .binding import SECURITY_BITS, SIGNATURE_MODES, hash_bound_bits
 from .capture import capture
-from .errors import AlreadyProtectedError, NothingToProtectError, NotProtectedError, PairingError, PassportWarning
+from .errors import (
+    AlreadyProtectedError, NothingToProtectError, NotProtectedError, PairingError, PassportWarning, SignatureError,
+)
 from .norm import PassportAwareNorm, producer_channel_dim
 from .pairing import Pair, PairingReport, find_pairs
 from .passports import PassportGenerator, make_passport_generator
@@ -118,6 +121,7 @@ def protect(
     alpha: float = 0.1,
     margin: float = 0.1,
     weak_layers: str = "protect",
+    signature_mode: str = "hash",
 ) -> nn.Module:
     """A copy of ``model`` whose paired norm layers carry passport-aware branches.
 
@@ -129,6 +133,9 @@ def protect(
     explicit ``{norm path: producer path}``. ``alpha`` and ``margin`` shape the sign loss.
     ``weak_layers="skip"`` leaves out norms whose producer reads one input channel per output
     channel (their bits embed slowly, see docs/RESULTS.md); the default protects them with a warning.
+    ``signature_mode="hash"`` (default) derives every bit from SHAKE-256 of the owner's identity
+    (``signature`` as text) and all passports, so a forger cannot pick passports and bits apart
+    (see binding.py); ``"text"`` embeds the text itself as the paper does (readable, forgeable).
 
     The input model is left alone, and until the copy is trained its passport-free outputs
     equal the input model's bit for bit.
@@ -139,7 +146,15 @@ def protect(
             f"{type(model).__name__} already carries passport-aware branches ({paths}); protect the "
             "original model, or passportnorm.strip(model) first to get the released model back"
         )
-    message = Signature.coerce(signature)
+    if signature_mode not in SIGNATURE_MODES:
+        raise SignatureError(f"signature_mode must be one of {', '.join(SIGNATURE_MODES)}, got {signature_mode!r}")
+    if signature_mode == "hash" and not (signature is None or isinstance(signature, str)):
+        raise SignatureError(
+            "hash-bound signatures take the owner's identity as text (signature='(c) Alice'); "
+            "pass signature_mode='text' to embed bytes or bits as they are"
+        )
+    identity = signature or ""
+    message = Signature.coerce(signature if signature_mode == "text" else None)
     generator = make_passport_generator(passports)
     protected = copy.deepcopy(model)
 
@@ -196,7 +211,29 @@ def protect(
             generator=mlp_rng,
         )
         protected.set_submodule(pair.norm, wrapper)
+    if signature_mode == "hash":
+        _bind_to_hash(protected, identity, total)
+    protected.passportnorm_signature = {"mode": signature_mode, "identity": identity if signature_mode == "hash" else None}
     return protected
+
+
+def _bind_to_hash(protected: nn.Module, identity: str, total: int) -> None:
+    """Replace the bits of every layer by the hash of the identity and all passports (key order)."""
+    layers = protected_layers(protected)
+    bits = hash_bound_bits(identity, [(path, l.passport_gamma, l.passport_beta) for path, l in layers.items()], total)
+    offset = 0
+    for layer in layers.values():
+        layer.signature.copy_(bits[offset : offset + layer.channels].to(layer.signature.device))
+        layer.message_bits.zero_()
+        layer.message_offset.zero_()
+        offset += layer.channels
+    if total < SECURITY_BITS:
+        warnings.warn(
+            f"only {total} hash-bound signature bits: a claim needs at least {SECURITY_BITS} to reach the 2^-{SECURITY_BITS} "
+            "forgery bound; protect more (or wider) norm layers",
+            PassportWarning,
+            stacklevel=3,
+        )
 
 
 def strip(model: nn.Module) -> nn.Module:

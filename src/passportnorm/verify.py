@@ -20,6 +20,8 @@ from scipy.stats import binom
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .align import align_to_reference
+from .binding import SECURITY_BITS, log10_forgery_chance, required_matches
 from .certificate import Certificate
 from .data.triggers import TriggerSet
 from .detection import signature_detection
@@ -65,10 +67,27 @@ class VerdictRule:
     max_signature_p_value: float = 1e-6
     max_accuracy_drop: float = 0.10  # passport-aware may trail passport-free by at most this (absolute)
     max_trigger_p_value: float = 1e-6
+    security_bits: int = SECURITY_BITS  # hash-bound claims: p-value at most 2^-security_bits
+    # the paper's text signatures can be forged in closed form from the released weights
+    # (docs/SECURITY.md), so a claim resting on one is refused unless the verifier opts in
+    allow_text_signatures: bool = False
 
-    def describe(self) -> str:
+    def signature_threshold(self, mode: str) -> float:
+        """The p-value a claim must reach: for hash-bound bits also the forgery bound, since each
+        forgery try is a fresh draw of random bits (see binding.py)."""
+        if mode == "hash":
+            return min(self.max_signature_p_value, 2.0 ** -self.security_bits)
+        return self.max_signature_p_value
+
+    def describe(self, mode: str = "text") -> str:
+        if mode == "hash":
+            bound = f"<= 2^-{self.security_bits} (hash-bound bits, which must follow from the key's passports and identity)"
+        elif self.allow_text_signatures:
+            bound = f"< {self.max_signature_p_value:g} (text signature, accepted on request: forgeable, see docs/SECURITY.md)"
+        else:
+            bound = "from hash-bound bits (text signatures are refused: forgeable, see docs/SECURITY.md)"
         return (
-            f"verified when the signature p-value < {self.max_signature_p_value:g} and passport-aware accuracy is within "
+            f"verified when the signature p-value {bound} and passport-aware accuracy is within "
             f"{100 * self.max_accuracy_drop:g} points of passport-free accuracy (when data is given); black-box alone: "
             f"trigger p-value < {self.max_trigger_p_value:g}"
         )
@@ -96,6 +115,12 @@ class VerificationReport:
     trigger_log10_p_value: float | None = None
     certificate: dict[str, Any] | None = None
     per_layer: dict[str, float] = field(default_factory=dict)
+    signature_mode: str = "text"
+    identity: str | None = None
+    bits_follow_from_passports: bool | None = None  # hash-bound keys only
+    required_matches: int | None = None
+    forgery_log10_chance: float | None = None  # one forgery try reaching the required matches
+    alignment: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,8 +134,17 @@ class VerificationReport:
             rows += [
                 ("signature detection", f"{self.signature_detection:.2%} ({self.signature_matches}/{self.signature_bits} bits, {self.bit_errors} errors)"),
                 ("P(that many matching bits by chance)", format_p_value(self.signature_p_value, self.signature_log10_p_value)),
-                ("decoded owner text", repr(self.decoded_text)),
             ]
+            if self.signature_mode == "hash":
+                chance = "impossible" if self.forgery_log10_chance == float("-inf") else f"10^{self.forgery_log10_chance:.1f}"
+                rows += [
+                    ("signature mode", "hash-bound (SHAKE-256 of identity and passports)"),
+                    ("identity", repr(self.identity)),
+                    ("bits follow from the key's passports", "yes" if self.bits_follow_from_passports else "**NO: claim rejected**"),
+                    ("required matches / chance a forgery try reaches them", f"{self.required_matches}/{self.signature_bits}, {chance}"),
+                ]
+            else:
+                rows += [("signature mode", "text (the paper's; forgeable)"), ("decoded owner text", repr(self.decoded_text))]
         if self.passport_free_accuracy is not None:
             rows += [
                 ("passport-free accuracy (the suspect as served)", f"{self.passport_free_accuracy:.2%}"),
@@ -123,6 +157,10 @@ class VerificationReport:
             ]
         if self.certificate is not None:
             rows.append(("certificate", ", ".join(f"{k}: {v}" for k, v in self.certificate.items())))
+        if self.alignment is not None:
+            low = min(self.alignment["confidence"].values(), default=1.0)
+            rows.append(("alignment to the reference", f"{self.alignment['permuted']} layers permuted, {self.alignment['flipped']} "
+                                                       f"channels sign-flipped; lowest per-layer match confidence {low:.3f}"))
         rows += [("reason", reason) for reason in self.reasons]
         lines = [f"### {title}", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
         return "\n".join(lines)
@@ -151,6 +189,17 @@ def recalibrate_branch(model: nn.Module, batches: Iterable, device: torch.device
         layer.branch_norm.eval()
 
 
+def _example_of(data: Dataset | DataLoader | None, trigger: TriggerSet | None) -> Tensor | None:
+    """Two inputs of the task (for tracing), from the data or the trigger set, when either is given."""
+    if trigger is not None:
+        return trigger.inputs[:2].cpu()
+    if isinstance(data, DataLoader):
+        return next(iter(data))[0][:2]
+    if data is not None and len(data):
+        return torch.stack([data[i][0] for i in range(min(2, len(data)))])
+    return None
+
+
 def _model_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
@@ -163,6 +212,7 @@ def verify(
     certificate: Certificate | None = None,
     recalibrate: bool = False,
     rule: VerdictRule = VerdictRule(),
+    reference: nn.Module | None = None,
 ) -> VerificationReport:
     """White-box (and, with ``trigger``, black-box) verification of a suspect model of the key's architecture.
 
@@ -170,7 +220,10 @@ def verify(
     verdict rests on the signature alone. ``certificate`` is checked against the key first
     (a mismatch raises CertificateError) and the report says whether the suspect is the certified
     release bit for bit. ``recalibrate`` re-estimates the branch statistics on ``data`` first,
-    which helps after fine-tuning has shifted the features.
+    which helps after fine-tuning has shifted the features. ``reference`` (the owner's released
+    model) first aligns the suspect's channels to it, undoing permutations, sign flips and
+    rescaling (see align.py). A hash-bound key whose bits do not follow from its passports is
+    rejected: a "not verified" report with the reason.
     """
     cert_info = None
     if certificate is not None:
@@ -180,8 +233,26 @@ def verify(
             "suspect is the certified release, bit for bit": certificate.matches_released(model),
             "certified at (UTC)": certificate.created_utc,
         }
+    alignment = None
+    if reference is not None:
+        model, alignment = align_to_reference(model, reference, key, example_input=_example_of(data, trigger))
     suspect = attach_key(model, key).to(_model_device(model))
-    return verify_attached(suspect, data, trigger, recalibrate, rule, expected_text=key.signature_text, certificate_info=cert_info)
+    report = verify_attached(suspect, data, trigger, recalibrate, rule, expected_text=key.signature_text,
+                             certificate_info=cert_info, signature_mode=key.signature_mode)
+    report.alignment = alignment
+    if key.signature_mode == "text" and not rule.allow_text_signatures:
+        report.verified = False
+        report.reasons.insert(0, "claim refused: a text signature can be forged from the released weights alone "
+                                 "(docs/SECURITY.md); re-protect with hash-bound signatures, or accept the risk with "
+                                 "--allow-text-signatures")
+    if key.signature_mode == "hash":
+        report.identity = key.identity
+        report.bits_follow_from_passports = key.bits_follow_from_passports()
+        if not report.bits_follow_from_passports:
+            report.verified = False
+            report.reasons.insert(0, "key rejected: its signature bits are not the hash of its identity and passports "
+                                     "(edited bits, or passports solved for chosen bits)")
+    return report
 
 
 def verify_attached(
@@ -192,12 +263,17 @@ def verify_attached(
     rule: VerdictRule = VerdictRule(),
     expected_text: str | None = None,
     certificate_info: dict[str, Any] | None = None,
+    signature_mode: str = "text",
 ) -> VerificationReport:
     """The verification report of a model that already carries its branch (after ``attach_key``,
     or a DeepIPR V1 model, whose passports ship inside it)."""
     device = _model_device(suspect)
     detection = signature_detection(suspect)
-    report = VerificationReport(verified=False, rule=rule.describe(), certificate=certificate_info)
+    report = VerificationReport(verified=False, rule=rule.describe(signature_mode), certificate=certificate_info,
+                                signature_mode=signature_mode)
+    threshold = rule.signature_threshold(signature_mode)
+    report.required_matches = required_matches(detection.total, threshold)
+    report.forgery_log10_chance = log10_forgery_chance(detection.total, threshold)
     report.signature_bits = detection.total
     report.signature_matches = detection.matched
     report.signature_detection = detection.rate
@@ -218,11 +294,11 @@ def verify_attached(
     if trigger is not None:
         _fill_trigger(report, lambda x: suspect(x).argmax(1), trigger, device)
 
-    signature_ok = report.signature_p_value < rule.max_signature_p_value
+    signature_ok = detection.matched >= report.required_matches
     report.reasons.append(
-        f"signature: {detection.matched}/{detection.total} bits match, "
+        f"signature: {detection.matched}/{detection.total} bits match (needed {report.required_matches}), "
         f"p = {format_p_value(report.signature_p_value, report.signature_log10_p_value)} "
-        f"({'<' if signature_ok else '>='} {rule.max_signature_p_value:g})"
+        f"({'meets' if signature_ok else 'misses'} the threshold {threshold:.3g})"
     )
     accuracy_ok = True
     if data is not None:

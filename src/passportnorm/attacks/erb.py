@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..binding import SECURITY_BITS, hash_bound_bits, required_matches
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
@@ -109,6 +110,13 @@ def erb_attack(
         forged = torch.cat([torch.sign(b.affine()[0]) for b in branches.values()])
     owner = torch.cat([key.layer_tensors(layer["norm"])["signature"].float() for layer in key.layers])
     target = torch.cat(list(targets.values()))
+    # Against hash-bound signatures the claim's bits must be the hash of the forger's identity and
+    # of what stands in for passports (the trained gamma/beta vectors): compare the signs reached
+    # with that hash. Training moved those vectors, so the hash is a fresh random target.
+    with torch.no_grad():
+        stand_ins = [(p, b.gamma.detach().view(1, -1), b.beta.detach().view(1, -1)) for p, b in branches.items()]
+        bound = hash_bound_bits("(c) ERB attacker", stand_ins, len(forged)).float()
+    hash_agreement = float((forged == bound).float().mean())
     return {
         "attack": f"erb-{mode}",
         "threat_model": THREAT_MODEL.format(share=share, mode=mode.upper()),
@@ -116,5 +124,7 @@ def erb_attack(
         "released_accuracy": accuracy(released, owner_test),
         "bit_dissimilarity_to_owner": float((forged != owner).float().mean()),
         "target_detection": float((forged == target).float().mean()),
+        "hash_bound_agreement": hash_agreement,
+        "hash_bound_claim_passes": (forged == bound).sum().item() >= required_matches(len(forged), 2.0 ** -SECURITY_BITS),
         "model_with_forged_branch": model,
     }

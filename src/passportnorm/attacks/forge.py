@@ -25,7 +25,8 @@ from ..errors import ConfigError, PassportWarning
 from ..key import OwnerKey, extract_key
 from ..norm import PassportAwareNorm
 from ..pairing import find_pairs
-from ..protect import protect
+from ..binding import hash_bound_bits
+from ..protect import protect, protected_layers
 from ..signature import Signature
 from ..verify import VerdictRule, verify
 
@@ -74,14 +75,45 @@ def _fit_mlp(layer: PassportAwareNorm, g: Tensor, b: Tensor, gamma: Tensor, beta
     return float((layer.mlp(torch.stack([g, b])) - targets).abs().max())
 
 
+def _solve_passports(shell: nn.Module, matrices: dict[str, Tensor], targets: dict[str, Tensor], scale: float,
+                     generator: torch.Generator) -> None:
+    """Set every layer's passports to the minimum-norm solutions spelling ``targets`` (gamma) and
+    random signs (beta)."""
+    for path, layer in protected_layers(shell).items():
+        matrix = matrices[path]
+        beta_signs = torch.where(torch.rand(layer.channels, generator=generator) < 0.5, -1.0, 1.0)
+        for tensor, signs in ((layer.passport_gamma, targets[path]), (layer.passport_beta, beta_signs)):
+            tensor.copy_(_min_norm_solution(matrix, scale * signs.to(matrix.dtype)).reshape(tensor.shape))
+
+
+def _hash_bits_of(shell: nn.Module, identity: str) -> dict[str, Tensor]:
+    layers = protected_layers(shell)
+    total = sum(layer.channels for layer in layers.values())
+    bits = hash_bound_bits(identity, [(p, l.passport_gamma, l.passport_beta) for p, l in layers.items()], total)
+    out, offset = {}, 0
+    for path, layer in layers.items():
+        out[path] = bits[offset : offset + layer.channels]
+        offset += layer.channels
+    return out
+
+
+@torch.no_grad()
 def forge_key(
     released: nn.Module,
     example_input: Tensor,
     signature: str | Signature = "(c) Mallory",
     response_scale: float = 1.0,
     seed: int = 0,
+    signature_mode: str = "hash",
+    rounds: int = 20,
 ) -> tuple[OwnerKey, dict[str, Any]]:
-    """A forged owner key for ``released`` whose passports spell ``signature`` (see module docstring)."""
+    """A forged owner key for ``released`` (see module docstring).
+
+    ``signature_mode="text"``: the passports spell the forger's text, the paper's setting.
+    ``"hash"``: the bits must be the hash of the forger's identity and passports, so the forger
+    iterates: solve passports for the current target bits, hash them to get the next target,
+    ``rounds`` times, and keeps the passports whose responses agree best with their own hash.
+    """
     if response_scale <= 0:
         raise ConfigError(f"response_scale must be positive, got {response_scale}")
     released = released.eval()
@@ -93,33 +125,46 @@ def forge_key(
     # a 1x1 conv widening its input) cannot spell every signature, so the forger leaves it out.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PassportWarning)
-        probe = protect(released, example_input, seed=seed)
-    matrices = {path: _response_matrix(layer) for path, layer in probe.named_modules() if isinstance(layer, PassportAwareNorm)}
+        probe = protect(released, example_input, seed=seed, signature_mode="text")
+    matrices = {path: _response_matrix(layer) for path, layer in protected_layers(probe).items()}
     # numerically full rank: the weakest direction at least 1e-6 of the strongest, so float32 passports still reach it
     full_rank = [path for path, a in matrices.items() if int(torch.linalg.matrix_rank(a.double(), rtol=1e-6)) == a.shape[0]]
     if not full_rank:
         raise ConfigError("no protectable layer of this model has a full-rank passport response; nothing to forge")
+    identity = str(signature) if signature_mode == "hash" else signature
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PassportWarning)
-        shell = protect(released, example_input, signature=signature, seed=seed, include=full_rank)
+        shell = protect(released, example_input, signature=identity, seed=seed, include=full_rank, signature_mode=signature_mode)
     generator = torch.Generator().manual_seed(seed)
+    layers = protected_layers(shell)
+    info: dict[str, Any] = {}
+    if signature_mode == "hash":
+        targets = {path: layer.signature.clone() for path, layer in layers.items()}
+        history, best = [], (-1.0, None)
+        for _ in range(rounds):
+            _solve_passports(shell, matrices, targets, response_scale, generator)
+            targets = _hash_bits_of(shell, identity)  # what these passports must now spell
+            reached = torch.cat([torch.where(l.passport_responses()[0] > 0, 1, -1) for l in layers.values()])
+            agreement = float((reached == torch.cat(list(targets.values()))).float().mean())
+            history.append(agreement)
+            if agreement > best[0]:
+                best = (agreement, {p: (l.passport_gamma.clone(), l.passport_beta.clone()) for p, l in layers.items()})
+        for path, (gamma, beta) in best[1].items():
+            layers[path].passport_gamma.copy_(gamma)
+            layers[path].passport_beta.copy_(beta)
+        for path, bits in _hash_bits_of(shell, identity).items():  # an honest hash-bound claim
+            layers[path].signature.copy_(bits)
+        info.update(hash_rounds=rounds, agreement_per_round=history, best_agreement=best[0])
+    else:
+        _solve_passports(shell, matrices, {p: l.signature for p, l in layers.items()}, response_scale, generator)
     residuals, reclaimed = {}, {}
-    for path, layer in shell.named_modules():
-        if not isinstance(layer, PassportAwareNorm):
-            continue
-        target = layer.signature.to(layer.passport_gamma.dtype)
-        matrix = matrices[path]
-        passports = []
-        for sign_pattern in (target, torch.where(torch.rand(layer.channels, generator=generator) < 0.5, -1.0, 1.0)):
-            wanted = response_scale * sign_pattern.to(matrix.dtype)
-            passports.append(_min_norm_solution(matrix, wanted).reshape(layer.passport_gamma.shape))
-        layer.passport_gamma.copy_(passports[0])
-        layer.passport_beta.copy_(passports[1])
+    for path, layer in layers.items():
         g, b = layer.passport_responses()
-        # the claim is the signs the float32 passports actually give (any rounding casualty is re-claimed)
-        reached = torch.where(g > 0, 1, -1).to(layer.signature.dtype)
-        reclaimed[path] = int((reached != layer.signature).sum())
-        layer.signature.copy_(reached)
+        if signature_mode == "text":
+            # the claim is the signs the float32 passports actually give (any rounding casualty is re-claimed)
+            reached = torch.where(g > 0, 1, -1).to(layer.signature.dtype)
+            reclaimed[path] = int((reached != layer.signature).sum())
+            layer.signature.copy_(reached)
         norm = layer.norm
         beta0 = norm.bias if norm.bias is not None else torch.zeros_like(norm.weight)
         residuals[path] = _fit_mlp(layer, g, b, norm.weight.detach(), beta0.detach(), generator)
@@ -130,10 +175,12 @@ def forge_key(
     key = extract_key(shell, config={"forged": True})
     left_out = sorted(set(matrices) - set(full_rank))
     return key, {
+        "signature_mode": signature_mode,
         "mlp_fit_max_residual": residuals,
         "layers_forged": len(residuals),
         "layers_left_out_rank_deficient": left_out,
         "bits_reclaimed_after_rounding": sum(reclaimed.values()),
+        **info,
     }
 
 
@@ -145,9 +192,13 @@ def forge_attack(
     signature: str = "(c) Mallory",
     seed: int = 0,
     rule: VerdictRule = VerdictRule(),
+    signature_mode: str | None = None,
+    rounds: int = 20,
 ) -> dict[str, Any]:
-    """Forge a key, then run the owner's verification with it and with the owner's key, side by side."""
-    forged, info = forge_key(released, example_input, signature=signature, seed=seed)
+    """Forge a key (by default in the owner's key's signature mode), then run the owner's
+    verification with it and with the owner's key, side by side."""
+    mode = signature_mode or owner_key.signature_mode
+    forged, info = forge_key(released, example_input, signature=signature, seed=seed, signature_mode=mode, rounds=rounds)
     forged_report = verify(released, forged, data=owner_test, rule=rule)
     owner_report = verify(released, owner_key, data=owner_test, rule=rule)
     # how different the forged claim is from the owner's: bits, over the layers both keys cover

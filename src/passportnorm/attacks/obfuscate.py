@@ -17,13 +17,9 @@ verification that reads bit i from channel i sees something else.
 from __future__ import annotations
 
 import copy
-import operator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -31,104 +27,14 @@ from ..data.triggers import TriggerSet
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
-from ..pairing import Pair, find_pairs
+from ..channels import PER_CHANNEL_NORMS, norm_tensors, permutable_chains, permute_consumer_inputs
+from ..pairing import find_pairs
 from ..verify import VerdictRule, verify
 
 THREAT_MODEL = (
     "attacker: released weights and architecture; no data, no key. Action: function-preserving "
     "channel {what}. Owner: verifies the obfuscated model with the key (channels read in key order)."
 )
-
-_CHANNEL_WISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-)
-_CHANNEL_WISE_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, torch.relu, torch.sigmoid, torch.tanh, F.dropout,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-}
-_PER_CHANNEL_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-
-
-@dataclass(frozen=True)
-class Chain:
-    """Producer -> norm -> (channel-wise ops) -> the one consumer that reads these channels."""
-
-    pair: Pair
-    consumer: str
-    flattened: bool
-
-
-def _flatten_from_channel_dim(node: fx.Node) -> bool:
-    if node.op == "call_function" and node.target is torch.flatten:
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        return start == 1
-    if node.op == "call_method" and node.target == "flatten":
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        return start == 1
-    return False
-
-
-def _spatial_mean(node: fx.Node) -> bool:
-    if node.op == "call_method" and node.target in ("mean", "amax", "sum"):
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
-        return bool(dims) and all(d >= 2 for d in dims)
-    return False
-
-
-def permutable_chains(model: nn.Module, pairs: list[Pair]) -> list[Chain]:
-    """The pairs whose channels can be permuted without changing the function (see module docstring)."""
-    try:
-        graph = fx.symbolic_trace(model).graph
-    except Exception:  # untraceable: permute nothing rather than guess
-        return []
-    modules = dict(model.named_modules())
-    by_target = {str(n.target): n for n in graph.nodes if n.op == "call_module"}
-    chains = []
-    for pair in pairs:
-        start = by_target.get(pair.norm)
-        if start is None:
-            continue
-        consumers, flattened, ok = set(), False, True
-        frontier = list(start.users)
-        while frontier and ok:
-            node = frontier.pop()
-            if node.op == "call_module":
-                module = modules[str(node.target)]
-                if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups == 1:
-                    consumers.add(str(node.target))
-                    continue
-                if isinstance(module, nn.Linear):
-                    consumers.add(str(node.target))
-                    continue
-                if isinstance(module, _CHANNEL_WISE_MODULES) or isinstance(module, nn.Flatten) and module.start_dim == 1:
-                    flattened |= isinstance(module, nn.Flatten)
-                    frontier.extend(node.users)
-                    continue
-                ok = False
-            elif node.op == "call_function" and node.target in _CHANNEL_WISE_FUNCTIONS or _spatial_mean(node):
-                frontier.extend(node.users)
-            elif _flatten_from_channel_dim(node):
-                flattened = True
-                frontier.extend(node.users)
-            elif node.op == "call_function" and node.target is operator.getitem:
-                ok = False
-            else:
-                ok = False
-        if ok and len(consumers) == 1:
-            chains.append(Chain(pair, consumers.pop(), flattened))
-    return chains
-
-
-def _norm_tensors(norm: nn.Module) -> list[torch.Tensor]:
-    return [t for t in (norm.weight, norm.bias, getattr(norm, "running_mean", None), getattr(norm, "running_var", None)) if t is not None]
-
 
 @torch.no_grad()
 def obfuscate(
@@ -151,7 +57,7 @@ def obfuscate(
     changed: dict[str, Any] = {"permuted": [], "flipped": {}, "rescaled": [], "skipped": {}}
     for pair in pairs:
         producer, norm = modules[pair.producer], modules[pair.norm]
-        if not isinstance(norm, _PER_CHANNEL_NORMS):
+        if not isinstance(norm, PER_CHANNEL_NORMS):
             changed["skipped"][pair.norm] = f"{type(norm).__name__} mixes channels in its statistics: flip/rescale would change the function"
             continue
         channels = pair.channels
@@ -183,14 +89,9 @@ def obfuscate(
             producer.weight.copy_(producer.weight[perm])
             if producer.bias is not None:
                 producer.bias.copy_(producer.bias[perm])
-            for tensor in _norm_tensors(norm):
+            for tensor in norm_tensors(norm):
                 tensor.copy_(tensor[perm])
-            weight = consumer.weight
-            if isinstance(consumer, nn.Linear) and weight.shape[1] != chain.pair.channels:
-                blocks = weight.view(weight.shape[0], chain.pair.channels, -1)
-                weight.copy_(blocks[:, perm].reshape_as(weight))
-            else:
-                weight.copy_(weight[:, perm])
+            permute_consumer_inputs(consumer, chain, perm)
             changed["permuted"].append(chain.pair.norm)
     return model, changed
 

@@ -1,0 +1,93 @@
+"""Align a suspect model's channels to the owner's released model before reading bits.
+
+Permuting, sign-flipping or rescaling channels leaves a network's function unchanged but moves
+what channel i of a producer computes, so a verifier reading bit i from channel i reads noise.
+Walking the key's layers in forward order, each suspect producer's output channels are matched
+to the reference's by a Hungarian assignment on the absolute cosine similarity of their filters
+(over input channels already aligned upstream); the sign comes from the similarity's sign and
+the scale from the filters' norms. The inverse transform is then applied exactly as the
+obfuscation would have been: producer rows, the norm's parameters and statistics, and the one
+consumer's input channels, so the aligned model computes what the suspect computes.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from .channels import PER_CHANNEL_NORMS, permutable_chains, permute_consumer_inputs
+from .errors import OwnerKeyError
+from .pairing import Pair, find_pairs
+
+if TYPE_CHECKING:
+    from .key import OwnerKey
+
+__all__ = ["align_to_reference"]
+
+
+def _rows(weight: torch.Tensor) -> torch.Tensor:
+    return weight.detach().reshape(weight.shape[0], -1).double()
+
+
+@torch.no_grad()
+def align_to_reference(
+    suspect: nn.Module, reference: nn.Module, key: "OwnerKey", example_input: Any = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of ``suspect`` whose channels line up with ``reference``'s, and per-layer match
+    confidence (mean absolute cosine of the matched filters, 1.0 = identical directions).
+
+    With ``example_input`` every producer/norm pair of the reference is aligned, protected or not
+    (an obfuscator may also scramble the unprotected layers that feed protected ones); without
+    it, the key's layers only."""
+    model = copy.deepcopy(suspect).eval()
+    modules, ref_modules = dict(model.named_modules()), dict(reference.named_modules())
+    pairs = [Pair(l["norm"], l["producer"], l["norm_type"], l["producer_type"], int(l["channels"])) for l in key.layers]
+    if example_input is not None:
+        device = next((p.device for p in reference.parameters()), torch.device("cpu"))
+        found = find_pairs(reference, example_input.to(device)).pairs
+        if {p.norm for p in pairs} <= {p.norm for p in found}:
+            pairs = found
+    for pair in pairs:
+        for path in (pair.norm, pair.producer):
+            if path not in modules or path not in ref_modules:
+                raise OwnerKeyError(f"cannot align: module {path!r} is missing from the suspect or the reference")
+    chains = {chain.pair.norm: chain for chain in permutable_chains(model, pairs)}
+    report: dict[str, Any] = {"confidence": {}, "permuted": 0, "flipped": 0}
+    for pair in pairs:
+        producer, norm = modules[pair.producer], modules[pair.norm]
+        ours, theirs = _rows(producer.weight), _rows(ref_modules[pair.producer].weight)
+        if ours.shape != theirs.shape:
+            raise OwnerKeyError(f"cannot align {pair.producer!r}: weights {tuple(ours.shape)} vs reference {tuple(theirs.shape)}")
+        cosine = F.normalize(ours, dim=1) @ F.normalize(theirs, dim=1).T  # (suspect channel, reference channel)
+        if pair.norm in chains:
+            rows, cols = linear_sum_assignment(-cosine.abs().numpy())
+            order = torch.empty(pair.channels, dtype=torch.long)
+            order[torch.as_tensor(cols)] = torch.as_tensor(rows)  # reference channel j <- suspect channel order[j]
+        else:
+            order = torch.arange(pair.channels)
+        matched = cosine[order, torch.arange(pair.channels)]
+        per_channel = isinstance(norm, PER_CHANNEL_NORMS)
+        sign = torch.where(matched < 0, -1.0, 1.0) if per_channel else torch.ones(pair.channels, dtype=torch.float64)
+        scale = (ours[order].norm(dim=1) / theirs.norm(dim=1).clamp_min(1e-12)) if per_channel else torch.ones_like(sign)
+        factor = (sign / scale).to(producer.weight.dtype)
+        shape = (-1, *[1] * (producer.weight.dim() - 1))
+        producer.weight.copy_(producer.weight[order] * factor.view(shape))
+        if producer.bias is not None:
+            producer.bias.copy_(producer.bias[order] * factor)
+        if norm.weight is not None:
+            norm.weight.copy_(norm.weight[order] * sign.to(norm.weight.dtype))
+            norm.bias.copy_(norm.bias[order])
+        if getattr(norm, "running_mean", None) is not None:
+            norm.running_mean.copy_(norm.running_mean[order] * factor.to(norm.running_mean.dtype))
+            norm.running_var.copy_(norm.running_var[order] / scale.pow(2).to(norm.running_var.dtype))
+        if pair.norm in chains and not torch.equal(order, torch.arange(pair.channels)):
+            permute_consumer_inputs(modules[chains[pair.norm].consumer], chains[pair.norm], order)
+            report["permuted"] += 1
+        report["flipped"] += int((sign < 0).sum())
+        report["confidence"][pair.norm] = float(matched.abs().mean())
+    return model, report
