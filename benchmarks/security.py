@@ -45,6 +45,27 @@ def _owner(out: Path, mode: str, epochs: int):
     return load_released(folder / "released")[0], OwnerKey.load(folder / "owner-key")
 
 
+def _reprotect(model, data, passports: str, mode: str):
+    """The thief protects the owner's release with passports of their own and trains both branches."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    import passportnorm as pn
+    from passportnorm.data.registry import DatasetSplits
+    from passportnorm.key import extract_key
+    from passportnorm.train import TrainConfig, Trainer
+
+    half = attacker_split(data.train, 0.5, 1).indices
+    images, labels = data.train.tensors
+    split = DatasetSplits(data.name, TensorDataset(images[half], labels[half]), data.test, data.num_classes, data.input_shape)
+    thief = pn.protect(copy.deepcopy(model), images[:16], signature="(c) Thief", seed=77, passports=passports,
+                       weak_layers="skip", signature_mode=mode)
+    with contextlib.redirect_stderr(io.StringIO()):
+        Trainer(thief, split, TrainConfig(epochs=2, lr=0.01, seed=77)).fit()
+    torch.manual_seed(0)
+    return pn.strip(thief).eval(), extract_key(thief)
+
+
 def _verdict(report: dict) -> str:
     p_value = format_p_value(report["signature_p_value"], report["signature_log10_p_value"])
     return f"{'**verified**' if report['verified'] else 'not verified'} (detection {report['signature_detection']:.1%}, p = {p_value})"
@@ -123,6 +144,20 @@ def main() -> None:
             pruned = prune_model(model, rate)
             cells.append(_verdict(verify(pruned, key, data=data.test, rule=rule, reference=model if aligned else None).to_dict()))
         row(f"pruning {rate:.0%} (global L1)", "thief compresses the model", *cells)
+
+    print("re-protection ...", flush=True)
+    for passports in ("shuffle", "random"):
+        cells = []
+        for model, key, rule in ((text_model, text_key, PAPER_RULE), (hash_model, hash_key, DEFENDED_RULE)):
+            thief_model, thief_key = _reprotect(model, data, passports, mode=key.signature_mode)
+            owner_report = verify(thief_model, key, data=data.test, rule=rule, reference=model if rule is DEFENDED_RULE else None)
+            owner_claim = Claim("owner", key, Certificate.issue(key, model), model)
+            thief_claim = Claim("thief", thief_key, Certificate.issue(thief_key, thief_model), thief_model)
+            decision = dispute(thief_model, thief_claim, owner_claim, data=data.test, rule=rule)
+            record[f"reprotect-{passports}-{key.signature_mode}"] = {"owner": owner_report.to_dict(), "dispute": decision.to_dict()}
+            cells.append(f"owner {_verdict(owner_report.to_dict())}; dispute: **{decision.winner or 'nobody'}** ({decision.decided_by})")
+        row(f"re-protection: thief embeds own signature ({passports} passports), 2 epochs lr 0.01, 50% data",
+            "thief overwrites and claims the model", *cells)
 
     table = "\n".join(["| attack | threat | before: paper's scheme and rule | after: hash-bound, 2^-128 bound, alignment, dispute |",
                        "|---|---|---|---|", *rows])

@@ -128,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     attack.add_argument("--target-dataset", help="transfer: the new task (default digits; shapes3d for point clouds)")
     attack.add_argument("--target-classes", help="transfer: a class split of the owner's dataset, e.g. 5,6,7,8,9")
     attack.add_argument("--forge-signature", help="forge: the forger's text")
+    attack.add_argument("--allow-text-signatures", action="store_true",
+                        help="judge with the paper's rule, which accepts text signatures (needed for text-mode keys)")
 
     cert = commands.add_parser("certify", help="issue the public certificate of a key and its released model (UTC time now)")
     cert.add_argument("--key", required=True, help="owner-key folder")
@@ -237,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             from .attacks.runner import run_attack
 
             options = {k: getattr(args, k) for k in ("dataset", "data_dir", "share", "epochs", "seed", "mode", "rates", "flips",
-                                                      "erb_mode", "target_dataset", "target_classes", "forge_signature")}
+                                                      "erb_mode", "target_dataset", "target_classes", "forge_signature",
+                                                      "allow_text_signatures")}
             result = run_attack(args.name, args.model, args.key, args.out, **options)
             print((Path(args.out) / "result.md").read_text())
             return 0 if result else 2

@@ -33,7 +33,8 @@ from ..verify import VerdictRule, verify
 
 THREAT_MODEL = (
     "attacker: released weights and architecture; no data, no key. Action: function-preserving "
-    "channel {what}. Owner: verifies the obfuscated model with the key (channels read in key order)."
+    "channel {what}. Owner: verifies the obfuscated model with the key, reading channels in key order, "
+    "and again after aligning it to the owner's release (verify --reference)."
 )
 
 @torch.no_grad()
@@ -123,6 +124,7 @@ def obfuscation_attack(
     for name, options in variants.items():
         model, changed = obfuscate(released, example_input, seed=seed, **options)
         report = verify(model, key, data=owner_test, trigger=trigger, rule=rule)
+        aligned = verify(model, key, data=owner_test, trigger=trigger, rule=rule, reference=released)
         rows.append(
             {
                 "transform": name,
@@ -133,6 +135,9 @@ def obfuscation_attack(
                 "passport_aware_accuracy": report.passport_aware_accuracy,
                 "trigger_accuracy": report.trigger_accuracy,
                 "verified": report.verified,
+                "aligned_signature_detection": aligned.signature_detection,
+                "aligned_passport_aware_accuracy": aligned.passport_aware_accuracy,
+                "aligned_verified": aligned.verified,
                 "layers_permuted": len(changed["permuted"]),
                 "layers_skipped": changed["skipped"],
             }

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Subset
 
 from ..data import load_dataset
+from ..verify import VerdictRule
 from ..errors import ConfigError
 from ..fileio import write_json_atomic, write_text_atomic
 from ..key import OwnerKey
@@ -90,12 +91,13 @@ def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str |
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     trigger = key.trigger
+    rule = VerdictRule(allow_text_signatures=bool(options.get("allow_text_signatures")))
     model = forged_key = None
     plots: list[str] = []
 
     if name == "finetune":
         mode = options.get("mode") or "ftal"
-        result = finetune(released, key, attacker, data.test, mode=mode, epochs=epochs, seed=seed, trigger=trigger,
+        result = finetune(released, key, attacker, data.test, mode=mode, epochs=epochs, seed=seed, trigger=trigger, rule=rule,
                           checkpoint=out / "checkpoint.pt")
         model, rows = result.pop("model"), result["rows"]
         _plot(out / "finetune.png", [r["epoch"] for r in rows],
@@ -113,13 +115,13 @@ def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str |
             target_name = options.get("target_dataset") or _default_transfer_target(dataset, data.task)
             target = load_dataset(target_name, seed=seed, points=points if data.task == "pointcloud" else None)
             train, test, count, task = target.train, target.test, target.num_classes, f"{dataset} -> {target.name}"
-        result = transfer(released, key, train, test, num_classes=count, task=task, epochs=epochs, seed=seed,
+        result = transfer(released, key, train, test, num_classes=count, task=task, epochs=epochs, seed=seed, rule=rule,
                           checkpoint=out / "checkpoint.pt")
         model, rows = result.pop("model"), result["rows"]
         meta = dict(meta, model_config=dict(meta["model_config"], num_classes=count))
     elif name == "prune":
         rates = [float(r) for r in str(options.get("rates") or "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9").split(",")]
-        result = prune_sweep(released, key, data.test, rates=rates, trigger=trigger)
+        result = prune_sweep(released, key, data.test, rates=rates, trigger=trigger, rule=rule)
         rows = result["rows"]
         from .prune import prune_model
 
@@ -132,17 +134,17 @@ def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str |
               "share of conv/linear weights pruned", "global magnitude pruning")
         plots.append("prune.png")
     elif name == "obfuscate":
-        result = obfuscation_attack(released, key, data.test, example, seed=seed, trigger=trigger)
+        result = obfuscation_attack(released, key, data.test, example, seed=seed, trigger=trigger, rule=rule)
         model, rows = result.pop("model"), [{k: v for k, v in r.items() if k != "layers_skipped"} for r in result["rows"]]
     elif name == "ambiguity1":
-        result = ambiguity_one(released, key, attacker, data.test, epochs=epochs, seed=seed)
+        result = ambiguity_one(released, key, attacker, data.test, epochs=epochs, seed=seed, rule=rule)
         forged_key = result.pop("forged_key")
         rows = [{k: v for k, v in result.items() if k not in ("attack", "threat_model")}]
     elif name == "ambiguity2":
         flips = [float(f) for f in str(options.get("flips") or "0,0.1,0.25,0.5").split(",")]
         rows, result = [], {}
         for flip in flips:
-            result = ambiguity_two(released, key, attacker, data.test, flip=flip, epochs=epochs, seed=seed)
+            result = ambiguity_two(released, key, attacker, data.test, flip=flip, epochs=epochs, seed=seed, rule=rule)
             forged_key = result.pop("forged_key")
             rows.append({k: v for k, v in result.items() if k not in ("attack", "threat_model")})
         result = {"attack": "ambiguity2", "threat_model": result["threat_model"], "rows": rows}
@@ -158,13 +160,16 @@ def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str |
         result.pop("model_with_forged_branch")
         rows = [{k: v for k, v in result.items() if k not in ("attack", "threat_model")}]
     else:  # forge
-        result = forge_attack(released, key, data.test, example, signature=options.get("forge_signature") or "(c) Mallory", seed=seed)
+        result = forge_attack(released, key, data.test, example, signature=options.get("forge_signature") or "(c) Mallory", seed=seed,
+                              rule=rule)
         forged_key = result.pop("forged_key")
         rows = [{"forged_verified": result["forged_verified"], "forged_decoded_text": result["forged_decoded_text"],
                  "forged_signature_detection": result["forged"]["signature_detection"],
                  "forged_passport_aware_accuracy": result["forged"]["passport_aware_accuracy"],
                  "released_accuracy": result["forged"]["passport_free_accuracy"],
-                 "bit_dissimilarity_to_owner": result["bit_dissimilarity_to_owner"]}]
+                 "bit_dissimilarity_to_owner": result["bit_dissimilarity_to_owner"],
+                 "signature_mode": result["signature_mode"], "hash_rounds": result.get("hash_rounds"),
+                 "best_agreement": result.get("best_agreement")}]
 
     if model is not None:
         save_released(model.eval(), out / "model", meta["arch"], meta["model_config"], attack=name, attacked_from=str(model_dir))
