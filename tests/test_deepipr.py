@@ -127,3 +127,16 @@ def test_compare_end_to_end_and_resume(tmp_path, capsys):
     summary_again = run_compare(CompareOptions(dataset="digits", arch="small_cnn", width=1.0, seeds=(0,), epochs=1,
                                                forge_epochs=1, out=str(out)))
     assert "finished earlier" in capsys.readouterr().out and summary_again["table"] == summary["table"]
+
+
+def test_compare_reads_cifar_from_a_folder_with_the_papers_placement(tmp_path):
+    from test_data_local import _write_cifar10_binary
+
+    _write_cifar10_binary(tmp_path / "cifar", per_batch=8)
+    summary = run_compare(CompareOptions(
+        dataset="cifar10", data_dir=str(tmp_path / "cifar"), arch="alexnet", width=0.125, schemes=("plain", "deepipr-v2", "pan"),
+        seeds=(0,), epochs=1, batch_size=16, placement="deepipr", forge_epochs=1, signature="(c)", out=str(tmp_path / "out"),
+    ))
+    runs = {r["scheme"]: r for r in summary["runs"]}
+    assert set(runs) == {"plain", "deepipr-v2", "pan"}
+    assert runs["pan"]["signature_bits"] == runs["deepipr-v2"]["signature_bits"] == sum(round(c * 0.125) for c in (384, 256, 256))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from passportnorm.cli import main
-from passportnorm.pipeline import RunOptions, run_protect
+from resume import assert_resume_matches_uninterrupted
 
 # width 1.0: 192 hash-bound bits, enough for the 2^-128 claim bound (96 would not be)
 TINY = ["--dataset", "digits", "--arch", "small_cnn", "--width", "1.0", "--epochs", "2", "--batch-size", "32",
@@ -114,36 +114,9 @@ def test_inspect_lists_weak_and_protectable_layers(capsys):
     assert "20 protectable norm layers" in text and "bn1 (BatchNorm2d, 8 ch) <- conv1 (Conv2d)  [fan-in 1" in text
 
 
-class _Stop(Exception):
-    pass
-
-
 def test_interrupted_protect_resumes_to_the_same_release(tmp_path, monkeypatch):
-    from passportnorm import train as train_module
-    from passportnorm.fileio import tensors_fingerprint
-    from passportnorm.release import load_released
-
     base = dict(dataset="digits", arch="small_cnn", width=0.5, epochs=3, batch_size=32, trigger_count=20, signature="ok")
-    run_protect(RunOptions(**base, out=str(tmp_path / "whole")))
-
-    original = train_module.Trainer.step
-    calls = {"n": 0}
-
-    def dying_step(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 70:  # inside the second epoch (45 batches per epoch)
-            raise _Stop
-        return original(self, batch)
-
-    monkeypatch.setattr(train_module.Trainer, "step", dying_step)
-    with pytest.raises(_Stop):
-        run_protect(RunOptions(**base, out=str(tmp_path / "cut")))
-    assert not (tmp_path / "cut" / "released").exists() and (tmp_path / "cut" / "checkpoint.pt").exists()
-    monkeypatch.setattr(train_module.Trainer, "step", original)
-    run_protect(RunOptions(**base, out=str(tmp_path / "cut"), resume=True))
-    whole, _ = load_released(tmp_path / "whole" / "released")
-    cut, _ = load_released(tmp_path / "cut" / "released")
-    assert tensors_fingerprint(whole.state_dict()) == tensors_fingerprint(cut.state_dict())
+    assert_resume_matches_uninterrupted(tmp_path, monkeypatch, base, stop_at_step=70)  # inside epoch 2 (45 per epoch)
 
 
 def test_console_script_is_installed():

@@ -31,7 +31,7 @@ __all__ = ["align_to_reference"]
 
 
 def _rows(weight: torch.Tensor) -> torch.Tensor:
-    return weight.detach().reshape(weight.shape[0], -1).double()
+    return weight.detach().reshape(weight.shape[0], -1).double().cpu()
 
 
 @torch.no_grad()
@@ -74,6 +74,8 @@ def align_to_reference(
         per_channel = isinstance(norm, PER_CHANNEL_NORMS)
         sign = torch.where(matched < 0, -1.0, 1.0) if per_channel else torch.ones(pair.channels, dtype=torch.float64)
         scale = (ours[order].norm(dim=1) / theirs.norm(dim=1).clamp_min(1e-12)) if per_channel else torch.ones_like(sign)
+        device = producer.weight.device
+        order, sign, scale = order.to(device), sign.to(device), scale.to(device)
         factor = (sign / scale).to(producer.weight.dtype)
         shape = (-1, *[1] * (producer.weight.dim() - 1))
         producer.weight.copy_(producer.weight[order] * factor.view(shape))
@@ -85,7 +87,7 @@ def align_to_reference(
         if getattr(norm, "running_mean", None) is not None:
             norm.running_mean.copy_(norm.running_mean[order] * factor.to(norm.running_mean.dtype))
             norm.running_var.copy_(norm.running_var[order] / scale.pow(2).to(norm.running_var.dtype))
-        if pair.norm in chains and not torch.equal(order, torch.arange(pair.channels)):
+        if pair.norm in chains and not torch.equal(order.cpu(), torch.arange(pair.channels)):
             permute_consumer_inputs(modules[chains[pair.norm].consumer], chains[pair.norm], order)
             report["permuted"] += 1
         report["flipped"] += int((sign < 0).sum())

@@ -36,7 +36,7 @@ _HELP = {
     "ratio": "share of steps that train the passport-aware branch (alternate schedule)",
     "sign_weight": "multiplier of the sign loss in passport-aware steps",
     "alpha": "sign-loss alpha stored in each protected layer",
-    "weak_layers": "skip or protect norms whose producer reads one input channel (see docs/RESULTS.md)",
+    "weak_layers": "skip or protect norms whose producer reads at most 3 input channels (see docs/RESULTS.md)",
     "trigger": "none, noise, pattern (images), shapes (point clouds), or a folder with inputs and labels.csv; default noise/shapes",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "out": "output folder (default runs/<time>)",

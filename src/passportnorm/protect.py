@@ -24,7 +24,7 @@ from .errors import (
     AlreadyProtectedError, NothingToProtectError, NotProtectedError, PairingError, PassportWarning, SignatureError,
 )
 from .norm import PassportAwareNorm, producer_channel_dim
-from .pairing import Pair, PairingReport, find_pairs
+from .pairing import WEAK_FAN_IN, Pair, PairingReport, find_pairs
 from .passports import PassportGenerator, make_passport_generator
 from .signature import Signature
 
@@ -174,9 +174,10 @@ def protect(
     weak = [p.norm for p in chosen if p.weak]
     if weak:
         warnings.warn(
-            f"{', '.join(weak)}: the producer reads 1 input channel per output channel, so the passport "
-            "response follows the filter's DC gain alone and these signature bits embed slowly "
-            "(docs/RESULTS.md); the owner's message goes to the other layers first",
+            f"{', '.join(weak)}: the producer reads at most {WEAK_FAN_IN} input channels per output channel "
+            "(grayscale, RGB or xyz inputs, depthwise convs), so the passport response has that few degrees of "
+            "freedom and these signature bits embed slowly (docs/RESULTS.md); the owner's message goes to the "
+            "other layers first, and weak_layers='skip' leaves them out",
             PassportWarning,
             stacklevel=2,
         )
