@@ -50,7 +50,7 @@ def _run(kind: str, seed: int, args) -> dict:
     else:
         opts = RunOptions(dataset=DATASET, seed=seed, epochs=args.epochs, device=args.device, out=str(out), **KINDS[kind])
         with contextlib.redirect_stdout(io.StringIO()):
-            metrics = run_protect(opts) if kind == "protected" else run_train(opts)
+            metrics = run_protect(opts) if kind.startswith("protected") else run_train(opts)
     metrics["out"] = str(out)
     return metrics
 
@@ -64,9 +64,11 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench/pointcloud")
     parser.add_argument("--reuse", action="store_true", help="use finished runs found in --out instead of training again")
     parser.add_argument("--docs", action="store_true")
+    parser.add_argument("--no-trigger-row", action="store_true", help="also train protected runs without triggers")
     args = parser.parse_args()
 
-    runs: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+    kinds = [k for k in KINDS if args.no_trigger_row or k != "protected-no-triggers"]
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for seed in args.seeds:
         for kind in runs:
             print(f"{kind}, seed {seed} ...", flush=True)
@@ -74,7 +76,7 @@ def main() -> None:
 
     independent = []
     for plain in runs["plain"]:
-        for owner in runs["protected"] + runs["protected-no-triggers"]:
+        for owner in runs["protected"] + runs.get("protected-no-triggers", []):
             with contextlib.redirect_stdout(io.StringIO()):
                 independent.append(run_verify(Path(plain["out"]) / "released", Path(owner["out"]) / "owner-key", device=args.device))
 
