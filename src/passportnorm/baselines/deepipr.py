@@ -4,8 +4,8 @@ A DeepIPR layer takes a norm's affine parameters straight from the producer's re
 passports: ``gamma = g = mean(W * P_gamma)``, ``beta = b = mean(W * P_beta)`` (no MLP), and the
 sign loss ``alpha * sum relu(0.1 - s * g)`` writes the signature into g. The comparison uses the
 same alpha (0.1) as passport-aware normalization: with alpha 1 and activation passports, ``|g|``
-grows to ~10 within an epoch and the network stops learning (measured: 28% on digits after 4
-epochs vs 98% at alpha 0.1), so a larger alpha would only handicap DeepIPR.
+grows to ~10 within an epoch and the network stops learning (an exploratory run, not a committed
+benchmark: 28% on digits after 4 epochs vs 98% at alpha 0.1), so a larger alpha would handicap DeepIPR.
 
 - Scheme V1: the norm has no affine parameters of its own; the passport-derived ones are used in
   every forward, so the passports ship with the model (public) and the released model is NOT
