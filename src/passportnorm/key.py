@@ -29,8 +29,9 @@ from .fileio import (
     tensors_fingerprint,
     write_json_atomic,
 )
+from .aware_statistics import AwareStatisticsNorm, needs_aware_statistics
 from .norm import BRANCH_KINDS, PassportAwareNorm, SUPPORTED_PRODUCERS, norm_channels, unsupported_norm_reason
-from .protect import _require_protected, strip
+from .protect import _require_protected, statistics_layers, strip
 from .release import released_fingerprint
 from .data.triggers import TriggerSet
 from .signature import Signature
@@ -56,6 +57,11 @@ class OwnerKey:
     @property
     def total_bits(self) -> int:
         return sum(layer["channels"] for layer in self.layers)
+
+    @property
+    def statistics_layers(self) -> list[dict[str, Any]]:
+        """Unprotected norms with their own passport-aware statistics (absent from older keys)."""
+        return self.manifest.get("statistics_layers", [])
 
     @property
     def trigger(self) -> "TriggerSet | None":
@@ -144,6 +150,11 @@ class OwnerKey:
                     raise OwnerKeyError(f"{where}: layer {path!r} passports have shapes {tuple(parts['passport_gamma'].shape)}/{tuple(parts['passport_beta'].shape)}")
                 if has_mlp and (parts["mlp.0.weight"].shape[1] != channels or parts["mlp.2.weight"].shape[0] != channels):
                     raise OwnerKeyError(f"{where}: layer {path!r} MLP does not map {channels} channels")
+            for layer in self.statistics_layers:
+                parts = self.layer_tensors(layer["norm"])
+                for name in ("branch_norm.running_mean", "branch_norm.running_var"):
+                    if tuple(parts.get(name, torch.empty(0)).shape) != (int(layer["channels"]),):
+                        raise OwnerKeyError(f"{where}: statistics layer {layer['norm']!r} has no {name} of {layer['channels']} channels")
             trigger = self.manifest.get("trigger")
             if trigger:
                 inputs, labels = self.tensors.get("trigger.inputs"), self.tensors.get("trigger.labels")
@@ -192,6 +203,11 @@ def extract_key(
         )
         if int(layer.message_bits):
             message_parts.append((int(layer.message_offset), layer.signature[: int(layer.message_bits)].cpu()))
+    statistics = []
+    for path, layer in statistics_layers(model).items():
+        for name, value in layer.branch_norm.state_dict().items():
+            tensors[f"{path}.branch_norm.{name}"] = value.detach().cpu().clone()
+        statistics.append({"norm": path, "norm_type": type(layer.norm).__name__, "channels": layer.channels})
     message = torch.cat([bits for _, bits in sorted(message_parts, key=lambda part: part[0])] or [torch.empty(0)])
     message_bits = int(message.numel())
     text = Signature.decode_text(message) if message_bits and message_bits % 8 == 0 else None
@@ -207,6 +223,7 @@ def extract_key(
             "format": KEY_FORMAT,
             "version": KEY_VERSION,
             "layers": described,
+            "statistics_layers": statistics,
             "signature": {
                 "text": text, "message_bits": message_bits, "total_bits": sum(d["channels"] for d in described),
                 **_binding_of(model),
@@ -216,6 +233,26 @@ def extract_key(
             "sha256_released_weights": released_fingerprint(strip(model)),
         },
     )
+
+
+def _statistics_wrapper(modules: dict[str, nn.Module], layer: dict[str, Any], parts: dict[str, Tensor]) -> AwareStatisticsNorm:
+    """The suspect's norm at ``layer["norm"]`` with the key's passport-aware statistics beside it."""
+    path = layer["norm"]
+    norm = modules.get(path)
+    if norm is None:
+        raise OwnerKeyError(f"the key is for another architecture: the model has no module {path!r}")
+    if type(norm).__name__ != layer["norm_type"] or not needs_aware_statistics(norm) or norm.num_features != layer["channels"]:
+        raise OwnerKeyError(
+            f"the key is for another architecture: {path!r} is a {type(norm).__name__} with "
+            f"{getattr(norm, 'num_features', '?')} channels, the key expects a {layer['norm_type']} with {layer['channels']}"
+        )
+    wrapper = AwareStatisticsNorm(norm)
+    statistics = {k[len("branch_norm."):]: v for k, v in parts.items() if k.startswith("branch_norm.")}
+    try:
+        wrapper.branch_norm.load_state_dict(statistics)
+    except RuntimeError as error:
+        raise OwnerKeyError(f"the key's statistics for {path!r} do not fit a {type(norm).__name__}: {error}") from None
+    return wrapper
 
 
 def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:
@@ -232,7 +269,7 @@ def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:
         if norm is None or producer is None:
             missing = norm_path if norm is None else producer_path
             raise OwnerKeyError(f"the key is for another architecture: the model has no module {missing!r}")
-        if isinstance(norm, PassportAwareNorm):
+        if isinstance(norm, (PassportAwareNorm, AwareStatisticsNorm)):
             raise OwnerKeyError(f"{norm_path!r} already carries a passport-aware branch; attach keys to released models")
         if type(norm).__name__ != layer["norm_type"] or unsupported_norm_reason(norm):
             raise OwnerKeyError(
@@ -278,5 +315,7 @@ def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:
             raise OwnerKeyError(f"the key's branch for {norm_path!r} does not match a {type(norm).__name__} branch")
         wrapper.load_state_dict({**wrapper.state_dict(), **branch})
         suspect.set_submodule(norm_path, wrapper)
+    for layer in key.statistics_layers:
+        suspect.set_submodule(layer["norm"], _statistics_wrapper(modules, layer, key.layer_tensors(layer["norm"])))
     suspect.passportnorm_signature = {"mode": key.signature_mode, "identity": key.identity}
     return suspect

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .aware_statistics import AwareStatisticsNorm, needs_aware_statistics
 from .binding import SECURITY_BITS, SIGNATURE_MODES, hash_bound_bits
 from .capture import capture
 from .errors import (
@@ -33,6 +34,7 @@ __all__ = [
     "strip",
     "passport_mode",
     "protected_layers",
+    "statistics_layers",
     "is_protected",
     "capacity",
     "sign_loss",
@@ -43,6 +45,11 @@ __all__ = [
 def protected_layers(model: nn.Module) -> dict[str, PassportAwareNorm]:
     """Every passport-aware norm of ``model`` by module path, in module order."""
     return {path: m for path, m in model.named_modules() if isinstance(m, PassportAwareNorm)}
+
+
+def statistics_layers(model: nn.Module) -> dict[str, AwareStatisticsNorm]:
+    """Every unprotected norm that keeps separate statistics for the passport-aware forward."""
+    return {path: m for path, m in model.named_modules() if isinstance(m, AwareStatisticsNorm)}
 
 
 def is_protected(model: nn.Module) -> bool:
@@ -122,6 +129,7 @@ def protect(
     margin: float = 0.1,
     weak_layers: str = "protect",
     signature_mode: str = "hash",
+    separate_statistics: bool = True,
 ) -> nn.Module:
     """A copy of ``model`` whose paired norm layers carry passport-aware branches.
 
@@ -136,6 +144,8 @@ def protect(
     ``signature_mode="hash"`` (default) derives every bit from SHAKE-256 of the owner's identity
     (``signature`` as text) and all passports, so a forger cannot pick passports and bits apart
     (see binding.py); ``"text"`` embeds the text itself as the paper does (readable, forgeable).
+    ``separate_statistics`` gives every other norm with running statistics a second set for the
+    passport-aware forward (see aware_statistics.py); ``False`` shares one set, as DeepIPR does.
 
     The input model is left alone, and until the copy is trained its passport-free outputs
     equal the input model's bit for bit.
@@ -182,6 +192,8 @@ def protect(
             stacklevel=2,
         )
 
+    chosen_norms = {p.norm for p in chosen}
+    unprotected = [path for path, m in protected.named_modules() if path not in chosen_norms and needs_aware_statistics(m)]
     producer_paths = sorted({p.producer for p in chosen})
     captured = capture(protected, example_input, producer_paths).inputs
     activations = generator.activations(model, example_input, producer_paths, captured)
@@ -212,6 +224,9 @@ def protect(
             generator=mlp_rng,
         )
         protected.set_submodule(pair.norm, wrapper)
+    if separate_statistics:
+        for path in unprotected:
+            protected.set_submodule(path, AwareStatisticsNorm(modules[path]))
     if signature_mode == "hash":
         _bind_to_hash(protected, identity, total)
     protected.passportnorm_signature = {"mode": signature_mode, "identity": identity if signature_mode == "hash" else None}
@@ -240,12 +255,13 @@ def _bind_to_hash(protected: nn.Module, identity: str, total: int) -> None:
 def strip(model: nn.Module) -> nn.Module:
     """The released model: a copy of ``model`` with every passport-aware branch removed.
 
-    Each wrapper is replaced by the norm module it wraps, so module classes, parameter names
-    and passport-free outputs are exactly those of the original architecture.
+    Each wrapper (branches and aware statistics) is replaced by the norm module it wraps, so
+    module classes, parameter names and passport-free outputs are exactly those of the original
+    architecture.
     """
     _require_protected(model, "be stripped")
     released = copy.deepcopy(model)
-    for path, layer in protected_layers(released).items():
+    for path, layer in {**protected_layers(released), **statistics_layers(released)}.items():
         released.set_submodule(path, layer.norm)
     return released
 
@@ -256,7 +272,7 @@ def passport_mode(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]
 
     The previous mode of every layer is restored on exit, so blocks nest.
     """
-    layers = _require_protected(model, "enter passport mode").values()
+    layers = [*_require_protected(model, "enter passport mode").values(), *statistics_layers(model).values()]
     previous = [(layer, layer.passport_mode) for layer in layers]
     for layer in layers:
         layer.passport_mode = enabled

@@ -27,7 +27,7 @@ from .data.triggers import TriggerSet
 from .detection import signature_detection
 from .evaluation import accuracy
 from .key import OwnerKey, attach_key
-from .protect import passport_mode, protected_layers
+from .protect import passport_mode, protected_layers, statistics_layers
 
 __all__ = [
     "VerdictRule",
@@ -169,11 +169,12 @@ class VerificationReport:
 
 @torch.no_grad()
 def recalibrate_branch(model: nn.Module, batches: Iterable, device: torch.device) -> None:
-    """Re-estimate the branch's BatchNorm statistics on the owner's data (cumulative average).
+    """Re-estimate the branch's BatchNorm statistics (aware statistics too) on the owner's data (cumulative average).
 
     Only the branch norms run in training mode; the suspect's own statistics are not touched.
     """
-    layers = [layer for layer in protected_layers(model).values() if getattr(layer.branch_norm, "track_running_stats", False)]
+    layers = [layer for layer in [*protected_layers(model).values(), *statistics_layers(model).values()]
+              if getattr(layer.branch_norm, "track_running_stats", False)]
     model.eval()
     saved = []
     for layer in layers:

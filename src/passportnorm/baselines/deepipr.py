@@ -123,7 +123,8 @@ def protect_deepipr(model: nn.Module, example_input: Any, scheme: str = "v2", al
     exclude, pairs, weak_layers): the same pairs, passports and signature layout as passport-
     aware normalization would get from the same call, so schemes differ only in the layer.
     """
-    protected = protect(model, example_input, alpha=alpha, **options)
+    # DeepIPR's other norms keep one set of statistics (its V2 even shares them with the passport branch)
+    protected = protect(model, example_input, alpha=alpha, separate_statistics=False, **options)
     for path, layer in protected_layers(protected).items():
         protected.set_submodule(path, DeepIPRNorm(
             layer.norm, layer.producer, layer.passport_gamma, layer.passport_beta, layer.signature, scheme=scheme,
