@@ -106,6 +106,18 @@ def test_recalibration_touches_only_the_branch_statistics(trained):
     assert report.verified and report.passport_aware_accuracy > 0.85
 
 
+def test_recalibration_reads_the_calibration_data_when_given(trained, monkeypatch):
+    import passportnorm.verify as verify_module
+
+    data, _, released, _, key, _ = trained
+    seen = []
+    real = verify_module.recalibrate_branch
+    monkeypatch.setattr(verify_module, "recalibrate_branch", lambda m, batches, d: (seen.append(len(batches.dataset)), real(m, batches, d)))
+    verify(released, key, data=data.test, recalibrate=True, calibration_data=data.train)
+    verify(released, key, data=data.test, recalibrate=True)
+    assert seen == [len(data.train), len(data.test)] and len(data.train) != len(data.test)
+
+
 def test_certificate_is_checked_before_anything_else(trained):
     data, protected, released, independent, key, _ = trained
     cert = Certificate.issue(key, released)

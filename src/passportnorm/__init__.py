@@ -7,6 +7,7 @@ Protect any PyTorch model in a few lines::
     released = passportnorm.strip(protected)     # the original architecture, nothing added
 """
 
+from .aware_statistics import AwareStatisticsNorm
 from .detection import DetectionReport, LayerDetection, extract_bits, signature_detection
 from .errors import (
     AlreadyProtectedError,
@@ -23,7 +24,7 @@ from .errors import (
 from .norm import PassportAwareNorm
 from .pairing import Pair, PairingReport, Unprotectable, find_pairs
 from .passports import ImagePassports, PassportGenerator, RandomPassports, ShufflePassports
-from .protect import capacity, is_protected, passport_mode, protect, protected_layers, sign_loss, strip
+from .protect import capacity, is_protected, passport_mode, protect, protected_layers, sign_loss, statistics_layers, strip
 from .signature import Signature
 from . import baselines  # noqa: F401,E402  (registers the DeepIPR branch kinds, so keys of those schemes load)
 
@@ -39,9 +40,11 @@ __all__ = [
     "find_pairs",
     "is_protected",
     "protected_layers",
+    "statistics_layers",
     "extract_bits",
     "Signature",
     "PassportAwareNorm",
+    "AwareStatisticsNorm",
     "PassportGenerator",
     "RandomPassports",
     "ImagePassports",

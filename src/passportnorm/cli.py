@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--dataset", help="dataset for the accuracy check (default: the one recorded at protect time)")
     check.add_argument("--data-dir")
     check.add_argument("--no-data", action="store_true", help="signature (and triggers) only, no accuracy check")
-    check.add_argument("--recalibrate", action="store_true", help="re-estimate the branch statistics on the data first")
+    check.add_argument("--recalibrate", action="store_true", help="re-estimate the branch statistics on the training split first (after fine-tuning)")
     check.add_argument("--max-p-value", type=float, default=1e-6, help="signature p-value threshold (default 1e-6)")
     check.add_argument("--max-accuracy-drop", type=float, default=0.10, help="allowed passport-aware accuracy drop (default 0.10)")
     check.add_argument("--reference", help="the owner's released-model folder: align the suspect's channels to it first "

@@ -206,18 +206,20 @@ def run_verify(
     model, meta = load_released(model_dir)
     reference = load_released(reference_dir)[0] if reference_dir is not None else None
     cert = Certificate.load(certificate) if certificate is not None else None
-    data = None
+    data = calibration = None
     if use_data:
         name = dataset or key.manifest.get("config", {}).get("dataset") or meta.get("dataset")
         if name is None:
             raise ConfigError("no dataset recorded in the key or model; pass --dataset (or --no-data)")
         config = key.manifest.get("config", {})
         data_dir = data_dir or config.get("data_dir")
-        data = load_dataset(name, data_dir, seed=config.get("seed", 0), points=config.get("points") or None).test
+        splits = load_dataset(name, data_dir, seed=config.get("seed", 0), points=config.get("points") or None)
+        data, calibration = splits.test, splits.train  # statistics re-estimated on owner data the accuracy is not read from
     target = resolve_device(device)
     model = model.to(target)
     return verify(model, key, data=data, trigger=key.trigger, certificate=cert, recalibrate=recalibrate, rule=rule,
-                  reference=reference.to(target) if reference is not None else None)
+                  reference=reference.to(target) if reference is not None else None,
+                  calibration_data=calibration)
 
 
 def run_dispute(suspect_dir: str | Path, claims: list[tuple[str, str, str]], dataset: str | None = None,

@@ -214,14 +214,16 @@ def verify(
     recalibrate: bool = False,
     rule: VerdictRule = VerdictRule(),
     reference: nn.Module | None = None,
+    calibration_data: Dataset | DataLoader | None = None,
 ) -> VerificationReport:
     """White-box (and, with ``trigger``, black-box) verification of a suspect model of the key's architecture.
 
     ``data`` (the owner's labelled test data) adds the accuracy condition; without it the
     verdict rests on the signature alone. ``certificate`` is checked against the key first
     (a mismatch raises CertificateError) and the report says whether the suspect is the certified
-    release bit for bit. ``recalibrate`` re-estimates the branch statistics on ``data`` first,
-    which helps after fine-tuning has shifted the features. ``reference`` (the owner's released
+    release bit for bit. ``recalibrate`` re-estimates the branch statistics first, on
+    ``calibration_data`` (default ``data``; other owner data keeps the test split unseen), which
+    helps after fine-tuning has shifted the features: the statistics are not part of the claim. ``reference`` (the owner's released
     model) first aligns the suspect's channels to it, undoing permutations, sign flips and
     rescaling (see align.py). A hash-bound key whose bits do not follow from its passports is
     rejected: a "not verified" report with the reason.
@@ -239,7 +241,7 @@ def verify(
         model, alignment = align_to_reference(model, reference, key, example_input=_example_of(data, trigger))
     suspect = attach_key(model, key).to(_model_device(model))
     report = verify_attached(suspect, data, trigger, recalibrate, rule, expected_text=key.signature_text,
-                             certificate_info=cert_info, signature_mode=key.signature_mode)
+                             certificate_info=cert_info, signature_mode=key.signature_mode, calibration_data=calibration_data)
     report.alignment = alignment
     if key.signature_mode == "text" and not rule.allow_text_signatures:
         report.verified = False
@@ -265,6 +267,7 @@ def verify_attached(
     expected_text: str | None = None,
     certificate_info: dict[str, Any] | None = None,
     signature_mode: str = "text",
+    calibration_data: Dataset | DataLoader | None = None,
 ) -> VerificationReport:
     """The verification report of a model that already carries its branch (after ``attach_key``,
     or a DeepIPR V1 model, whose passports ship inside it)."""
@@ -287,7 +290,8 @@ def verify_attached(
 
     if data is not None:
         if recalibrate:
-            loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=256)
+            source = data if calibration_data is None else calibration_data
+            loader = source if isinstance(source, DataLoader) else DataLoader(source, batch_size=256)
             recalibrate_branch(suspect, loader, device)
         report.passport_free_accuracy = accuracy(suspect, data, device)
         with passport_mode(suspect):
