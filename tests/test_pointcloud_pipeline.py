@@ -44,6 +44,10 @@ def test_verify_and_a_plain_model(protected_clouds, tmp_path, capsys):
     key = str(protected_clouds / "owner-key")
     assert main(["verify", "--model", str(protected_clouds / "released"), "--key", key,
                  "--certificate", str(protected_clouds / "certificate.json")]) == 0
+    capsys.readouterr()
+    assert main(["verify", "--model", str(protected_clouds / "released"), "--key", key, "--recalibrate", "--json"]) == 0
+    recalibrated = json.loads(capsys.readouterr().out)
+    assert recalibrated["verified"] and recalibrated["passport_aware_accuracy"] > 0.5
     plain = tmp_path / "plain"
     assert main(["train", *TINY, "--out", str(plain)]) == 0
     capsys.readouterr()
