@@ -43,6 +43,18 @@ ATTACKS = [
 
 # the default protected run mixes 50 trigger shapes into training; "no triggers" isolates the branch's own cost
 KINDS = {"plain": {}, "protected": {}, "protected-no-triggers": {"trigger": "none"}}
+RATIO_KIND = "protected-ratio-"  # + the share of aware steps, e.g. protected-ratio-0.25 (--ratio-row)
+
+
+def _kind_options(kind: str) -> dict:
+    return {"ratio": float(kind[len(RATIO_KIND):])} if kind.startswith(RATIO_KIND) else KINDS[kind]
+
+
+def _label(kind: str) -> str:
+    if kind.startswith(RATIO_KIND):
+        return f"protected, alternate {kind[len(RATIO_KIND):]} (fewer passport-aware steps), 50 shape triggers"
+    return {"plain": "plain", "protected": "protected (default: alternate 0.5, 50 shape triggers)",
+            "protected-no-triggers": "protected, no triggers"}[kind]
 
 
 def _run(kind: str, seed: int, args) -> dict:
@@ -50,7 +62,7 @@ def _run(kind: str, seed: int, args) -> dict:
     if args.reuse and (out / "metrics.json").is_file():
         metrics = json.loads((out / "metrics.json").read_text())
     else:
-        opts = RunOptions(dataset=DATASET, seed=seed, epochs=args.epochs, device=args.device, out=str(out), **KINDS[kind])
+        opts = RunOptions(dataset=DATASET, seed=seed, epochs=args.epochs, device=args.device, out=str(out), **_kind_options(kind))
         with contextlib.redirect_stdout(io.StringIO()):
             metrics = run_protect(opts) if kind.startswith("protected") else run_train(opts)
     metrics["out"] = str(out)
@@ -86,9 +98,12 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="use finished runs found in --out instead of training again")
     parser.add_argument("--docs", action="store_true")
     parser.add_argument("--no-trigger-row", action="store_true", help="also train protected runs without triggers")
+    parser.add_argument("--ratio-row", type=float, nargs="*", default=[],
+                        help="also train protected runs with these shares of passport-aware steps (default run: 0.5)")
     args = parser.parse_args()
 
     kinds = [k for k in KINDS if args.no_trigger_row or k != "protected-no-triggers"]
+    kinds += [f"{RATIO_KIND}{ratio:g}" for ratio in args.ratio_row]
     runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for seed in args.seeds:
         for kind in runs:
@@ -97,7 +112,7 @@ def main() -> None:
 
     independent = []
     for plain in runs["plain"]:
-        for owner in runs["protected"] + runs.get("protected-no-triggers", []):
+        for owner in [m for kind, metrics_list in runs.items() if kind != "plain" for m in metrics_list]:
             with contextlib.redirect_stdout(io.StringIO()):
                 independent.append(run_verify(Path(plain["out"]) / "released", Path(owner["out"]) / "owner-key", device=args.device))
 
@@ -109,8 +124,7 @@ def main() -> None:
     ]
     gaps, detection = {}, {}
     for kind, metrics_list in runs.items():
-        label = {"plain": "plain", "protected": "protected (default: alternate 0.5, 50 shape triggers)",
-                 "protected-no-triggers": "protected, no triggers"}[kind]
+        label = _label(kind)
         row = (f"| {label} | {100 * statistics.mean(released[kind]):.2f}% +- {100 * sd(released[kind]):.2f} | "
                f"{', '.join(f'{100 * a:.1f}' for a in released[kind])} | ")
         if kind == "plain":
@@ -160,7 +174,8 @@ def main() -> None:
         settings = protected[0]["settings"]
         command = " ".join(["python benchmarks/pointcloud_results.py", "--docs"]
                            + (["--seeds", *map(str, args.seeds)] if args.seeds != [0, 1, 2] else [])
-                           + (["--no-trigger-row"] if args.no_trigger_row else []))
+                           + (["--no-trigger-row"] if args.no_trigger_row else [])
+                           + (["--ratio-row", *(f"{r:g}" for r in args.ratio_row)] if args.ratio_row else []))
         header = (
             f"### Plain vs protected PointNet (mnist5k-points, {settings['arch']} width {settings['width']}, "
             f"{settings['points'] or 256} points, {args.epochs} epochs, seeds {', '.join(map(str, args.seeds))})\n\n"
