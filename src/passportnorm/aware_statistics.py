@@ -31,8 +31,6 @@ class AwareStatisticsNorm(nn.Module):
     two forwards agree until training moves them apart; it has no affine parameters of its own.
     """
 
-    branch_kind = "aware-statistics"
-
     def __init__(self, norm: nn.Module):
         super().__init__()
         if not needs_aware_statistics(norm):
