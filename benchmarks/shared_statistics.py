@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from passportnorm import zoo
+from passportnorm.aware_statistics import needs_aware_statistics
 from passportnorm.data import load_dataset
 from passportnorm.evaluation import accuracy
 from passportnorm.fileio import write_json_atomic
@@ -31,9 +31,9 @@ from passportnorm.protect import passport_mode, protect, protected_layers
 from passportnorm.train import Trainer
 
 
-def _unprotected_batchnorms(model: nn.Module) -> list[str]:
+def _shared_statistics_norms(model: nn.Module) -> list[str]:
     inside = tuple(path + "." for path in protected_layers(model))
-    return [p for p, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and not p.startswith(inside)]
+    return [p for p, m in model.named_modules() if needs_aware_statistics(m) and not p.startswith(inside)]
 
 
 @torch.no_grad()
@@ -77,7 +77,7 @@ def main() -> None:
     trainer.fit(resume=args.reuse)
     model.eval()
 
-    shared = _unprotected_batchnorms(model)
+    shared = _shared_statistics_norms(model)
     inputs = data.train.tensors[0]
     free, aware = _free_and_aware(model, data.test)
     repaired_free = _free_and_aware(_statistics_for(model, shared, inputs, aware=False), data.test)[0]

@@ -12,9 +12,9 @@ parameters, the free forward is the wrapped norm untouched, and ``strip`` puts t
 
 from __future__ import annotations
 
-import copy
-
 from torch import Tensor, nn
+
+from .norm import affine_free_copy
 
 __all__ = ["AwareStatisticsNorm", "needs_aware_statistics"]
 
@@ -36,13 +36,10 @@ class AwareStatisticsNorm(nn.Module):
         if not needs_aware_statistics(norm):
             raise TypeError(f"{type(norm).__name__} keeps no running statistics to separate")
         self.norm = norm
-        self.branch_norm = copy.deepcopy(norm)
-        if norm.affine:
-            # the aware forward borrows the norm's own affine parameters, so the copy holds statistics only
-            del self.branch_norm.weight, self.branch_norm.bias
-            self.branch_norm.register_parameter("weight", None)
-            self.branch_norm.register_parameter("bias", None)
-            self.branch_norm.affine = False
+        # the aware forward borrows the norm's own affine parameters, so the copy holds statistics only
+        self.branch_norm = affine_free_copy(norm)
+        own = norm.state_dict()
+        self.branch_norm.load_state_dict({name: own[name] for name in self.branch_norm.state_dict()})
         self.passport_mode = False
 
     @property

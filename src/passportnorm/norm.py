@@ -108,7 +108,7 @@ def affine_free_copy(norm: nn.Module) -> nn.Module:
     This is ``norm1`` of the passport-aware branch: BatchNorm (and InstanceNorm that tracks
     running statistics) keeps statistics of its own, separate from the released ones.
     """
-    ref = norm.weight
+    ref = norm.weight if getattr(norm, "weight", None) is not None else norm.running_mean  # affine=False: a buffer
     factory = {"device": ref.device, "dtype": ref.dtype}
     if isinstance(norm, nn.LayerNorm):
         return nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False, **factory)
