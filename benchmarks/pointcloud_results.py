@@ -3,6 +3,10 @@ fine-tuning and pruning attacks on the seed-0 owner model.
 
     python benchmarks/pointcloud_results.py [--seeds 0 1 2] [--epochs 15] [--reuse] [--no-trigger-row] [--docs]
 
+Each training budget has its own run folder (runs/bench/pointcloud-<epochs>ep) and its own
+sections in the docs (pointcloud-<epochs>-epochs, pointcloud-attacks-<epochs>-epochs), so a
+longer budget is reported next to the shorter one rather than over it.
+
 Runs ``passportnorm train`` and ``passportnorm protect`` with the point-cloud defaults (PointNet
 with both T-Nets at width 0.25, 256 points per digit, SGD 0.01 with cosine decay, shape triggers),
 verifies every plain model with every owner key, and writes the "pointcloud" section of
@@ -61,6 +65,9 @@ def _run(kind: str, seed: int, args) -> dict:
     out = Path(args.out) / f"{kind}-seed{seed}"
     if args.reuse and (out / "metrics.json").is_file():
         metrics = json.loads((out / "metrics.json").read_text())
+        if metrics["settings"]["epochs"] != args.epochs:
+            sys.exit(f"{out} was trained for {metrics['settings']['epochs']} epochs, not {args.epochs}; "
+                     "give another --out or drop --reuse")
     else:
         opts = RunOptions(dataset=DATASET, seed=seed, epochs=args.epochs, device=args.device, out=str(out), **_kind_options(kind))
         with contextlib.redirect_stdout(io.StringIO()):
@@ -79,6 +86,18 @@ def _gap_summary(protected: list[float], plain: list[float], kind: str) -> str:
     return text + ")"
 
 
+def _gap_by_epoch(runs: dict[str, list[dict]], kind: str) -> str:
+    """Released minus plain accuracy after every fifth epoch, mean over the paired seeds: is the gap still closing?"""
+    epochs = len(runs["plain"][0]["history"])
+    marks = sorted({*range(5, epochs + 1, 5), epochs})
+    gaps = []
+    for epoch in marks:
+        paired = [a["history"][epoch - 1]["passport_free_accuracy"] - b["history"][epoch - 1]["passport_free_accuracy"]
+                  for a, b in zip(runs[kind], runs["plain"])]
+        gaps.append(f"{epoch}: {100 * statistics.mean(paired):+.2f}")
+    return f"{kind} minus plain after epoch " + ", ".join(gaps)
+
+
 def _recalibrated(target: Path, owner: Path, device: str) -> str:
     """The owner's verdict on the attacked model after re-estimating the branch statistics on the
     training split (fine-tuning moves the features the owner's statistics were measured on)."""
@@ -94,13 +113,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--attack-epochs", type=int, default=5)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="runs/bench/pointcloud")
+    parser.add_argument("--out", default=None, help="run folder (default: runs/bench/pointcloud-<epochs>ep)")
     parser.add_argument("--reuse", action="store_true", help="use finished runs found in --out instead of training again")
     parser.add_argument("--docs", action="store_true")
     parser.add_argument("--no-trigger-row", action="store_true", help="also train protected runs without triggers")
     parser.add_argument("--ratio-row", type=float, nargs="*", default=[],
                         help="also train protected runs with these shares of passport-aware steps (default run: 0.5)")
     args = parser.parse_args()
+    args.out = args.out or f"runs/bench/pointcloud-{args.epochs}ep"
 
     kinds = [k for k in KINDS if args.no_trigger_row or k != "protected-no-triggers"]
     kinds += [f"{RATIO_KIND}{ratio:g}" for ratio in args.ratio_row]
@@ -146,6 +166,9 @@ def main() -> None:
         f"{sum(r.verified for r in independent)}/{len(independent)}; highest detection "
         f"{100 * max(r.signature_detection for r in independent):.1f}%, smallest p-value "
         f"{min(r.signature_p_value for r in independent):.3g}.",
+        "",
+        "Gap during training (points; the learning rate decays to zero at the last epoch): "
+        + "; ".join(_gap_by_epoch(runs, k) for k in gaps) + ".",
     ]
     protected = runs["protected"]
     table = "\n".join(lines)
@@ -173,6 +196,7 @@ def main() -> None:
     if args.docs:
         settings = protected[0]["settings"]
         command = " ".join(["python benchmarks/pointcloud_results.py", "--docs"]
+                           + (["--epochs", str(args.epochs)] if args.epochs != 15 else [])
                            + (["--seeds", *map(str, args.seeds)] if args.seeds != [0, 1, 2] else [])
                            + (["--no-trigger-row"] if args.no_trigger_row else [])
                            + (["--ratio-row", *(f"{r:g}" for r in args.ratio_row)] if args.ratio_row else []))
@@ -188,15 +212,15 @@ def main() -> None:
             "after convs that read the 3 xyz coordinates (input T-Net and embedding), 32 of 1488 channels; they keep "
             "separate running statistics for the passport-aware forward (aware_statistics.py).\n\n"
         )
-        update_section("RESULTS.md", "pointcloud", header + table)
+        update_section("RESULTS.md", f"pointcloud-{args.epochs}-epochs", header + table)
         attack_header = (
             f"Command: `{command}` (owner: the seed-{args.seeds[0]} protected PointNet "
-            f"above; each training attack {args.attack_epochs} epochs on 50% of the training split; transfer goes to "
+            f"of the {args.epochs}-epoch table in RESULTS.md; each training attack {args.attack_epochs} epochs on 50% of the training split; transfer goes to "
             "shapes3d with a new 8-class head). The last column is `passportnorm verify --recalibrate` on the fine-tuned "
             "model: the branch statistics (not part of the claim) re-estimated on the training split, accuracy read on "
             "the test split.\n\n"
         )
-        update_section("ROBUSTNESS.md", "pointcloud-attacks", attack_header + attacks)
+        update_section("ROBUSTNESS.md", f"pointcloud-attacks-{args.epochs}-epochs", attack_header + attacks)
 
 
 if __name__ == "__main__":
