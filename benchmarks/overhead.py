@@ -1,8 +1,9 @@
 """Cost of the passport-aware branch, as ratios to a plain model timed in the same process.
 
-    python benchmarks/overhead.py [--device auto] [--rounds 5] [--docs]
+    python benchmarks/overhead.py [--arch small_cnn|pointnet] [--device auto] [--rounds 5] [--docs]
 
-Measures, for small_cnn on MNIST-shaped batches: a training step of the plain model against a
+Measures, for small_cnn on MNIST-shaped batches (or the CPU-sized PointNet of the point-cloud
+results on 256-point clouds, protected as the CLI does it): a training step of the plain model against a
 protected model's passport-free step, its alternating step pair (the paper's 50% ratio) and its
 joint step; eval inference of the released (stripped) model, of the protected model's free and
 passport-aware branches; and signature detection. Rounds interleave the variants so that drift
@@ -31,6 +32,13 @@ from passportnorm import zoo  # noqa: E402
 from passportnorm.device import resolve_device  # noqa: E402
 
 
+# the model as the results in docs/ train it, and the shape of one input
+ARCHS = {
+    "small_cnn": ({}, (1, 28, 28)),
+    "pointnet": ({"in_channels": 3, "num_classes": 10, "width": 0.25}, (3, 256)),
+}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -47,22 +55,27 @@ def _time(fn, device, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="small_cnn")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="steps timed per variant per round")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", default="runs/bench/overhead.json")
+    parser.add_argument("--out", default=None, help="metrics file (default: runs/bench/overhead[-ARCH].json)")
     parser.add_argument("--docs", action="store_true", help="write the table into docs/RESULTS.md")
     args = parser.parse_args()
+    suffix = "" if args.arch == "small_cnn" else f"-{args.arch}"
+    args.out = args.out or f"runs/bench/overhead{suffix}.json"
 
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    plain = zoo.build("small_cnn").to(device)
-    x = torch.randn(args.batch_size, 1, 28, 28, device=device)
+    cfg, shape = ARCHS[args.arch]
+    plain = zoo.build(args.arch, **cfg).to(device)
+    x = torch.randn(args.batch_size, *shape, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", pn.PassportWarning)  # fan-in-1 first conv: irrelevant to timing
-        protected = pn.protect(plain, x[:8], signature="bench", passports="shuffle")
+        warnings.simplefilter("ignore", pn.PassportWarning)  # weak (low fan-in) first layers: irrelevant to timing
+        protected = pn.protect(plain, x[:8], signature="bench", passports="shuffle",
+                               weak_layers="skip" if args.arch == "pointnet" else "protect")
     released = pn.strip(protected)
     opt_plain = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
     opt_prot = torch.optim.SGD(protected.parameters(), lr=0.01, momentum=0.9)
@@ -98,7 +111,7 @@ def main() -> None:
         (free_loss + aware_loss).backward()
         opt_prot.step()
 
-    probe = torch.randn(256, 1, 28, 28, device=device)
+    probe = torch.randn(256, *shape, device=device)
 
     @torch.no_grad()
     def infer(model, aware=False):
@@ -135,6 +148,7 @@ def main() -> None:
     for name, (_, kind) in variants.items():
         rows.append({"variant": name, "ms": 1000 * median[name], "ratio": median[name] / base[kind], "baseline": kind})
     result = {
+        "arch": args.arch,
         "device": str(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -158,12 +172,12 @@ def main() -> None:
     print(table)
     if args.docs:
         header = (
-            "### Cost of the branch (small_cnn, batch "
+            f"### Cost of the branch ({args.arch}, batch "
             f"{args.batch_size} train / 256 infer, {device}, {result['threads']} threads, torch {torch.__version__})\n\n"
-            "Command: `python benchmarks/overhead.py --docs` (medians of "
+            f"Command: `python benchmarks/overhead.py{'' if args.arch == 'small_cnn' else ' --arch ' + args.arch} --docs` (medians of "
             f"{args.rounds} interleaved rounds x {args.steps} steps).\n\n"
         )
-        update_section("RESULTS.md", "overhead", header + table)
+        update_section("RESULTS.md", f"overhead{suffix}", header + table)
 
 
 if __name__ == "__main__":
