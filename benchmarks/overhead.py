@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="metrics file (default: runs/bench/overhead[-ARCH].json)")
     parser.add_argument("--docs", action="store_true", help="write the table into docs/RESULTS.md")
     args = parser.parse_args()
-    suffix = "" if args.arch == "small_cnn" else f"-{args.arch}"
+    suffix, arch_flag = ("", "") if args.arch == "small_cnn" else (f"-{args.arch}", f" --arch {args.arch}")
     args.out = args.out or f"runs/bench/overhead{suffix}.json"
 
     device = resolve_device(args.device)
@@ -174,7 +174,7 @@ def main() -> None:
         header = (
             f"### Cost of the branch ({args.arch}, batch "
             f"{args.batch_size} train / 256 infer, {device}, {result['threads']} threads, torch {torch.__version__})\n\n"
-            f"Command: `python benchmarks/overhead.py{'' if args.arch == 'small_cnn' else ' --arch ' + args.arch} --docs` (medians of "
+            f"Command: `python benchmarks/overhead.py{arch_flag} --docs` (medians of "
             f"{args.rounds} interleaved rounds x {args.steps} steps).\n\n"
         )
         update_section("RESULTS.md", f"overhead{suffix}", header + table)

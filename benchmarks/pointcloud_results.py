@@ -3,14 +3,11 @@ fine-tuning and pruning attacks on the seed-0 owner model.
 
     python benchmarks/pointcloud_results.py [--seeds 0 1 2] [--epochs 15] [--reuse] [--no-trigger-row] [--docs]
 
-Each training budget has its own run folder (runs/bench/pointcloud-<epochs>ep) and its own
-sections in the docs (pointcloud-<epochs>-epochs, pointcloud-attacks-<epochs>-epochs), so a
-longer budget is reported next to the shorter one rather than over it.
-
 Runs ``passportnorm train`` and ``passportnorm protect`` with the point-cloud defaults (PointNet
 with both T-Nets at width 0.25, 256 points per digit, SGD 0.01 with cosine decay, shape triggers),
-verifies every plain model with every owner key, and writes the "pointcloud" section of
-docs/RESULTS.md and the "pointcloud-attacks" section of docs/ROBUSTNESS.md. Time is not
+verifies every plain model with every owner key, and writes the "pointcloud-<epochs>-epochs" section
+of docs/RESULTS.md and the "pointcloud-attacks-<epochs>-epochs" section of docs/ROBUSTNESS.md (runs in
+runs/bench/pointcloud-<epochs>ep), so a longer budget is reported next to a shorter one. Time is not
 reported here (the image pipeline and overhead benchmarks measure cost; this one may share the
 machine with other benchmarks).
 """
