@@ -30,3 +30,23 @@ def test_unknown_dataset_names_the_choices():
     assert {"mnist5k", "digits", "cifar10", "cifar100"} <= set(available_datasets())
     with pytest.raises(DatasetError, match="unknown dataset 'mnist6k'; choose one of .*mnist5k"):
         load_dataset("mnist6k")
+
+
+def test_holdout_is_a_stratified_seeded_share_of_the_training_split_only():
+    from passportnorm.data.holdout import hold_out
+    from passportnorm.errors import ConfigError
+
+    data = load_dataset("digits", seed=0)
+    held = hold_out(data, 0.25, seed=3)
+    train_x, _ = data.train.tensors
+    assert len(held.train) + len(held.test) == len(data.train) and abs(len(held.test) - 0.25 * len(data.train)) < 1
+    rows = lambda x: {tuple(r.flatten().tolist()) for r in x}  # noqa: E731
+    assert rows(held.train.tensors[0]) | rows(held.test.tensors[0]) == rows(train_x)
+    assert not rows(held.test.tensors[0]) & rows(data.test.tensors[0])  # the test split is never used
+    counts = torch.bincount(held.test.tensors[1], minlength=10) / len(held.test)
+    assert torch.allclose(counts, torch.bincount(data.train.tensors[1], minlength=10) / len(data.train), atol=0.01)
+    again = hold_out(data, 0.25, seed=3)
+    assert torch.equal(again.test.tensors[0], held.test.tensors[0])
+    assert hold_out(data, 0.0) is data
+    with pytest.raises(ConfigError, match="holdout 1.0 must be in"):
+        hold_out(data, 1.0)

@@ -66,6 +66,45 @@ def test_joint_schedule_is_one_step_with_both_losses(digits):
     assert layer.norm.weight.grad is not None and layer.mlp[0].weight.grad is not None
 
 
+def test_separate_aware_optimizer_decays_shared_weights_once_per_batch(digits):
+    """Free step: SGD with weight decay on the free path; aware step: no decay on weights the free step
+    already decayed, decay on the branch MLPs; momentum 0 makes both steps checkable by hand."""
+    config = TrainConfig(epochs=1, momentum=0.0, weight_decay=0.1, lr=0.05, aware_optimizer="separate", triggers_per_batch=0)
+    trainer = Trainer(_protected(digits), digits, config)
+    model = trainer.model.train()
+    branch = {id(p) for layer in pn.protected_layers(model).values() for p in layer.mlp.parameters()}
+    params = dict(model.named_parameters())
+    before = {name: p.detach().clone() for name, p in params.items()}
+    x, y = next(trainer._batches(0))
+
+    def descend(passports: bool) -> set[str]:
+        model.zero_grad(set_to_none=True)
+        with pn.passport_mode(model, passports):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            if passports:
+                loss = loss + config.sign_weight * pn.sign_loss(model)
+        loss.backward()
+        with torch.no_grad():
+            for p in params.values():
+                if p.grad is not None:
+                    decay = config.weight_decay if (not passports or id(p) in branch) else 0.0
+                    p -= config.lr * (p.grad + decay * p)
+        return {name for name, p in params.items() if p.grad is not None}
+
+    free_names, aware_names = descend(False), descend(True)
+    expected = {name: p.detach().clone() for name, p in params.items()}
+    assert not any(id(params[n]) in branch for n in free_names) and any(id(params[n]) in branch for n in aware_names)
+    assert free_names & aware_names  # the producers: both paths move them, only the free step decays them
+    with torch.no_grad():  # undo, then let the trainer do the same unit
+        for name, p in params.items():
+            p.copy_(before[name])
+    trainer.step((x, y))
+    for name, p in params.items():
+        assert torch.allclose(p, expected[name], atol=1e-6), name
+    joint = Trainer(_protected(digits), digits, TrainConfig(epochs=1, aware_optimizer="separate", schedule="joint"))
+    assert joint.aware_optimizer is None  # only the alternate schedule has two kinds of step
+
+
 def test_plain_training_reaches_good_accuracy_and_triggers_are_learned(digits):
     torch.manual_seed(0)
     triggers = generate_triggers(10, digits.input_shape, 10, seed=5)
@@ -96,14 +135,17 @@ def test_bad_settings_are_refused():
         TrainConfig(ratio=1.0).validate()
     with pytest.raises(ConfigError, match="unknown schedule 'both'"):
         TrainConfig(schedule="both").validate()
+    with pytest.raises(ConfigError, match="unknown aware_optimizer 'own'"):
+        TrainConfig(aware_optimizer="own").validate()
 
 
 class _Killed(Exception):
     pass
 
 
-def test_resume_after_a_kill_mid_epoch_gives_the_same_weights(digits, tmp_path):
-    config = TrainConfig(epochs=3, batch_size=32, seed=4)
+@pytest.mark.parametrize("aware_optimizer", ["shared", "separate"])
+def test_resume_after_a_kill_mid_epoch_gives_the_same_weights(digits, tmp_path, aware_optimizer):
+    config = TrainConfig(epochs=3, batch_size=32, seed=4, aware_optimizer=aware_optimizer)
     triggers = generate_triggers(10, digits.input_shape, 10, seed=5)
     whole = Trainer(_protected(digits), digits, config, trigger=triggers, out_dir=tmp_path / "whole")
     whole.fit()

@@ -34,6 +34,9 @@ _HELP = {
     "passports": "random, image or shuffle",
     "schedule": "alternate (the paper) or joint (the original code)",
     "ratio": "share of steps that train the passport-aware branch (alternate schedule)",
+    "aware_optimizer": "shared (one SGD state for both steps) or separate (passport-aware steps keep their own momentum "
+                       "and decay only the branch; alternate schedule)",
+    "holdout": "share of the training split to evaluate on instead of the test split (choose settings on it; default 0)",
     "sign_weight": "multiplier of the sign loss in passport-aware steps",
     "alpha": "sign-loss alpha stored in each protected layer",
     "weak_layers": "skip or protect norms whose producer reads at most 3 input channels (see docs/RESULTS.md)",

@@ -20,7 +20,8 @@ import torch
 
 from . import zoo
 from .certificate import Certificate
-from .data import dataset_task, load_dataset
+from .data import DatasetSplits, dataset_task, load_dataset
+from .data.holdout import hold_out
 from .dispute import Claim, DisputeResult, dispute
 from .data.triggers import TriggerSet, generate_triggers, load_trigger_folder, TRIGGER_KINDS
 from .device import resolve_device
@@ -54,12 +55,14 @@ class RunOptions:
     passports: str = "shuffle"
     schedule: str = "alternate"
     ratio: float = 0.5
+    aware_optimizer: str = "shared"  # separate: passport-aware steps keep their own momentum (see train.py)
     sign_weight: float = 1.0
     alpha: float = 0.1
     weak_layers: str = "skip"
     trigger: str = "auto"  # none, noise, pattern (images), shapes (point clouds), or a folder; auto: noise / shapes
     trigger_count: int = 50
     triggers_per_batch: int = 2
+    holdout: float = 0.0  # > 0: evaluate on this share of the training split instead of the test split (tuning)
     device: str = "auto"
     out: str = field(default_factory=lambda: f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     resume: bool = False
@@ -77,6 +80,7 @@ def _train_config(opts: RunOptions) -> TrainConfig:
     return TrainConfig(
         epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, schedule=opts.schedule, ratio=opts.ratio,
         sign_weight=opts.sign_weight, triggers_per_batch=opts.triggers_per_batch, seed=opts.seed,
+        aware_optimizer=opts.aware_optimizer,
     )
 
 
@@ -100,6 +104,11 @@ def resolve_task(opts: RunOptions) -> RunOptions:
     return replace(opts, task=task, arch=arch, trigger=trigger, lr=opts.lr or DEFAULT_LR[task])
 
 
+def _load(name: str, data_dir: str | None, seed: int, points: int | None, holdout: float = 0.0) -> DatasetSplits:
+    """The run's data; with ``holdout`` the test split is a validation share of the training split."""
+    return hold_out(load_dataset(name, data_dir, seed=seed, points=points or None), holdout, seed)
+
+
 def _trigger(opts: RunOptions, data) -> TriggerSet | None:
     if opts.trigger in ("none", "", None):
         return None
@@ -115,7 +124,7 @@ def _model_config(opts: RunOptions, data) -> dict[str, Any]:
 def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     device = resolve_device(opts.device)
     opts = resolve_task(opts)
-    data = load_dataset(opts.dataset, opts.data_dir, seed=opts.seed, points=opts.points or None)
+    data = _load(opts.dataset, opts.data_dir, opts.seed, opts.points, opts.holdout)
     torch.manual_seed(opts.seed)
     model_config = _model_config(opts, data)
     model = zoo.build(opts.arch, **model_config).to(device)

@@ -2,7 +2,10 @@
 
 ``schedule="alternate"``: after each passport-free step on a batch, passport-aware steps on the
 same batch so that a share ``ratio`` of all steps trains the secret branch (0.5: one each, the
-paper's default). ``schedule="joint"``: both losses in one step, as the original code does. A
+paper's default). With ``aware_optimizer="shared"`` both kinds of step move one SGD state (its
+momentum mixes the two losses, and weights both paths use are decayed in both steps); with
+``"separate"`` the passport-aware steps keep their own momentum and decay only the branch's own
+weights, so the shared weights see the same weight decay per batch as a plain model. ``schedule="joint"``: both losses in one step, as the original code does. A
 plain (unprotected) model trains with passport-free steps only, through the same code, so that
 baselines get the same data order, augmentation, optimiser and budget.
 
@@ -32,13 +35,14 @@ from .data.triggers import TriggerSet
 from .detection import signature_detection
 from .evaluation import accuracy
 from .errors import ConfigError, TrainingError
-from .protect import is_protected, passport_mode, sign_loss
+from .protect import is_protected, passport_mode, protected_layers, sign_loss
 
 __all__ = ["TrainConfig", "Trainer"]
 
 # alternate: the paper's free step then aware step; joint: one backward over both (the original
 # code, and DeepIPR V2); aware: passport-aware steps only (DeepIPR V1, whose model has no free branch)
 SCHEDULES = ("alternate", "joint", "aware")
+AWARE_OPTIMIZERS = ("shared", "separate")
 
 
 @dataclass
@@ -53,10 +57,13 @@ class TrainConfig:
     sign_weight: float = 1.0
     triggers_per_batch: int = 2
     seed: int = 0
+    aware_optimizer: str = "shared"  # or "separate" (alternate schedule): see the module docstring
 
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
+        if self.aware_optimizer not in AWARE_OPTIMIZERS:
+            raise ConfigError(f"unknown aware_optimizer {self.aware_optimizer!r}; choose {', '.join(AWARE_OPTIMIZERS)}")
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"ratio {self.ratio} must be in [0, 1): it is the share of steps that train the passport-aware branch")
         for name in ("epochs", "batch_size"):
@@ -96,23 +103,39 @@ class Trainer:
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=config.epochs * self.steps_per_epoch
-        )
+        self.scheduler = self._cosine(self.optimizer)
+        self.aware_optimizer = self.aware_scheduler = None
+        if self.protected and config.schedule == "alternate" and config.aware_optimizer == "separate":
+            self.aware_optimizer = self._branch_decayed_sgd(model)
+            self.aware_scheduler = self._cosine(self.aware_optimizer)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self._state = _StepState()
 
+    def _cosine(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.config.epochs * self.steps_per_epoch)
+
+    def _branch_decayed_sgd(self, model: nn.Module) -> torch.optim.SGD:
+        """SGD for passport-aware steps: weight decay on the branch MLPs only (the free steps decay the rest)."""
+        branch = {id(p) for layer in protected_layers(model).values() for p in layer.mlp.parameters()}
+        params = list(model.parameters())
+        groups = [
+            {"params": [p for p in params if id(p) in branch], "weight_decay": self.config.weight_decay},
+            {"params": [p for p in params if id(p) not in branch], "weight_decay": 0.0},
+        ]
+        return torch.optim.SGD(groups, lr=self.config.lr, momentum=self.config.momentum)
+
     # one optimisation unit -------------------------------------------------------------
-    def _optimise(self, loss: Tensor, where: str) -> None:
+    def _optimise(self, loss: Tensor, where: str, optimizer: torch.optim.Optimizer | None = None) -> None:
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"{where} loss became {loss.item()} at epoch {self.epoch + 1}; lower --lr (now {self.config.lr}) "
                 "or --sign-weight, or resume from the last checkpoint"
             )
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer = optimizer or self.optimizer
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        optimizer.step()
 
     def _aware_loss(self, x: Tensor, y: Tensor) -> Tensor:
         with passport_mode(self.model):
@@ -146,10 +169,12 @@ class Trainer:
             self._state.aware_credit += self.config.ratio / (1.0 - self.config.ratio)
             while self._state.aware_credit >= 1.0 - 1e-9:
                 aware = self._aware_loss(x, y)
-                self._optimise(aware, "passport-aware")
+                self._optimise(aware, "passport-aware", self.aware_optimizer)
                 losses["aware"] = aware.item()
                 self._state.aware_credit -= 1.0
         self.scheduler.step()
+        if self.aware_scheduler is not None:
+            self.aware_scheduler.step()
         return losses
 
     # epochs ----------------------------------------------------------------------------
@@ -230,6 +255,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "aware_optimizer": self.aware_optimizer.state_dict() if self.aware_optimizer is not None else {},
+            "aware_scheduler": self.aware_scheduler.state_dict() if self.aware_scheduler is not None else {},
             "epoch": self.epoch,
             "history": self.history,
             "aware_credit": self._state.aware_credit,
@@ -249,12 +276,16 @@ class Trainer:
             payload = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as error:  # a truncated or foreign file
             raise TrainingError(f"{path} is not a usable checkpoint ({type(error).__name__}); delete it to start over") from error
-        if payload.get("config") != asdict(self.config):
-            changed = [k for k, v in asdict(self.config).items() if payload.get("config", {}).get(k) != v]
+        saved = asdict(TrainConfig()) | payload.get("config", {})  # options added later take their defaults
+        if saved != asdict(self.config):
+            changed = [k for k, v in asdict(self.config).items() if saved.get(k) != v]
             raise TrainingError(f"{path} was written with other settings ({', '.join(changed)}); resume with the same options")
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
+        if self.aware_optimizer is not None:
+            self.aware_optimizer.load_state_dict(payload["aware_optimizer"])
+            self.aware_scheduler.load_state_dict(payload["aware_scheduler"])
         self.epoch = int(payload["epoch"])
         self.history = list(payload["history"])
         self._state.aware_credit = float(payload["aware_credit"])
