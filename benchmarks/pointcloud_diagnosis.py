@@ -35,6 +35,9 @@ VARIANTS = {
                            "passport-aware steps keep their own momentum and decay only the branch"),
     "joint": ("protect", {"schedule": "joint"}, "one step on the sum of both losses (the original code)"),
     "sign-weight-0.1": ("protect", {"sign_weight": 0.1}, "sign loss at a tenth of its weight"),
+    "random-passports": ("protect", {"passports": "random"}, "zero-mean random passports instead of shuffled activations"),
+    "no-tnet-branches": ("protect", {"exclude": "input_transform.*,feature_transform.*"},
+                         "T-Net norms left unprotected (480 of 1456 bits remain)"),
     "plain-lr-0.02": ("train", {"lr": 0.02}, "plain at twice the learning rate (two updates per batch?)"),
 }
 DEFAULT_VARIANTS = ["plain", "protected", "separate-optimizer", "joint"]

@@ -108,14 +108,16 @@ def test_config_file_and_flags(tmp_path, capsys):
     assert "unknown option 'colour'" in capsys.readouterr().err
 
 
-def test_holdout_and_aware_optimizer_flags_reach_the_run(tmp_path, capsys):
+def test_holdout_aware_optimizer_and_exclude_flags_reach_the_run(tmp_path, capsys):
     out = tmp_path / "holdout"
     args = ["train", "--dataset", "digits", "--arch", "small_cnn", "--width", "0.25", "--epochs", "1", "--holdout", "0.2"]
     assert main([*args, "--out", str(out)]) == 0
     assert "(1149 train / 288 test)" in capsys.readouterr().out  # 20% of digits' 1437 training images; test split unused
-    assert main(["protect", *args[1:], "--aware-optimizer", "separate", "--trigger", "none", "--out", str(tmp_path / "p")]) == 0
-    settings = json.loads((tmp_path / "p" / "metrics.json").read_text())["settings"]
-    assert settings["holdout"] == 0.2 and settings["aware_optimizer"] == "separate"
+    assert main(["protect", *args[1:], "--aware-optimizer", "separate", "--trigger", "none", "--exclude", " features.5 ,nothing*",
+                 "--out", str(tmp_path / "p")]) == 0
+    metrics = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    assert metrics["settings"]["holdout"] == 0.2 and metrics["settings"]["aware_optimizer"] == "separate"
+    assert metrics["verification"]["signature_bits"] == 32  # features.9 only: features.1 is weak, features.5 excluded
     assert main(["train", *args[1:], "--holdout", "1.5", "--out", str(tmp_path / "bad")]) == 2
     assert "holdout 1.5 must be in (0, 1)" in capsys.readouterr().err
 

@@ -40,6 +40,8 @@ _HELP = {
     "sign_weight": "multiplier of the sign loss in passport-aware steps",
     "alpha": "sign-loss alpha stored in each protected layer",
     "weak_layers": "skip or protect norms whose producer reads at most 3 input channels (see docs/RESULTS.md)",
+    "exclude": "comma-separated patterns of norm paths to leave unprotected, e.g. 'input_transform.*,feature_transform.*' "
+               "(see `passportnorm inspect`)",
     "trigger": "none, noise, pattern (images), shapes (point clouds), or a folder with inputs and labels.csv; default noise/shapes",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "out": "output folder (default runs/<time>)",

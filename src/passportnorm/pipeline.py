@@ -59,6 +59,7 @@ class RunOptions:
     sign_weight: float = 1.0
     alpha: float = 0.1
     weak_layers: str = "skip"
+    exclude: str = ""  # comma-separated fnmatch patterns of norm paths to leave unprotected
     trigger: str = "auto"  # none, noise, pattern (images), shapes (point clouds), or a folder; auto: noise / shapes
     trigger_count: int = 50
     triggers_per_batch: int = 2
@@ -139,6 +140,7 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
             model = protect(
                 model, example, signature=opts.signature, passports=opts.passports, seed=opts.seed,
                 alpha=opts.alpha, weak_layers=opts.weak_layers, signature_mode=opts.signature_mode,
+                exclude=[pattern.strip() for pattern in opts.exclude.split(",") if pattern.strip()] or None,
             )
         notes = [str(w.message) for w in caught]
         for note in notes:
