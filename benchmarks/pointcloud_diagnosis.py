@@ -23,7 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import update_section  # noqa: E402
 
+import torch  # noqa: E402
+
+from passportnorm.key import OwnerKey, attach_key  # noqa: E402
 from passportnorm.pipeline import RunOptions, run_protect, run_train  # noqa: E402
+from passportnorm.protect import protected_layers  # noqa: E402
+from passportnorm.release import load_released  # noqa: E402
 
 DATASET = "mnist5k-points"
 HOLDOUT = 0.15
@@ -40,7 +45,7 @@ VARIANTS = {
                          "T-Net norms left unprotected (480 of 1456 bits remain)"),
     "plain-lr-0.02": ("train", {"lr": 0.02}, "plain at twice the learning rate (two updates per batch?)"),
 }
-DEFAULT_VARIANTS = ["plain", "protected", "separate-optimizer", "joint"]
+DEFAULT_VARIANTS = ["plain", "protected", "separate-optimizer", "sign-weight-0.1", "no-tnet-branches"]
 
 
 def _run(variant: str, seed: int, args) -> dict:
@@ -50,15 +55,38 @@ def _run(variant: str, seed: int, args) -> dict:
     wanted = {k: v for k, v in asdict(opts).items() if k not in ("resume", "device")}
     if (out / "metrics.json").is_file():
         metrics = json.loads((out / "metrics.json").read_text())
-        recorded = {k: metrics["settings"].get(k) for k in wanted}
+        defaults = asdict(RunOptions())  # options added after the run was made take their defaults
+        recorded = {k: metrics["settings"].get(k, defaults[k]) for k in wanted}
         # the run records resolved options (task, arch, lr, trigger); compare only what this script sets
         if all(recorded[k] == v or v in ("auto", 0, 0.0) for k, v in wanted.items()):
-            return metrics
+            return metrics | {"out": str(out)}
         sys.exit(f"{out} holds a run with other settings; give another --out")
     print(f"{variant}, seed {seed} ...", flush=True)
     opts.resume = (out / "checkpoint.pt").is_file()
     with contextlib.redirect_stdout(io.StringIO()):
-        return run_protect(opts) if command == "protect" else run_train(opts)
+        metrics = run_protect(opts) if command == "protect" else run_train(opts)
+    return metrics | {"out": str(out)}
+
+
+@torch.no_grad()
+def _below_margin(runs: list[dict]) -> str:
+    """Channels whose passport response misses the sign loss's margin at the end, by layer, summed over
+    seeds: where the branch still pulls on the producer weights when training stops."""
+    counts: dict[str, list[int]] = {}
+    for metrics in runs:
+        out = Path(metrics["out"])
+        model = attach_key(load_released(out / "released")[0], OwnerKey.load(out / "owner-key"))
+        for name, layer in protected_layers(model).items():
+            g = layer.passport_responses()[0]
+            missed = int((layer.signature * g < layer.margin - 1e-4).sum())
+            counts.setdefault(name, [0, 0])
+            counts[name][0] += missed
+            counts[name][1] += layer.channels
+    worst = sorted(((m, t, n) for n, (m, t) in counts.items() if m), reverse=True)
+    total = sum(t for _, t in counts.values())
+    if not worst:
+        return f"0/{total}"
+    return ", ".join(f"{n} {m}/{t}" for m, t, n in worst[:3]) + f" (all layers {sum(m for m, _, _ in worst)}/{total})"
 
 
 def _accuracy(metrics: dict, epoch: int) -> float:
@@ -81,8 +109,8 @@ def main() -> None:
     marks = sorted({*range(5, args.epochs + 1, 5), args.epochs})
     lines = [
         "| variant | what it tests | validation acc, mean (per seed) | minus plain, paired, by epoch "
-        + "/".join(map(str, marks)) + " | passport-aware acc | detection |",
-        "|---|---|---:|---|---:|---:|",
+        + "/".join(map(str, marks)) + " | passport-aware acc | detection | sign loss, last epoch | channels short of the margin at the end |",
+        "|---|---|---:|---|---:|---:|---:|---|",
     ]
     for variant in variants:
         final = [_accuracy(m, args.epochs) for m in runs[variant]]
@@ -92,9 +120,12 @@ def main() -> None:
                  if "passport_aware_accuracy" in history else "-")
         detection = (f"{statistics.mean(100 * m['history'][-1]['signature_detection'] for m in runs[variant]):.1f}%"
                      if "signature_detection" in history else "-")
+        margin = "- | -"
+        if "sign_loss" in history:
+            margin = f"{statistics.mean(m['history'][-1]['sign_loss'] for m in runs[variant]):.3f} | {_below_margin(runs[variant])}"
         lines.append(
             f"| {variant} | {VARIANTS[variant][2]} | {statistics.mean(final):.2f}% ({', '.join(f'{a:.1f}' for a in final)}) | "
-            + ("-" if variant == "plain" else " / ".join(f"{g:+.2f}" for g in gaps)) + f" | {aware} | {detection} |"
+            + ("-" if variant == "plain" else " / ".join(f"{g:+.2f}" for g in gaps)) + f" | {aware} | {detection} | {margin} |"
         )
     table = "\n".join(lines)
     print(table)

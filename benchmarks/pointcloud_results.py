@@ -43,7 +43,8 @@ ATTACKS = [
 
 
 # the default protected run mixes 50 trigger shapes into training; "no triggers" isolates the branch's own cost
-KINDS = {"plain": {}, "protected": {}, "protected-no-triggers": {"trigger": "none"}}
+TNETS = "input_transform.*,feature_transform.*"
+KINDS = {"plain": {}, "protected": {}, "protected-no-triggers": {"trigger": "none"}, "protected-no-tnets": {"exclude": TNETS}}
 RATIO_KIND = "protected-ratio-"  # + the share of aware steps, e.g. protected-ratio-0.25 (--ratio-row)
 
 
@@ -55,7 +56,8 @@ def _label(kind: str) -> str:
     if kind.startswith(RATIO_KIND):
         return f"protected, alternate {kind[len(RATIO_KIND):]} (fewer passport-aware steps), 50 shape triggers"
     return {"plain": "plain", "protected": "protected (default: alternate 0.5, 50 shape triggers)",
-            "protected-no-triggers": "protected, no triggers"}[kind]
+            "protected-no-triggers": "protected, no triggers",
+            "protected-no-tnets": "protected, T-Net norms left unprotected (`--exclude` both T-Nets), 50 shape triggers"}[kind]
 
 
 def _run(kind: str, seed: int, args) -> dict:
@@ -114,12 +116,14 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="use finished runs found in --out instead of training again")
     parser.add_argument("--docs", action="store_true")
     parser.add_argument("--no-trigger-row", action="store_true", help="also train protected runs without triggers")
+    parser.add_argument("--no-tnet-row", action="store_true", help="also train protected runs with both T-Nets unprotected")
     parser.add_argument("--ratio-row", type=float, nargs="*", default=[],
                         help="also train protected runs with these shares of passport-aware steps (default run: 0.5)")
     args = parser.parse_args()
     args.out = args.out or f"runs/bench/pointcloud-{args.epochs}ep"
 
-    kinds = [k for k in KINDS if args.no_trigger_row or k != "protected-no-triggers"]
+    optional = {"protected-no-triggers": args.no_trigger_row, "protected-no-tnets": args.no_tnet_row}
+    kinds = [k for k in KINDS if optional.get(k, True)]
     kinds += [f"{RATIO_KIND}{ratio:g}" for ratio in args.ratio_row]
     runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for seed in args.seeds:
@@ -196,6 +200,7 @@ def main() -> None:
                            + (["--epochs", str(args.epochs)] if args.epochs != 15 else [])
                            + (["--seeds", *map(str, args.seeds)] if args.seeds != [0, 1, 2] else [])
                            + (["--no-trigger-row"] if args.no_trigger_row else [])
+                           + (["--no-tnet-row"] if args.no_tnet_row else [])
                            + (["--ratio-row", *(f"{r:g}" for r in args.ratio_row)] if args.ratio_row else []))
         header = (
             f"### Plain vs protected PointNet (mnist5k-points, {settings['arch']} width {settings['width']}, "
