@@ -106,6 +106,27 @@ def _recalibrated(target: Path, owner: Path, device: str) -> str:
     return f"{verdict} (passport-aware {100 * report.passport_aware_accuracy:.1f}%)"
 
 
+def _attack_table(kind: str, owner_metrics: dict, args) -> str:
+    """The attack rows against the first seed's owner of ``kind`` (runs in <out>/attacks[-<kind>])."""
+    owner = Path(owner_metrics["out"])
+    folder = Path(args.out) / ("attacks" if kind == "protected" else f"attacks-{kind}")
+    lines = [f"Owner: {_label(kind)}, seed {args.seeds[0]}.", "",
+             "| attack | attacker's accuracy | signature evidence | owner's verdict | verdict with `--recalibrate` |",
+             "|---|---:|---|---|---|"]
+    for name, options, label in ATTACKS:
+        print(f"attack {label} on {kind} ...", flush=True)
+        target = folder / label
+        if args.reuse and (target / "result.json").is_file():
+            result = json.loads((target / "result.json").read_text())
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+            with contextlib.redirect_stdout(io.StringIO()):
+                result = run_attack(name, owner / "released", owner / "owner-key", target, **{"epochs": args.attack_epochs, **options})
+        rows = summarise(label, result)
+        lines += [row + f" {_recalibrated(target, owner, args.device) if name == 'finetune' else '-'} |" for row in rows]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -119,12 +140,17 @@ def main() -> None:
     parser.add_argument("--no-tnet-row", action="store_true", help="also train protected runs with both T-Nets unprotected")
     parser.add_argument("--ratio-row", type=float, nargs="*", default=[],
                         help="also train protected runs with these shares of passport-aware steps (default run: 0.5)")
+    parser.add_argument("--attack-owners", nargs="+", default=["protected"],
+                        help="rows whose first-seed owner is attacked (default: protected; e.g. protected-no-tnets too)")
     args = parser.parse_args()
     args.out = args.out or f"runs/bench/pointcloud-{args.epochs}ep"
 
     optional = {"protected-no-triggers": args.no_trigger_row, "protected-no-tnets": args.no_tnet_row}
     kinds = [k for k in KINDS if optional.get(k, True)]
     kinds += [f"{RATIO_KIND}{ratio:g}" for ratio in args.ratio_row]
+    missing = [kind for kind in args.attack_owners if kind == "plain" or kind not in kinds]
+    if missing:
+        parser.error(f"--attack-owners {missing[0]} is not a protected row of this run (rows: {', '.join(kinds[1:])})")
     runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for seed in args.seeds:
         for kind in runs:
@@ -175,21 +201,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
 
-    owner = Path(protected[0]["out"])
-    attack_lines = ["| attack | attacker's accuracy | signature evidence | owner's verdict | verdict with `--recalibrate` |",
-                    "|---|---:|---|---|---|"]
-    for name, options, label in ATTACKS:
-        print(f"attack {label} ...", flush=True)
-        target = Path(args.out) / "attacks" / label
-        if args.reuse and (target / "result.json").is_file():
-            result = json.loads((target / "result.json").read_text())
-        else:
-            shutil.rmtree(target, ignore_errors=True)
-            with contextlib.redirect_stdout(io.StringIO()):
-                result = run_attack(name, owner / "released", owner / "owner-key", target, **{"epochs": args.attack_epochs, **options})
-        rows = summarise(label, result)
-        attack_lines += [row + f" {_recalibrated(target, owner, args.device) if name == 'finetune' else '-'} |" for row in rows]
-    attacks = "\n".join(attack_lines)
+    attack_tables = [_attack_table(kind, runs[kind][0], args) for kind in args.attack_owners]
+    attacks = "\n\n".join(attack_tables)
     print(attacks)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "summary.json").write_text(json.dumps(
@@ -201,6 +214,7 @@ def main() -> None:
                            + (["--seeds", *map(str, args.seeds)] if args.seeds != [0, 1, 2] else [])
                            + (["--no-trigger-row"] if args.no_trigger_row else [])
                            + (["--no-tnet-row"] if args.no_tnet_row else [])
+                           + (["--attack-owners", *args.attack_owners] if args.attack_owners != ["protected"] else [])
                            + (["--ratio-row", *(f"{r:g}" for r in args.ratio_row)] if args.ratio_row else []))
         header = (
             f"### Plain vs protected PointNet (mnist5k-points, {settings['arch']} width {settings['width']}, "
@@ -212,11 +226,14 @@ def main() -> None:
             "with `--trigger none`. Detection and verdict come from `passportnorm verify` on the released model with its key "
             "and the test split (default rule: p <= 2^-128). The CLI default `--weak-layers skip` leaves out the two norms "
             "after convs that read the 3 xyz coordinates (input T-Net and embedding), 32 of 1488 channels; they keep "
-            "separate running statistics for the passport-aware forward (aware_statistics.py).\n\n"
+            "separate running statistics for the passport-aware forward (aware_statistics.py)."
+            + (f" The no-T-Net row adds `--exclude '{TNETS}'` (the variant chosen on a validation split, see the "
+               "diagnosis table below), so only the 4 norms of the main path carry bits." if args.no_tnet_row else "")
+            + "\n\n"
         )
         update_section("RESULTS.md", f"pointcloud-{args.epochs}-epochs", header + table)
         attack_header = (
-            f"Command: `{command}` (owner: the seed-{args.seeds[0]} protected PointNet "
+            f"Command: `{command}` (owners: the seed-{args.seeds[0]} protected PointNets "
             f"of the {args.epochs}-epoch table in RESULTS.md; each training attack {args.attack_epochs} epochs on 50% of the training split; transfer goes to "
             "shapes3d with a new 8-class head). The last column is `passportnorm verify --recalibrate` on the fine-tuned "
             "model: the branch statistics (not part of the claim) re-estimated on the training split, accuracy read on "
