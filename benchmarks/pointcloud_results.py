@@ -222,8 +222,9 @@ def main() -> None:
             f"Command: `{command}`. Both runs use the same data order, augmentation "
             f"(PointNet++'s scaling, shifting and point dropout), SGD at {settings['lr']} with cosine decay, and budget; the "
             "protected run is the default `passportnorm protect --dataset mnist5k-points` (13 of its 15 norm layers, T-Nets "
-            "included, shuffle passports, hash-bound signature, 50 procedural-shape triggers); the no-trigger row is the same "
-            "with `--trigger none`. Detection and verdict come from `passportnorm verify` on the released model with its key "
+            "included, shuffle passports, hash-bound signature, 50 procedural-shape triggers)"
+            + ("; the no-trigger row is the same with `--trigger none`" if args.no_trigger_row else "")
+            + ". Detection and verdict come from `passportnorm verify` on the released model with its key "
             "and the test split (default rule: p <= 2^-128). The CLI default `--weak-layers skip` leaves out the two norms "
             "after convs that read the 3 xyz coordinates (input T-Net and embedding), 32 of 1488 channels; they keep "
             "separate running statistics for the passport-aware forward (aware_statistics.py)."
