@@ -5,9 +5,10 @@ same batch so that a share ``ratio`` of all steps trains the secret branch (0.5:
 paper's default). With ``aware_optimizer="shared"`` both kinds of step move one SGD state (its
 momentum mixes the two losses, and weights both paths use are decayed in both steps); with
 ``"separate"`` the passport-aware steps keep their own momentum and decay only the branch's own
-weights, so the shared weights see the same weight decay per batch as a plain model. ``schedule="joint"``: both losses in one step, as the original code does. A
-plain (unprotected) model trains with passport-free steps only, through the same code, so that
-baselines get the same data order, augmentation, optimiser and budget.
+weights, so the shared weights see the same weight decay per batch as a plain model.
+``schedule="joint"``: both losses in one step, as the original code does. A plain (unprotected)
+model trains with passport-free steps only, through the same code, so that baselines get the
+same data order, augmentation, optimiser and budget.
 
 Each epoch draws its data order, augmentation and trigger picks from ``(seed, epoch)``, and a
 checkpoint (model, optimiser, scheduler, RNG state, history) is written atomically after every
