@@ -1,13 +1,14 @@
 """Cost of the passport-aware branch, as ratios to a plain model timed in the same process.
 
-    python benchmarks/overhead.py [--arch small_cnn|pointnet] [--device auto] [--rounds 5] [--docs]
+    python benchmarks/overhead.py [--arch small_cnn|pointnet] [--device auto] [--rounds 5] [--profile] [--docs]
 
 Measures, for small_cnn on MNIST-shaped batches (or the CPU-sized PointNet of the point-cloud
 results on 256-point clouds, protected as the CLI does it): a training step of the plain model against a
 protected model's passport-free step, its alternating step pair (the paper's 50% ratio) and its
 joint step; eval inference of the released (stripped) model, of the protected model's free and
 passport-aware branches; and signature detection. Rounds interleave the variants so that drift
-of the machine hits all of them alike; the median per variant is reported.
+of the machine hits all of them alike; the median per variant is reported. ``--profile`` adds
+where the time of the free and passport-aware inference goes, by operator (torch.profiler).
 """
 
 from __future__ import annotations
@@ -53,6 +54,26 @@ def _time(fn, device, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def _operator_times(fn, repeats: int) -> dict[str, float]:
+    """Self CPU milliseconds per call of ``fn``, by aten operator, largest first."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            fn()
+    times = {e.key: e.self_cpu_time_total / 1000 / repeats for e in prof.key_averages()}
+    return dict(sorted(times.items(), key=lambda item: -item[1]))
+
+
+def _profile_table(profiles: dict[str, dict[str, float]], top: int = 6) -> str:
+    """Markdown: the ``top`` operators of each profile, side by side, and the totals."""
+    names = list(dict.fromkeys(op for times in profiles.values() for op in list(times)[:top]))
+    lines = ["| operator (self CPU) | " + " | ".join(f"{branch} ms/call" for branch in profiles) + " |",
+             "|---|" + "---:|" * len(profiles)]
+    for op in names:
+        lines.append(f"| {op} | " + " | ".join(f"{times.get(op, 0.0):.1f}" for times in profiles.values()) + " |")
+    lines.append("| all operators | " + " | ".join(f"{sum(times.values()):.1f}" for times in profiles.values()) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=sorted(ARCHS), default="small_cnn")
@@ -61,6 +82,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps timed per variant per round")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", default=None, help="metrics file (default: runs/bench/overhead[-ARCH].json)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print self CPU time by operator for free and passport-aware inference")
     parser.add_argument("--docs", action="store_true", help="write the table into docs/RESULTS.md")
     args = parser.parse_args()
     suffix, arch_flag = ("", "") if args.arch == "small_cnn" else (f"-{args.arch}", f" --arch {args.arch}")
@@ -158,6 +181,11 @@ def main() -> None:
         "steps_per_round": args.steps,
         "rows": rows,
     }
+    if args.profile:
+        result["profile_ms_per_call"] = {
+            branch: _operator_times(lambda: infer(protected, aware=branch == "passport-aware"), args.steps)
+            for branch in ("passport-free", "passport-aware")
+        }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
@@ -169,13 +197,18 @@ def main() -> None:
         base_name = "plain step" if row["baseline"] == "train" else "plain inference"
         lines.append(f"| {row['variant']} | {row['ms']:.2f} | {row['ratio']:.2f}x {base_name} |")
     table = "\n".join(lines)
+    if args.profile:
+        table += ("\n\nWhere inference time goes (torch.profiler, the protected model's two forwards, "
+                  f"{args.steps} calls each):\n\n" + _profile_table(result["profile_ms_per_call"]))
     print(table)
     if args.docs:
+        command = " ".join(["python benchmarks/overhead.py" + arch_flag]
+                           + (["--rounds", str(args.rounds)] if args.rounds != 5 else [])
+                           + (["--profile"] if args.profile else []) + ["--docs"])
         header = (
             f"### Cost of the branch ({args.arch}, batch "
             f"{args.batch_size} train / 256 infer, {device}, {result['threads']} threads, torch {torch.__version__})\n\n"
-            f"Command: `python benchmarks/overhead.py{arch_flag} --docs` (medians of "
-            f"{args.rounds} interleaved rounds x {args.steps} steps).\n\n"
+            f"Command: `{command}` (medians of {args.rounds} interleaved rounds x {args.steps} steps).\n\n"
         )
         update_section("RESULTS.md", f"overhead{suffix}", header + table)
 
