@@ -23,7 +23,9 @@ def test_finetuning_modes_touch_what_they_say_and_report_each_epoch(owner, mode)
     result = finetune(released, key, attacker, data.test, mode=mode, epochs=1, seed=1)
     model = result["model"]
     assert [r["epoch"] for r in result["rows"]] == [0, 1] and "no key" in result["threat_model"]
-    assert result["rows"][0]["verified"] and result["rows"][0]["signature_detection"] == 1.0
+    assert result["rows"][0]["signature_detection"] == 1.0
+    # re-initialised heads answer at chance before training: the accuracy floor refuses that model, whatever its bits
+    assert result["rows"][0]["verified"] is mode.startswith("ft")
     _, head = last_layer(model)
     _, old_head = last_layer(released)
     assert not torch.equal(head.weight, old_head.weight)

@@ -40,7 +40,7 @@ def trained():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         protected = pn.protect(zoo.build("small_cnn", width=1.0), data.train.tensors[0][:8], signature="(c) V",
-                               passports="shuffle", weak_layers="skip")
+                               passports="shuffle", weak_layers="skip", seed=0)
     Trainer(protected, data, TrainConfig(epochs=6, batch_size=32), trigger=triggers).fit()
     torch.manual_seed(1)
     independent = zoo.build("small_cnn", width=1.0)
@@ -75,7 +75,7 @@ def test_verdict_rule_is_explicit_and_configurable(trained):
     data, _, released, _, key, _ = trained
     strict = VerdictRule(max_signature_p_value=1e-6, max_accuracy_drop=-1.0)  # demands aware > free + 100 points
     report = verify(released, key, data=data.test, rule=strict)
-    assert not report.verified and "allowed -100" in report.reasons[-1]
+    assert not report.verified and any("allowed -100" in reason for reason in report.reasons)
     assert "p-value < 1e-06" in report.rule
     no_data = verify(released, key)
     assert no_data.verified and no_data.passport_aware_accuracy is None

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from .signature import bytes_to_bits
 
-__all__ = ["DOMAIN", "SIGNATURE_MODES", "SECURITY_BITS", "canonical_passport_bytes", "hash_bound_bits",
+__all__ = ["DOMAIN", "SIGNATURE_MODES", "SECURITY_BITS", "bits_follow_from_passports", "canonical_passport_bytes",
+           "hash_bound_bits",
            "required_matches", "log10_forgery_chance"]
 
 DOMAIN = b"passportnorm/hash-bound-signature/v1"
@@ -51,6 +52,11 @@ def hash_bound_bits(identity: str, layers: Sequence[tuple[str, Tensor, Tensor]],
     shake.update(struct.pack("<I", len(text)) + text)
     shake.update(canonical_passport_bytes(layers))
     return bytes_to_bits(shake.digest(math.ceil(total_bits / 8)))[:total_bits].to(torch.int8)
+
+
+def bits_follow_from_passports(identity: str, layers: Sequence[tuple[str, Tensor, Tensor]], bits: Tensor) -> bool:
+    """Are ``bits`` (+-1, in layer order) exactly the hash of ``identity`` and the layers' passports?"""
+    return bool(torch.equal(hash_bound_bits(identity, layers, int(bits.numel())), bits.detach().cpu().to(torch.int8)))
 
 
 def required_matches(bits: int, max_p_value: float) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .binding import DOMAIN, hash_bound_bits
+from .binding import DOMAIN, bits_follow_from_passports
 from .errors import OwnerKeyError
 from .fileio import (
     atomic_folder,
@@ -93,7 +93,7 @@ class OwnerKey:
         layers = [(l["norm"], self.layer_tensors(l["norm"])["passport_gamma"], self.layer_tensors(l["norm"])["passport_beta"])
                   for l in self.layers]
         bits = torch.cat([self.layer_tensors(l["norm"])["signature"].to(torch.int8) for l in self.layers])
-        return bool(torch.equal(hash_bound_bits(self.identity or "", layers, self.total_bits), bits))
+        return bits_follow_from_passports(self.identity or "", layers, bits)
 
     def digest(self) -> str:
         """SHA-256 over the tensors and the manifest: what a certificate commits to."""

@@ -33,6 +33,7 @@ __all__ = [
     "norm_channels",
     "producer_channel_dim",
     "producer_fan_in",
+    "producer_responses",
     "unsupported_norm_reason",
 ]
 
@@ -100,6 +101,20 @@ def producer_fan_in(producer: nn.Module) -> int:
     if isinstance(producer, nn.Linear):
         return int(producer.in_features)
     return int(producer.in_channels // producer.groups)
+
+
+def producer_responses(producer: nn.Module, weight: Tensor, passports: Tensor, channels: int) -> Tensor:
+    """``(N, C)``: ``producer`` run with ``weight`` (no bias) on each passport, averaged per channel.
+
+    This is the branch's ``g`` (and ``b``); it is linear in ``weight``, row by row, which is
+    what lets alignment (align.py) tell the bit-carrying direction of a filter from the rest.
+    """
+    if isinstance(producer, nn.Linear):
+        response = F.linear(passports, weight)
+    else:
+        response = producer._conv_forward(passports, weight, None)
+    channel_dim = producer_channel_dim(producer, response.dim())
+    return response.movedim(channel_dim, 1).reshape(len(passports), channels, -1).mean(dim=2)
 
 
 def affine_free_copy(norm: nn.Module) -> nn.Module:
@@ -224,13 +239,7 @@ class PassportAwareNorm(nn.Module):
 
     def responses_of(self, passports: Tensor) -> Tensor:
         """``(N, C)``: each passport's bias-free producer response averaged per channel (linear in it)."""
-        producer = self.producer
-        if isinstance(producer, nn.Linear):
-            response = F.linear(passports, producer.weight)
-        else:
-            response = producer._conv_forward(passports, producer.weight, None)
-        channel_dim = producer_channel_dim(producer, response.dim())
-        return response.movedim(channel_dim, 1).reshape(len(passports), self.channels, -1).mean(dim=2)
+        return producer_responses(self.producer, self.producer.weight, passports, self.channels)
 
     def passport_responses(self) -> Tensor:
         """``(2, C)``: row 0 is ``g`` (from the gamma passport), row 1 is ``b`` (beta passport)."""

@@ -14,20 +14,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import numpy as np
-from scipy.special import logsumexp
-from scipy.stats import binom
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .align import align_to_reference
-from .binding import SECURITY_BITS, log10_forgery_chance, required_matches
+from .binding import bits_follow_from_passports, log10_forgery_chance
 from .certificate import Certificate
 from .data.triggers import TriggerSet
 from .detection import signature_detection
 from .evaluation import accuracy
 from .key import OwnerKey, attach_key
 from .protect import passport_mode, protected_layers, statistics_layers
+from .verdict import (
+    Evidence,
+    VerdictRule,
+    binomial_log10_p_value,
+    binomial_p_value,
+    format_p_value,
+)
 
 __all__ = [
     "VerdictRule",
@@ -38,59 +42,8 @@ __all__ = [
     "binomial_p_value",
     "binomial_log10_p_value",
     "recalibrate_branch",
+    "format_p_value",
 ]
-
-
-def binomial_p_value(matches: int, trials: int, chance: float) -> float:
-    """P(X >= matches) for X ~ Binomial(trials, chance): how surprising the matches are by luck."""
-    if trials <= 0:
-        return 1.0
-    return float(binom.sf(matches - 1, trials, chance))
-
-
-def binomial_log10_p_value(matches: int, trials: int, chance: float) -> float:
-    """log10 of the same tail, exact where the p-value itself underflows to 0 (e.g. 2**-1184)."""
-    if trials <= 0 or matches <= 0:
-        return 0.0
-    terms = binom.logpmf(np.arange(matches, trials + 1), trials, chance)
-    return float(logsumexp(terms) / np.log(10))
-
-
-def format_p_value(p_value: float, log10_p: float) -> str:
-    return f"{p_value:.3g}" if p_value > 0 else f"10^{log10_p:.1f}"
-
-
-@dataclass(frozen=True)
-class VerdictRule:
-    """When a claim counts as verified. White-box needs both conditions; black-box the trigger one."""
-
-    max_signature_p_value: float = 1e-6
-    max_accuracy_drop: float = 0.10  # passport-aware may trail passport-free by at most this (absolute)
-    max_trigger_p_value: float = 1e-6
-    security_bits: int = SECURITY_BITS  # hash-bound claims: p-value at most 2^-security_bits
-    # the paper's text signatures can be forged in closed form from the released weights
-    # (docs/SECURITY.md), so a claim resting on one is refused unless the verifier opts in
-    allow_text_signatures: bool = False
-
-    def signature_threshold(self, mode: str) -> float:
-        """The p-value a claim must reach: for hash-bound bits also the forgery bound, since each
-        forgery try is a fresh draw of random bits (see binding.py)."""
-        if mode == "hash":
-            return min(self.max_signature_p_value, 2.0 ** -self.security_bits)
-        return self.max_signature_p_value
-
-    def describe(self, mode: str = "text") -> str:
-        if mode == "hash":
-            bound = f"<= 2^-{self.security_bits} (hash-bound bits, which must follow from the key's passports and identity)"
-        elif self.allow_text_signatures:
-            bound = f"< {self.max_signature_p_value:g} (text signature, accepted on request: forgeable, see docs/SECURITY.md)"
-        else:
-            bound = "from hash-bound bits (text signatures are refused: forgeable, see docs/SECURITY.md)"
-        return (
-            f"verified when the signature p-value {bound} and passport-aware accuracy is within "
-            f"{100 * self.max_accuracy_drop:g} points of passport-free accuracy (when data is given); black-box alone: "
-            f"trigger p-value < {self.max_trigger_p_value:g}"
-        )
 
 
 @dataclass
@@ -98,6 +51,7 @@ class VerificationReport:
     verified: bool
     rule: str
     reasons: list[str] = field(default_factory=list)
+    failed_conditions: list[str] = field(default_factory=list)
     signature_bits: int | None = None
     signature_matches: int | None = None
     signature_detection: float | None = None
@@ -113,10 +67,13 @@ class VerificationReport:
     trigger_accuracy: float | None = None
     trigger_p_value: float | None = None
     trigger_log10_p_value: float | None = None
+    trigger_chance: float | None = None
     certificate: dict[str, Any] | None = None
     per_layer: dict[str, float] = field(default_factory=dict)
-    signature_mode: str = "text"
+    signature_mode: str | None = None
     identity: str | None = None
+    num_classes: int | None = None
+    accuracy_floor: float | None = None
     bits_follow_from_passports: bool | None = None  # hash-bound keys only
     required_matches: int | None = None
     forgery_log10_chance: float | None = None  # one forgery try reaching the required matches
@@ -158,9 +115,11 @@ class VerificationReport:
         if self.certificate is not None:
             rows.append(("certificate", ", ".join(f"{k}: {v}" for k, v in self.certificate.items())))
         if self.alignment is not None:
-            low = min(self.alignment["confidence"].values(), default=1.0)
-            rows.append(("alignment to the reference", f"{self.alignment['permuted']} layers permuted, {self.alignment['flipped']} "
-                                                       f"channels sign-flipped; lowest per-layer match confidence {low:.3f}"))
+            low = self.alignment["lowest_confidence"]
+            used = "used" if self.alignment["used"] else "**not used** (no rearranged copy: bits read from the suspect as is)"
+            rows.append(("alignment to the reference", f"{used}; {self.alignment['permuted']} layers permuted, "
+                                                       f"{self.alignment['flipped']} channels sign-flipped; lowest per-layer "
+                                                       f"match confidence {low:.3f} (needed {self.alignment['needed']:g})"))
         rows += [("reason", reason) for reason in self.reasons]
         lines = [f"### {title}", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
         return "\n".join(lines)
@@ -218,15 +177,15 @@ def verify(
 ) -> VerificationReport:
     """White-box (and, with ``trigger``, black-box) verification of a suspect model of the key's architecture.
 
-    ``data`` (the owner's labelled test data) adds the accuracy condition; without it the
+    ``data`` (the owner's labelled test data) adds the accuracy conditions; without it the
     verdict rests on the signature alone. ``certificate`` is checked against the key first
     (a mismatch raises CertificateError) and the report says whether the suspect is the certified
     release bit for bit. ``recalibrate`` re-estimates the branch statistics first, on
     ``calibration_data`` (default ``data``; other owner data keeps the test split unseen), which
-    helps after fine-tuning has shifted the features: the statistics are not part of the claim. ``reference`` (the owner's released
-    model) first aligns the suspect's channels to it, undoing permutations, sign flips and
-    rescaling (see align.py). A hash-bound key whose bits do not follow from its passports is
-    rejected: a "not verified" report with the reason.
+    helps after fine-tuning has shifted the features: the statistics are not part of the claim.
+    ``reference`` (the owner's released model) aligns the suspect's channels to it, undoing
+    permutations, sign flips and rescaling (see align.py); the aligned model is used only when
+    the rule accepts the match confidence. The verdict is ``rule.decide`` on the evidence.
     """
     cert_info = None
     if certificate is not None:
@@ -238,24 +197,14 @@ def verify(
         }
     alignment = None
     if reference is not None:
-        model, alignment = align_to_reference(model, reference, key, example_input=_example_of(data, trigger))
+        aligned, alignment = align_to_reference(model, reference, key, example_input=_example_of(data, trigger))
+        alignment["used"] = rule.accepts_alignment(alignment["lowest_confidence"])
+        alignment["needed"] = rule.min_alignment_confidence
+        if alignment["used"]:
+            model = aligned
     suspect = attach_key(model, key).to(_model_device(model))
-    report = verify_attached(suspect, data, trigger, recalibrate, rule, expected_text=key.signature_text,
-                             certificate_info=cert_info, signature_mode=key.signature_mode, calibration_data=calibration_data)
-    report.alignment = alignment
-    if key.signature_mode == "text" and not rule.allow_text_signatures:
-        report.verified = False
-        report.reasons.insert(0, "claim refused: a text signature can be forged from the released weights alone "
-                                 "(docs/SECURITY.md); re-protect with hash-bound signatures, or accept the risk with "
-                                 "--allow-text-signatures")
-    if key.signature_mode == "hash":
-        report.identity = key.identity
-        report.bits_follow_from_passports = key.bits_follow_from_passports()
-        if not report.bits_follow_from_passports:
-            report.verified = False
-            report.reasons.insert(0, "key rejected: its signature bits are not the hash of its identity and passports "
-                                     "(edited bits, or passports solved for chosen bits)")
-    return report
+    return verify_attached(suspect, data, trigger, recalibrate, rule, expected_text=key.signature_text,
+                           certificate_info=cert_info, calibration_data=calibration_data, alignment=alignment)
 
 
 def verify_attached(
@@ -266,27 +215,39 @@ def verify_attached(
     rule: VerdictRule = VerdictRule(),
     expected_text: str | None = None,
     certificate_info: dict[str, Any] | None = None,
-    signature_mode: str = "text",
     calibration_data: Dataset | DataLoader | None = None,
+    alignment: dict[str, Any] | None = None,
 ) -> VerificationReport:
     """The verification report of a model that already carries its branch (after ``attach_key``,
-    or a DeepIPR V1 model, whose passports ship inside it)."""
+    or a DeepIPR V1 model, whose passports ship inside it).
+
+    The signature mode and identity come from the model (``attach_key`` and ``protect`` set them
+    from the key); a model that says nothing counts as a text claim, which the rule refuses
+    unless it allows text signatures.
+    """
     device = _model_device(suspect)
+    binding = getattr(suspect, "passportnorm_signature", None) or {"mode": "text", "identity": None}
+    mode = binding["mode"]
     detection = signature_detection(suspect)
-    report = VerificationReport(verified=False, rule=rule.describe(signature_mode), certificate=certificate_info,
-                                signature_mode=signature_mode)
-    threshold = rule.signature_threshold(signature_mode)
-    report.required_matches = required_matches(detection.total, threshold)
-    report.forgery_log10_chance = log10_forgery_chance(detection.total, threshold)
+    report = VerificationReport(verified=False, rule=rule.describe(mode), certificate=certificate_info, signature_mode=mode)
     report.signature_bits = detection.total
     report.signature_matches = detection.matched
     report.signature_detection = detection.rate
     report.bit_errors = detection.bit_errors
     report.signature_p_value = binomial_p_value(detection.matched, detection.total, 0.5)
     report.signature_log10_p_value = binomial_log10_p_value(detection.matched, detection.total, 0.5)
+    report.forgery_log10_chance = log10_forgery_chance(detection.total, rule.signature_threshold(mode))
     report.decoded_text = detection.message
     report.expected_text = expected_text
     report.per_layer = {path: d.rate for path, d in detection.layers.items()}
+    report.alignment = alignment
+    if mode == "hash":
+        report.identity = binding.get("identity")
+        layers = protected_layers(suspect)
+        report.bits_follow_from_passports = bits_follow_from_passports(
+            report.identity or "", [(path, l.passport_gamma, l.passport_beta) for path, l in layers.items()],
+            torch.cat([l.signature.cpu() for l in layers.values()]),
+        )
 
     if data is not None:
         if recalibrate:
@@ -296,25 +257,40 @@ def verify_attached(
         report.passport_free_accuracy = accuracy(suspect, data, device)
         with passport_mode(suspect):
             report.passport_aware_accuracy = accuracy(suspect, data, device)
+        report.num_classes = _num_classes(suspect, data, device)
+        report.accuracy_floor = rule.accuracy_floor(report.num_classes)
     if trigger is not None:
         _fill_trigger(report, lambda x: suspect(x).argmax(1), trigger, device)
-
-    signature_ok = detection.matched >= report.required_matches
-    report.reasons.append(
-        f"signature: {detection.matched}/{detection.total} bits match (needed {report.required_matches}), "
-        f"p = {format_p_value(report.signature_p_value, report.signature_log10_p_value)} "
-        f"({'meets' if signature_ok else 'misses'} the threshold {threshold:.3g})"
-    )
-    accuracy_ok = True
-    if data is not None:
-        drop = report.passport_free_accuracy - report.passport_aware_accuracy
-        accuracy_ok = drop <= rule.max_accuracy_drop
-        report.reasons.append(
-            f"accuracy: passport-aware {report.passport_aware_accuracy:.2%} vs passport-free "
-            f"{report.passport_free_accuracy:.2%} (drop {100 * drop:.1f} points, allowed {100 * rule.max_accuracy_drop:g})"
-        )
-    report.verified = bool(signature_ok and accuracy_ok)
+    _decide(report, rule)
     return report
+
+
+def _evidence(report: VerificationReport) -> Evidence:
+    alignment = report.alignment or {}
+    return Evidence(
+        signature_mode=report.signature_mode, bits_follow_from_key=report.bits_follow_from_passports,
+        signature_bits=report.signature_bits, signature_matches=report.signature_matches,
+        alignment_confidence=alignment.get("lowest_confidence"), alignment_used=alignment.get("used"),
+        passport_free_accuracy=report.passport_free_accuracy, passport_aware_accuracy=report.passport_aware_accuracy,
+        num_classes=report.num_classes, trigger_count=report.trigger_count, trigger_matches=report.trigger_matches,
+        trigger_chance=report.trigger_chance,
+    )
+
+
+def _decide(report: VerificationReport, rule: VerdictRule) -> None:
+    verdict = rule.decide(_evidence(report))
+    report.verified = verdict.verified
+    report.reasons = verdict.reasons
+    report.failed_conditions = verdict.failed
+    report.required_matches = verdict.required_matches
+
+
+@torch.no_grad()
+def _num_classes(model: nn.Module, data: Dataset | DataLoader, device: torch.device) -> int:
+    """How many classes the model answers with: the width of its output on one input."""
+    example = _example_of(data, None)
+    model.eval()
+    return int(model(example.to(device)).shape[-1])
 
 
 @torch.no_grad()
@@ -326,8 +302,9 @@ def _fill_trigger(report: VerificationReport, predict: Callable[[Tensor], Tensor
     report.trigger_count = len(trigger)
     report.trigger_matches = matches
     report.trigger_accuracy = matches / len(trigger)
-    report.trigger_p_value = binomial_p_value(matches, len(trigger), 1.0 / trigger.num_classes)
-    report.trigger_log10_p_value = binomial_log10_p_value(matches, len(trigger), 1.0 / trigger.num_classes)
+    report.trigger_chance = 1.0 / trigger.num_classes
+    report.trigger_p_value = binomial_p_value(matches, len(trigger), report.trigger_chance)
+    report.trigger_log10_p_value = binomial_log10_p_value(matches, len(trigger), report.trigger_chance)
 
 
 def verify_blackbox(
@@ -336,9 +313,5 @@ def verify_blackbox(
     """Black-box check: ``predict(inputs) -> labels`` from any served model, against the trigger set."""
     report = VerificationReport(verified=False, rule=rule.describe())
     _fill_trigger(report, predict, trigger, torch.device(device))
-    report.verified = report.trigger_p_value < rule.max_trigger_p_value
-    report.reasons.append(
-        f"triggers: {report.trigger_matches}/{report.trigger_count} answered with the owner's labels, "
-        f"p = {format_p_value(report.trigger_p_value, report.trigger_log10_p_value)} (chance {1 / trigger.num_classes:.3g} each)"
-    )
+    _decide(report, rule)
     return report

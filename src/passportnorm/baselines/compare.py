@@ -130,7 +130,7 @@ def _one_run(opts: CompareOptions, scheme: str, seed: int, data, device: torch.d
     elif scheme == "deepipr-v1":
         released = release_deepipr(model)
         # V1 ships its passports inside the model, so the model itself is what gets verified
-        report = verify_attached(copy.deepcopy(released), data=test, signature_mode="hash")
+        report = verify_attached(copy.deepcopy(released), data=test)
         suspect = copy.deepcopy(released)
     else:
         released = strip(model) if scheme == "pan" else release_deepipr(model)
