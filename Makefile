@@ -19,11 +19,11 @@ BIN := $(VENV)/bin
 
 # The owner's whole job on the shipped MNIST-5k: protect and release, verify the release with the
 # key (verified, exit 0), then train the same model without protection and verify it with the
-# same key (not verified, exit 1 expected).
+# same key (not verified, exit 1 expected). --overwrite: the demo may be run again into the same folders.
 demo: $(STAMP)
-	$(BIN)/passportnorm protect --out runs/demo
+	$(BIN)/passportnorm protect --out runs/demo --overwrite
 	$(BIN)/passportnorm verify --model runs/demo/released --key runs/demo/owner-key --certificate runs/demo/certificate.json
-	$(BIN)/passportnorm train --out runs/demo-plain
+	$(BIN)/passportnorm train --out runs/demo-plain --overwrite
 	$(BIN)/passportnorm verify --model runs/demo-plain/released --key runs/demo/owner-key; \
 	  status=$$?; if [ $$status -ne 1 ]; then echo "expected 'not verified' (exit 1), got exit $$status"; exit 1; fi
 

@@ -97,7 +97,7 @@ def main() -> None:
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pn.PassportWarning)  # weak (low fan-in) first layers: irrelevant to timing
-        protected = pn.protect(plain, x[:8], signature="bench", passports="shuffle",
+        protected = pn.protect(plain, x[:8], signature="bench", passports="shuffle", seed=0,
                                weak_layers="skip" if args.arch == "pointnet" else "protect")
     released = pn.strip(protected)
     opt_plain = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)

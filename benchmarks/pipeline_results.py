@@ -50,7 +50,7 @@ def peak_training_memory_bytes(variant: str, steps: int = 4) -> int:
     if variant != "plain":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = protect(model, images[:16], signature="mem", passports="shuffle", weak_layers="skip")
+            model = protect(model, images[:16], signature="mem", passports="shuffle", weak_layers="skip", seed=0)
     trainer = Trainer(model, data, TrainConfig(schedule="joint" if variant == "joint" else "alternate"))
     live: dict[int, int] = {}
     peaks: list[int] = []
@@ -93,7 +93,8 @@ def main() -> None:
     for seed in args.seeds:
         for name, schedule in VARIANTS.items():
             out = Path(args.out) / f"{name.split()[0]}-seed{seed}"
-            opts = RunOptions(seed=seed, epochs=args.epochs, device=args.device, out=str(out), signature_mode=args.signature_mode)
+            opts = RunOptions(seed=seed, secret_seed=seed, epochs=args.epochs, device=args.device, out=str(out),
+                              signature_mode=args.signature_mode, overwrite=True)
             print(f"{name}, seed {seed} ...", flush=True)
             if args.reuse and (out / "metrics.json").is_file():
                 metrics = json.loads((out / "metrics.json").read_text())

@@ -51,8 +51,8 @@ DEFAULT_VARIANTS = ["plain", "protected", "separate-optimizer", "sign-weight-0.1
 def _run(variant: str, seed: int, args) -> dict:
     command, changes, _ = VARIANTS[variant]
     out = Path(args.out) / f"{variant}-seed{seed}"
-    opts = RunOptions(dataset=DATASET, seed=seed, epochs=args.epochs, holdout=HOLDOUT, device=args.device, out=str(out), **changes)
-    wanted = {k: v for k, v in asdict(opts).items() if k not in ("resume", "device")}
+    opts = RunOptions(dataset=DATASET, seed=seed, secret_seed=seed, epochs=args.epochs, holdout=HOLDOUT, device=args.device, out=str(out), **changes)
+    wanted = {k: v for k, v in asdict(opts).items() if k not in ("resume", "overwrite", "secret_seed", "device")}
     if (out / "metrics.json").is_file():
         metrics = json.loads((out / "metrics.json").read_text())
         defaults = asdict(RunOptions())  # options added after the run was made take their defaults
@@ -62,7 +62,8 @@ def _run(variant: str, seed: int, args) -> dict:
             return metrics | {"out": str(out)}
         sys.exit(f"{out} holds a run with other settings; give another --out")
     print(f"{variant}, seed {seed} ...", flush=True)
-    opts.resume = (out / "checkpoint.pt").is_file()
+    opts.resume = (out / "secret" / "checkpoint.pt").is_file() or command == "train" and (out / "checkpoint.pt").is_file()
+    opts.overwrite = not opts.resume
     with contextlib.redirect_stdout(io.StringIO()):
         metrics = run_protect(opts) if command == "protect" else run_train(opts)
     return metrics | {"out": str(out)}

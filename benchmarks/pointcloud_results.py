@@ -68,7 +68,8 @@ def _run(kind: str, seed: int, args) -> dict:
             sys.exit(f"{out} was trained for {metrics['settings']['epochs']} epochs, not {args.epochs}; "
                      "give another --out or drop --reuse")
     else:
-        opts = RunOptions(dataset=DATASET, seed=seed, epochs=args.epochs, device=args.device, out=str(out), **_kind_options(kind))
+        opts = RunOptions(dataset=DATASET, seed=seed, secret_seed=seed, epochs=args.epochs, device=args.device, out=str(out),
+                          overwrite=True, **_kind_options(kind))
         with contextlib.redirect_stdout(io.StringIO()):
             metrics = run_protect(opts) if kind.startswith("protected") else run_train(opts)
     metrics["out"] = str(out)

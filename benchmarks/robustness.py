@@ -106,7 +106,7 @@ def main() -> None:
     if not (args.reuse and (owner / "owner-key" / "key.json").is_file()):
         print("training the owner's protected model (defaults) ...", flush=True)
         with contextlib.redirect_stdout(io.StringIO()):
-            run_protect(RunOptions(out=str(owner)))
+            run_protect(RunOptions(out=str(owner), secret_seed=0, overwrite=True))
     lines = ["| attack | attacker's accuracy | signature evidence | owner's verdict |", "|---|---:|---|---|"]
     threats = {}
     for name, options, label in PLAN:

@@ -41,7 +41,7 @@ def _owner(out: Path, mode: str, epochs: int):
     if not (folder / "owner-key" / "key.json").is_file():
         print(f"training the {mode}-signature owner ...", flush=True)
         with contextlib.redirect_stdout(io.StringIO()):
-            run_protect(RunOptions(out=str(folder), epochs=epochs, signature_mode=mode))
+            run_protect(RunOptions(out=str(folder), epochs=epochs, signature_mode=mode, secret_seed=0, overwrite=True))
     return load_released(folder / "released")[0], OwnerKey.load(folder / "owner-key")
 
 

@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="continue or reuse the training run in --out")
     args = parser.parse_args()
 
-    opts = resolve_task(RunOptions(dataset="mnist5k-points", seed=args.seed, epochs=args.epochs, out=args.out))
+    opts = resolve_task(RunOptions(dataset="mnist5k-points", seed=args.seed, secret_seed=args.seed, epochs=args.epochs, out=args.out))
     data = load_dataset(opts.dataset, None, seed=opts.seed)
     torch.manual_seed(opts.seed)
     model = zoo.build(opts.arch, **_model_config(opts, data))

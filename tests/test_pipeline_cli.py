@@ -11,7 +11,7 @@ from passportnorm.cli import main
 from resume import assert_resume_matches_uninterrupted
 
 # width 1.0: 192 hash-bound bits, enough for the 2^-128 claim bound (96 would not be)
-TINY = ["--dataset", "digits", "--arch", "small_cnn", "--width", "1.0", "--epochs", "2", "--batch-size", "32",
+TINY = ["--dataset", "digits", "--arch", "small_cnn", "--width", "1.0", "--epochs", "2", "--batch-size", "32", "--secret-seed", "0",
         "--trigger-count", "20", "--signature", "(c) CLI"]
 
 
@@ -25,8 +25,12 @@ def protected_run(tmp_path_factory):
 def test_protect_writes_every_output(protected_run):
     out = protected_run
     for name in ("released/model.safetensors", "released/model.json", "owner-key/key.json", "owner-key/key.safetensors",
-                 "certificate.json", "metrics.json", "history.csv", "report.md", "checkpoint.pt"):
+                 "certificate.json", "metrics.json", "history.csv", "report.md", "secret/checkpoint.pt",
+                 "secret/run-secrets.json"):
         assert (out / name).is_file(), name
+    for secret in ("owner-key", "owner-key/key.safetensors", "secret", "secret/checkpoint.pt", "secret/run-secrets.json"):
+        assert (out / secret).stat().st_mode & 0o077 == 0, f"{secret} is readable by others"
+    assert (out / "released").stat().st_mode & 0o055 == 0o055  # public: readable by all
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["verification"]["verified"] and metrics["settings"]["signature"] == "(c) CLI"
     assert len(metrics["history"]) == 2 and "VERIFIED" in (out / "report.md").read_text()
@@ -80,7 +84,7 @@ def test_certificate_of_another_key_is_an_error(protected_run, tmp_path, capsys)
 
 def test_key_for_another_architecture_is_exit_2(protected_run, tmp_path, capsys):
     narrow = tmp_path / "narrow"
-    assert main(["protect", *TINY, "--width", "0.5", "--epochs", "1", "--signature", "ok", "--out", str(narrow)]) == 0
+    assert main(["protect", *TINY, "--width", "0.5", "--epochs", "1", "--signature", "ok", "--out", str(narrow)]) == 1  # 96 bits
     capsys.readouterr()
     code = main(["verify", "--model", str(narrow / "released"), "--key", str(protected_run / "owner-key")])
     err = capsys.readouterr().err
@@ -100,11 +104,11 @@ def test_config_file_and_flags(tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text("dataset: digits\narch: small_cnn\nwidth: 0.25\nepochs: 1\nbatch_size: 64\ntrigger: none\nsignature: ok\n")
     out = tmp_path / "cfg"
-    assert main(["protect", "--config", str(config), "--epochs", "1", "--out", str(out)]) == 0
+    assert main(["protect", "--config", str(config), "--epochs", "1", "--out", str(out)]) == 1  # 48 bits cannot verify
     settings = json.loads((out / "metrics.json").read_text())["settings"]
     assert settings["width"] == 0.25 and settings["trigger"] == "none"
     config.write_text("colour: blue\n")
-    assert main(["protect", "--config", str(config), "--out", str(out)]) == 2
+    assert main(["protect", "--config", str(config), "--out", str(tmp_path / "cfg2")]) == 2
     assert "unknown option 'colour'" in capsys.readouterr().err
 
 
@@ -114,7 +118,7 @@ def test_holdout_aware_optimizer_and_exclude_flags_reach_the_run(tmp_path, capsy
     assert main([*args, "--out", str(out)]) == 0
     assert "(1149 train / 288 test)" in capsys.readouterr().out  # 20% of digits' 1437 training images; test split unused
     assert main(["protect", *args[1:], "--aware-optimizer", "separate", "--trigger", "none", "--exclude", " features.5 ,nothing*",
-                 "--out", str(tmp_path / "p")]) == 0
+                 "--out", str(tmp_path / "p")]) == 1  # 32 bits cannot reach the claim bound
     metrics = json.loads((tmp_path / "p" / "metrics.json").read_text())
     assert metrics["settings"]["holdout"] == 0.2 and metrics["settings"]["aware_optimizer"] == "separate"
     assert metrics["verification"]["signature_bits"] == 32  # features.9 only: features.1 is weak, features.5 excluded

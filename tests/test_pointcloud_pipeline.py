@@ -10,7 +10,7 @@ from passportnorm.release import load_released
 from resume import assert_resume_matches_uninterrupted
 
 # PointNet without T-Nets keeps the CLI tests fast; the T-Net model's promises are in tests/models.py
-TINY = ["--dataset", "shapes3d", "--arch", "pointnet_vanilla", "--points", "64", "--width", "0.25", "--epochs", "5", "--lr", "0.05",
+TINY = ["--dataset", "shapes3d", "--arch", "pointnet_vanilla", "--points", "64", "--width", "0.25", "--epochs", "5", "--lr", "0.05", "--secret-seed", "0",
         "--batch-size", "32", "--trigger-count", "20", "--signature", "(c) points"]
 
 

@@ -1,6 +1,7 @@
 """The ``passportnorm`` command. Errors become one line on stderr and exit code 2.
 
-    passportnorm protect  [options]   train a protected model; write released/, owner-key/, certificate.json
+    passportnorm protect  [options]   train a protected model; write released/, owner-key/, secret/, certificate.json
+                                      exit 0 when the release verifies with its key, 1 when not (no certificate)
     passportnorm train    [options]   the same training without protection (the baseline)
     passportnorm verify --model DIR --key DIR [--certificate FILE]   exit 0 verified, 1 not, 2 error
     passportnorm inspect  [--arch --width --norm --dataset]          which norms can be protected, and why not
@@ -44,7 +45,10 @@ _HELP = {
                "(see `passportnorm inspect`)",
     "trigger": "none, noise, pattern (images), shapes (point clouds), or a folder with inputs and labels.csv; default noise/shapes",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
-    "out": "output folder (default runs/<time>)",
+    "out": "output folder (default runs/<time>); an earlier run's folder is refused without --resume or --overwrite",
+    "seed": "training seed: data order and initialisation (public; passports do not depend on it)",
+    "secret_seed": "seed of the secret material (passports, bits, triggers) for repeatable experiments; default: "
+                   "128 bits from the OS CSPRNG, kept in owner-key/ and secret/ only",
 }
 
 
@@ -62,9 +66,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     for spec in fields(RunOptions):
         flag = "--" + spec.name.replace("_", "-")
         if spec.name == "resume":
-            parser.add_argument(flag, action="store_true", default=None, help="continue from out/checkpoint.pt")
+            parser.add_argument(flag, action="store_true", default=None,
+                                help="continue the run in --out from its last checkpoint (same options)")
             continue
-        kind = {"int": int, "float": float}.get(str(spec.type), str)
+        if spec.name == "overwrite":
+            parser.add_argument(flag, action="store_true", default=None,
+                                help="replace the earlier run in --out, its owner key included (the old key is lost)")
+            continue
+        kind = {"int": int, "int | None": int, "float": float}.get(str(spec.type), str)
         parser.add_argument(flag, type=kind, default=None, help=_HELP.get(spec.name))
 
 
@@ -113,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--allow-text-signatures", action="store_true",
                        help="accept a claim resting on the paper's text signature (forgeable, see docs/SECURITY.md)")
     check.add_argument("--security-bits", type=int, default=128, help="hash-bound claims need p <= 2^-N (default 128)")
+    check.add_argument("--min-accuracy-above-chance", type=float, default=0.25,
+                       help="accuracy floor: passport-aware accuracy must cover this share of the way from chance to "
+                            "100%% (default 0.25: 32.5%% for 10 classes)")
+    check.add_argument("--min-alignment-confidence", type=float, default=0.5,
+                       help="use a --reference alignment only when every layer's filters match this well (default 0.5; "
+                            "independent models stay near 0.03, copies near 1, docs/SECURITY.md)")
     check.add_argument("--device", default="auto")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -140,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     cert.add_argument("--key", required=True, help="owner-key folder")
     cert.add_argument("--model", required=True, help="the released-model folder the key protects")
     cert.add_argument("--out", required=True, help="certificate file to write (publish it)")
+    cert.add_argument("--dataset", help="dataset for the accuracy check (default: the one recorded in the key)")
+    cert.add_argument("--data-dir")
+    cert.add_argument("--no-data", action="store_true", help="check the signature only before certifying")
 
     fight = commands.add_parser("dispute", help="decide between two ownership claims on a suspect model")
     fight.add_argument("--suspect", required=True, help="the disputed released-model folder")
@@ -210,7 +228,9 @@ def _verify(args: argparse.Namespace) -> int:
     from .verify import VerdictRule
 
     rule = VerdictRule(max_signature_p_value=args.max_p_value, max_accuracy_drop=args.max_accuracy_drop,
-                       security_bits=args.security_bits, allow_text_signatures=args.allow_text_signatures)
+                       security_bits=args.security_bits, allow_text_signatures=args.allow_text_signatures,
+                       min_accuracy_above_chance=args.min_accuracy_above_chance,
+                       min_alignment_confidence=args.min_alignment_confidence)
     report = run_verify(
         args.model, args.key, certificate=args.certificate, dataset=args.dataset, data_dir=args.data_dir,
         use_data=not args.no_data, recalibrate=args.recalibrate, rule=rule, device=args.device,
@@ -223,14 +243,34 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.verified else 1
 
 
+def _certify(args: argparse.Namespace) -> int:
+    """Certify only a pair that verifies: a certificate for a key that does not fit its model proves nothing."""
+    from .certificate import Certificate
+    from .key import OwnerKey
+    from .pipeline import run_verify
+    from .release import load_released
+
+    if Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a folder; name the certificate file to write")
+    report = run_verify(args.model, args.key, dataset=args.dataset, data_dir=args.data_dir, use_data=not args.no_data)
+    if not report.verified:
+        print(f"passportnorm: certify refused: {args.model} does not verify with {args.key} "
+              f"({'; '.join(report.failed_conditions)})", file=sys.stderr)
+        return 1
+    certificate = Certificate.issue(OwnerKey.load(args.key), load_released(args.model)[0])
+    certificate.save(args.out)
+    print(json.dumps(certificate.__dict__, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "protect":
             from .pipeline import run_protect
 
-            run_protect(_run_options(args))
-            return 0
+            metrics = run_protect(_run_options(args))
+            return 0 if metrics["verified"] else 1
         if args.command == "train":
             from .pipeline import run_train
 
@@ -250,15 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             print((Path(args.out) / "result.md").read_text())
             return 0 if result else 2
         if args.command == "certify":
-            from .certificate import Certificate
-            from .key import OwnerKey
-            from .release import load_released
-
-            key, (model, _) = OwnerKey.load(args.key), load_released(args.model)
-            certificate = Certificate.issue(key, model)
-            certificate.save(args.out)
-            print(json.dumps(certificate.__dict__, indent=2))
-            return 0
+            return _certify(args)
         if args.command == "dispute":
             from .pipeline import run_dispute
 

@@ -31,6 +31,7 @@ __all__ = [
     "load_tensors",
     "looks_like_pickle",
     "read_folder_manifest",
+    "restrict_to_owner",
 ]
 
 
@@ -40,6 +41,9 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; public folders get the usual mode, secret ones restrict it
     try:
         yield staging
         if target.exists():
@@ -48,6 +52,18 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def restrict_to_owner(path: str | Path) -> None:
+    """Owner-only permissions (folders 0700, files 0600, recursively): for keys, secrets, checkpoints.
+
+    Where the file system ignores POSIX modes (some Windows or network mounts), this is a no-op.
+    """
+    path = Path(path)
+    os.chmod(path, 0o700 if path.is_dir() else 0o600)
+    if path.is_dir():
+        for child in path.rglob("*"):
+            os.chmod(child, 0o700 if child.is_dir() else 0o600)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -26,6 +26,7 @@ from .fileio import (
     read_folder_manifest,
     save_tensors,
     sha256_file,
+    restrict_to_owner,
     tensors_fingerprint,
     write_json_atomic,
 )
@@ -103,12 +104,13 @@ class OwnerKey:
         return hasher.hexdigest()
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``key.safetensors`` + ``key.json`` atomically (nothing is left half-written)."""
+        """Write ``key.safetensors`` + ``key.json`` atomically (nothing is left half-written), owner-only."""
         folder = Path(folder)
         with atomic_folder(folder) as staging:
             save_tensors(self.tensors, staging / "key.safetensors", metadata={"format": KEY_FORMAT})
             manifest = dict(self.manifest, sha256_tensors=sha256_file(staging / "key.safetensors"), sha256_key=self.digest())
             write_json_atomic(staging / "key.json", manifest)
+            restrict_to_owner(staging)  # before the rename: the key is never readable by others, not even briefly
         return folder
 
     @classmethod
@@ -173,6 +175,11 @@ def _binding_of(model: nn.Module) -> dict[str, Any]:
     return entry
 
 
+def _secret_seed_of(model: nn.Module) -> dict[str, str] | None:
+    stamp = getattr(model, "passportnorm_secret_seed", None)
+    return {"source": stamp["source"], "value": str(stamp["value"])} if stamp else None
+
+
 def extract_key(
     model: nn.Module,
     config: dict[str, Any] | None = None,
@@ -229,6 +236,8 @@ def extract_key(
                 **_binding_of(model),
             },
             "seeds": seeds or {},
+            # where the passports' seed came from: "os-csprng" (secret) or "user" (an experiment's fixed seed)
+            "secret_seed": _secret_seed_of(model),
             "config": config or {},
             "sha256_released_weights": released_fingerprint(strip(model)),
         },

@@ -1,9 +1,12 @@
 """The owner's jobs end to end, shared by the CLI and Python users: protect, train, verify.
 
 ``run_protect`` trains a protected zoo model on a named dataset and writes, under ``out``:
-``released/`` (the plain architecture), ``owner-key/`` (secret), ``certificate.json`` (public),
-``metrics.json``, ``history.csv`` and ``report.md``; ``checkpoint.pt`` makes it resumable.
-``run_train`` is the same without protection (the baseline). ``run_verify`` checks a released
+``released/`` (the plain architecture), ``certificate.json``, ``metrics.json``, ``history.csv``
+and ``report.md`` (public), and ``owner-key/`` and ``secret/`` (the run's secret seed and its
+resumable ``checkpoint.pt``, which holds the passports), both readable by the owner only.
+Nothing public contains or determines the secrets. The certificate is issued only when the
+release verifies with its key. ``run_train`` is the same without protection (the baseline;
+its ``checkpoint.pt`` holds no secret and stays in ``out``). ``run_verify`` checks a released
 model folder against a key.
 """
 
@@ -25,12 +28,13 @@ from .data.holdout import hold_out
 from .dispute import Claim, DisputeResult, dispute
 from .data.triggers import TriggerSet, generate_triggers, load_trigger_folder, TRIGGER_KINDS
 from .device import resolve_device
-from .errors import ConfigError, PassportWarning
+from .errors import CertificateError, ConfigError, PassportWarning
 from .fileio import write_json_atomic, write_text_atomic
 from .key import OwnerKey, extract_key
 from .protect import capacity, protect, strip
 from .release import load_released, save_released
 from .report import run_report_markdown, write_history_csv
+from .run_folder import SEED_SOURCES, keep_secret_seed, prepare_run_folder, run_secret_seed, secret_folder
 from .train import TrainConfig, Trainer
 from .verify import VerdictRule, VerificationReport, verify
 
@@ -49,7 +53,8 @@ class RunOptions:
     epochs: int = 8
     batch_size: int = 64
     lr: float = 0.0  # 0: the task's default, 0.05 for images, 0.01 for point clouds (PointNet is unstable higher)
-    seed: int = 0
+    seed: int = 0  # training: data order, initialisation (public)
+    secret_seed: int | None = None  # passports, signature bits, triggers; None: drawn from the OS CSPRNG (secret)
     signature: str = "(c) passportnorm owner"
     signature_mode: str = "hash"  # hash: bits bound to identity and passports; text: the paper's (forgeable)
     passports: str = "shuffle"
@@ -67,6 +72,7 @@ class RunOptions:
     device: str = "auto"
     out: str = field(default_factory=lambda: f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     resume: bool = False
+    overwrite: bool = False  # replace the outputs (and the key) of an earlier run in ``out``
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "RunOptions":
@@ -110,11 +116,13 @@ def _load(name: str, data_dir: str | None, seed: int, points: int | None, holdou
     return hold_out(load_dataset(name, data_dir, seed=seed, points=points or None), holdout, seed)
 
 
-def _trigger(opts: RunOptions, data) -> TriggerSet | None:
+def _trigger(opts: RunOptions, data, secret: int) -> TriggerSet | None:
+    """The owner's trigger set: generated from the secret seed (never the public one), or a folder."""
     if opts.trigger in ("none", "", None):
         return None
     if opts.trigger in TRIGGER_KINDS:
-        return generate_triggers(opts.trigger_count, data.input_shape, data.num_classes, seed=opts.seed + 7919, kind=opts.trigger)
+        seed = (secret + 7919) % 2**64
+        return generate_triggers(opts.trigger_count, data.input_shape, data.num_classes, seed=seed, kind=opts.trigger)
     return load_trigger_folder(opts.trigger, data.input_shape, data.num_classes, data.normalize)
 
 
@@ -125,27 +133,33 @@ def _model_config(opts: RunOptions, data) -> dict[str, Any]:
 def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     device = resolve_device(opts.device)
     opts = resolve_task(opts)
+    out = Path(opts.out)
+    prepare_run_folder(out, resume=opts.resume, overwrite=opts.overwrite)
     data = _load(opts.dataset, opts.data_dir, opts.seed, opts.points, opts.holdout)
     torch.manual_seed(opts.seed)
     model_config = _model_config(opts, data)
     model = zoo.build(opts.arch, **model_config).to(device)
-    out = Path(opts.out)
     # a trigger set is owner evidence that lives in the key; plain training has no key, so no triggers
-    trigger = _trigger(opts, data) if protected else None
-    notes = []
+    trigger, notes, seed_source = None, [], None
     if protected:
+        secret, seed_source = run_secret_seed(out, opts.secret_seed, resume=opts.resume)
+        trigger = _trigger(opts, data, secret)
         example = data.train.tensors[0][:16].to(device)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PassportWarning)
             model = protect(
-                model, example, signature=opts.signature, passports=opts.passports, seed=opts.seed,
+                model, example, signature=opts.signature, passports=opts.passports, seed=secret,
                 alpha=opts.alpha, weak_layers=opts.weak_layers, signature_mode=opts.signature_mode,
                 exclude=[pattern.strip() for pattern in opts.exclude.split(",") if pattern.strip()] or None,
             )
+        model.passportnorm_secret_seed["source"] = seed_source
+        if not opts.resume:
+            keep_secret_seed(out, secret, seed_source)
         notes = [str(w.message) for w in caught]
         for note in notes:
             print(f"note: {note}")
-    trainer = Trainer(model, data, _train_config(opts), trigger=trigger, out_dir=out, device=device)
+    checkpoints = secret_folder(out) if protected else out
+    trainer = Trainer(model, data, _train_config(opts), trigger=trigger, out_dir=checkpoints, device=device)
     what = "protected" if protected else "plain"
     print(
         f"{what} {opts.arch} (width {opts.width}, {opts.norm}) on {opts.dataset} "
@@ -157,11 +171,12 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     for row in trainer.history:
         print("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     released = strip(model) if protected else model
-    settings = {k: v for k, v in asdict(opts).items() if k not in ("resume",)}
+    settings = {k: v for k, v in asdict(opts).items() if k not in ("resume", "overwrite", "secret_seed")}
     metrics: dict[str, Any] = {
         "command": "protect" if protected else "train",
         "settings": settings,
-        "seeds": {"seed": opts.seed, "trigger_seed": opts.seed + 7919},
+        # the secret seed itself stays in owner-key/ and secret/; only where it came from is public
+        "seeds": {"seed": opts.seed} | ({"secret_seed": SEED_SOURCES[seed_source]} if protected else {}),
         "history": trainer.history,
         "train_seconds": time.perf_counter() - start,
         "notes": notes,
@@ -174,19 +189,48 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     )
     verification = None
     if protected:
-        key = extract_key(model.cpu(), config=settings | {"model_config": model_config}, seeds=metrics["seeds"], trigger=trigger)
+        secret_config = settings | {"model_config": model_config, "secret_seed": opts.secret_seed}
+        key = extract_key(model.cpu(), config=secret_config, seeds=metrics["seeds"], trigger=trigger)
         key.save(out / "owner-key")
-        Certificate.issue(key, released.cpu()).save(out / "certificate.json")
         report = verify(released.cpu(), key, data=data.test, trigger=key.trigger)
         metrics["verification"] = report.to_dict()
+        metrics["verified"] = report.verified
         verification = report.to_markdown("Verification of the released model with the owner key")
+        _certify_if_verified(key, released.cpu(), out / "certificate.json", report.verified)
     write_history_csv(out / "history.csv", trainer.history)
     write_json_atomic(out / "metrics.json", metrics)
     write_text_atomic(out / "report.md", run_report_markdown(metrics, verification))
-    print(f"wrote {out}/released/" + (f", {out}/owner-key/ (keep it secret), {out}/certificate.json (publish it)" if protected else ""))
+    print(f"wrote {out}/released/" + (f", {out}/owner-key/ and {out}/secret/ (keep both secret)" if protected else ""))
     if verification:
         print(verification)
+    if protected:
+        print(_protect_outcome(metrics, opts, out))
     return metrics
+
+
+def _certify_if_verified(key: OwnerKey, released: torch.nn.Module, path: Path, verified: bool) -> None:
+    """Issue the certificate of a release that verifies; keep one that already commits to this key and
+    release (a resumed run must not move a published time); remove one that names a replaced key."""
+    current = False
+    if path.is_file():
+        try:
+            old = Certificate.load(path)
+            current = old.key_sha256 == key.digest() and old.matches_released(released)
+        except CertificateError:
+            pass
+    if verified and not current:
+        Certificate.issue(key, released).save(path)
+    elif not verified and path.is_file():
+        path.unlink()  # it certifies a key that --overwrite replaced, or a release that no longer verifies
+
+
+def _protect_outcome(metrics: dict[str, Any], opts: RunOptions, out: Path) -> str:
+    """The last line of ``protect``: whether the release verifies, and what to do when it does not."""
+    if metrics["verified"]:
+        return f"protect: the release verifies with its key; publish {out}/certificate.json, keep {out}/owner-key/ secret"
+    reasons = "; ".join(metrics["verification"]["failed_conditions"])
+    return (f"protect: NOT VERIFIED, so no certificate was issued ({reasons}). Train longer (--epochs "
+            f"{2 * opts.epochs} --overwrite) or protect more channels (a larger --width)")
 
 
 def run_protect(opts: RunOptions) -> dict[str, Any]:

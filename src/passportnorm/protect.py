@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import secrets
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -115,12 +116,25 @@ def _seeds(seed: int, count: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(count, dtype=np.uint32)]
 
 
+def secret_seed(seed: int | None) -> tuple[int, str]:
+    """The seed of the secret material and where it came from.
+
+    Passports, random signature bits and branch MLPs are secrets: if they followed from a seed
+    anyone can read or guess (0, or the training seed in model.json), the key could be rebuilt
+    from public files. So by default the seed is 128 bits from the operating system's CSPRNG;
+    a given seed is for experiments and is marked ``"user"`` in the key.
+    """
+    if seed is None:
+        return secrets.randbits(128), "os-csprng"
+    return int(seed), "user"
+
+
 def protect(
     model: nn.Module,
     example_input: Any,
     signature: Signature | str | bytes | Tensor | None = None,
     passports: str | PassportGenerator = "random",
-    seed: int = 0,
+    seed: int | None = None,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     pairs: Mapping[str, str] | None = None,
@@ -136,7 +150,8 @@ def protect(
     ``example_input`` is run once (eval mode, no grad) to learn real shapes and, for ``image``
     and ``shuffle`` passports, real activations. ``signature`` is the owner's message (text,
     bytes, +-1 bits); channels beyond it get random bits from ``seed``, which also fixes the
-    passports and the branch MLPs, so the same call gives the same protected model. ``include``
+    passports and the branch MLPs. ``seed=None`` (default) draws a secret seed from the operating
+    system's CSPRNG; a given seed makes the call repeatable (experiments) and is marked so in the key. ``include``
     and ``exclude`` are fnmatch patterns over norm paths; ``pairs`` replaces tracing by
     explicit ``{norm path: producer path}``. ``alpha`` and ``margin`` shape the sign loss.
     ``weak_layers="skip"`` leaves out norms whose producer reads one input channel per output
@@ -178,7 +193,8 @@ def protect(
         raise NothingToProtectError(f"no norm layer of {type(model).__name__} can be protected:\n{report}")
 
     total = sum(p.channels for p in chosen)
-    bit_seed, passport_seed, mlp_seed = _seeds(seed, 3)
+    seed_value, seed_source = secret_seed(seed)
+    bit_seed, passport_seed, mlp_seed = _seeds(seed_value, 3)
     bits = message.fill(total, bit_seed)
     starts = _bit_layout(chosen)
     weak = [p.norm for p in chosen if p.weak]
@@ -230,6 +246,7 @@ def protect(
     if signature_mode == "hash":
         _bind_to_hash(protected, identity, total)
     protected.passportnorm_signature = {"mode": signature_mode, "identity": identity if signature_mode == "hash" else None}
+    protected.passportnorm_secret_seed = {"value": seed_value, "source": seed_source}
     return protected
 
 
@@ -252,6 +269,9 @@ def _bind_to_hash(protected: nn.Module, identity: str, total: int) -> None:
         )
 
 
+_STAMPS = ("passportnorm_signature", "passportnorm_secret_seed")
+
+
 def strip(model: nn.Module) -> nn.Module:
     """The released model: a copy of ``model`` with every passport-aware branch removed.
 
@@ -263,6 +283,8 @@ def strip(model: nn.Module) -> nn.Module:
     released = copy.deepcopy(model)
     for path, layer in {**protected_layers(released), **statistics_layers(released)}.items():
         released.set_submodule(path, layer.norm)
+    for stamp in _STAMPS:  # what protect added to the model object; the release carries none of it
+        released.__dict__.pop(stamp, None)
     return released
 
 

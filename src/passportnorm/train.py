@@ -35,6 +35,7 @@ from .data.registry import DatasetSplits
 from .data.triggers import TriggerSet
 from .detection import signature_detection
 from .evaluation import accuracy
+from .fileio import restrict_to_owner
 from .errors import ConfigError, TrainingError
 from .protect import is_protected, passport_mode, protected_layers, sign_loss
 
@@ -267,6 +268,7 @@ class Trainer:
         }
         tmp = self.checkpoint_path.with_name(".checkpoint.pt.tmp")
         torch.save(payload, tmp)
+        restrict_to_owner(tmp)  # a protected model's checkpoint holds its passports: secret like the key
         os.replace(tmp, self.checkpoint_path)
 
     def load_checkpoint(self) -> None:
