@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
+# the torchvision release made for TORCH (the zoo extra: torchvision and timm models by name)
+TORCHVISION ?= torchvision==0.28.0
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
@@ -11,8 +13,8 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet "$(TORCH)" "$(TORCHVISION)"
+	$(PY) -m pip install --quiet -e ".[test,zoo]"
 	touch $(STAMP)
 
 BIN := $(VENV)/bin

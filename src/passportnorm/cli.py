@@ -27,7 +27,8 @@ _HELP = {
     "data_dir": "folder holding a local dataset (CIFAR or ModelNet40 archives unpacked)",
     "task": "image or pointcloud (default: what the dataset holds)",
     "points": "points per cloud (default 256; modelnet40 1024)",
-    "arch": "zoo model: resnet18, alexnet, small_cnn (images); pointnet, pointnet_vanilla (point clouds); default by task",
+    "arch": "zoo model: resnet18, alexnet, small_cnn (images); pointnet, pointnet_vanilla (point clouds); default by task; "
+            "or tv:NAME / timm:NAME for a torchvision or timm classifier (random init; needs the zoo extra)",
     "width": "channel width multiplier (small widths for CPU)",
     "norm": "bn, gn or in",
     "signature": "owner identity text (hash mode: hashed with the passports into the bits; text mode: embedded as is)",

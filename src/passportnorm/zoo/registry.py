@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ..errors import ConfigError
+from .hub import build_hub_model, is_hub_model
 
 __all__ = ["register_model", "available_models", "build", "model_task", "TASKS"]
 
@@ -33,15 +34,21 @@ def available_models() -> list[str]:
 
 def model_task(name: str) -> str:
     """``image`` or ``pointcloud``: the kind of input the model ``name`` reads."""
+    if is_hub_model(name):
+        return "image"
     if name not in _TASKS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(available_models())}")
     return _TASKS[name]
 
 
 def build(name: str, **cfg) -> nn.Module:
-    """The model registered as ``name``, built with ``cfg`` (in_channels, num_classes, width, norm ...)."""
+    """The model registered as ``name``, built with ``cfg`` (in_channels, num_classes, width, norm ...);
+    ``tv:NAME`` and ``timm:NAME`` build torchvision and timm classifiers (see hub.py)."""
+    if is_hub_model(name):
+        return build_hub_model(name, **cfg)
     if name not in _BUILDERS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(available_models())}")
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(available_models())}, "
+                          "or tv:NAME / timm:NAME (torchvision, timm)")
     try:
         return _BUILDERS[name](**cfg)
     except TypeError as error:
