@@ -124,3 +124,38 @@ def test_dispute_ignores_a_claim_whose_certificate_names_another_model(two_claim
     cheat = Claim("bob", bob.key, Certificate.issue(bob.key, alice.released), bob.released)  # certifies Alice's weights
     result = dispute(bob.released, cheat, alice, data=data.test)
     assert result.winner == "alice" and any("not the one the certificate commits to" in n for n in result.notes)
+
+
+def test_dispute_names_with_apostrophes_and_spaces(two_claims):
+    """Claimant names come from folder names (run_dispute); "O'Brien's run" must not break the bookkeeping."""
+    data, alice, bob = two_claims
+    obrien = Claim("O'Brien's run", alice.key, alice.certificate, alice.released)
+    thief = Claim("bob 's copy", bob.key, bob.certificate, bob.released)
+    result = dispute(bob.released, thief, obrien, data=data.test)
+    assert result.winner == "O'Brien's run", result.to_markdown()
+
+
+class _Untraceable(torch.nn.Module):
+    """Data-dependent control flow in forward: torch.fx cannot trace the whole model."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = torch.nn.Sequential(torch.nn.Conv2d(1, 160, 3), torch.nn.BatchNorm2d(160), torch.nn.ReLU())
+        self.head = torch.nn.Linear(160, 10)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            x = x * 1.0
+        return self.head(self.block(x).mean((2, 3)))
+
+
+def test_alignment_says_when_it_cannot_trace_the_suspect():
+    model = _Untraceable().eval()
+    x = torch.randn(4, 1, 8, 8)
+    protected = pn.protect(model, x, signature="(c) U", seed=0, weak_layers="protect")
+    released, key = pn.strip(protected).eval(), extract_key(protected)
+    report = verify(released, key, reference=released)
+    assert report.alignment["trace_error"].startswith("TraceError")
+    assert "alignment could not undo permutations" in report.to_markdown()
+    # the model aligned to itself: signs and scales line up, nothing moves, the same bits are read
+    assert report.alignment["used"] and report.signature_matches == verify(released, key).signature_matches

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .channels import PER_CHANNEL_NORMS, permutable_chains, permute_consumer_inputs
+from .channels import PER_CHANNEL_NORMS, chains_and_trace_error, permute_consumer_inputs
 from .errors import OwnerKeyError
 from .norm import producer_responses
 from .pairing import Pair, find_pairs
@@ -90,9 +90,10 @@ def align_to_reference(
         for path in (pair.norm, pair.producer):
             if path not in modules or path not in ref_modules:
                 raise OwnerKeyError(f"cannot align: module {path!r} is missing from the suspect or the reference")
-    chains = {chain.pair.norm: chain for chain in permutable_chains(model, pairs)}
+    found_chains, trace_error = chains_and_trace_error(model, pairs)
+    chains = {chain.pair.norm: chain for chain in found_chains}
     keyed = {layer["norm"] for layer in key.layers}
-    report: dict[str, Any] = {"confidence": {}, "permuted": 0, "flipped": 0, "traced": bool(chains),
+    report: dict[str, Any] = {"confidence": {}, "permuted": 0, "flipped": 0, "trace_error": trace_error,
                               "passport_directions_excluded": exclude_passport_directions}
     for pair in pairs:
         producer, norm = modules[pair.producer], modules[pair.norm]

@@ -18,7 +18,8 @@ from torch import nn
 
 from .pairing import Pair
 
-__all__ = ["Chain", "PER_CHANNEL_NORMS", "norm_tensors", "permutable_chains", "permute_consumer_inputs"]
+__all__ = ["Chain", "PER_CHANNEL_NORMS", "chains_and_trace_error", "norm_tensors", "permutable_chains",
+           "permute_consumer_inputs"]
 
 _CHANNEL_WISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Identity,
@@ -65,10 +66,17 @@ def _spatial_mean(node: fx.Node) -> bool:
 
 def permutable_chains(model: nn.Module, pairs: list[Pair]) -> list[Chain]:
     """The pairs whose channels can be permuted without changing the function (see module docstring)."""
+    return chains_and_trace_error(model, pairs)[0]
+
+
+def chains_and_trace_error(model: nn.Module, pairs: list[Pair]) -> tuple[list[Chain], str | None]:
+    """``permutable_chains`` and, when torch.fx cannot trace ``model``, why (then no chain is known:
+    permute nothing rather than guess, and let the caller say so)."""
     try:
         graph = fx.symbolic_trace(model).graph
-    except Exception:  # untraceable: permute nothing rather than guess
-        return []
+    except Exception as error:  # fx raises many kinds; all mean "cannot trace here"
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return [], f"{type(error).__name__}: {first}"
     modules = dict(model.named_modules())
     by_target = {str(n.target): n for n in graph.nodes if n.op == "call_module"}
     chains = []
@@ -104,7 +112,7 @@ def permutable_chains(model: nn.Module, pairs: list[Pair]) -> list[Chain]:
                 ok = False
         if ok and len(consumers) == 1:
             chains.append(Chain(pair, consumers.pop(), flattened))
-    return chains
+    return chains, None
 
 
 def norm_tensors(norm: nn.Module) -> list[torch.Tensor]:

@@ -4,8 +4,9 @@ Each claim is a key, its certificate (published at release: key hash, released-m
 time) and the certified released model. A claim counts only if its certificate commits to both.
 Then every key is checked on the suspect and on the other party's certified release. The genuine
 owner's proof shows up in a model derived from theirs, not the reverse; when both (or neither)
-cross-verify, the earlier certified release wins. Every check aligns the model to the claimant's
-own release first, so channel obfuscation cannot hide a proof.
+cross-verify, the earlier certified release wins. Every check offers the claimant's own release
+as the alignment reference, so channel obfuscation cannot hide a proof (the alignment is used
+only when the model is a rearranged copy of that release: see verify.py).
 """
 
 from __future__ import annotations
@@ -69,9 +70,10 @@ def dispute(suspect: nn.Module, first: Claim, second: Claim, data: Dataset | Non
     valid = {c.name: _valid(c) is None for c in (first, second)}
     rows, verdict = [], {}
     for claim, other in ((first, second), (second, first)):
-        for label, model in (("suspect", suspect), (f"{other.name}'s certified release", other.released)):
+        for checked, label, model in (("suspect", "suspect", suspect),
+                                      (other.name, f"{other.name}'s certified release", other.released)):
             report = verify(model, claim.key, data=data, rule=rule, reference=claim.released)
-            verdict[(claim.name, label.split("'")[0])] = report.verified and valid[claim.name]
+            verdict[(claim.name, checked)] = report.verified and valid[claim.name]
             rows.append({"claimant": claim.name, "model": label, "verified": report.verified,
                          "detection": report.signature_detection,
                          "p_value": format_p_value(report.signature_p_value, report.signature_log10_p_value)})

@@ -120,6 +120,9 @@ class VerificationReport:
             rows.append(("alignment to the reference", f"{used}; {self.alignment['permuted']} layers permuted, "
                                                        f"{self.alignment['flipped']} channels sign-flipped; lowest per-layer "
                                                        f"match confidence {low:.3f} (needed {self.alignment['needed']:g})"))
+            if self.alignment.get("trace_error"):
+                rows.append(("alignment could not undo permutations", "torch.fx cannot trace the suspect "
+                             f"({self.alignment['trace_error']}); only sign flips and rescaling were undone"))
         rows += [("reason", reason) for reason in self.reasons]
         lines = [f"### {title}", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
         return "\n".join(lines)
