@@ -14,14 +14,20 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .norm import affine_free_copy
+from .norm import SUPPORTED_NORMS, adds_to_forward, affine_free_copy, torch_norm_class
 
 __all__ = ["AwareStatisticsNorm", "needs_aware_statistics"]
 
 
 def needs_aware_statistics(module: nn.Module) -> bool:
-    """BatchNorm and InstanceNorm that track running statistics; GroupNorm/LayerNorm keep none."""
-    return isinstance(module, nn.modules.batchnorm._NormBase) and bool(module.track_running_stats)
+    """BatchNorm and InstanceNorm that track running statistics; GroupNorm/LayerNorm keep none.
+
+    A subclass that overrides forward (an activation inside the norm) is left alone: the aware
+    forward below would skip what it adds and differ from the free one before any training.
+    """
+    if not (isinstance(module, nn.modules.batchnorm._NormBase) and bool(module.track_running_stats)):
+        return False
+    return not (isinstance(module, SUPPORTED_NORMS) and adds_to_forward(module, torch_norm_class(module)))
 
 
 class AwareStatisticsNorm(nn.Module):

@@ -16,7 +16,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .pairing import Pair
+from .pairing import Pair, trace_graph
 
 __all__ = ["Chain", "PER_CHANNEL_NORMS", "chains_and_trace_error", "norm_tensors", "permutable_chains",
            "permute_consumer_inputs"]
@@ -73,7 +73,7 @@ def chains_and_trace_error(model: nn.Module, pairs: list[Pair]) -> tuple[list[Ch
     """``permutable_chains`` and, when torch.fx cannot trace ``model``, why (then no chain is known:
     permute nothing rather than guess, and let the caller say so)."""
     try:
-        graph = fx.symbolic_trace(model).graph
+        graph = trace_graph(model)
     except Exception as error:  # fx raises many kinds; all mean "cannot trace here"
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return [], f"{type(error).__name__}: {first}"

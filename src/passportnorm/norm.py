@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import skip_init
+from torch.nn.utils import parametrize, skip_init
 
 from .errors import NoPassportForwardError
 
@@ -34,6 +34,8 @@ __all__ = [
     "producer_channel_dim",
     "producer_fan_in",
     "producer_responses",
+    "reparametrized_weight_reason",
+    "torch_norm_class",
     "unsupported_norm_reason",
 ]
 
@@ -55,10 +57,27 @@ def _names(types: tuple[type, ...]) -> str:
     return ", ".join(t.__name__ for t in types)
 
 
+def torch_norm_class(norm: nn.Module) -> type[nn.Module]:
+    """The supported ``torch.nn`` class a norm is, or subclasses (``MyBN(nn.BatchNorm2d)`` -> BatchNorm2d)."""
+    return next(cls for cls in type(norm).__mro__ if cls in SUPPORTED_NORMS)
+
+
+def adds_to_forward(module: nn.Module, base: type[nn.Module]) -> bool:
+    """True when ``module``'s class overrides ``base.forward`` (timm's BatchNormAct2d adds an activation)."""
+    return type(module).forward is not base.forward
+
+
 def unsupported_norm_reason(norm: nn.Module) -> str | None:
     """Why ``norm`` cannot carry a passport-aware branch, or ``None`` when it can."""
     if not isinstance(norm, SUPPORTED_NORMS):
         return f"{type(norm).__name__} is not a supported norm (supported: {_names(SUPPORTED_NORMS)})"
+    base = torch_norm_class(norm)
+    if adds_to_forward(norm, base):
+        return (
+            f"{type(norm).__name__} subclasses {base.__name__} and overrides forward (it adds behaviour, an "
+            "activation for example); the passport-aware branch would not run what it adds, so it is left "
+            "unprotected rather than given a different layer"
+        )
     if isinstance(norm, nn.LayerNorm):
         if not norm.elementwise_affine:
             return "LayerNorm has no affine parameters (elementwise_affine=False)"
@@ -117,11 +136,28 @@ def producer_responses(producer: nn.Module, weight: Tensor, passports: Tensor, c
     return response.movedim(channel_dim, 1).reshape(len(passports), channels, -1).mean(dim=2)
 
 
+def reparametrized_weight_reason(producer: nn.Module) -> str | None:
+    """Why a producer's ``weight`` is not a plain parameter (weight norm, spectral norm), or None.
+
+    The sign loss must move the stored weights; a weight computed from other parameters each
+    forward (parametrizations, or the older hook-based weight_norm/spectral_norm) is not one.
+    """
+    if parametrize.is_parametrized(producer, "weight"):
+        kinds = ", ".join(type(p).__name__ for p in producer.parametrizations["weight"])
+        return f"its weight is reparametrized ({kinds}): the signature must live in stored weights"
+    for name in ("weight_g", "weight_orig"):
+        if hasattr(producer, name):
+            return f"its weight is computed from '{name}' by a forward hook (weight_norm or spectral_norm)"
+    return None
+
+
 def affine_free_copy(norm: nn.Module) -> nn.Module:
     """The same normalization without affine parameters and with fresh running statistics.
 
     This is ``norm1`` of the passport-aware branch: BatchNorm (and InstanceNorm that tracks
-    running statistics) keeps statistics of its own, separate from the released ones.
+    running statistics) keeps statistics of its own, separate from the released ones. It is built
+    from the torch.nn class the norm is or subclasses, so a subclass's own constructor (which
+    may take other arguments) is never called; subclasses that change forward are not protected.
     """
     ref = norm.weight if getattr(norm, "weight", None) is not None else norm.running_mean  # affine=False: a buffer
     factory = {"device": ref.device, "dtype": ref.dtype}
@@ -132,7 +168,7 @@ def affine_free_copy(norm: nn.Module) -> nn.Module:
     extra: dict[str, Any] = {}
     if isinstance(norm, nn.SyncBatchNorm):
         extra["process_group"] = norm.process_group
-    return type(norm)(
+    return torch_norm_class(norm)(
         norm.num_features,
         eps=norm.eps,
         momentum=norm.momentum,

@@ -24,10 +24,11 @@ from .norm import (
     norm_channels,
     producer_channel_dim,
     producer_fan_in,
+    reparametrized_weight_reason,
     unsupported_norm_reason,
 )
 
-__all__ = ["Pair", "Unprotectable", "PairingReport", "find_pairs", "is_norm_layer"]
+__all__ = ["Pair", "Unprotectable", "PairingReport", "find_pairs", "is_norm_layer", "trace_graph"]
 
 _NORM_FAMILIES: tuple[type[nn.Module], ...] = (
     _NormBase,
@@ -108,6 +109,22 @@ class PairingReport:
         return "\n".join(lines)
 
 
+class _LeafTracer(fx.Tracer):
+    """Keeps every norm and producer a leaf, subclasses included (timm's BatchNormAct2d, a user's
+    ``class MyConv(nn.Conv2d)``): the default tracer only stops at modules of ``torch.nn`` itself
+    and would trace into them, so pairing never saw them."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        if is_norm_layer(module) or isinstance(module, SUPPORTED_PRODUCERS):
+            return True
+        return super().is_leaf_module(module, qualified_name)
+
+
+def trace_graph(module: nn.Module) -> fx.Graph:
+    """The fx graph of ``module`` with norms and producers (and their subclasses) as leaves."""
+    return _LeafTracer().trace(module)
+
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -120,6 +137,9 @@ def _describe_source(node: Any, prefix: str, modules: Mapping[str, nn.Module]) -
         path = _join(prefix, str(node.target))
         module = modules[path]
         if isinstance(module, SUPPORTED_PRODUCERS):
+            reparametrized = reparametrized_weight_reason(module)
+            if reparametrized:
+                return None, f"its producer '{path}' ({type(module).__name__}) cannot carry bits: {reparametrized}"
             return path, ""
         return None, (
             f"its input comes from {type(module).__name__} '{path}'; only {_PRODUCER_NAMES} can be producers"
@@ -141,7 +161,7 @@ def _trace_links(model: nn.Module, norms: Mapping[str, nn.Module]) -> tuple[dict
 
     def visit(module: nn.Module, prefix: str) -> None:
         try:
-            graph = fx.symbolic_trace(module).graph
+            graph = trace_graph(module)
         except Exception as error:  # fx raises many kinds; all mean "cannot trace here"
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             trace_errors[prefix] = f"{type(error).__name__}: {message}"
@@ -179,8 +199,22 @@ def _trace_links(model: nn.Module, norms: Mapping[str, nn.Module]) -> tuple[dict
                 "pass pairs={'norm.path': 'producer.path'} for it"
             )
         else:
-            reasons[path] = "the traced forward never calls it"
+            reasons[path] = _NEVER_CALLED
     return links, reasons
+
+
+_NEVER_CALLED = "the traced forward never calls it"
+
+
+def _check_reasons_against_calls(reasons: dict[str, str], record: Any) -> None:
+    """No false reason: what the trace could not see is checked against the run-time calls."""
+    for path, reason in reasons.items():
+        calls = record.calls.get(path, 0)
+        if reason == _NEVER_CALLED and calls:
+            reasons[path] = (f"torch.fx did not see its call (it runs {calls} time(s) per forward, inside code the "
+                             "trace cannot follow); pass pairs={'norm.path': 'producer.path'} for it")
+        elif reason == _NEVER_CALLED:
+            reasons[path] = "the forward with example_input never calls it"
 
 
 def _check_shapes(
@@ -263,8 +297,9 @@ def find_pairs(
         for path in norms
         if path in links
     ]
-    watched = {p.norm for p in candidates} | {p.producer for p in candidates}
+    watched = {p.norm for p in candidates} | {p.producer for p in candidates} | set(norms)
     record = capture(model, example_input, sorted(watched))
+    _check_reasons_against_calls(reasons, record)
     for pair in candidates:
         why = _check_shapes(pair, norms[pair.norm], modules[pair.producer], record)
         if why is None:

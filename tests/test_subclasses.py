@@ -1,0 +1,148 @@
+"""Subclassed norms and producers (issue 16, first part): paired as what they are, or reported truly.
+
+torch.fx used to trace into any module not defined in torch.nn, so ``class MyBN(nn.BatchNorm2d)``
+or timm's BatchNormAct2d never reached pairing and were reported as "never called". Now every
+norm and producer is a leaf. A subclass that keeps its base's forward is protected (its branch
+is built from the torch.nn base, never from the subclass's own constructor); one that overrides
+forward is reported with that reason and left exactly as it is in both forwards.
+"""
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+import passportnorm as pn
+from passportnorm.aware_statistics import AwareStatisticsNorm
+from passportnorm.protect import protected_layers, statistics_layers
+
+
+class MyBN(nn.BatchNorm2d):
+    pass
+
+
+class MyConv(nn.Conv2d):
+    pass
+
+
+class NamedBN(nn.BatchNorm2d):
+    """A subclass whose constructor takes other arguments: protect must never call it."""
+
+    built = 0
+
+    def __init__(self, note: str, channels: int):
+        super().__init__(channels)
+        self.note = note
+        NamedBN.built += 1
+
+
+class BNAct(nn.BatchNorm2d):
+    """Like timm's BatchNormAct2d: the activation lives inside the norm's forward."""
+
+    def forward(self, x):
+        return torch.nn.functional.silu(super().forward(x))
+
+
+class Net(nn.Module):
+    def __init__(self, norm_a: nn.Module, norm_b: nn.Module, conv=nn.Conv2d):
+        super().__init__()
+        self.conv1, self.bn1 = conv(3, 96, 3, padding=1), norm_a
+        self.conv2, self.bn2 = conv(96, 96, 3, padding=1), norm_b
+        self.head = nn.Linear(96, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def _trained_statistics(model: nn.Module) -> nn.Module:
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 3, 8, 8))
+    return model.eval()
+
+
+def test_subclassed_norms_and_producers_are_paired_and_keep_every_promise():
+    torch.manual_seed(0)
+    model = _trained_statistics(Net(MyBN(96), NamedBN("mine", 96), conv=MyConv))
+    x = torch.randn(4, 3, 8, 8)
+    report = pn.find_pairs(model, x)
+    assert [(p.norm, p.norm_type, p.producer_type) for p in report.pairs] == [
+        ("bn1", "MyBN", "MyConv"), ("bn2", "NamedBN", "MyConv")]
+    built = NamedBN.built
+    protected = pn.protect(model, x, signature="(c) sub", seed=0).eval()
+    assert NamedBN.built == built  # the branch copy comes from BatchNorm2d, not the subclass constructor
+    with torch.no_grad():
+        assert torch.equal(protected(x), model(x))  # promise 1
+        released = pn.strip(protected)
+        assert torch.equal(released(x), protected(x))  # promise 2: outputs
+    assert type(released.bn1) is MyBN and type(released.bn2) is NamedBN and type(released.conv1) is MyConv
+    assert released.bn2.note == "mine"
+    assert {k: v.shape for k, v in released.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    with pn.passport_mode(protected):
+        assert torch.isfinite(protected(x)).all()
+
+
+def test_a_norm_subclass_that_adds_to_forward_is_reported_and_left_identical_in_both_forwards():
+    torch.manual_seed(0)
+    model = _trained_statistics(Net(BNAct(96), nn.BatchNorm2d(96)))
+    x = torch.randn(4, 3, 8, 8)
+    report = pn.find_pairs(model, x)
+    assert [p.norm for p in report.pairs] == ["bn2"]
+    (reason,) = [u.reason for u in report.unprotectable if u.norm == "bn1"]
+    assert "BNAct subclasses BatchNorm2d and overrides forward" in reason
+    protected = pn.protect(model, x, signature="(c) act", seed=0).eval()
+    assert "bn1" not in statistics_layers(protected) and not isinstance(protected.bn1, AwareStatisticsNorm)
+    # before training, the aware forward through bn1 must be bn1 itself: compare its output in both modes
+    with torch.no_grad():
+        free = protected.bn1(protected.conv1(x))
+        with pn.passport_mode(protected):
+            aware = protected.bn1(protected.conv1(x))
+    assert torch.equal(free, aware)
+
+
+def test_reparametrized_producers_are_reported_by_name():
+    x = torch.randn(4, 3, 8, 8)
+    for wrap, kind in ((parametrizations.weight_norm, "_WeightNorm"), (parametrizations.spectral_norm, "_SpectralNorm")):
+        model = Net(nn.BatchNorm2d(96), nn.BatchNorm2d(96))
+        wrap(model.conv2)
+        report = pn.find_pairs(model, x)
+        (reason,) = [u.reason for u in report.unprotectable if u.norm == "bn2"]
+        assert f"its producer 'conv2' (ParametrizedConv2d) cannot carry bits: its weight is reparametrized ({kind})" in reason
+        assert [p.norm for p in report.pairs] == ["bn1"]
+
+
+def test_norms_without_running_statistics_are_protected():
+    torch.manual_seed(0)
+    model = Net(nn.BatchNorm2d(96, track_running_stats=False), nn.BatchNorm2d(96)).eval()
+    x = torch.randn(4, 3, 8, 8)
+    protected = pn.protect(model, x, signature="(c) nostats", seed=0).eval()
+    assert "bn1" in protected_layers(protected)
+    with torch.no_grad():
+        assert torch.equal(protected(x), model(x)) and torch.equal(pn.strip(protected)(x), model(x))
+
+
+class Mixer(nn.Module):
+    """Norms after a sum, after a concatenation, inside a torch.nn container fx does not enter, and unused."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+        self.after_add, self.after_cat, self.unused = nn.BatchNorm2d(8), nn.BatchNorm2d(16), nn.BatchNorm2d(8)
+        self.encoder = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=16, batch_first=True)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        y = self.after_add(a + b).mean((2, 3)) + self.after_cat(torch.cat([a, b], 1)).mean((2, 3)).sum(1, keepdim=True)
+        return self.encoder(torch.cat([y, y], 1).unsqueeze(1))
+
+
+def test_every_reason_agrees_with_what_runs():
+    report = pn.find_pairs(Mixer().eval(), torch.randn(2, 3, 4, 4))
+    reasons = {u.norm: u.reason for u in report.unprotectable}
+    assert "call_function 'add'" in reasons["after_add"]
+    assert "call_function 'cat'" in reasons["after_cat"]
+    assert reasons["unused"] == "the forward with example_input never calls it"
+    # the encoder is a torch.nn module the tracer does not enter, yet its norms run once per forward
+    assert reasons["encoder.norm1"].startswith("torch.fx did not see its call (it runs 1 time(s) per forward")
