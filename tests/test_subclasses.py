@@ -146,3 +146,62 @@ def test_every_reason_agrees_with_what_runs():
     assert reasons["unused"] == "the forward with example_input never calls it"
     # the encoder is a torch.nn module the tracer does not enter, yet its norms run once per forward
     assert reasons["encoder.norm1"].startswith("torch.fx did not see its call (it runs 1 time(s) per forward")
+
+
+class ChannelsLast(nn.Module):
+    """ConvNeXt's pattern: conv, permute to channels-last, LayerNorm over channels, Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm, self.fc = nn.Conv2d(3, 160, 3, padding=1), nn.LayerNorm(160), nn.Linear(160, 10)
+
+    def forward(self, x):
+        return self.fc(self.norm(self.conv(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+class Tokens(nn.Module):
+    """LeViT's pattern: Linear on tokens, flatten batch and tokens, BatchNorm1d, and back; a Dropout too."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear, self.bn = nn.Linear(12, 160), nn.BatchNorm1d(160)
+        self.conv, self.drop, self.bn2 = nn.Conv2d(3, 160, 1), nn.Dropout(0.1), nn.BatchNorm2d(160)
+
+    def forward(self, tokens, image):
+        t = self.bn(self.linear(tokens).flatten(0, 1)).reshape(tokens.shape[0], tokens.shape[1], -1)
+        return t.mean(1) + self.bn2(self.drop(self.conv(image))).mean((2, 3))
+
+
+class Mixing(nn.Module):
+    """A reshape that does mix channels: the traced ops look harmless, the values show they are not."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 1), nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x).reshape(x.shape[0], 4, -1).transpose(1, 2).reshape(x.shape[0], 4, -1))
+
+
+def test_norms_after_channel_moving_ops_are_paired_and_say_what_was_crossed():
+    torch.manual_seed(0)
+    for model, example in ((ChannelsLast().eval(), torch.randn(2, 3, 6, 6)),
+                           (Tokens().eval(), (torch.randn(2, 5, 12), torch.randn(2, 3, 4, 4)))):
+        report = pn.find_pairs(model, example)
+        assert not report.unprotectable, report
+        protected = pn.protect(model, example, signature="(c) moved", seed=0).eval()
+        call = (lambda m: m(*example)) if isinstance(example, tuple) else (lambda m: m(example))
+        with torch.no_grad():
+            assert torch.equal(call(protected), call(model)) and torch.equal(call(pn.strip(protected)), call(model))
+            with pn.passport_mode(protected):
+                assert torch.isfinite(call(protected)).all()
+    text = str(pn.find_pairs(ChannelsLast().eval(), torch.randn(2, 3, 6, 6)))
+    assert "norm (LayerNorm, 160 ch) <- conv (Conv2d) via permute(0, 2, 3, 1)" in text
+    crossed = {p.norm: p.crossed for p in pn.find_pairs(Tokens().eval(), (torch.randn(2, 5, 12), torch.randn(2, 3, 4, 4))).pairs}
+    assert crossed == {"bn": ("flatten(0, 1)",), "bn2": ("Dropout 'drop'",)}
+
+
+def test_a_reshape_that_mixes_channels_is_caught_by_the_values():
+    report = pn.find_pairs(Mixing().eval(), torch.randn(2, 3, 2, 2))
+    (reason,) = [u.reason for u in report.unprotectable]
+    assert "does not carry producer 'conv''s channels" in reason and not report.pairs

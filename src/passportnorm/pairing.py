@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
@@ -61,6 +63,7 @@ class Pair:
     producer_type: str
     channels: int
     fan_in: int = 0
+    crossed: tuple[str, ...] = ()  # ops between producer and norm that only move or keep the channel axis
 
     @property
     def weak(self) -> bool:
@@ -101,7 +104,8 @@ class PairingReport:
         lines = [f"{len(self.pairs)} protectable norm layers, {self.capacity} channels (signature bits)"]
         for p in self.pairs:
             weak = f"  [fan-in {p.fan_in}: weak lever, bits embed slowly]" if p.weak else ""
-            lines.append(f"  + {p.norm} ({p.norm_type}, {p.channels} ch) <- {p.producer} ({p.producer_type}){weak}")
+            via = f" via {', '.join(p.crossed)}" if p.crossed else ""
+            lines.append(f"  + {p.norm} ({p.norm_type}, {p.channels} ch) <- {p.producer} ({p.producer_type}){via}{weak}")
         if self.unprotectable:
             lines.append(f"{len(self.unprotectable)} norm layers cannot be protected")
             for u in self.unprotectable:
@@ -151,11 +155,47 @@ def _describe_source(node: Any, prefix: str, modules: Mapping[str, nn.Module]) -
     return None, f"its input comes from {node.op} '{what}', not straight from a {_PRODUCER_NAMES}"
 
 
-def _trace_links(model: nn.Module, norms: Mapping[str, nn.Module]) -> tuple[dict[str, str], dict[str, str]]:
-    """fx data flow: ({norm: producer}, {norm: reason}) for every norm the traces reach."""
+# ops that may hand a tensor on with every channel intact, at most on another axis (a reshape only
+# when it leaves the channel axis alone): pairing looks through them, and _check_moved_channels then
+# proves on the example input that each norm channel holds exactly its producer channel's values
+_KEEPING_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Flatten)
+_KEEPING_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.movedim, F.dropout, torch.clone,
+                      torch.flatten, torch.reshape}
+_KEEPING_METHODS = {"permute", "transpose", "swapaxes", "movedim", "contiguous", "clone", "flatten", "reshape", "view"}
+
+
+def _channel_keeping(node: Any, prefix: str, modules: Mapping[str, nn.Module]) -> str | None:
+    """A short name of ``node``'s op when it only moves or keeps channels (permute, dropout ...), else None."""
+    if not isinstance(node, fx.Node) or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    rest = ", ".join(str(a) for a in node.args[1:] if not isinstance(a, fx.Node))
+    if node.op == "call_module":
+        module = modules.get(_join(prefix, str(node.target)))
+        return f"{type(module).__name__} '{_join(prefix, str(node.target))}'" if isinstance(module, _KEEPING_MODULES) else None
+    if node.op == "call_function" and node.target in _KEEPING_FUNCTIONS:
+        return f"{node.target.__name__}({rest})"
+    if node.op == "call_method" and node.target in _KEEPING_METHODS:
+        return f"{node.target}({rest})"
+    return None
+
+
+def _through_keeping_ops(node: Any, prefix: str, modules: Mapping[str, nn.Module]) -> tuple[Any, tuple[str, ...]]:
+    """Walk back from a norm's input over channel-keeping ops: (the node before them, the ops crossed)."""
+    crossed: list[str] = []
+    while (op := _channel_keeping(node, prefix, modules)) is not None:
+        crossed.append(op)
+        node = node.args[0]
+    return node, tuple(reversed(crossed))
+
+
+def _trace_links(
+    model: nn.Module, norms: Mapping[str, nn.Module]
+) -> tuple[dict[str, str], dict[str, str], dict[str, tuple[str, ...]]]:
+    """fx data flow: ({norm: producer}, {norm: reason}, {norm: ops crossed}) for every norm the traces reach."""
     modules = dict(model.named_modules())
     links: dict[str, str] = {}
     reasons: dict[str, str] = {}
+    crossings: dict[str, tuple[str, ...]] = {}
     calls: dict[str, int] = {}
     trace_errors: dict[str, str] = {}
 
@@ -177,11 +217,13 @@ def _trace_links(model: nn.Module, norms: Mapping[str, nn.Module]) -> tuple[dict
                 continue
             calls[path] = calls.get(path, 0) + 1
             source = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
+            source, crossed = _through_keeping_ops(source, prefix, modules)
             producer, reason = _describe_source(source, prefix, modules)
             if producer is not None:
                 links[path] = producer
+                crossings[path] = crossed
             else:
-                reasons[path] = reason
+                reasons[path] = reason + (f" (looked through {', '.join(crossed)})" if crossed else "")
 
     visit(model, "")
     for path, count in calls.items():
@@ -200,7 +242,7 @@ def _trace_links(model: nn.Module, norms: Mapping[str, nn.Module]) -> tuple[dict
             )
         else:
             reasons[path] = _NEVER_CALLED
-    return links, reasons
+    return links, reasons, crossings
 
 
 _NEVER_CALLED = "the traced forward never calls it"
@@ -229,6 +271,8 @@ def _check_shapes(
         return f"its producer '{pair.producer}' is never called by the forward with example_input"
     out = record.outputs[pair.producer]
     seen = record.inputs.get(pair.norm)
+    if pair.crossed:
+        return _check_moved_channels(pair, norm, producer, out, seen)
     if seen is not None and tuple(seen.shape) != tuple(out.shape):
         return (
             f"it receives shape {tuple(seen.shape)} but producer '{pair.producer}' returns {tuple(out.shape)}"
@@ -242,6 +286,22 @@ def _check_shapes(
         )
     if out.shape[p_axis] != norm_channels(norm):
         return f"it has {norm_channels(norm)} channels but producer '{pair.producer}' gives {out.shape[p_axis]}"
+    return None
+
+
+def _check_moved_channels(pair: Pair, norm: nn.Module, producer: nn.Module, out: Any, seen: Any) -> str | None:
+    """Across permutes and dropouts: channel c of the norm's input must hold exactly the values of
+    the producer's channel c (eval mode: dropout is the identity), wherever the axis moved to."""
+    p_axis, n_axis = producer_channel_dim(producer, out.dim()), norm_channel_dim(norm, seen.dim())
+    channels = norm_channels(norm)
+    if out.shape[p_axis] != channels or seen.shape[n_axis] != channels or out.numel() != seen.numel():
+        return (f"across {', '.join(pair.crossed)} it receives shape {tuple(seen.shape)} from producer "
+                f"'{pair.producer}' output {tuple(out.shape)}: the channels do not line up")
+    ours = out.movedim(p_axis, 0).reshape(channels, -1).sort(dim=1).values
+    theirs = seen.movedim(n_axis, 0).reshape(channels, -1).sort(dim=1).values
+    if not torch.equal(ours, theirs):
+        return (f"across {', '.join(pair.crossed)} its channel axis {n_axis} does not carry producer "
+                f"'{pair.producer}''s channels (axis {p_axis}) one to one")
     return None
 
 
@@ -260,6 +320,7 @@ def find_pairs(
     norms = {path: m for path, m in modules.items() if path and is_norm_layer(m)}
     report = PairingReport()
 
+    crossings: dict[str, tuple[str, ...]] = {}
     if pairs is not None:
         links: dict[str, str] = {}
         reasons: dict[str, str] = {}
@@ -274,7 +335,7 @@ def find_pairs(
             if path not in links:
                 reasons[path] = "not listed in pairs="
     else:
-        links, reasons = _trace_links(model, norms)
+        links, reasons, crossings = _trace_links(model, norms)
 
     for path, norm in norms.items():
         why = unsupported_norm_reason(norm)
@@ -293,6 +354,7 @@ def find_pairs(
             type(modules[links[path]]).__name__,
             norm_channels(norms[path]),
             producer_fan_in(modules[links[path]]),
+            crossings.get(path, ()),
         )
         for path in norms
         if path in links
