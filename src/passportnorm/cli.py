@@ -28,7 +28,10 @@ _HELP = {
     "task": "image or pointcloud (default: what the dataset holds)",
     "points": "points per cloud (default 256; modelnet40 1024)",
     "arch": "zoo model: resnet18, alexnet, small_cnn (images); pointnet, pointnet_vanilla (point clouds); default by task; "
-            "or tv:NAME / timm:NAME for a torchvision or timm classifier (random init; needs the zoo extra)",
+            "or tv:NAME / timm:NAME for a torchvision or timm classifier (random init; needs the zoo extra); or your own: "
+            "path/to/file.py:factory or module.path:factory (called with in_channels and num_classes if it takes them)",
+    "weights": "start from your trained weights: a safetensors file or a torch.save'd state dict (read with "
+               "weights_only=True; plain pickles are refused); every key and shape must match --arch",
     "width": "channel width multiplier (small widths for CPU)",
     "norm": "bn, gn or in",
     "signature": "owner identity text (hash mode: hashed with the passports into the bits; text mode: embedded as is)",
@@ -129,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--min-alignment-confidence", type=float, default=0.5,
                        help="use a --reference alignment only when every layer's filters match this well (default 0.5; "
                             "independent models stay near 0.03, copies near 1, docs/SECURITY.md)")
+    check.add_argument("--arch", help="the model code the folders name when it is your own (file.py:factory); "
+                                      "passportnorm runs it only when you pass it here")
     check.add_argument("--device", default="auto")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -159,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     cert.add_argument("--dataset", help="dataset for the accuracy check (default: the one recorded in the key)")
     cert.add_argument("--data-dir")
     cert.add_argument("--no-data", action="store_true", help="check the signature only before certifying")
+    cert.add_argument("--arch", help="the model code the folder names when it is your own (file.py:factory)")
 
     fight = commands.add_parser("dispute", help="decide between two ownership claims on a suspect model")
     fight.add_argument("--suspect", required=True, help="the disputed released-model folder")
@@ -235,7 +241,7 @@ def _verify(args: argparse.Namespace) -> int:
     report = run_verify(
         args.model, args.key, certificate=args.certificate, dataset=args.dataset, data_dir=args.data_dir,
         use_data=not args.no_data, recalibrate=args.recalibrate, rule=rule, device=args.device,
-        reference_dir=args.reference,
+        reference_dir=args.reference, arch=args.arch,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -253,12 +259,13 @@ def _certify(args: argparse.Namespace) -> int:
 
     if Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a folder; name the certificate file to write")
-    report = run_verify(args.model, args.key, dataset=args.dataset, data_dir=args.data_dir, use_data=not args.no_data)
+    report = run_verify(args.model, args.key, dataset=args.dataset, data_dir=args.data_dir, use_data=not args.no_data,
+                        arch=args.arch)
     if not report.verified:
         print(f"passportnorm: certify refused: {args.model} does not verify with {args.key} "
               f"({'; '.join(report.failed_conditions)})", file=sys.stderr)
         return 1
-    certificate = Certificate.issue(OwnerKey.load(args.key), load_released(args.model)[0])
+    certificate = Certificate.issue(OwnerKey.load(args.key), load_released(args.model, trusted_arch=args.arch)[0])
     certificate.save(args.out)
     print(json.dumps(certificate.__dict__, indent=2))
     return 0

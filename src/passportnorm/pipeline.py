@@ -37,6 +37,7 @@ from .report import run_report_markdown, write_history_csv
 from .run_folder import SEED_SOURCES, keep_secret_seed, prepare_run_folder, run_secret_seed, secret_folder
 from .train import TrainConfig, Trainer
 from .verify import VerdictRule, VerificationReport, verify
+from .weights import load_weights
 
 __all__ = ["RunOptions", "run_protect", "run_train", "run_verify"]
 
@@ -47,7 +48,8 @@ class RunOptions:
     data_dir: str | None = None
     task: str = "auto"  # image or pointcloud; auto: what the dataset holds
     points: int = 0  # points per cloud for point-cloud datasets; 0: the dataset's default
-    arch: str = "auto"  # auto: resnet18 for images, pointnet for point clouds
+    arch: str = "auto"  # auto: resnet18 for images, pointnet for point clouds; or tv:NAME, timm:NAME, file.py:factory
+    weights: str = ""  # start from these trained weights (safetensors, or a state dict torch.load(weights_only=True) reads)
     width: float = 0.25
     norm: str = "bn"
     epochs: int = 8
@@ -102,7 +104,7 @@ def resolve_task(opts: RunOptions) -> RunOptions:
     if opts.task not in ("auto", task):
         raise ConfigError(f"dataset {opts.dataset!r} holds {task} data, not {opts.task}; drop --task or pick a {opts.task} dataset")
     arch = DEFAULT_ARCH[task] if opts.arch == "auto" else opts.arch
-    if zoo.model_task(arch) != task:
+    if zoo.model_task(arch) not in (task, "any"):
         raise ConfigError(f"model {arch!r} reads {zoo.model_task(arch)} inputs but {opts.dataset!r} holds {task} data; "
                           f"use --arch {DEFAULT_ARCH[task]}")
     if opts.points and task != "pointcloud":
@@ -138,7 +140,9 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     data = _load(opts.dataset, opts.data_dir, opts.seed, opts.points, opts.holdout)
     torch.manual_seed(opts.seed)
     model_config = _model_config(opts, data)
-    model = zoo.build(opts.arch, **model_config).to(device)
+    model = zoo.build(opts.arch, trust_code=True, **model_config)  # the user named this --arch
+    weights_sha256 = load_weights(model, opts.weights) if opts.weights else None
+    model = model.to(device)
     # a trigger set is owner evidence that lives in the key; plain training has no key, so no triggers
     trigger, notes, seed_source = None, [], None
     if protected:
@@ -185,6 +189,7 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     released.eval()
     save_released(
         released.cpu(), out / "released", opts.arch, model_config, dataset=opts.dataset, seed=opts.seed,
+        initial_weights_sha256=weights_sha256,
         signature_bits=capacity(model) if protected else 0,
     )
     verification = None
@@ -254,12 +259,14 @@ def run_verify(
     rule: VerdictRule = VerdictRule(),
     device: str = "auto",
     reference_dir: str | Path | None = None,
+    arch: str | None = None,
 ) -> VerificationReport:
     """Verify a released-model folder with an owner key (and optionally its certificate); with
-    ``reference_dir`` (the owner's released model) the suspect's channels are aligned to it first."""
+    ``reference_dir`` (the owner's released model) the suspect's channels are aligned to it first.
+    ``arch`` is the user's own model code (file.py:factory) the folders name, run only when given."""
     key = OwnerKey.load(key_dir)
-    model, meta = load_released(model_dir)
-    reference = load_released(reference_dir)[0] if reference_dir is not None else None
+    model, meta = load_released(model_dir, trusted_arch=arch)
+    reference = load_released(reference_dir, trusted_arch=arch)[0] if reference_dir is not None else None
     cert = Certificate.load(certificate) if certificate is not None else None
     data = calibration = None
     if use_data:

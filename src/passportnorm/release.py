@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from . import zoo
+from .zoo.user_code import is_user_code
 from .errors import ModelFileError, PassportNormError
 from .fileio import atomic_folder, load_tensors, read_folder_manifest, save_tensors, tensors_fingerprint, write_json_atomic
 from .protect import is_protected
@@ -48,8 +49,12 @@ def save_released(model: nn.Module, folder: str | Path, arch: str, model_config:
     return folder
 
 
-def load_released(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """(model, model.json) from a released-model folder; every failure is one ModelFileError line."""
+def load_released(folder: str | Path, trusted_arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, model.json) from a released-model folder; every failure is one ModelFileError line.
+
+    A folder naming the user's own model code (``file.py:factory``) is rebuilt only when the
+    caller passes that same name as ``trusted_arch``: a model.json alone never runs code.
+    """
     folder = Path(folder)
     meta_path, weights_path = folder / "model.json", folder / "model.safetensors"
     meta = read_folder_manifest(
@@ -60,8 +65,12 @@ def load_released(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         state = load_tensors(weights_path)
     except ValueError as error:
         raise ModelFileError(f"{weights_path}: {error}") from error
+    arch = meta.get("arch", "")
+    if is_user_code(arch) and trusted_arch != arch:
+        raise ModelFileError(f"{meta_path} names user code {arch!r}, which passportnorm runs only when you name it: "
+                             f"pass --arch {arch}")
     try:
-        model = zoo.build(meta["arch"], **meta.get("model_config", {}))
+        model = zoo.build(arch, trust_code=trusted_arch == arch, **meta.get("model_config", {}))
     except (KeyError, PassportNormError) as error:
         raise ModelFileError(f"{meta_path}: cannot build the model it names ({error})") from error
     expected = model.state_dict()

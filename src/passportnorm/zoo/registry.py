@@ -8,6 +8,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .hub import build_hub_model, is_hub_model
+from .user_code import build_user_model, is_user_code
 
 __all__ = ["register_model", "available_models", "build", "model_task", "TASKS"]
 
@@ -33,19 +34,27 @@ def available_models() -> list[str]:
 
 
 def model_task(name: str) -> str:
-    """``image`` or ``pointcloud``: the kind of input the model ``name`` reads."""
+    """``image`` or ``pointcloud``: the kind of input the model ``name`` reads (the user's own: any)."""
     if is_hub_model(name):
         return "image"
+    if is_user_code(name):
+        return "any"
     if name not in _TASKS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(available_models())}")
     return _TASKS[name]
 
 
-def build(name: str, **cfg) -> nn.Module:
+def build(name: str, trust_code: bool = False, **cfg) -> nn.Module:
     """The model registered as ``name``, built with ``cfg`` (in_channels, num_classes, width, norm ...);
-    ``tv:NAME`` and ``timm:NAME`` build torchvision and timm classifiers (see hub.py)."""
+    ``tv:NAME`` and ``timm:NAME`` build torchvision and timm classifiers (see hub.py), and
+    ``file.py:factory`` / ``module:factory`` the user's own, only with ``trust_code`` (user_code.py)."""
     if is_hub_model(name):
         return build_hub_model(name, **cfg)
+    if is_user_code(name):
+        if not trust_code:
+            raise ConfigError(f"{name!r} names user code; passportnorm runs it only when you name it yourself "
+                              f"(--arch {name})")
+        return build_user_model(name, **cfg)
     if name not in _BUILDERS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(available_models())}, "
                           "or tv:NAME / timm:NAME (torchvision, timm)")
