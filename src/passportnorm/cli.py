@@ -41,6 +41,8 @@ _HELP = {
     "ratio": "share of steps that train the passport-aware branch (alternate schedule)",
     "aware_optimizer": "shared (one SGD state for both steps) or separate (passport-aware steps keep their own momentum "
                        "and decay only the branch; alternate schedule)",
+    "precision": "fp32 (default), bf16 (CPU or CUDA) or fp16 (CUDA only, with loss scaling): the forwards run under "
+                 "autocast; passport responses and the sign loss stay in fp32",
     "holdout": "share of the training split to evaluate on instead of the test split (choose settings on it; default 0)",
     "sign_weight": "multiplier of the sign loss in passport-aware steps",
     "alpha": "sign-loss alpha stored in each protected layer",

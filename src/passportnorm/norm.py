@@ -278,8 +278,14 @@ class PassportAwareNorm(nn.Module):
         return producer_responses(self.producer, self.producer.weight, passports, self.channels)
 
     def passport_responses(self) -> Tensor:
-        """``(2, C)``: row 0 is ``g`` (from the gamma passport), row 1 is ``b`` (beta passport)."""
-        return self.responses_of(torch.cat([self.passport_gamma, self.passport_beta], dim=0))
+        """``(2, C)``: row 0 is ``g`` (from the gamma passport), row 1 is ``b`` (beta passport).
+
+        Always in the weights' precision with autocast off: the signature is read from the signs
+        of these values and the sign loss acts on them, so mixed precision must not round them.
+        """
+        device_type = self.passport_gamma.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            return self.responses_of(torch.cat([self.passport_gamma, self.passport_beta], dim=0))
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.passport_mode:

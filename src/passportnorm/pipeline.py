@@ -63,6 +63,7 @@ class RunOptions:
     schedule: str = "alternate"
     ratio: float = 0.5
     aware_optimizer: str = "shared"  # separate: passport-aware steps keep their own momentum (see train.py)
+    precision: str = "fp32"  # bf16 (CPU or CUDA) or fp16 (CUDA, with loss scaling): the forwards under autocast
     sign_weight: float = 1.0
     alpha: float = 0.1
     weak_layers: str = "skip"
@@ -89,7 +90,7 @@ def _train_config(opts: RunOptions) -> TrainConfig:
     return TrainConfig(
         epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, schedule=opts.schedule, ratio=opts.ratio,
         sign_weight=opts.sign_weight, triggers_per_batch=opts.triggers_per_batch, seed=opts.seed,
-        aware_optimizer=opts.aware_optimizer,
+        aware_optimizer=opts.aware_optimizer, precision=opts.precision,
     )
 
 
@@ -136,6 +137,7 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     device = resolve_device(opts.device)
     opts = resolve_task(opts)
     out = Path(opts.out)
+    _train_config(opts).validate(device)  # every training option checked before anything is written
     prepare_run_folder(out, resume=opts.resume, overwrite=opts.overwrite)
     data = _load(opts.dataset, opts.data_dir, opts.seed, opts.points, opts.holdout)
     torch.manual_seed(opts.seed)

@@ -45,6 +45,7 @@ __all__ = ["TrainConfig", "Trainer"]
 # code, and DeepIPR V2); aware: passport-aware steps only (DeepIPR V1, whose model has no free branch)
 SCHEDULES = ("alternate", "joint", "aware")
 AWARE_OPTIMIZERS = ("shared", "separate")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of the forwards
 
 
 @dataclass
@@ -60,8 +61,9 @@ class TrainConfig:
     triggers_per_batch: int = 2
     seed: int = 0
     aware_optimizer: str = "shared"  # or "separate" (alternate schedule): see the module docstring
+    precision: str = "fp32"  # bf16/fp16: forwards under autocast (fp16 with a GradScaler); passport responses stay fp32
 
-    def validate(self) -> None:
+    def validate(self, device: torch.device | None = None) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
         if self.aware_optimizer not in AWARE_OPTIMIZERS:
@@ -73,6 +75,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
+        if self.precision == "fp16" and device is not None and device.type != "cuda":
+            raise ConfigError(f"--precision fp16 needs a CUDA device (this run is on {device}); on a CPU use "
+                              "--precision bf16, which needs no loss scaling")
 
 
 @dataclass
@@ -93,9 +100,9 @@ class Trainer:
         out_dir: str | Path | None = None,
         device: torch.device | str = "cpu",
     ):
-        config.validate()
-        self.config = config
         self.device = torch.device(device)
+        config.validate(self.device)
+        self.config = config
         self.model = model.to(self.device)
         self.data = data
         self.trigger = trigger.to(self.device) if trigger is not None else None
@@ -113,6 +120,13 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self._state = _StepState()
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+
+    def _autocast(self):
+        """The forwards' precision (a no-op for fp32)."""
+        dtype = PRECISIONS[self.config.precision]
+        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _cosine(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.config.epochs * self.steps_per_epoch)
@@ -136,13 +150,19 @@ class Trainer:
             )
         optimizer = optimizer or self.optimizer
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def _free_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        with self._autocast():
+            return F.cross_entropy(self.model(x), y)
 
     def _aware_loss(self, x: Tensor, y: Tensor) -> Tensor:
         with passport_mode(self.model):
-            task = F.cross_entropy(self.model(x), y)
-            penalty = sign_loss(self.model)
+            with self._autocast():
+                task = F.cross_entropy(self.model(x), y)
+            penalty = sign_loss(self.model)  # on fp32 responses (PassportAwareNorm.passport_responses)
         self._state.sign_losses.append(penalty.item())
         return task + self.config.sign_weight * penalty
 
@@ -152,7 +172,7 @@ class Trainer:
         x, y = (t.to(self.device) for t in batch)
         losses: dict[str, float] = {}
         if not self.protected:
-            loss = F.cross_entropy(self.model(x), y)
+            loss = self._free_loss(x, y)
             self._optimise(loss, "training")
             losses["free"] = loss.item()
         elif self.config.schedule == "aware":
@@ -160,12 +180,12 @@ class Trainer:
             self._optimise(aware, "passport-aware")
             losses["aware"] = aware.item()
         elif self.config.schedule == "joint":
-            free = F.cross_entropy(self.model(x), y)
+            free = self._free_loss(x, y)
             total = free + self._aware_loss(x, y)
             self._optimise(total, "joint")
             losses.update(free=free.item(), total=total.item())
         else:
-            free = F.cross_entropy(self.model(x), y)
+            free = self._free_loss(x, y)
             self._optimise(free, "passport-free")
             losses["free"] = free.item()
             self._state.aware_credit += self.config.ratio / (1.0 - self.config.ratio)
@@ -262,6 +282,7 @@ class Trainer:
             "epoch": self.epoch,
             "history": self.history,
             "aware_credit": self._state.aware_credit,
+            "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "config": asdict(self.config),
@@ -292,6 +313,8 @@ class Trainer:
         self.epoch = int(payload["epoch"])
         self.history = list(payload["history"])
         self._state.aware_credit = float(payload["aware_credit"])
+        if payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
         torch.set_rng_state(payload["torch_rng"].cpu())
         if torch.cuda.is_available() and payload["cuda_rng"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in payload["cuda_rng"]])
