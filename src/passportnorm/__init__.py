@@ -25,6 +25,7 @@ from .norm import PassportAwareNorm
 from .pairing import Pair, PairingReport, Unprotectable, find_pairs
 from .passports import ImagePassports, PassportGenerator, RandomPassports, ShufflePassports
 from .protect import capacity, is_protected, passport_mode, protect, protected_layers, sign_loss, statistics_layers, strip
+from .schedule import PassportSchedule
 from .signature import Signature
 from . import baselines  # noqa: F401,E402  (registers the DeepIPR branch kinds, so keys of those schemes load)
 
@@ -35,6 +36,7 @@ __all__ = [
     "strip",
     "passport_mode",
     "sign_loss",
+    "PassportSchedule",
     "signature_detection",
     "capacity",
     "find_pairs",

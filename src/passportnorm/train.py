@@ -38,6 +38,7 @@ from .evaluation import accuracy
 from .fileio import restrict_to_owner
 from .errors import ConfigError, TrainingError
 from .protect import is_protected, passport_mode, protected_layers, sign_loss
+from .schedule import PassportSchedule
 
 __all__ = ["TrainConfig", "Trainer"]
 
@@ -84,7 +85,6 @@ class TrainConfig:
 
 @dataclass
 class _StepState:
-    aware_credit: float = 0.0
     sign_losses: list[float] = field(default_factory=list)
 
 
@@ -120,6 +120,7 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self._state = _StepState()
+        self._schedule = PassportSchedule(model, ratio=config.ratio) if self.protected else None
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
 
@@ -188,12 +189,10 @@ class Trainer:
             free = self._free_loss(x, y)
             self._optimise(free, "passport-free")
             losses["free"] = free.item()
-            self._state.aware_credit += self.config.ratio / (1.0 - self.config.ratio)
-            while self._state.aware_credit >= 1.0 - 1e-9:
+            for _ in self._schedule.aware_steps():
                 aware = self._aware_loss(x, y)
                 self._optimise(aware, "passport-aware", self.aware_optimizer)
                 losses["aware"] = aware.item()
-                self._state.aware_credit -= 1.0
         self.scheduler.step()
         if self.aware_scheduler is not None:
             self.aware_scheduler.step()
@@ -281,7 +280,7 @@ class Trainer:
             "aware_scheduler": self.aware_scheduler.state_dict() if self.aware_scheduler is not None else {},
             "epoch": self.epoch,
             "history": self.history,
-            "aware_credit": self._state.aware_credit,
+            "aware_credit": self._schedule.credit if self._schedule is not None else 0.0,
             "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -312,7 +311,8 @@ class Trainer:
             self.aware_scheduler.load_state_dict(payload["aware_scheduler"])
         self.epoch = int(payload["epoch"])
         self.history = list(payload["history"])
-        self._state.aware_credit = float(payload["aware_credit"])
+        if self._schedule is not None:
+            self._schedule.credit = float(payload["aware_credit"])
         if payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         torch.set_rng_state(payload["torch_rng"].cpu())
