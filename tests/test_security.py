@@ -14,6 +14,7 @@ from passportnorm.binding import hash_bound_bits, log10_forgery_chance, required
 from passportnorm.certificate import Certificate
 from passportnorm.dispute import Claim, dispute
 from passportnorm.errors import PassportWarning, SignatureError
+from passportnorm.align import align_to_reference
 from passportnorm.key import OwnerKey, extract_key
 from passportnorm.train import TrainConfig, Trainer
 from passportnorm.verify import VerdictRule, verify
@@ -159,3 +160,15 @@ def test_alignment_says_when_it_cannot_trace_the_suspect():
     assert "alignment could not undo permutations" in report.to_markdown()
     # the model aligned to itself: signs and scales line up, nothing moves, the same bits are read
     assert report.alignment["used"] and report.signature_matches == verify(released, key).signature_matches
+
+
+def test_alignment_leaves_layers_too_narrow_to_match_soundly():
+    """A producer reading 2 values per filter has nothing outside the 2 passport directions to match on."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 160), torch.nn.BatchNorm1d(160), torch.nn.ReLU(),
+                                torch.nn.Linear(160, 160), torch.nn.BatchNorm1d(160), torch.nn.Linear(160, 10)).eval()
+    x = torch.randn(8, 2)
+    protected = pn.protect(model, x, signature="(c) N", seed=0, weak_layers="protect")
+    released, key = pn.strip(protected).eval(), extract_key(protected)
+    _, report = align_to_reference(released, released, key, example_input=x)
+    assert report["too_narrow"] == ["1"] and set(report["confidence"]) == {"4"}
+    assert report["lowest_confidence"] > 0.999  # the layer that can be matched is, exactly

@@ -94,7 +94,7 @@ def align_to_reference(
     chains = {chain.pair.norm: chain for chain in found_chains}
     keyed = {layer["norm"] for layer in key.layers}
     report: dict[str, Any] = {"confidence": {}, "permuted": 0, "flipped": 0, "trace_error": trace_error,
-                              "passport_directions_excluded": exclude_passport_directions}
+                              "passport_directions_excluded": exclude_passport_directions, "too_narrow": []}
     for pair in pairs:
         producer, norm = modules[pair.producer], modules[pair.norm]
         ours, theirs = _rows(producer.weight), _rows(ref_modules[pair.producer].weight)
@@ -106,6 +106,9 @@ def align_to_reference(
             parts = key.layer_tensors(pair.norm)
             directions = passport_directions(ref_modules[pair.producer], [parts["passport_gamma"], parts["passport_beta"]],
                                              pair.channels)
+            if ours.shape[1] <= directions.shape[2]:  # nothing outside the passport directions to match on
+                report["too_narrow"].append(pair.norm)
+                continue
         cosine = (F.normalize(without_directions(ours, directions), dim=1)
                   @ F.normalize(without_directions(theirs, directions), dim=1).T)  # (suspect channel, reference channel)
         if pair.norm in chains:
