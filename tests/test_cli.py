@@ -43,3 +43,20 @@ def test_full_default_demo(tmp_path):
     assert code == 0
     assert metrics["released_accuracy"] > 0.93
     assert metrics["signature_detection"]["rate"] == 1.0
+
+
+def test_help_shows_defaults_exit_codes_and_only_what_a_command_uses(capsys):
+    import pytest as _pytest
+
+    with _pytest.raises(SystemExit):
+        main(["protect", "--help"])
+    protect_help = " ".join(capsys.readouterr().out.split())
+    assert "(default: '(c) passportnorm owner')" in protect_help and "(default: 'shuffle')" in protect_help
+    assert "exit codes: 0 the release verifies with its key" in protect_help
+    with _pytest.raises(SystemExit):
+        main(["train", "--help"])
+    train_help = capsys.readouterr().out
+    assert "--signature" not in train_help and "--passports" not in train_help and "--epochs" in train_help
+    with _pytest.raises(SystemExit):
+        main(["verify", "--help"])
+    assert "exit codes: 0 verified; 1 not verified" in " ".join(capsys.readouterr().out.split())

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from passportnorm.cli import main
+from cli_args import train_args
 from resume import assert_resume_matches_uninterrupted
 
 # width 1.0: 192 hash-bound bits, enough for the 2^-128 claim bound (96 would not be)
@@ -45,7 +46,7 @@ def test_verify_exit_codes(protected_run, tmp_path, capsys):
     assert main([*args, "--json", "--no-data"]) == 0
     assert json.loads(capsys.readouterr().out)["passport_aware_accuracy"] is None
     plain = tmp_path / "plain"
-    assert main(["train", *TINY, "--out", str(plain)]) == 0
+    assert main(["train", *train_args(TINY), "--out", str(plain)]) == 0
     assert not (plain / "owner-key").exists()
     capsys.readouterr()
     assert main(["verify", "--model", str(plain / "released"), "--key", str(out / "owner-key"), "--json"]) == 1

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from passportnorm.cli import main
+from cli_args import train_args
 from passportnorm.pipeline import RunOptions, resolve_task
 from passportnorm.release import load_released
 from resume import assert_resume_matches_uninterrupted
@@ -49,7 +50,7 @@ def test_verify_and_a_plain_model(protected_clouds, tmp_path, capsys):
     recalibrated = json.loads(capsys.readouterr().out)
     assert recalibrated["verified"] and recalibrated["passport_aware_accuracy"] > 0.5
     plain = tmp_path / "plain"
-    assert main(["train", *TINY, "--out", str(plain)]) == 0
+    assert main(["train", *train_args(TINY), "--out", str(plain)]) == 0
     capsys.readouterr()
     assert main(["verify", "--model", str(plain / "released"), "--key", key, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["signature_p_value"] > 1e-6

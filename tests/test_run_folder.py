@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from passportnorm.cli import main
+from cli_args import train_args
 from passportnorm.release import load_released, save_released
 
 TINY = ["--dataset", "digits", "--arch", "small_cnn", "--width", "1.0", "--epochs", "2", "--batch-size", "32",
@@ -42,7 +43,7 @@ def test_protect_refuses_a_used_folder_without_touching_the_key(run, capsys):
     code = main(["protect", *TINY, "--out", str(run)])
     _one_line_error(capsys, code, "already holds an earlier run", "--resume", "--overwrite")
     assert (_digest(run / "owner-key"), (run / "certificate.json").read_text()) == before
-    code = main(["train", *TINY, "--out", str(run)])
+    code = main(["train", *train_args(TINY), "--out", str(run)])
     _one_line_error(capsys, code, "already holds an earlier run")
     code = main(["protect", *TINY, "--out", str(run), "--resume", "--overwrite"])
     _one_line_error(capsys, code, "give one of them")
@@ -85,7 +86,7 @@ def test_certify_checks_the_pair_before_certifying(run, tmp_path, capsys):
     assert json.loads(good.read_text())["key_sha256"] == json.loads((run / "certificate.json").read_text())["key_sha256"]
 
     plain = tmp_path / "plain"
-    assert main(["train", *TINY, "--out", str(plain)]) == 0
+    assert main(["train", *train_args(TINY), "--out", str(plain)]) == 0
     capsys.readouterr()
     refused = tmp_path / "refused.json"
     assert main(["certify", "--key", str(run / "owner-key"), "--model", str(plain / "released"), "--out", str(refused)]) == 1
@@ -105,7 +106,7 @@ def test_certify_checks_the_pair_before_certifying(run, tmp_path, capsys):
 
 def test_bad_references_and_narrow_suspects_are_one_line_errors(run, tmp_path, capsys):
     narrow = tmp_path / "narrow"
-    assert main(["train", *TINY, "--width", "0.5", "--epochs", "1", "--out", str(narrow)]) == 0
+    assert main(["train", *train_args(TINY), "--width", "0.5", "--epochs", "1", "--out", str(narrow)]) == 0
     capsys.readouterr()
     key, released = str(run / "owner-key"), str(run / "released")
     # a reference of another architecture (half the channels of the key's model)

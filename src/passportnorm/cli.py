@@ -65,11 +65,35 @@ _SHAPES = {
 }
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
+# options only protect uses; train (the unprotected baseline) does not list what it would ignore
+_PROTECTION_ONLY = {"signature", "signature_mode", "secret_seed", "passports", "schedule", "ratio", "aware_optimizer",
+                    "sign_weight", "alpha", "weak_layers", "exclude", "trigger", "trigger_count", "triggers_per_batch"}
+_EXIT_CODES = {
+    "protect": "exit codes: 0 the release verifies with its key (certificate issued); 1 it does not (no certificate, "
+               "the failed conditions and a hint are printed); 2 bad input (one line naming it); 130 interrupted",
+    "train": "exit codes: 0 trained and released; 2 bad input (one line naming it); 130 interrupted",
+    "verify": "exit codes: 0 verified; 1 not verified (the reasons are printed); 2 bad input (one line naming it)",
+    "certify": "exit codes: 0 certificate written; 1 refused, the pair does not verify (reasons printed); 2 bad input",
+    "dispute": "exit codes: 0 an owner is decided; 1 no owner proven; 2 bad input",
+    "attack": "exit codes: 0 attack run and its evidence written; 2 bad input",
+}
+
+
+def _default_text(spec) -> str:
+    from dataclasses import MISSING
+
+    if spec.default is MISSING or spec.default is None or isinstance(spec.default, bool):
+        return ""
+    return f" (default: {spec.default!r})" if isinstance(spec.default, str) else f" (default: {spec.default})"
+
+
+def _add_run_options(parser: argparse.ArgumentParser, protected: bool = True) -> None:
     from .pipeline import RunOptions
 
     parser.add_argument("--config", help="YAML file with any of these options; flags given here win")
     for spec in fields(RunOptions):
+        if not protected and spec.name in _PROTECTION_ONLY:
+            continue
         flag = "--" + spec.name.replace("_", "-")
         if spec.name == "resume":
             parser.add_argument(flag, action="store_true", default=None,
@@ -80,7 +104,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                                 help="replace the earlier run in --out, its owner key included (the old key is lost)")
             continue
         kind = {"int": int, "int | None": int, "float": float}.get(str(spec.type), str)
-        parser.add_argument(flag, type=kind, default=None, help=_HELP.get(spec.name))
+        parser.add_argument(flag, type=kind, default=None, help=(_HELP.get(spec.name) or "") + _default_text(spec))
 
 
 def _run_options(args: argparse.Namespace):
@@ -110,10 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"passportnorm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    _add_run_options(commands.add_parser("protect", help="train a protected model and release it with a key"))
-    _add_run_options(commands.add_parser("train", help="train the same model without protection (baseline)"))
+    _add_run_options(commands.add_parser("protect", help="train a protected model and release it with a key",
+                                         epilog=_EXIT_CODES["protect"]))
+    _add_run_options(commands.add_parser("train", help="train the same model without protection (baseline)",
+                                         epilog=_EXIT_CODES["train"]), protected=False)
 
-    check = commands.add_parser("verify", help="verify a released model with an owner key")
+    check = commands.add_parser("verify", help="verify a released model with an owner key", epilog=_EXIT_CODES["verify"])
     check.add_argument("--model", required=True, help="released-model folder (model.json + model.safetensors)")
     check.add_argument("--key", required=True, help="owner-key folder (key.json + key.safetensors)")
     check.add_argument("--certificate", help="certificate.json published at release")
@@ -139,7 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--device", default="auto")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    attack = commands.add_parser("attack", help="run one attack on a released model and check it with the owner's key")
+    attack = commands.add_parser("attack", help="run one attack on a released model and check it with the owner's key",
+                                 epilog=_EXIT_CODES["attack"])
     attack.add_argument("name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge")
     attack.add_argument("--model", required=True, help="released-model folder")
     attack.add_argument("--key", required=True, help="the owner's key folder (the attacker never uses it unless the threat model says so)")
@@ -159,7 +186,8 @@ def _parser() -> argparse.ArgumentParser:
     attack.add_argument("--allow-text-signatures", action="store_true",
                         help="judge with the paper's rule, which accepts text signatures (needed for text-mode keys)")
 
-    cert = commands.add_parser("certify", help="issue the public certificate of a key and its released model (UTC time now)")
+    cert = commands.add_parser("certify", help="issue the public certificate of a key and its released model (UTC time now)",
+                               epilog=_EXIT_CODES["certify"])
     cert.add_argument("--key", required=True, help="owner-key folder")
     cert.add_argument("--model", required=True, help="the released-model folder the key protects")
     cert.add_argument("--out", required=True, help="certificate file to write (publish it)")
@@ -168,7 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     cert.add_argument("--no-data", action="store_true", help="check the signature only before certifying")
     cert.add_argument("--arch", help="the model code the folder names when it is your own (file.py:factory)")
 
-    fight = commands.add_parser("dispute", help="decide between two ownership claims on a suspect model")
+    fight = commands.add_parser("dispute", help="decide between two ownership claims on a suspect model",
+                                epilog=_EXIT_CODES["dispute"])
     fight.add_argument("--suspect", required=True, help="the disputed released-model folder")
     fight.add_argument("--claim", nargs=3, action="append", required=True, metavar=("KEY", "CERTIFICATE", "RELEASED"),
                        help="one claimant: key folder, certificate file, certified released-model folder (give two)")
