@@ -109,3 +109,16 @@ def test_bad_architectures_and_weights_are_one_line_errors(code, mine, tmp_path,
     torch.save(Boom(sentinel), whole)
     refused(["--arch", file_arch, "--weights", str(whole)], "holds Python objects beyond tensors")
     assert not sentinel.exists()  # nothing was ever unpickled
+
+
+def test_attack_and_dispute_rebuild_the_users_model_only_when_named(mine, tmp_path, capsys):
+    out, arch = mine
+    attack = ["attack", "prune", "--model", str(out / "released"), "--key", str(out / "owner-key"), "--rates", "0,0.5",
+              "--out", str(tmp_path / "prune")]
+    assert main(attack) == 2 and f"pass --arch {arch}" in capsys.readouterr().err
+    assert main([*attack, "--arch", arch]) == 0
+    claim = [str(out / "owner-key"), str(out / "certificate.json"), str(out / "released")]
+    dispute = ["dispute", "--suspect", str(out / "released"), "--claim", *claim, "--claim", *claim, "--no-data"]
+    capsys.readouterr()
+    assert main(dispute) == 2 and f"pass --arch {arch}" in capsys.readouterr().err
+    assert main([*dispute, "--arch", arch]) in (0, 1)  # the same claim twice: decided by time, no error

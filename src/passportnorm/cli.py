@@ -183,6 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     attack.add_argument("--target-dataset", help="transfer: the new task (default digits; shapes3d for point clouds)")
     attack.add_argument("--target-classes", help="transfer: a class split of the owner's dataset, e.g. 5,6,7,8,9")
     attack.add_argument("--forge-signature", help="forge: the forger's text")
+    attack.add_argument("--arch", help="the model code the folder names when it is your own (file.py:factory)")
     attack.add_argument("--allow-text-signatures", action="store_true",
                         help="judge with the paper's rule, which accepts text signatures (needed for text-mode keys)")
 
@@ -204,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     fight.add_argument("--dataset", help="dataset for the accuracy condition (default: the first key's)")
     fight.add_argument("--data-dir")
     fight.add_argument("--no-data", action="store_true", help="signatures only")
+    fight.add_argument("--arch", help="the model code the folders name when it is your own (file.py:factory)")
     fight.add_argument("--json", action="store_true")
 
     versus = commands.add_parser("compare", help="train plain, DeepIPR V1/V2 and passport-aware normalization side by side")
@@ -324,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
 
             options = {k: getattr(args, k) for k in ("dataset", "data_dir", "share", "epochs", "seed", "mode", "rates", "flips",
                                                       "erb_mode", "target_dataset", "target_classes", "forge_signature",
-                                                      "allow_text_signatures")}
+                                                      "allow_text_signatures", "arch")}
             result = run_attack(args.name, args.model, args.key, args.out, **options)
             print((Path(args.out) / "result.md").read_text())
             return 0 if result else 2
@@ -333,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "dispute":
             from .pipeline import run_dispute
 
-            result = run_dispute(args.suspect, args.claim, dataset=args.dataset, data_dir=args.data_dir, use_data=not args.no_data)
+            result = run_dispute(args.suspect, args.claim, dataset=args.dataset, data_dir=args.data_dir, use_data=not args.no_data,
+                                 arch=args.arch)
             print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_markdown())
             return 0 if result.winner else 1
         if args.command == "compare":

@@ -287,15 +287,17 @@ def run_verify(
 
 
 def run_dispute(suspect_dir: str | Path, claims: list[tuple[str, str, str]], dataset: str | None = None,
-                data_dir: str | None = None, use_data: bool = True) -> DisputeResult:
-    """Two claims of (key folder, certificate file, released folder) on a suspect released folder."""
+                data_dir: str | None = None, use_data: bool = True, arch: str | None = None) -> DisputeResult:
+    """Two claims of (key folder, certificate file, released folder) on a suspect released folder;
+    ``arch`` is the user's own model code the folders name, run only when given."""
     if len(claims) != 2:
         raise ConfigError(f"a dispute needs exactly two --claim entries, got {len(claims)}")
-    suspect = load_released(suspect_dir)[0]
+    suspect = load_released(suspect_dir, trusted_arch=arch)[0]
     parsed = []
     for index, (key_dir, cert_file, released_dir) in enumerate(claims):
         name = Path(key_dir).resolve().parent.name or "ABCDEFG"[index]
-        parsed.append(Claim(name, OwnerKey.load(key_dir), Certificate.load(cert_file), load_released(released_dir)[0]))
+        parsed.append(Claim(name, OwnerKey.load(key_dir), Certificate.load(cert_file),
+                            load_released(released_dir, trusted_arch=arch)[0]))
     if parsed[0].name == parsed[1].name:
         parsed = [Claim(f"{c.name} ({i + 1})", c.key, c.certificate, c.released) for i, c in enumerate(parsed)]
     data = None

@@ -74,7 +74,7 @@ def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str |
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
     key = OwnerKey.load(key_dir)
-    released, meta = load_released(model_dir)
+    released, meta = load_released(model_dir, trusted_arch=options.get("arch"))  # user code runs only when named
     released.eval()
     config = key.manifest.get("config", {})
     seed = int(options.get("seed", 0))
