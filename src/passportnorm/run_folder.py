@@ -21,7 +21,10 @@ __all__ = ["SEED_SOURCES", "keep_secret_seed", "prepare_run_folder", "run_secret
 
 SEED_SOURCES = {
     "os-csprng": "drawn from the OS CSPRNG; kept in owner-key/ and secret/ only",
-    "user": "given by the user (an experiment: secret only if nobody else knows it); kept in owner-key/ and secret/",
+    "user": (
+        "given by the user (an experiment: secret only if nobody else knows it); "
+        "kept in owner-key/ and secret/"
+    ),
 }
 _EARLIER_OUTPUTS = ("owner-key", "released", "certificate.json", "secret/checkpoint.pt", "checkpoint.pt")
 _SECRETS_FILE = "run-secrets.json"
@@ -39,13 +42,16 @@ def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse an output path that is a file, or that holds an earlier run, unless resuming or overwriting."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder; pass a folder path (it is created when missing)")
+        raise ConfigError(
+            f"--out {out} is a file, not a folder; pass a folder path (it is created when missing)"
+        )
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; give one of them")
     found = [name for name in _EARLIER_OUTPUTS if (out / name).exists()]
     if found and not (resume or overwrite):
         raise ConfigError(
-            f"{out} already holds an earlier run ({', '.join(found)}); its key and certificate would be lost: "
+            f"{out} already holds an earlier run ({', '.join(found)}); its key and certificate would be "
+            "lost: "
             "continue it with --resume, replace it with --overwrite, or choose another --out"
         )
 
@@ -60,16 +66,24 @@ def run_secret_seed(out: Path, given: int | None, resume: bool) -> tuple[int, st
     if resume:
         if not path.is_file():
             legacy = Path(out) / "checkpoint.pt"
-            hint = (f" ({legacy} was written by an older passportnorm that kept no secret seed; start over with --overwrite)"
-                    if legacy.is_file() else "; run without --resume first")
+            hint = (
+                f" ({legacy} was written by an older passportnorm that kept no secret seed; start over "
+                "with --overwrite)"
+                if legacy.is_file()
+                else "; run without --resume first"
+            )
             raise ConfigError(f"cannot resume: {path} is missing{hint}")
         try:
             saved = json.loads(path.read_text())
             seed, source = int(saved["secret_seed"]), str(saved["source"])
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ConfigError(f"cannot resume: {path} is unreadable ({error!r}); start over with --overwrite") from error
+            raise ConfigError(
+                f"cannot resume: {path} is unreadable ({error!r}); start over with --overwrite"
+            ) from error
         if given is not None and int(given) != seed:
-            raise ConfigError(f"cannot resume with another --secret-seed than the run in {out} used; drop --secret-seed")
+            raise ConfigError(
+                f"cannot resume with another --secret-seed than the run in {out} used; drop --secret-seed"
+            )
         return seed, source
     return (secrets.randbits(128), "os-csprng") if given is None else (int(given), "user")
 

@@ -40,7 +40,10 @@ class PassportSchedule:
 
     def __init__(self, model: nn.Module, ratio: float = 0.5, sign_weight: float = 1.0):
         if not 0.0 <= ratio < 1.0:
-            raise ConfigError(f"ratio {ratio} must be in [0, 1): it is the share of steps that train the passport-aware branch")
+            raise ConfigError(
+                f"ratio {ratio} must be in [0, 1): it is the share of steps that train the passport-aware "
+                "branch"
+            )
         self.model = getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
         self.ratio = float(ratio)
         self.sign_weight = float(sign_weight)
@@ -67,4 +70,8 @@ class PassportSchedule:
         return {"credit": self.credit, "ratio": self.ratio, "sign_weight": self.sign_weight}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        self.credit, self.ratio, self.sign_weight = float(state["credit"]), float(state["ratio"]), float(state["sign_weight"])
+        self.credit, self.ratio, self.sign_weight = (
+            float(state["credit"]),
+            float(state["ratio"]),
+            float(state["sign_weight"]),
+        )

@@ -20,7 +20,6 @@ per condition. Nothing else sets ``verified``. Why each condition exists:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from scipy.special import logsumexp
@@ -62,10 +61,14 @@ class Evidence:
     """What was measured on one suspect; ``None`` where a measurement was not made."""
 
     signature_mode: str | None = None  # "hash" or "text", from the key (or the model that carries the branch)
-    bits_follow_from_key: bool | None = None  # hash-bound keys: are the bits the hash of identity and passports?
+    bits_follow_from_key: bool | None = (
+        None  # hash-bound keys: are the bits the hash of identity and passports?
+    )
     signature_bits: int | None = None
     signature_matches: int | None = None
-    alignment_confidence: float | None = None  # lowest per-layer match confidence, when an alignment was tried
+    alignment_confidence: float | None = (
+        None  # lowest per-layer match confidence, when an alignment was tried
+    )
     alignment_used: bool | None = None
     passport_free_accuracy: float | None = None
     passport_aware_accuracy: float | None = None
@@ -101,7 +104,7 @@ class VerdictRule:
         """The p-value a white-box claim must reach: for hash-bound bits also the forgery bound,
         since each forgery try is a fresh draw of random bits (see binding.py)."""
         if mode == "hash":
-            return min(self.max_signature_p_value, 2.0 ** -self.security_bits)
+            return min(self.max_signature_p_value, 2.0**-self.security_bits)
         return self.max_signature_p_value
 
     def accuracy_floor(self, num_classes: int) -> float:
@@ -113,16 +116,24 @@ class VerdictRule:
 
     def describe(self, mode: str | None = "hash") -> str:
         if mode == "hash":
-            bound = f"<= 2^-{self.security_bits} (hash-bound bits, which must follow from the key's passports and identity)"
+            bound = (
+                f"<= 2^-{self.security_bits} (hash-bound bits, which must follow from the key's passports "
+                "and identity)"
+            )
         elif self.allow_text_signatures:
-            bound = f"< {self.max_signature_p_value:g} (text signature, accepted on request: forgeable, see docs/SECURITY.md)"
+            bound = (
+                f"< {self.max_signature_p_value:g} (text signature, accepted on request: forgeable, "
+                "see docs/SECURITY.md)"
+            )
         else:
             bound = "from hash-bound bits (text signatures are refused: forgeable, see docs/SECURITY.md)"
         return (
-            f"verified when the signature p-value {bound}, and, when data is given, passport-aware accuracy is "
+            f"verified when the signature p-value {bound}, and, when data is given, passport-aware "
+            "accuracy is "
             f"within {100 * self.max_accuracy_drop:g} points of passport-free accuracy and at least "
-            f"{100 * self.min_accuracy_above_chance:g}% of the way from chance to 100%; an alignment to a reference "
-            f"counts only at match confidence >= {self.min_alignment_confidence:g}; black-box alone: trigger p-value "
+            f"{100 * self.min_accuracy_above_chance:g}% of the way from chance to 100%; an alignment to a "
+            f"reference counts only at match confidence >= {self.min_alignment_confidence:g}; black-box "
+            "alone: trigger p-value "
             f"< {self.max_trigger_p_value:g}"
         )
 
@@ -132,31 +143,46 @@ class VerdictRule:
         if evidence.signature_bits is None:
             return self._decide_blackbox(evidence)
         verdict = Verdict(verified=True)
-        for check in (self._key_admissible, self._alignment, self._signature, self._accuracy_drop, self._accuracy_floor):
+        for check in (
+            self._key_admissible,
+            self._alignment,
+            self._signature,
+            self._accuracy_drop,
+            self._accuracy_floor,
+        ):
             before = len(verdict.reasons)
             if not check(evidence, verdict):
                 verdict.verified = False
                 verdict.failed += verdict.reasons[before:]
         if evidence.trigger_count is not None:
-            verdict.reasons.append(self._trigger_reason(evidence) + " (reported; not required for a white-box claim)")
+            verdict.reasons.append(
+                self._trigger_reason(evidence) + " (reported; not required for a white-box claim)"
+            )
         return verdict
 
     def _key_admissible(self, evidence: Evidence, verdict: Verdict) -> bool:
         if evidence.signature_mode == "hash":
             if evidence.bits_follow_from_key is False:
-                verdict.reasons.append("key rejected: its signature bits are not the hash of its identity and passports "
-                                       "(edited bits, or passports solved for chosen bits)")
+                verdict.reasons.append(
+                    "key rejected: its signature bits are not the hash of its identity and passports "
+                    "(edited bits, or passports solved for chosen bits)"
+                )
                 return False
             if evidence.bits_follow_from_key is None:
-                verdict.reasons.append("key rejected: a hash-bound claim must show that its bits follow from its passports")
+                verdict.reasons.append(
+                    "key rejected: a hash-bound claim must show that its bits follow from its passports"
+                )
                 return False
             return True
         if evidence.signature_mode == "text" and self.allow_text_signatures:
-            verdict.reasons.append("text signature accepted on request (forgeable from the released weights, docs/SECURITY.md)")
+            verdict.reasons.append(
+                "text signature accepted on request (forgeable from the released weights, docs/SECURITY.md)"
+            )
             return True
         verdict.reasons.append(
-            f"claim refused: a {evidence.signature_mode or 'unbound'} signature can be forged from the released weights "
-            "alone (docs/SECURITY.md); re-protect with hash-bound signatures, or accept the risk with --allow-text-signatures"
+            f"claim refused: a {evidence.signature_mode or 'unbound'} signature can be forged from the "
+            "released weights alone (docs/SECURITY.md); re-protect with hash-bound signatures, or accept "
+            "the risk with --allow-text-signatures"
         )
         return False
 
@@ -165,12 +191,16 @@ class VerdictRule:
             return True
         low = evidence.alignment_confidence
         if evidence.alignment_used:
-            verdict.reasons.append(f"alignment used: lowest per-layer match confidence {low:.3f} >= "
-                                   f"{self.min_alignment_confidence:g} (the suspect is a rearranged copy of the reference)")
+            verdict.reasons.append(
+                f"alignment used: lowest per-layer match confidence {low:.3f} >= "
+                f"{self.min_alignment_confidence:g} (the suspect is a rearranged copy of the reference)"
+            )
         else:
-            verdict.reasons.append(f"alignment not used: lowest per-layer match confidence {low:.3f} < "
-                                   f"{self.min_alignment_confidence:g}, so the suspect is no rearranged copy of the "
-                                   "reference; bits read from the suspect as it stands")
+            verdict.reasons.append(
+                f"alignment not used: lowest per-layer match confidence {low:.3f} < "
+                f"{self.min_alignment_confidence:g}, so the suspect is no rearranged copy of the "
+                "reference; bits read from the suspect as it stands"
+            )
         return True  # alignment only chooses how bits are read; the bits decide
 
     def _signature(self, evidence: Evidence, verdict: Verdict) -> bool:
@@ -179,8 +209,10 @@ class VerdictRule:
         verdict.required_matches = required_matches(bits, threshold)
         ok = bits > 0 and matches >= verdict.required_matches
         p = format_p_value(binomial_p_value(matches, bits, 0.5), binomial_log10_p_value(matches, bits, 0.5))
-        verdict.reasons.append(f"signature: {matches}/{bits} bits match (needed {verdict.required_matches}), p = {p} "
-                               f"({'meets' if ok else 'misses'} the threshold {threshold:.3g})")
+        verdict.reasons.append(
+            f"signature: {matches}/{bits} bits match (needed {verdict.required_matches}), p = {p} "
+            f"({'meets' if ok else 'misses'} the threshold {threshold:.3g})"
+        )
         return ok
 
     def _accuracy_drop(self, evidence: Evidence, verdict: Verdict) -> bool:
@@ -188,8 +220,10 @@ class VerdictRule:
         if free is None or aware is None:
             return True
         drop = free - aware
-        verdict.reasons.append(f"accuracy: passport-aware {aware:.2%} vs passport-free {free:.2%} "
-                               f"(drop {100 * drop:.1f} points, allowed {100 * self.max_accuracy_drop:g})")
+        verdict.reasons.append(
+            f"accuracy: passport-aware {aware:.2%} vs passport-free {free:.2%} "
+            f"(drop {100 * drop:.1f} points, allowed {100 * self.max_accuracy_drop:g})"
+        )
         return drop <= self.max_accuracy_drop
 
     def _accuracy_floor(self, evidence: Evidence, verdict: Verdict) -> bool:
@@ -204,21 +238,38 @@ class VerdictRule:
         verdict.reasons.append(
             f"accuracy floor: passport-aware {aware:.2%} {'reaches' if above else 'is below'} {floor:.2%} "
             f"(chance {1 / evidence.num_classes:.2%})"
-            + ("" if above else ": at this accuracy the branch shows nothing; wrong --dataset, or a model ruined")
+            + (
+                ""
+                if above
+                else ": at this accuracy the branch shows nothing; wrong --dataset, or a model ruined"
+            )
         )
         return above
 
     def _trigger_reason(self, evidence: Evidence) -> str:
-        count, matches, chance = evidence.trigger_count or 0, evidence.trigger_matches or 0, evidence.trigger_chance or 1.0
-        p = format_p_value(binomial_p_value(matches, count, chance), binomial_log10_p_value(matches, count, chance))
-        return f"triggers: {matches}/{count} answered with the owner's labels, p = {p} (chance {chance:.3g} each)"
+        count, matches, chance = (
+            evidence.trigger_count or 0,
+            evidence.trigger_matches or 0,
+            evidence.trigger_chance or 1.0,
+        )
+        p = format_p_value(
+            binomial_p_value(matches, count, chance), binomial_log10_p_value(matches, count, chance)
+        )
+        answered = f"triggers: {matches}/{count} answered with the owner's labels"
+        return f"{answered}, p = {p} (chance {chance:.3g} each)"
 
     def _decide_blackbox(self, evidence: Evidence) -> Verdict:
         if evidence.trigger_count is None:
             reason = "no evidence: neither signature bits nor trigger answers were measured"
             return Verdict(False, [reason], [reason])
-        count, matches, chance = evidence.trigger_count, evidence.trigger_matches or 0, evidence.trigger_chance or 1.0
+        count, matches, chance = (
+            evidence.trigger_count,
+            evidence.trigger_matches or 0,
+            evidence.trigger_chance or 1.0,
+        )
         ok = count > 0 and binomial_p_value(matches, count, chance) < self.max_trigger_p_value
-        reason = self._trigger_reason(evidence) + f" ({'meets' if ok else 'misses'} the threshold {self.max_trigger_p_value:g})"
+        reason = (
+            self._trigger_reason(evidence)
+            + f" ({'meets' if ok else 'misses'} the threshold {self.max_trigger_p_value:g})"
+        )
         return Verdict(ok, [reason], [] if ok else [reason])
-

@@ -30,12 +30,15 @@ def _read(path: Path) -> Mapping[str, object]:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # UnpicklingError and friends: the archive holds more than tensors
             raise ModelFileError(
-                f"--weights {path} holds Python objects beyond tensors (a whole pickled model?), which passportnorm "
+                f"--weights {path} holds Python objects beyond tensors (a whole pickled model?), which "
+                "passportnorm "
                 "never unpickles; save model.state_dict() with torch.save or safetensors instead"
             ) from error
     if head[:1] == b"\x80":
-        raise ModelFileError(f"--weights {path} is a plain pickle, which can run code and is never loaded; "
-                             "save model.state_dict() with safetensors or torch.save instead")
+        raise ModelFileError(
+            f"--weights {path} is a plain pickle, which can run code and is never loaded; "
+            "save model.state_dict() with safetensors or torch.save instead"
+        )
     try:
         return load_tensors(path)
     except ValueError as error:
@@ -50,7 +53,7 @@ def _unwrap(state: Mapping[str, object], path: Path) -> dict[str, Tensor]:
     if not tensors or len(tensors) != len(state):
         raise ModelFileError(f"--weights {path} is not a state dict (a mapping of names to tensors)")
     if all(k.startswith("module.") for k in tensors):  # saved from DistributedDataParallel
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
 
 
@@ -65,9 +68,14 @@ def load_weights(model: nn.Module, path: str | Path) -> str:
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
-        what = (f"it has no {missing[0]!r}" if missing else f"it has {unexpected[0]!r}, which the model has not"
-                if unexpected else f"{wrong[0]!r} is {tuple(state[wrong[0]].shape)}, the model's is "
-                f"{tuple(expected[wrong[0]].shape)}")
+        what = (
+            f"it has no {missing[0]!r}"
+            if missing
+            else f"it has {unexpected[0]!r}, which the model has not"
+            if unexpected
+            else f"{wrong[0]!r} is {tuple(state[wrong[0]].shape)}, the model's is "
+            f"{tuple(expected[wrong[0]].shape)}"
+        )
         raise ModelFileError(f"--weights {path} does not fit this architecture: {what}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return sha256_file(path)

@@ -22,7 +22,10 @@ from ..errors import ConfigError
 __all__ = ["HUB_PREFIXES", "build_hub_model", "import_timm", "import_torchvision", "is_hub_model"]
 
 HUB_PREFIXES = ("tv:", "timm:")
-_INSTALL = "pip install 'passportnorm[zoo]' (with the CPU torch wheel, the torchvision release made for it: see README)"
+_INSTALL = (
+    "pip install 'passportnorm[zoo]' "
+    "(with the CPU torch wheel, the torchvision release made for it: see README)"
+)
 
 
 def is_hub_model(name: str) -> bool:
@@ -63,9 +66,19 @@ def _adapt_input_channels(model: nn.Module, in_channels: int, name: str) -> nn.M
         return model
     path, conv = found
     if conv.groups != 1:
-        raise ConfigError(f"{name}: its first convolution {path!r} is grouped; cannot give it {in_channels} input channels")
-    stem = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                     bias=conv.bias is not None, padding_mode=conv.padding_mode)
+        raise ConfigError(
+            f"{name}: its first convolution {path!r} is grouped; cannot give it {in_channels} input channels"
+        )
+    stem = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
     model.set_submodule(path, stem)
     return model
 
@@ -80,7 +93,10 @@ def build_hub_model(name: str, in_channels: int = 3, num_classes: int = 1000, **
     if source == "tv":
         models = import_torchvision().models
         if model_name not in models.list_models(module=models):
-            raise ConfigError(f"torchvision has no classification model {model_name!r}; see torchvision.models.list_models()")
+            raise ConfigError(
+                f"torchvision has no classification model {model_name!r}; "
+                "see torchvision.models.list_models()"
+            )
         model = models.get_model(model_name, weights=None, num_classes=num_classes)
         return _adapt_input_channels(model, in_channels, name)
     timm = import_timm()

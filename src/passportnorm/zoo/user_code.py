@@ -34,7 +34,9 @@ def _module_of(target: str, spec: str):
     if target.endswith(".py"):
         path = Path(target).expanduser().resolve()
         if not path.is_file():
-            raise ConfigError(f"--arch {spec}: {path} does not exist; name a Python file and its factory, file.py:build")
+            raise ConfigError(
+                f"--arch {spec}: {path} does not exist; name a Python file and its factory, file.py:build"
+            )
         name = f"passportnorm_user_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
         if name in sys.modules:
             return sys.modules[name]
@@ -45,12 +47,16 @@ def _module_of(target: str, spec: str):
             loader_spec.loader.exec_module(module)
         except Exception as error:
             del sys.modules[name]
-            raise ConfigError(f"--arch {spec}: importing {path} failed ({type(error).__name__}: {error})") from error
+            raise ConfigError(
+                f"--arch {spec}: importing {path} failed ({type(error).__name__}: {error})"
+            ) from error
         return module
     try:
         return importlib.import_module(target)
     except ImportError as error:
-        raise ConfigError(f"--arch {spec}: cannot import {target!r} ({error}); is it on PYTHONPATH?") from error
+        raise ConfigError(
+            f"--arch {spec}: cannot import {target!r} ({error}); is it on PYTHONPATH?"
+        ) from error
 
 
 def build_user_model(spec: str, in_channels: int = 3, num_classes: int = 10, **ignored: Any) -> nn.Module:
@@ -66,5 +72,7 @@ def build_user_model(spec: str, in_channels: int = 3, num_classes: int = 10, **i
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     model = factory(**{k: v for k, v in offered.items() if takes_any or k in parameters})
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"--arch {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
+        raise ConfigError(
+            f"--arch {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module"
+        )
     return model
