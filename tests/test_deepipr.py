@@ -38,7 +38,7 @@ def _train(model, steps=150, seed=1):
 
 @pytest.mark.parametrize("scheme", ["v1", "v2"])
 def test_deepipr_embeds_its_signature(scheme):
-    model = protect_deepipr(_model(), torch.randn(4, 1, 12, 12), scheme=scheme, signature="ok", signature_mode="text")
+    model = protect_deepipr(_model(), torch.randn(4, 1, 12, 12), scheme=scheme, signature="ok", signature_mode="text", seed=0)
     layers = protected_layers(model)
     assert layers and all(isinstance(layer, DeepIPRNorm) and layer.scheme == scheme for layer in layers.values())
     before = signature_detection(model).rate
@@ -48,7 +48,7 @@ def test_deepipr_embeds_its_signature(scheme):
 
 def test_v1_release_is_not_the_plain_architecture():
     original = _model()
-    model = protect_deepipr(original, torch.randn(4, 1, 12, 12), scheme="v1")
+    model = protect_deepipr(original, torch.randn(4, 1, 12, 12), scheme="v1", seed=0)
     released = release_deepipr(model)
     norms = [m for m in released.modules() if isinstance(m, DeepIPRNorm)]
     assert len(norms) == 3
@@ -68,7 +68,7 @@ def test_v1_release_is_not_the_plain_architecture():
 def test_v2_releases_the_plain_architecture_but_shares_its_statistics():
     original = _model()
     x = torch.randn(6, 1, 12, 12)
-    model = protect_deepipr(original, x[:4], scheme="v2")
+    model = protect_deepipr(original, x[:4], scheme="v2", seed=0)
     original.eval(), model.eval()
     assert torch.equal(original(x), model(x))  # the public branch is the original norm, untouched
     released = release_deepipr(model)
@@ -85,7 +85,7 @@ def test_v2_releases_the_plain_architecture_but_shares_its_statistics():
 
 def test_deepipr_v2_key_round_trip_and_verify(tmp_path):
     x = torch.randn(4, 1, 12, 12)
-    model = _train(protect_deepipr(PlainCNN(), x, scheme="v2", signature="k", signature_mode="text"))
+    model = _train(protect_deepipr(PlainCNN(), x, scheme="v2", signature="k", signature_mode="text", seed=0))
     key = extract_key(model)
     assert {layer["branch"] for layer in key.layers} == {"deepipr-v2"}
     key.save(tmp_path / "key")
@@ -105,7 +105,7 @@ def test_placements_and_schemes_are_checked():
     from passportnorm.baselines.compare import PLACEMENTS
 
     model = zoo.build("resnet18", in_channels=1, num_classes=10, width=0.125)
-    protected = protect_deepipr(model, torch.randn(2, 1, 28, 28), include=PLACEMENTS["deepipr"]["resnet18"])
+    protected = protect_deepipr(model, torch.randn(2, 1, 28, 28), include=PLACEMENTS["deepipr"]["resnet18"], seed=0)
     assert protected_layers(protected) and all(path.startswith("layer4.") for path in protected_layers(protected))
 
 
