@@ -158,6 +158,7 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
                 alpha=opts.alpha, weak_layers=opts.weak_layers, signature_mode=opts.signature_mode,
                 exclude=[pattern.strip() for pattern in opts.exclude.split(",") if pattern.strip()] or None,
             )
+        # protect() saw a given seed; record where the run's seed really came from
         model.passportnorm_secret_seed["source"] = seed_source
         if not opts.resume:
             keep_secret_seed(out, secret, seed_source)

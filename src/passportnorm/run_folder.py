@@ -11,11 +11,11 @@ end up pointing at a key that was silently replaced.
 from __future__ import annotations
 
 import json
-import secrets
 from pathlib import Path
 
 from .errors import ConfigError
 from .fileio import restrict_to_owner, write_json_atomic
+from .protect import secret_seed
 
 __all__ = ["SEED_SOURCES", "keep_secret_seed", "prepare_run_folder", "run_secret_seed", "secret_folder"]
 
@@ -85,7 +85,7 @@ def run_secret_seed(out: Path, given: int | None, resume: bool) -> tuple[int, st
                 f"cannot resume with another --secret-seed than the run in {out} used; drop --secret-seed"
             )
         return seed, source
-    return (secrets.randbits(128), "os-csprng") if given is None else (int(given), "user")
+    return secret_seed(given)
 
 
 def keep_secret_seed(out: Path, seed: int, source: str) -> None:
