@@ -11,7 +11,7 @@ import torch
 
 import passportnorm as pn
 from passportnorm import zoo
-from passportnorm.aware_statistics import AwareStatisticsNorm
+from passportnorm.aware_statistics import AwareStatistics
 from passportnorm.errors import OwnerKeyError
 from passportnorm.key import OwnerKey, attach_key, extract_key
 from passportnorm.protect import statistics_layers
@@ -38,22 +38,22 @@ def test_skipped_norms_get_aware_statistics_and_only_the_running_forward_updates
     _, protected, x = _pointnet()
     layers = statistics_layers(protected)
     assert set(layers) == SKIPPED
-    free_before, aware_before = _stats(protected, "embed.1.norm"), _stats(protected, "embed.1.branch_norm")
+    free_before, aware_before = _stats(protected, "embed.1"), _stats(protected, "embed.1.passport_aware.branch_norm")
     assert torch.equal(free_before, aware_before), "aware statistics start as a copy of the norm's"
     protected.train()
     with pn.passport_mode(protected):
         assert all(layer.passport_mode for layer in layers.values())
         protected(x)
     assert not any(layer.passport_mode for layer in layers.values())
-    assert torch.equal(_stats(protected, "embed.1.norm"), free_before), "the aware forward left the released statistics alone"
-    aware_after = _stats(protected, "embed.1.branch_norm")
+    assert torch.equal(_stats(protected, "embed.1"), free_before), "the aware forward left the released statistics alone"
+    aware_after = _stats(protected, "embed.1.passport_aware.branch_norm")
     assert not torch.equal(aware_after, aware_before)
     protected(x)
-    assert not torch.equal(_stats(protected, "embed.1.norm"), free_before)
-    assert torch.equal(_stats(protected, "embed.1.branch_norm"), aware_after), "the free forward left the aware statistics alone"
+    assert not torch.equal(_stats(protected, "embed.1"), free_before)
+    assert torch.equal(_stats(protected, "embed.1.passport_aware.branch_norm"), aware_after), "the free forward left the aware statistics alone"
     # the aware forward uses the norm's own affine parameters: no second set to train
-    wrapper = layers["embed.1"]
-    assert wrapper.branch_norm.weight is None and not any(n.startswith("branch_norm.") for n, _ in wrapper.named_parameters())
+    branch = layers["embed.1"]
+    assert not list(branch.parameters()) and set(branch.substitutes()) == {"running_mean", "running_var", "num_batches_tracked"}
 
 
 def test_shared_statistics_on_request_mix_both_forwards():
@@ -112,9 +112,10 @@ def test_key_statistics_for_another_architecture_name_the_layer(tmp_path):
 def test_recalibration_re_estimates_aware_statistics_only():
     _, protected, x = _pointnet()
     protected.eval()
-    wrapper = statistics_layers(protected)["embed.1"]
-    wrapper.branch_norm.running_mean.fill_(100.0)
-    free = wrapper.norm.running_mean.clone()
+    branch = statistics_layers(protected)["embed.1"]
+    branch.branch_norm.running_mean.fill_(100.0)
+    free = branch.norm.running_mean.clone()
     recalibrate_branch(protected, [(x, None)], torch.device("cpu"))
-    assert isinstance(wrapper, AwareStatisticsNorm) and wrapper.branch_norm.running_mean.abs().max() < 100.0
-    assert torch.equal(wrapper.norm.running_mean, free)
+    assert isinstance(branch, AwareStatistics) and branch.branch_norm.running_mean.abs().max() < 100.0
+    assert torch.equal(branch.norm.running_mean, free)
+    assert branch.norm.momentum == 0.1 and not branch.norm.training

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from passportnorm import passport_mode, protected_layers, sign_loss, signature_detection, strip, zoo
-from passportnorm.baselines import DeepIPRNorm, protect_deepipr, release_deepipr
+from passportnorm.baselines import DeepIPRBranch, protect_deepipr, release_deepipr
 from passportnorm.baselines.compare import CompareOptions, run_compare
 from passportnorm.cli import main
 from passportnorm.errors import ConfigError
@@ -40,7 +40,7 @@ def _train(model, steps=150, seed=1):
 def test_deepipr_embeds_its_signature(scheme):
     model = protect_deepipr(_model(), torch.randn(4, 1, 12, 12), scheme=scheme, signature="ok", signature_mode="text", seed=0)
     layers = protected_layers(model)
-    assert layers and all(isinstance(layer, DeepIPRNorm) and layer.scheme == scheme for layer in layers.values())
+    assert layers and all(isinstance(layer, DeepIPRBranch) and layer.scheme == scheme for layer in layers.values())
     before = signature_detection(model).rate
     report = signature_detection(_train(model))
     assert before < 0.8 and report.rate == 1.0 and report.message == "ok"
@@ -50,7 +50,7 @@ def test_v1_release_is_not_the_plain_architecture():
     original = _model()
     model = protect_deepipr(original, torch.randn(4, 1, 12, 12), scheme="v1", seed=0)
     released = release_deepipr(model)
-    norms = [m for m in released.modules() if isinstance(m, DeepIPRNorm)]
+    norms = [m for m in released.modules() if isinstance(m, DeepIPRBranch)]
     assert len(norms) == 3
     plain_keys, released_keys = set(original.state_dict()), set(released.state_dict())
     # the norms lose their affine parameters and the model now carries its passports
@@ -75,7 +75,7 @@ def test_v2_releases_the_plain_architecture_but_shares_its_statistics():
     assert [type(m) for m in released.modules()] == [type(m) for m in original.modules()]
     assert list(released.state_dict()) == list(original.state_dict())
     # the private branch's training forward moves the RELEASED statistics (pan keeps separate ones)
-    norm = model.get_submodule("features.5").norm
+    norm = model.get_submodule("features.5")
     before = norm.running_mean.clone()
     model.train()
     with passport_mode(model):
@@ -92,7 +92,7 @@ def test_deepipr_v2_key_round_trip_and_verify(tmp_path):
     loaded = OwnerKey.load(tmp_path / "key")
     released = strip(model)
     attached = attach_key(released, loaded)
-    assert all(isinstance(layer, DeepIPRNorm) and layer.scheme == "v2" for layer in protected_layers(attached).values())
+    assert all(isinstance(layer, DeepIPRBranch) and layer.scheme == "v2" for layer in protected_layers(attached).values())
     report = verify(released, loaded, rule=VerdictRule(allow_text_signatures=True))
     assert report.signature_detection == 1.0 and report.decoded_text == "k" and report.verified
 

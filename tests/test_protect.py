@@ -13,7 +13,7 @@ from passportnorm import (
     AlreadyProtectedError,
     NotProtectedError,
     PairingError,
-    PassportAwareNorm,
+    PassportAwareBranch,
     SignatureCapacityError,
     capacity,
     passport_mode,
@@ -49,7 +49,7 @@ def test_promise1_protect_leaves_passport_free_outputs_bit_exact(case):
     protected = protect(model, x, signature="ok", seed=1)
     assert protected is not model
     assert all(torch.equal(original[k], v) for k, v in model.state_dict().items())
-    assert not any(isinstance(m, PassportAwareNorm) for m in model.modules())
+    assert not any(isinstance(m, PassportAwareBranch) for m in model.modules())
     model.eval(), protected.eval()
     probe = case.example(batch=5, seed=7)
     assert torch.equal(model(probe), protected(probe))
@@ -124,7 +124,7 @@ def test_promise4_every_pairable_norm_is_protected(case):
     layers = protected_layers(protected)
     assert list(layers) == list(case.protectable)
     for path in case.reported:
-        assert not isinstance(protected.get_submodule(path), PassportAwareNorm)
+        assert path not in layers and not hasattr(protected.get_submodule(path), "passport_aware")
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

@@ -2,9 +2,9 @@
 
 torch.fx used to trace into any module not defined in torch.nn, so ``class MyBN(nn.BatchNorm2d)``
 or timm's BatchNormAct2d never reached pairing and were reported as "never called". Now every
-norm and producer is a leaf. A subclass that keeps its base's forward is protected (its branch
-is built from the torch.nn base, never from the subclass's own constructor); one that overrides
-forward is reported with that reason and left exactly as it is in both forwards.
+norm and producer is a leaf. A subclass is protected as what it is: no constructor of it is ever
+called, and its own forward (with an activation inside, say) runs in both branches, the aware
+one with the branch's affine and statistics substituted.
 """
 
 import torch
@@ -12,7 +12,6 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 import passportnorm as pn
-from passportnorm.aware_statistics import AwareStatisticsNorm
 from passportnorm.protect import protected_layers, statistics_layers
 
 
@@ -84,22 +83,36 @@ def test_subclassed_norms_and_producers_are_paired_and_keep_every_promise():
         assert torch.isfinite(protected(x)).all()
 
 
-def test_a_norm_subclass_that_adds_to_forward_is_reported_and_left_identical_in_both_forwards():
+def test_a_norm_subclass_that_adds_to_forward_is_protected_and_keeps_what_it_adds():
     torch.manual_seed(0)
-    model = _trained_statistics(Net(BNAct(96), nn.BatchNorm2d(96)))
+    model = _trained_statistics(Net(BNAct(96), BNAct(96)))
     x = torch.randn(4, 3, 8, 8)
-    report = pn.find_pairs(model, x)
-    assert [p.norm for p in report.pairs] == ["bn2"]
-    (reason,) = [u.reason for u in report.unprotectable if u.norm == "bn1"]
-    assert "BNAct subclasses BatchNorm2d and overrides forward" in reason
-    protected = pn.protect(model, x, signature="(c) act", seed=0).eval()
-    assert "bn1" not in statistics_layers(protected) and not isinstance(protected.bn1, AwareStatisticsNorm)
-    # before training, the aware forward through bn1 must be bn1 itself: compare its output in both modes
+    protected = pn.protect(model, x, signature="(c) act", seed=0, exclude=["bn2"]).eval()
+    assert list(protected_layers(protected)) == ["bn1"] and list(statistics_layers(protected)) == ["bn2"]
+    assert isinstance(protected.bn1, BNAct) and pn.original_class(protected.bn1) is BNAct
     with torch.no_grad():
-        free = protected.bn1(protected.conv1(x))
+        assert torch.equal(protected(x), model(x))  # promise 1
+        h = protected.conv2(torch.randn(4, 96, 8, 8))
+        free = protected.bn2(h)
         with pn.passport_mode(protected):
+            # the unprotected subclass: its aware statistics start as a copy, so both forwards agree
+            assert torch.equal(protected.bn2(h), free)
             aware = protected.bn1(protected.conv1(x))
-    assert torch.equal(free, aware)
+    assert (aware >= -0.2785).all(), "SiLU's minimum: the aware forward ran BNAct's activation"
+    # the aware forward is BNAct's own forward with the branch's affine substituted: give it the
+    # norm's own affine and running statistics and it is the free forward, bit for bit
+    branch = protected_layers(protected)["bn1"]
+    bn = protected.bn1
+    with torch.no_grad():
+        branch.branch_norm.running_mean.copy_(bn.running_mean)
+        branch.branch_norm.running_var.copy_(bn.running_var)
+        branch.affine = lambda responses: (bn.weight, bn.bias)
+        h = protected.conv1(x)
+        free = protected.bn1(h)
+        with pn.passport_mode(protected):
+            assert torch.equal(protected.bn1(h), free)
+    released = pn.strip(protected)
+    assert type(released.bn1) is BNAct and type(released.bn2) is BNAct
 
 
 def test_reparametrized_producers_are_reported_by_name():

@@ -7,7 +7,9 @@ Protect any PyTorch model in a few lines::
     released = passportnorm.strip(protected)     # the original architecture, nothing added
 """
 
-from .aware_statistics import AwareStatisticsNorm
+from .attach import original_class
+from .aware_statistics import AwareStatistics
+from .branch import PassportAwareBranch
 from .detection import DetectionReport, LayerDetection, extract_bits, signature_detection
 from .errors import (
     AlreadyProtectedError,
@@ -21,7 +23,6 @@ from .errors import (
     SignatureCapacityError,
     SignatureError,
 )
-from .norm import PassportAwareNorm
 from .pairing import Pair, PairingReport, Unprotectable, find_pairs
 from .passports import ImagePassports, PassportGenerator, RandomPassports, ShufflePassports
 from .protect import capacity, is_protected, passport_mode, protect, protected_layers, sign_loss, statistics_layers, strip
@@ -45,8 +46,9 @@ __all__ = [
     "statistics_layers",
     "extract_bits",
     "Signature",
-    "PassportAwareNorm",
-    "AwareStatisticsNorm",
+    "PassportAwareBranch",
+    "AwareStatistics",
+    "original_class",
     "PassportGenerator",
     "RandomPassports",
     "ImagePassports",

@@ -1,66 +1,108 @@
-"""AwareStatisticsNorm: an unprotected norm that keeps its own statistics for the passport-aware forward.
+"""Separate running statistics for the passport-aware forward, and the branch that carries only them.
 
-A norm that carries no branch (skipped weak layers, excluded layers, norms without a producer)
+A norm that carries no passports (skipped weak layers, excluded layers, norms without a producer)
 still sits inside a model whose protected layers behave differently in passport mode. When its
 input depends on them (PointNet: the input T-Net turns the points before the xyz embedding), a
 single set of running statistics averages the two forwards and fits neither: measured on the
 point-cloud benchmark, released accuracy fell 3 points and passport-aware accuracy to 69%, both
-restored by per-mode statistics. So ``protect`` wraps every such norm that tracks running
-statistics; the passport-aware forward uses these statistics with the norm's own (shared) affine
-parameters, the free forward is the wrapped norm untouched, and ``strip`` puts the norm back.
+restored by per-mode statistics. So ``protect`` gives every such norm that tracks running
+statistics an :class:`AwareStatistics` branch: in passport mode the norm's own forward runs with
+these statistics substituted (its affine, and whatever a subclass adds, unchanged); the free
+forward is the norm untouched, and ``strip`` removes the branch.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
 
-from .norm import SUPPORTED_NORMS, adds_to_forward, affine_free_copy, torch_norm_class
+from .norm import norm_channels
 
-__all__ = ["AwareStatisticsNorm", "needs_aware_statistics"]
+__all__ = ["AwareStatistics", "Branch", "BranchStatistics", "needs_aware_statistics"]
+
+_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def needs_aware_statistics(module: nn.Module) -> bool:
-    """BatchNorm and InstanceNorm that track running statistics; GroupNorm/LayerNorm keep none.
+    """BatchNorm and InstanceNorm (subclasses too) that track running statistics; GroupNorm/LayerNorm keep none."""
+    return isinstance(module, _NormBase) and bool(module.track_running_stats) and module.running_mean is not None
 
-    A subclass that overrides forward (an activation inside the norm) is left alone: the aware
-    forward below would skip what it adds and differ from the free one before any training.
+
+class BranchStatistics(nn.Module):
+    """The passport-aware forward's running statistics for one norm, named as the norm's own.
+
+    ``copy=True`` starts from the norm's current statistics (a trained model's two forwards then
+    agree until training moves them apart); ``copy=False`` starts fresh (mean 0, variance 1).
+    A norm without running statistics gets an empty holder.
     """
-    if not (isinstance(module, nn.modules.batchnorm._NormBase) and bool(module.track_running_stats)):
-        return False
-    return not (isinstance(module, SUPPORTED_NORMS) and adds_to_forward(module, torch_norm_class(module)))
+
+    def __init__(self, norm: nn.Module, copy: bool):
+        super().__init__()
+        if not needs_aware_statistics(norm):
+            return
+        for name in _STATISTICS:
+            value = getattr(norm, name)
+            if value is not None:
+                self.register_buffer(name, value.detach().clone())
+        if not copy:
+            self.reset()
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Mean 0, variance 1, no batches seen (what ``reset_running_stats`` does to a norm)."""
+        if "running_mean" in self._buffers:
+            self.running_mean.zero_()
+            self.running_var.fill_(1.0)
+        if "num_batches_tracked" in self._buffers:
+            self.num_batches_tracked.zero_()
+
+    @property
+    def tracked(self) -> bool:
+        return "running_mean" in self._buffers
+
+    def tensors(self) -> dict[str, Tensor]:
+        return dict(self._buffers)
 
 
-class AwareStatisticsNorm(nn.Module):
-    """``norm`` (free forward, released) plus ``branch_norm``: its statistics for the aware forward.
+class Branch(nn.Module):
+    """What an attached branch shares: the norm it belongs to (referenced, not a child) and its mode.
 
-    ``branch_norm`` starts as a copy of the norm's current statistics, so a pretrained model's
-    two forwards agree until training moves them apart; it has no affine parameters of its own.
+    Subclasses say which of the norm's tensors the passport-aware forward replaces.
     """
+
+    branch_norm: BranchStatistics
 
     def __init__(self, norm: nn.Module):
         super().__init__()
-        if not needs_aware_statistics(norm):
-            raise TypeError(f"{type(norm).__name__} keeps no running statistics to separate")
-        self.norm = norm
-        # the aware forward borrows the norm's own affine parameters, so the copy holds statistics only
-        self.branch_norm = affine_free_copy(norm)
-        own = norm.state_dict()
-        self.branch_norm.load_state_dict({name: own[name] for name in self.branch_norm.state_dict()})
+        self.__dict__["_norm"] = norm  # not a child: the norm owns the branch, not the other way round
         self.passport_mode = False
 
     @property
-    def channels(self) -> int:
-        return int(self.norm.num_features)
+    def norm(self) -> nn.Module:
+        """The norm module this branch is attached to (its parameters are the released ones)."""
+        return self.__dict__["_norm"]
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.passport_mode:
-            return self.norm(x)
-        y = self.branch_norm(x)
-        if self.norm.affine:
-            shape = [1] * x.dim()
-            shape[1] = self.channels
-            y = y * self.norm.weight.view(shape) + self.norm.bias.view(shape)
-        return y
+    @property
+    def channels(self) -> int:
+        return norm_channels(self.norm)
+
+    def substitutes(self) -> dict[str, Tensor]:
+        """Tensors the passport-aware forward uses in place of the norm's own, by name."""
+        raise NotImplementedError
+
+
+class AwareStatistics(Branch):
+    """An unprotected norm's second set of statistics; the norm's own affine is shared."""
+
+    def __init__(self, norm: nn.Module):
+        if not needs_aware_statistics(norm):
+            raise TypeError(f"{type(norm).__name__} keeps no running statistics to separate")
+        super().__init__(norm)
+        self.branch_norm = BranchStatistics(norm, copy=True)
+
+    def substitutes(self) -> dict[str, Tensor]:
+        return self.branch_norm.tensors()
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, passport_mode={self.passport_mode}"

@@ -30,8 +30,10 @@ from .fileio import (
     tensors_fingerprint,
     write_json_atomic,
 )
-from .aware_statistics import AwareStatisticsNorm, needs_aware_statistics
-from .norm import BRANCH_KINDS, PassportAwareNorm, SUPPORTED_PRODUCERS, norm_channels, unsupported_norm_reason
+from .attach import attach_branch, branch_of, original_class
+from .aware_statistics import AwareStatistics, needs_aware_statistics
+from .branch import BRANCH_KINDS, PassportAwareBranch
+from .norm import SUPPORTED_PRODUCERS, norm_channels, unsupported_norm_reason
 from .protect import _require_protected, statistics_layers, strip
 from .release import released_fingerprint
 from .data.triggers import TriggerSet
@@ -141,7 +143,7 @@ class OwnerKey:
             for layer in layers:
                 path, channels = layer["norm"], int(layer["channels"])
                 parts = self.layer_tensors(path)
-                has_mlp = layer.get("branch", PassportAwareNorm.branch_kind) == PassportAwareNorm.branch_kind
+                has_mlp = layer.get("branch", PassportAwareBranch.branch_kind) == PassportAwareBranch.branch_kind
                 needed = ("passport_gamma", "passport_beta", "signature") + (("mlp.0.weight", "mlp.2.weight") if has_mlp else ())
                 for name in needed:
                     if name not in parts:
@@ -199,7 +201,7 @@ def extract_key(
             {
                 "norm": path,
                 "producer": layer.producer_path,
-                "norm_type": type(layer.norm).__name__,
+                "norm_type": original_class(layer.norm).__name__,
                 "producer_type": type(layer.producer).__name__,
                 "channels": layer.channels,
                 "passport_shape": list(layer.passport_gamma.shape),
@@ -214,7 +216,7 @@ def extract_key(
     for path, layer in statistics_layers(model).items():
         for name, value in layer.branch_norm.state_dict().items():
             tensors[f"{path}.branch_norm.{name}"] = value.detach().cpu().clone()
-        statistics.append({"norm": path, "norm_type": type(layer.norm).__name__, "channels": layer.channels})
+        statistics.append({"norm": path, "norm_type": original_class(layer.norm).__name__, "channels": layer.channels})
     message = torch.cat([bits for _, bits in sorted(message_parts, key=lambda part: part[0])] or [torch.empty(0)])
     message_bits = int(message.numel())
     text = Signature.decode_text(message) if message_bits and message_bits % 8 == 0 else None
@@ -244,7 +246,7 @@ def extract_key(
     )
 
 
-def _statistics_wrapper(modules: dict[str, nn.Module], layer: dict[str, Any], parts: dict[str, Tensor]) -> AwareStatisticsNorm:
+def _statistics_branch(modules: dict[str, nn.Module], layer: dict[str, Any], parts: dict[str, Tensor]) -> AwareStatistics:
     """The suspect's norm at ``layer["norm"]`` with the key's passport-aware statistics beside it."""
     path = layer["norm"]
     norm = modules.get(path)
@@ -255,13 +257,13 @@ def _statistics_wrapper(modules: dict[str, nn.Module], layer: dict[str, Any], pa
             f"the key is for another architecture: {path!r} is a {type(norm).__name__} with "
             f"{getattr(norm, 'num_features', '?')} channels, the key expects a {layer['norm_type']} with {layer['channels']}"
         )
-    wrapper = AwareStatisticsNorm(norm)
+    branch = AwareStatistics(norm)
     statistics = {k[len("branch_norm."):]: v for k, v in parts.items() if k.startswith("branch_norm.")}
     try:
-        wrapper.branch_norm.load_state_dict(statistics)
+        branch.branch_norm.load_state_dict(statistics)
     except RuntimeError as error:
         raise OwnerKeyError(f"the key's statistics for {path!r} do not fit a {type(norm).__name__}: {error}") from None
-    return wrapper
+    return branch
 
 
 def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:
@@ -278,7 +280,7 @@ def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:
         if norm is None or producer is None:
             missing = norm_path if norm is None else producer_path
             raise OwnerKeyError(f"the key is for another architecture: the model has no module {missing!r}")
-        if isinstance(norm, (PassportAwareNorm, AwareStatisticsNorm)):
+        if branch_of(norm) is not None:
             raise OwnerKeyError(f"{norm_path!r} already carries a passport-aware branch; attach keys to released models")
         if type(norm).__name__ != layer["norm_type"] or unsupported_norm_reason(norm):
             raise OwnerKeyError(
@@ -294,9 +296,9 @@ def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:
                 f"the key is for another architecture: {norm_path!r} has {norm_channels(norm)} channels, the key expects {layer['channels']}"
             )
         parts = key.layer_tensors(norm_path)
-        kind = layer.get("branch", PassportAwareNorm.branch_kind)
-        if kind == PassportAwareNorm.branch_kind:
-            wrapper = PassportAwareNorm(
+        kind = layer.get("branch", PassportAwareBranch.branch_kind)
+        if kind == PassportAwareBranch.branch_kind:
+            branch = PassportAwareBranch(
                 norm,
                 producer,
                 parts["passport_gamma"],
@@ -309,22 +311,22 @@ def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:
                 margin=layer.get("margin", 0.1),
             )
         elif kind in BRANCH_KINDS:
-            wrapper = BRANCH_KINDS[kind](norm, producer, parts, layer)
+            branch = BRANCH_KINDS[kind](norm, producer, parts, layer)
         else:
             raise OwnerKeyError(f"the key's layer {norm_path!r} uses branch kind {kind!r}, which this version cannot rebuild")
         try:
-            wrapper.passport_responses()
+            branch.passport_responses()
         except RuntimeError as error:
             raise OwnerKeyError(
                 f"the key is for another architecture: its passport for {producer_path!r} does not fit that layer ({error})"
             ) from None
-        branch = {k: v for k, v in parts.items() if k.startswith(("mlp.", "branch_norm."))}
-        own = {k: v for k, v in wrapper.state_dict().items() if k.startswith(("mlp.", "branch_norm."))}
-        if set(branch) != set(own) or any(tuple(branch[k].shape) != tuple(own[k].shape) for k in own):
+        keyed = {k: v for k, v in parts.items() if k.startswith(("mlp.", "branch_norm."))}
+        own = {k: v for k, v in branch.state_dict().items() if k.startswith(("mlp.", "branch_norm."))}
+        if set(keyed) != set(own) or any(tuple(keyed[k].shape) != tuple(own[k].shape) for k in own):
             raise OwnerKeyError(f"the key's branch for {norm_path!r} does not match a {type(norm).__name__} branch")
-        wrapper.load_state_dict({**wrapper.state_dict(), **branch})
-        suspect.set_submodule(norm_path, wrapper)
+        branch.load_state_dict({**branch.state_dict(), **keyed})
+        attach_branch(norm, branch)
     for layer in key.statistics_layers:
-        suspect.set_submodule(layer["norm"], _statistics_wrapper(modules, layer, key.layer_tensors(layer["norm"])))
+        attach_branch(modules[layer["norm"]], _statistics_branch(modules, layer, key.layer_tensors(layer["norm"])))
     suspect.passportnorm_signature = {"mode": key.signature_mode, "identity": key.identity}
     return suspect

@@ -19,13 +19,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .aware_statistics import AwareStatisticsNorm, needs_aware_statistics
+from .attach import attach_branch, branch_of, detach_branch
+from .aware_statistics import AwareStatistics, Branch, needs_aware_statistics
 from .binding import SECURITY_BITS, SIGNATURE_MODES, hash_bound_bits
 from .capture import capture
 from .errors import (
     AlreadyProtectedError, NothingToProtectError, NotProtectedError, PairingError, PassportWarning, SignatureError,
 )
-from .norm import PassportAwareNorm, producer_channel_dim
+from .branch import PassportAwareBranch
+from .norm import producer_channel_dim
 from .pairing import WEAK_FAN_IN, Pair, PairingReport, find_pairs
 from .passports import PassportGenerator, make_passport_generator
 from .signature import Signature
@@ -43,21 +45,25 @@ __all__ = [
 ]
 
 
-def protected_layers(model: nn.Module) -> dict[str, PassportAwareNorm]:
-    """Every passport-aware norm of ``model`` by module path, in module order."""
-    return {path: m for path, m in model.named_modules() if isinstance(m, PassportAwareNorm)}
+def _branches(model: nn.Module) -> dict[str, Branch]:
+    return {path: branch for path, m in model.named_modules() if (branch := branch_of(m)) is not None}
 
 
-def statistics_layers(model: nn.Module) -> dict[str, AwareStatisticsNorm]:
-    """Every unprotected norm that keeps separate statistics for the passport-aware forward."""
-    return {path: m for path, m in model.named_modules() if isinstance(m, AwareStatisticsNorm)}
+def protected_layers(model: nn.Module) -> dict[str, PassportAwareBranch]:
+    """Every passport-aware branch of ``model`` by the path of its norm, in module order."""
+    return {path: b for path, b in _branches(model).items() if isinstance(b, PassportAwareBranch)}
+
+
+def statistics_layers(model: nn.Module) -> dict[str, AwareStatistics]:
+    """Every unprotected norm's branch of separate statistics for the passport-aware forward, by norm path."""
+    return {path: b for path, b in _branches(model).items() if isinstance(b, AwareStatistics)}
 
 
 def is_protected(model: nn.Module) -> bool:
-    return any(isinstance(m, PassportAwareNorm) for m in model.modules())
+    return bool(protected_layers(model))
 
 
-def _require_protected(model: nn.Module, action: str) -> dict[str, PassportAwareNorm]:
+def _require_protected(model: nn.Module, action: str) -> dict[str, PassportAwareBranch]:
     layers = protected_layers(model)
     if not layers:
         raise NotProtectedError(
@@ -226,7 +232,7 @@ def protect(
         start = starts[pair.norm]
         layer_bits = bits[start : start + pair.channels]
         in_message = min(pair.channels, max(0, message.num_bits - start))
-        wrapper = PassportAwareNorm(
+        branch = PassportAwareBranch(
             modules[pair.norm],
             producer,
             gamma_passport,
@@ -239,10 +245,10 @@ def protect(
             margin=margin,
             generator=mlp_rng,
         )
-        protected.set_submodule(pair.norm, wrapper)
+        attach_branch(modules[pair.norm], branch)
     if separate_statistics:
         for path in unprotected:
-            protected.set_submodule(path, AwareStatisticsNorm(modules[path]))
+            attach_branch(modules[path], AwareStatistics(modules[path]))
     if signature_mode == "hash":
         _bind_to_hash(protected, identity, total)
     protected.passportnorm_signature = {"mode": signature_mode, "identity": identity if signature_mode == "hash" else None}
@@ -275,14 +281,14 @@ _STAMPS = ("passportnorm_signature", "passportnorm_secret_seed")
 def strip(model: nn.Module) -> nn.Module:
     """The released model: a copy of ``model`` with every passport-aware branch removed.
 
-    Each wrapper (branches and aware statistics) is replaced by the norm module it wraps, so
-    module classes, parameter names and passport-free outputs are exactly those of the original
-    architecture.
+    Every branch (passports and aware statistics) is detached from its norm and the norm's class
+    restored, so module classes, parameter names and passport-free outputs are exactly those of
+    the original architecture.
     """
     _require_protected(model, "be stripped")
     released = copy.deepcopy(model)
-    for path, layer in {**protected_layers(released), **statistics_layers(released)}.items():
-        released.set_submodule(path, layer.norm)
+    for branch in _branches(released).values():
+        detach_branch(branch.norm)
     for stamp in _STAMPS:  # what protect added to the model object; the release carries none of it
         released.__dict__.pop(stamp, None)
     return released

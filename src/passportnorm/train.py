@@ -163,7 +163,7 @@ class Trainer:
         with passport_mode(self.model):
             with self._autocast():
                 task = F.cross_entropy(self.model(x), y)
-            penalty = sign_loss(self.model)  # on fp32 responses (PassportAwareNorm.passport_responses)
+            penalty = sign_loss(self.model)  # on fp32 responses (PassportAwareBranch.passport_responses)
         self._state.sign_losses.append(penalty.item())
         return task + self.config.sign_weight * penalty
 

@@ -133,23 +133,24 @@ class VerificationReport:
 def recalibrate_branch(model: nn.Module, batches: Iterable, device: torch.device) -> None:
     """Re-estimate the branch's BatchNorm statistics (aware statistics too) on the owner's data (cumulative average).
 
-    Only the branch norms run in training mode; the suspect's own statistics are not touched.
+    Only the branch's statistics change: each norm runs in training mode with momentum None (a
+    cumulative average) while its branch substitutes them; the suspect's own statistics are not touched.
     """
-    layers = [layer for layer in [*protected_layers(model).values(), *statistics_layers(model).values()]
-              if getattr(layer.branch_norm, "track_running_stats", False)]
+    branches = [b for b in [*protected_layers(model).values(), *statistics_layers(model).values()] if b.branch_norm.tracked]
     model.eval()
-    saved = []
-    for layer in layers:
-        layer.branch_norm.reset_running_stats()
-        saved.append(layer.branch_norm.momentum)
-        layer.branch_norm.momentum = None
-        layer.branch_norm.train()
-    with passport_mode(model):
-        for x, _ in batches:
-            model(x.to(device))
-    for layer, momentum in zip(layers, saved):
-        layer.branch_norm.momentum = momentum
-        layer.branch_norm.eval()
+    saved = [(b.norm, b.norm.momentum) for b in branches]
+    for branch in branches:
+        branch.branch_norm.reset()
+        branch.norm.momentum = None
+        branch.norm.training = True  # the norm alone: a subclass's own children (dropout) stay in eval
+    try:
+        with passport_mode(model):
+            for x, _ in batches:
+                model(x.to(device))
+    finally:
+        for norm, momentum in saved:
+            norm.momentum = momentum
+            norm.training = False
 
 
 def _example_of(data: Dataset | DataLoader | None, trigger: TriggerSet | None) -> Tensor | None:

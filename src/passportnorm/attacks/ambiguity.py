@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey, attach_key, extract_key
-from ..norm import PassportAwareNorm
+from ..branch import PassportAwareBranch
 from ..protect import passport_mode, protected_layers
 from ..verify import VerdictRule, verify
 
@@ -40,7 +40,7 @@ THREAT_II = (
 )
 
 
-def _prepare(released: nn.Module, key: OwnerKey) -> tuple[nn.Module, list[PassportAwareNorm]]:
+def _prepare(released: nn.Module, key: OwnerKey) -> tuple[nn.Module, list[PassportAwareBranch]]:
     suspect = attach_key(released, key).eval()
     for parameter in suspect.parameters():
         parameter.requires_grad_(False)

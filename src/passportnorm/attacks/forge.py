@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, PassportWarning
 from ..key import OwnerKey, extract_key
-from ..norm import PassportAwareNorm
+from ..branch import PassportAwareBranch
 from ..pairing import find_pairs
 from ..binding import hash_bound_bits
 from ..protect import protect, protected_layers
@@ -37,7 +37,7 @@ THREAT_MODEL = (
 )
 
 
-def _response_matrix(layer: PassportAwareNorm) -> Tensor:
+def _response_matrix(layer: PassportAwareBranch) -> Tensor:
     """A with g = A @ vec(P): the linear map from a passport to its per-channel response."""
     shape = layer.passport_gamma.shape
     size = int(math.prod(shape))
@@ -64,7 +64,7 @@ def _min_norm_solution(matrix: Tensor, wanted: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _fit_mlp(layer: PassportAwareNorm, g: Tensor, b: Tensor, gamma: Tensor, beta: Tensor, generator: torch.Generator) -> float:
+def _fit_mlp(layer: PassportAwareBranch, g: Tensor, b: Tensor, gamma: Tensor, beta: Tensor, generator: torch.Generator) -> float:
     """First layer random, second solved by least squares so MLP(g) = gamma, MLP(b) = beta; returns the residual."""
     first, second = layer.mlp[0], layer.mlp[2]
     nn.init.kaiming_uniform_(first.weight, a=math.sqrt(5), generator=generator)

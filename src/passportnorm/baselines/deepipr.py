@@ -18,7 +18,7 @@ benchmark: 28% on digits after 4 epochs vs 98% at alpha 0.1), so a larger alpha 
 
 Passport-aware normalization differs from V2 in exactly two places: separate statistics for
 the private branch, and an MLP between ``g`` and ``gamma``. Both layers here reuse the
-:class:`PassportAwareNorm` machinery (keys, detection, verification, attacks) with those two
+:class:`PassportAwareBranch` machinery (keys, detection, verification, attacks) with those two
 pieces swapped, so the comparison isolates the scheme.
 """
 
@@ -28,53 +28,26 @@ import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.instancenorm import _InstanceNorm
 
+from ..attach import attach_branch, detach_branch
+from ..aware_statistics import BranchStatistics
+from ..branch import PassportAwareBranch, register_branch_kind
 from ..errors import ConfigError
-from ..norm import PassportAwareNorm, affine_free_copy, register_branch_kind
 from ..protect import protect, protected_layers, strip
 
-__all__ = ["SCHEMES", "DeepIPRNorm", "protect_deepipr", "release_deepipr", "normalize_without_affine"]
+__all__ = ["SCHEMES", "DeepIPRBranch", "protect_deepipr", "release_deepipr"]
 
 SCHEMES = ("v1", "v2")
 
 
-def normalize_without_affine(norm: nn.Module, x: Tensor) -> Tensor:
-    """``norm``'s normalization of ``x`` with its statistics (updated in training, as its own forward
-    would) but without its affine parameters: the private branch of DeepIPR V2 shares them."""
-    if isinstance(norm, (_BatchNorm, _InstanceNorm)):
-        batch = norm.training or norm.running_mean is None
-        momentum = 0.1 if norm.momentum is None else norm.momentum
-        if isinstance(norm, _BatchNorm):
-            if norm.training and norm.num_batches_tracked is not None:
-                norm.num_batches_tracked.add_(1)
-            return F.batch_norm(x, norm.running_mean, norm.running_var, None, None, batch, momentum, norm.eps)
-        return F.instance_norm(x, norm.running_mean, norm.running_var, None, None, batch, momentum, norm.eps)
-    if isinstance(norm, nn.GroupNorm):
-        return F.group_norm(x, norm.num_groups, None, None, norm.eps)
-    if isinstance(norm, nn.LayerNorm):
-        return F.layer_norm(x, norm.normalized_shape, None, None, norm.eps)
-    raise TypeError(f"DeepIPR cannot normalise with a {type(norm).__name__}")
+class DeepIPRBranch(PassportAwareBranch):
+    """A DeepIPR passport layer on one norm: scheme ``v1`` (passports always on) or ``v2``.
 
-
-class _SharedStatistics(nn.Module):
-    """The private branch's normalization in V2: the released norm itself, without its affine.
-
-    Holds the norm by reference (not as a child), so its statistics are stored once."""
-
-    def __init__(self, norm: nn.Module):
-        super().__init__()
-        self.__dict__["_norm"] = norm
-
-    def forward(self, x: Tensor) -> Tensor:
-        return normalize_without_affine(self.__dict__["_norm"], x)
-
-
-class DeepIPRNorm(PassportAwareNorm):
-    """A DeepIPR passport layer around one norm: scheme ``v1`` (passports always on) or ``v2``."""
+    ``gamma, beta = g, b`` (no MLP). V2 substitutes only the affine, so both branches share the
+    norm's statistics and update them; V1 substitutes it in every forward, so the norm's own
+    affine parameters are never used (V1 has none of its own).
+    """
 
     def __init__(self, norm: nn.Module, producer: nn.Module, passport_gamma: Tensor, passport_beta: Tensor,
                  signature: Tensor, *, scheme: str, producer_path: str, message_bits: int = 0,
@@ -86,24 +59,25 @@ class DeepIPRNorm(PassportAwareNorm):
         self.scheme = scheme
         self.branch_kind = f"deepipr-{scheme}"
         self.mlp = nn.Identity()  # DeepIPR uses g and b themselves as gamma and beta
-        if scheme == "v1":
-            # no affine of its own: the passport-derived one replaces it in every forward
-            self.norm = affine_free_copy(norm) if getattr(norm, "weight", None) is not None else norm
-            self.branch_norm = self.norm
-        else:
-            self.branch_norm = _SharedStatistics(self.norm)
+        self.branch_norm = BranchStatistics(nn.Identity(), copy=False)  # none of its own: the norm's are shared
+        if scheme == "v1":  # no affine of its own: the passport-derived one replaces it in every forward
+            norm.register_parameter("weight", None)
+            norm.register_parameter("bias", None)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.scheme == "v1":
-            self.passport_mode = True  # V1 has no passport-free branch
-        return super().forward(x)
+    @property
+    def passport_mode(self) -> bool:
+        return self.scheme == "v1" or self._passport_mode
+
+    @passport_mode.setter
+    def passport_mode(self, enabled: bool) -> None:
+        self.__dict__["_passport_mode"] = enabled  # V1 has no passport-free branch: it stays on
 
     def extra_repr(self) -> str:
         return f"scheme={self.scheme}, " + super().extra_repr()
 
 
-def _from_key(norm: nn.Module, producer: nn.Module, parts: dict[str, Tensor], layer: dict[str, Any]) -> DeepIPRNorm:
-    return DeepIPRNorm(
+def _from_key(norm: nn.Module, producer: nn.Module, parts: dict[str, Tensor], layer: dict[str, Any]) -> DeepIPRBranch:
+    return DeepIPRBranch(
         norm, producer, parts["passport_gamma"], parts["passport_beta"], parts["signature"],
         scheme=layer["branch"].split("-", 1)[1], producer_path=layer["producer"],
         message_bits=int(parts.get("message_bits", torch.tensor(0))),
@@ -125,9 +99,10 @@ def protect_deepipr(model: nn.Module, example_input: Any, scheme: str = "v2", al
     """
     # DeepIPR's other norms keep one set of statistics (its V2 even shares them with the passport branch)
     protected = protect(model, example_input, alpha=alpha, separate_statistics=False, **options)
-    for path, layer in protected_layers(protected).items():
-        protected.set_submodule(path, DeepIPRNorm(
-            layer.norm, layer.producer, layer.passport_gamma, layer.passport_beta, layer.signature, scheme=scheme,
+    for layer in protected_layers(protected).values():
+        norm = detach_branch(layer.norm)
+        attach_branch(norm, DeepIPRBranch(
+            norm, layer.producer, layer.passport_gamma, layer.passport_beta, layer.signature, scheme=scheme,
             producer_path=layer.producer_path, message_bits=int(layer.message_bits),
             message_offset=int(layer.message_offset), alpha=alpha, margin=layer.margin,
         ))
@@ -137,7 +112,7 @@ def protect_deepipr(model: nn.Module, example_input: Any, scheme: str = "v2", al
 def release_deepipr(model: nn.Module) -> nn.Module:
     """What a DeepIPR owner ships: V2 the public branch (the original architecture, via ``strip``);
     V1 the passport model itself (passports included, norms without affine parameters)."""
-    schemes = {layer.scheme for layer in protected_layers(model).values() if isinstance(layer, DeepIPRNorm)}
+    schemes = {layer.scheme for layer in protected_layers(model).values() if isinstance(layer, DeepIPRBranch)}
     if schemes == {"v1"}:
         return copy.deepcopy(model).eval()
     if schemes == {"v2"}:

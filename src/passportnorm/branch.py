@@ -1,0 +1,176 @@
+"""PassportAwareBranch: the secret branch of one norm layer, attached to it (attach.py).
+
+The norm module itself is the passport-free (released) branch. The passport-aware branch
+computes the norm's affine parameters from the producer's weights ``W``::
+
+    g, b   = mean(W * P_gamma), mean(W * P_beta)     per channel, producer bias left out
+    gamma1 = MLP(g),  beta1 = MLP(b)                  one MLP per layer, C -> C/4 -> C
+    y      = norm(x; weight=gamma1, bias=beta1, statistics=the branch's own)
+
+i.e. the norm's own forward with those tensors substituted, so the affine stays in the norm's
+kernel and a subclass's additions run in both branches. The sign loss
+``alpha * sum relu(margin - s * g) + l2 * sum g**2`` ties ``sign(g)`` to the signature ``s``.
+The producer is referenced, not owned, so its weights appear once in the state dict and the
+branch's gradients flow into the very weights the model releases.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import skip_init
+
+from .aware_statistics import Branch, BranchStatistics
+from .errors import NoPassportForwardError
+from .norm import SUPPORTED_PRODUCERS, norm_channels, producer_responses
+
+__all__ = ["BRANCH_KINDS", "PassportAwareBranch", "register_branch_kind"]
+
+
+def _branch_mlp(channels: int, generator: torch.Generator, like: Tensor) -> nn.Sequential:
+    """C -> C/4 -> C without biases, LeakyReLU between; initialised like nn.Linear, from ``generator``."""
+    hidden = max(1, channels // 4)
+    # skip_init: the default init would draw from the global RNG, which protect() must not touch
+    mlp = nn.Sequential(
+        skip_init(nn.Linear, channels, hidden, bias=False),
+        nn.LeakyReLU(),
+        skip_init(nn.Linear, hidden, channels, bias=False),
+    )
+    for layer in (mlp[0], mlp[2]):
+        nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+    return mlp.to(device=like.device, dtype=like.dtype)
+
+
+# branch kind -> factory(norm, producer, key tensors, key layer entry), so keys can rebuild branches
+# of other schemes (the baselines register theirs) without this module importing them
+BRANCH_KINDS: dict[str, Any] = {}
+
+
+def register_branch_kind(kind: str, factory: Any) -> None:
+    """Let ``attach_key`` rebuild layers whose key entry says ``"branch": kind`` with ``factory``."""
+    BRANCH_KINDS[kind] = factory
+
+
+class PassportAwareBranch(Branch):
+    """The passport-aware branch of one norm: passports, signature, MLP and statistics of its own.
+
+    Build these through :func:`passportnorm.protect`, which finds producers, makes passports and
+    attaches each branch to its norm as ``norm.passport_aware``.
+    """
+
+    passport_gamma: Tensor
+    passport_beta: Tensor
+    signature: Tensor
+    message_bits: Tensor
+    message_offset: Tensor
+    branch_kind = "passport-aware"
+
+    def __init__(
+        self,
+        norm: nn.Module,
+        producer: nn.Module,
+        passport_gamma: Tensor,
+        passport_beta: Tensor,
+        signature: Tensor,
+        *,
+        producer_path: str,
+        message_bits: int = 0,
+        message_offset: int = 0,
+        alpha: float = 0.1,
+        margin: float = 0.1,
+        l2: float = 1e-5,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(norm)
+        channels = norm_channels(norm)
+        if signature.shape != (channels,):
+            raise ValueError(f"signature has shape {tuple(signature.shape)}, the norm has {channels} channels")
+        self.branch_norm = BranchStatistics(norm, copy=False)
+        self.mlp = _branch_mlp(channels, generator or torch.Generator().manual_seed(0), norm.weight)
+        like = {"device": norm.weight.device}
+        self.register_buffer("passport_gamma", passport_gamma.detach().clone().to(**like, dtype=norm.weight.dtype))
+        self.register_buffer("passport_beta", passport_beta.detach().clone().to(**like, dtype=norm.weight.dtype))
+        self.register_buffer("signature", signature.detach().to(**like, dtype=torch.int8).clone())
+        # the first ``message_bits`` channels carry message[message_offset : message_offset + message_bits]
+        self.register_buffer("message_bits", torch.tensor(int(message_bits), dtype=torch.int64, **like))
+        self.register_buffer("message_offset", torch.tensor(int(message_offset), dtype=torch.int64, **like))
+        self.producer_path = producer_path
+        self.alpha = float(alpha)
+        self.margin = float(margin)
+        self.l2 = float(l2)
+        self._last_g: Tensor | None = None
+        self.attach_producer(producer)
+
+    @property
+    def producer(self) -> nn.Module:
+        """The Conv/Linear module whose weights the branch reads (referenced, not a child)."""
+        return self.__dict__["_producer"]
+
+    def attach_producer(self, producer: nn.Module) -> None:
+        """Point the branch at ``producer`` without registering it as a child module."""
+        if not isinstance(producer, SUPPORTED_PRODUCERS):
+            names = ", ".join(t.__name__ for t in SUPPORTED_PRODUCERS)
+            raise TypeError(f"producer must be one of {names}, got {type(producer).__name__}")
+        self.__dict__["_producer"] = producer
+
+    @property
+    def channels(self) -> int:
+        return int(self.signature.numel())
+
+    def responses_of(self, passports: Tensor) -> Tensor:
+        """``(N, C)``: each passport's bias-free producer response averaged per channel (linear in it)."""
+        return producer_responses(self.producer, self.producer.weight, passports, self.channels)
+
+    def passport_responses(self) -> Tensor:
+        """``(2, C)``: row 0 is ``g`` (from the gamma passport), row 1 is ``b`` (beta passport).
+
+        Always in the weights' precision with autocast off: the signature is read from the signs
+        of these values and the sign loss acts on them, so mixed precision must not round them.
+        """
+        device_type = self.passport_gamma.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            return self.responses_of(torch.cat([self.passport_gamma, self.passport_beta], dim=0))
+
+    def affine(self, responses: Tensor) -> tuple[Tensor, Tensor]:
+        """The branch's ``(gamma, beta)`` from the responses ``(g, b)``."""
+        gamma, beta = self.mlp(responses)
+        return gamma, beta
+
+    def substitutes(self) -> dict[str, Tensor]:
+        responses = self.passport_responses()
+        self._last_g = responses[0]
+        gamma, beta = self.affine(responses)
+        dtype = self.passport_gamma.dtype  # the norm's parameter dtype: what its kernel expects, also under autocast
+        return {"weight": gamma.to(dtype), "bias": beta.to(dtype), **self.branch_norm.tensors()}
+
+    def sign_loss_of(self, g: Tensor) -> Tensor:
+        """The sign loss for given pre-MLP responses ``g``."""
+        target = self.signature.to(g.dtype)
+        return self.alpha * F.relu(self.margin - target * g).sum() + self.l2 * g.pow(2).sum()
+
+    def sign_loss(self) -> Tensor:
+        """The sign loss of the ``g`` used by the last passport-aware forward (with its graph)."""
+        if self._last_g is None:
+            raise NoPassportForwardError(
+                "no passport-aware forward has run on this layer yet; run the model inside "
+                "passport_mode(model) before asking for the sign loss"
+            )
+        return self.sign_loss_of(self._last_g)
+
+    @torch.no_grad()
+    def extracted_bits(self) -> Tensor:
+        """``sign(g)`` as int8 +-1 (0 stays 0), read from the producer weights and passports alone."""
+        return torch.sign(self.passport_responses()[0]).to(torch.int8)
+
+    def __getstate__(self) -> dict:
+        # The cached g carries an autograd graph, which can be neither copied nor pickled.
+        state = super().__getstate__()
+        state["_last_g"] = None
+        return state
+
+    def extra_repr(self) -> str:
+        return f"producer={self.producer_path!r}, channels={self.channels}, passport_mode={self.passport_mode}"
