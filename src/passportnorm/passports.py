@@ -8,18 +8,30 @@ literature:
 - ``image``: the producer's input activations for two real inputs run through a plain model.
 - ``shuffle``: every channel taken from a random real input's activations at a random channel,
   so a passport looks natural channel by channel but matches no single input.
+
+Activations are captured from a *calibrated* copy of the plain model: one train-mode forward of
+the real inputs without gradients sets every norm's running statistics to theirs first. On an
+untrained deep model the statistics are still mean 0, variance 1, so eval-mode activations
+blow up or vanish with depth (torchvision resnet50 reached NaN within 6 alternating steps and
+efficientnet_b0's signature never moved, issue 16). Each activation passport is then scaled by
+one positive factor so that the producer's initial responses to it have a root mean square equal
+to the sign loss's margin (:meth:`PassportGenerator.fit_to`): every layer starts at the scale the
+sign loss is made for, whatever its depth or its input's statistics.
+
 """
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
 
-from .capture import capture
+from .capture import call_model, capture
 from .errors import PassportError
 
 __all__ = [
@@ -27,8 +39,37 @@ __all__ = [
     "RandomPassports",
     "ImagePassports",
     "ShufflePassports",
+    "calibrated_copy",
     "make_passport_generator",
 ]
+
+
+def calibrated_copy(model: nn.Module, inputs: Any) -> nn.Module:
+    """A copy of ``model`` whose running statistics are those of ``inputs`` (the model is untouched).
+
+    Only the norms run in training mode (momentum None: the statistics of this one batch), so
+    dropout and stochastic depth stay off and nothing but the copy's statistics change.
+    """
+    twin = copy.deepcopy(model).eval()
+    norms = [m for m in twin.modules() if isinstance(m, _NormBase) and m.track_running_stats and m.running_mean is not None]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.training = True
+    with torch.no_grad():
+        call_model(twin, inputs)
+    for norm in norms:
+        norm.training = False
+    return twin
+
+
+def _batch_of(inputs: Any) -> Tensor:
+    """The first tensor of a model input (a tensor, a tuple/list of them, or a dict of keyword tensors)."""
+    if isinstance(inputs, Mapping):
+        inputs = list(inputs.values())
+    if isinstance(inputs, (tuple, list)):
+        return next((t for t in inputs if isinstance(t, Tensor)), torch.empty(0))
+    return inputs
 
 
 class PassportGenerator(ABC):
@@ -52,6 +93,10 @@ class PassportGenerator(ABC):
 
         ``channel_dim`` is where that input keeps its channels (1 for conv, the last axis for Linear).
         """
+
+    def fit_to(self, passport: Tensor, responses: Tensor, target: float) -> Tensor:
+        """The passport to use, given the producer's initial ``responses`` to it; by default as drawn."""
+        return passport
 
     def config(self) -> dict[str, Any]:
         """What to record about this generator so a run can be described and repeated."""
@@ -78,8 +123,6 @@ class _ActivationPassports(PassportGenerator):
         self.model = model
 
     def activations(self, model, example_input, producer_paths, captured):
-        if self.inputs is None and self.model is None:
-            return captured
         source = self.model if self.model is not None else model
         missing = [p for p in producer_paths if p not in dict(source.named_modules())]
         if missing:
@@ -88,13 +131,28 @@ class _ActivationPassports(PassportGenerator):
                 "give a model with the same module paths as the protected one"
             )
         inputs = self.inputs if self.inputs is not None else example_input
+        self._need_several(_batch_of(inputs), self.name)  # before calibrating: one input has no batch statistics
         try:
-            return capture(source, inputs, producer_paths).inputs
+            return capture(calibrated_copy(source, inputs), inputs, producer_paths).inputs
         except Exception as error:
             raise PassportError(
                 f"{self.name} passports: running the passport inputs through {type(source).__name__} failed "
                 f"({type(error).__name__}: {error}); give inputs the passport model accepts"
             ) from error
+
+    def fit_to(self, passport: Tensor, responses: Tensor, target: float) -> Tensor:
+        """``passport`` times the one positive factor that makes its responses' RMS equal ``target``.
+
+        Chosen on measurement (issue 16): the gradient the branch sends into the producer grows
+        with the passport's square, so calibrated activations at their natural scale (initial
+        responses 0.2-0.5 RMS, against 0.01-0.05 for random passports) made training less stable
+        (a retrofit at lr 0.05 reached NaN in 23 steps once they were scaled to unit RMS); centring
+        or per-channel scaling instead removes what 1x1 convs and one-channel first layers respond
+        to (their ``g`` is the filter times the channel means) or inflates near-dead channels. One
+        factor keeps the activation's pattern and signs, and so the bits it spells.
+        """
+        rms = float(responses.pow(2).mean().sqrt())
+        return passport * (target / rms) if rms > 0 else passport.clone()
 
     @staticmethod
     def _need_several(activations: Tensor, kind: str) -> int:

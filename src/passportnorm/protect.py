@@ -27,7 +27,7 @@ from .errors import (
     AlreadyProtectedError, NothingToProtectError, NotProtectedError, PairingError, PassportWarning, SignatureError,
 )
 from .branch import PassportAwareBranch
-from .norm import producer_channel_dim
+from .norm import producer_channel_dim, producer_responses
 from .pairing import WEAK_FAN_IN, Pair, PairingReport, find_pairs
 from .passports import PassportGenerator, make_passport_generator
 from .signature import Signature
@@ -42,7 +42,13 @@ __all__ = [
     "capacity",
     "sign_loss",
     "select_pairs",
+    "RESPONSE_LIMIT",
+    "response_outliers",
 ]
+
+# passport responses are O(1) by construction (unit-scale passports through initialised weights);
+# beyond this the MLP saturates and the sign loss dwarfs the task loss (issue 16: NaN in 6 steps)
+RESPONSE_LIMIT = 10.0
 
 
 def _branches(model: nn.Module) -> dict[str, Branch]:
@@ -76,6 +82,30 @@ def _require_protected(model: nn.Module, action: str) -> dict[str, PassportAware
 def capacity(model: nn.Module) -> int:
     """Signature bits a protected model carries: one per protected channel."""
     return sum(layer.channels for layer in _require_protected(model, "report a capacity").values())
+
+
+def response_outliers(model: nn.Module) -> dict[str, float]:
+    """Protected layers whose largest passport response exceeds RESPONSE_LIMIT (or is not finite), by path."""
+    outliers = {}
+    with torch.no_grad():
+        for path, layer in protected_layers(model).items():
+            top = float(layer.passport_responses().abs().max())
+            if not top <= RESPONSE_LIMIT:  # NaN lands here too
+                outliers[path] = top
+    return outliers
+
+
+def _warn_about_outliers(model: nn.Module) -> None:
+    outliers = response_outliers(model)
+    if outliers:
+        shown = ", ".join(f"{path} ({top:.3g})" for path, top in list(outliers.items())[:5])
+        more = f" and {len(outliers) - 5} more" if len(outliers) > 5 else ""
+        warnings.warn(
+            f"passport responses out of range (|g| > {RESPONSE_LIMIT:g}) at {shown}{more}: training may diverge; "
+            "use random passports, or give activation passports real inputs of the task",
+            PassportWarning,
+            stacklevel=3,
+        )
 
 
 def select_pairs(
@@ -226,9 +256,11 @@ def protect(
     for pair in chosen:
         producer = modules[pair.producer]
         acts = activations[pair.producer]
-        gamma_passport, beta_passport = generator.generate(
-            acts, producer_channel_dim(producer, acts.dim()), passport_rng
-        )
+        with torch.no_grad():
+            gamma_passport, beta_passport = (
+                generator.fit_to(passport, producer_responses(producer, producer.weight, passport, pair.channels), margin)
+                for passport in generator.generate(acts, producer_channel_dim(producer, acts.dim()), passport_rng)
+            )
         start = starts[pair.norm]
         layer_bits = bits[start : start + pair.channels]
         in_message = min(pair.channels, max(0, message.num_bits - start))
@@ -251,6 +283,7 @@ def protect(
             attach_branch(modules[path], AwareStatistics(modules[path]))
     if signature_mode == "hash":
         _bind_to_hash(protected, identity, total)
+    _warn_about_outliers(protected)
     protected.passportnorm_signature = {"mode": signature_mode, "identity": identity if signature_mode == "hash" else None}
     protected.passportnorm_secret_seed = {"value": seed_value, "source": seed_source}
     return protected

@@ -29,8 +29,11 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
-from .errors import ConfigError
-from .protect import passport_mode, sign_loss
+import math
+import warnings
+
+from .errors import ConfigError, PassportWarning
+from .protect import RESPONSE_LIMIT, capacity, passport_mode, response_outliers, sign_loss
 
 __all__ = ["PassportSchedule"]
 
@@ -48,6 +51,7 @@ class PassportSchedule:
         self.ratio = float(ratio)
         self.sign_weight = float(sign_weight)
         self.credit = 0.0
+        self._first_checked = False
 
     def aware_steps(self) -> range:
         """How many passport-aware steps follow the passport-free step just taken (call once per batch)."""
@@ -64,7 +68,30 @@ class PassportSchedule:
 
     def with_sign_loss(self, task_loss: Tensor) -> Tensor:
         """``task_loss`` plus the weighted sign loss of the passport-aware forward just run."""
-        return task_loss + self.sign_weight * sign_loss(self.model)
+        return task_loss + self.sign_weight * self.sign_loss()
+
+    def sign_loss(self) -> Tensor:
+        """The (unweighted) sign loss of the passport-aware forward just run; checked once for range."""
+        penalty = sign_loss(self.model)
+        if not self._first_checked:
+            self._first_checked = True
+            self._check_first(penalty)
+        return penalty
+
+    def _check_first(self, penalty: Tensor) -> None:
+        """Warn at the first aware step when the sign loss says the responses are out of range."""
+        value = float(penalty.detach())
+        outliers = response_outliers(self.model)
+        if math.isfinite(value) and not outliers:
+            return
+        where = ", ".join(list(outliers)[:5]) or "no single layer"
+        warnings.warn(
+            f"the sign loss at the first passport-aware step is {value:.4g} ({value / capacity(self.model):.3g} per "
+            f"bit); responses beyond {RESPONSE_LIMIT:g} at {where}: training is likely to diverge (see the "
+            "passports' docstring)",
+            PassportWarning,
+            stacklevel=3,
+        )
 
     def state_dict(self) -> dict[str, float]:
         return {"credit": self.credit, "ratio": self.ratio, "sign_weight": self.sign_weight}

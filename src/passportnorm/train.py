@@ -37,7 +37,7 @@ from .detection import signature_detection
 from .evaluation import accuracy
 from .fileio import restrict_to_owner
 from .errors import ConfigError, TrainingError
-from .protect import is_protected, passport_mode, protected_layers, sign_loss
+from .protect import is_protected, passport_mode, protected_layers
 from .schedule import PassportSchedule
 
 __all__ = ["TrainConfig", "Trainer"]
@@ -163,7 +163,7 @@ class Trainer:
         with passport_mode(self.model):
             with self._autocast():
                 task = F.cross_entropy(self.model(x), y)
-            penalty = sign_loss(self.model)  # on fp32 responses (PassportAwareBranch.passport_responses)
+            penalty = self._schedule.sign_loss()  # on fp32 responses (PassportAwareBranch.passport_responses)
         self._state.sign_losses.append(penalty.item())
         return task + self.config.sign_weight * penalty
 
