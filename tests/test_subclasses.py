@@ -218,3 +218,42 @@ def test_a_reshape_that_mixes_channels_is_caught_by_the_values():
     report = pn.find_pairs(Mixing().eval(), torch.randn(2, 3, 2, 2))
     (reason,) = [u.reason for u in report.unprotectable]
     assert "does not carry producer 'conv''s channels" in reason and not report.pairs
+
+
+class WeightlessBN(nn.BatchNorm2d):
+    """Claims to be an affine BatchNorm but its weight was taken away (a user's pruning code, say)."""
+
+    def __init__(self, channels):
+        super().__init__(channels)
+        self.register_parameter("weight", None)
+
+
+def test_a_norm_without_its_channel_weight_is_reported_by_name():
+    model = Net(WeightlessBN(96), nn.BatchNorm2d(96))
+    x = torch.randn(4, 3, 8, 8)
+    report = pn.find_pairs(model, x)
+    (reason,) = [u.reason for u in report.unprotectable if u.norm == "bn1"]
+    assert "WeightlessBN says affine=True but has no per-channel weight of 96 values (found NoneType)" in reason
+    protected = pn.protect(model.eval(), x, signature="(c) w", seed=0).eval()
+    assert list(protected_layers(protected)) == ["bn2"]
+    with torch.no_grad():
+        assert torch.equal(protected(x), model(x))
+
+
+def test_layernorm_without_a_bias_gets_the_branch_affine_in_passport_mode():
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.norm, self.head = nn.Linear(8, 160), nn.LayerNorm(160, bias=False), nn.Linear(160, 10)
+
+        def forward(self, x):
+            return self.head(self.norm(self.fc(x)).mean(1))
+
+    model, x = Tokens().eval(), torch.randn(4, 5, 8)
+    protected = pn.protect(model, x, signature="(c) nb", seed=0).eval()
+    assert protected.norm.bias is None and "norm" in protected_layers(protected)
+    with torch.no_grad():
+        assert torch.equal(protected(x), model(x))
+        with pn.passport_mode(protected):
+            assert torch.isfinite(protected(x)).all()
+        assert pn.strip(protected).norm.bias is None

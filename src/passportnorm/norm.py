@@ -64,6 +64,11 @@ def unsupported_norm_reason(norm: nn.Module) -> str | None:
         return None
     if not norm.affine:
         return f"{type(norm).__name__} has no affine parameters (affine=False)"
+    if not isinstance(getattr(norm, "weight", None), Tensor) or norm.weight.shape != (norm_channels(norm),):
+        return (
+            f"{type(norm).__name__} says affine=True but has no per-channel weight of {norm_channels(norm)} values "
+            f"(found {type(getattr(norm, 'weight', None)).__name__}); the branch substitutes that weight"
+        )
     return None
 
 
