@@ -211,9 +211,16 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench/zoo-coverage")
     parser.add_argument("--docs", action="store_true", help="write docs/COVERAGE.md")
     parser.add_argument("--render", action="store_true", help="write docs/COVERAGE.md from the results.json in --out")
+    parser.add_argument("--update", nargs="+", metavar="NAME", help="recompute these models' coverage rows in the "
+                        "results.json in --out (after a fix), keep everything else, and render the docs")
     args = parser.parse_args()
-    if args.render:
+    if args.render or args.update:
         stored = json.loads((Path(args.out) / "results.json").read_text())
+        if args.update:
+            import_torchvision(), import_timm()
+            fresh = {name: _row(name) for name in args.update}
+            stored["models"] = [fresh.pop(r["model"], r) for r in stored["models"]] + list(fresh.values())
+            (Path(args.out) / "results.json").write_text(json.dumps(stored, indent=1))
         _write_docs(stored["models"], stored["training"])
         return
     tv = import_torchvision()

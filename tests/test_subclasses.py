@@ -257,3 +257,24 @@ def test_layernorm_without_a_bias_gets_the_branch_affine_in_passport_mode():
         with pn.passport_mode(protected):
             assert torch.isfinite(protected(x)).all()
         assert pn.strip(protected).norm.bias is None
+
+
+class SameConv(nn.Conv2d):
+    """Like timm's Conv2dSame: pads in forward (TensorFlow 'same'), with padding=0 in the module."""
+
+    def forward(self, x):
+        return super().forward(torch.nn.functional.pad(x, (2, 2, 2, 2)))
+
+
+def test_a_producer_that_pads_in_its_forward_answers_passports_through_that_forward():
+    torch.manual_seed(0)
+    model = Net(nn.BatchNorm2d(96), nn.BatchNorm2d(96))
+    model.conv2 = SameConv(96, 96, 5)
+    x = torch.randn(4, 3, 4, 4)  # 4x4 maps: a 5x5 kernel fits only after the forward's own padding
+    protected = pn.protect(model.eval(), x, signature="(c) same", seed=0).eval()
+    layer = protected_layers(protected)["bn2"]
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(layer.passport_gamma, (2, 2, 2, 2)),
+                                          layer.producer.weight).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(layer.passport_responses()[0], expected)
+    with torch.no_grad():
+        assert torch.equal(protected(x), model(x))

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+
+from .attach import substituted
 
 __all__ = [
     "SUPPORTED_NORMS",
@@ -103,15 +104,15 @@ def producer_fan_in(producer: nn.Module) -> int:
 
 
 def producer_responses(producer: nn.Module, weight: Tensor, passports: Tensor, channels: int) -> Tensor:
-    """``(N, C)``: ``producer`` run with ``weight`` (no bias) on each passport, averaged per channel.
+    """``(N, C)``: ``producer``'s own forward, with ``weight`` and no bias, on each passport, averaged per channel.
 
-    This is the branch's ``g`` (and ``b``); it is linear in ``weight``, row by row, which is
-    what lets alignment (align.py) tell the bit-carrying direction of a filter from the rest.
+    The producer's own forward, so a subclass's padding or weight handling is kept (timm's
+    Conv2dSame pads like TensorFlow; a plain conv call would not). This is the branch's ``g``
+    (and ``b``); for the torch.nn producers it is linear in ``weight``, row by row, which is what
+    lets alignment (align.py) tell the bit-carrying direction of a filter from the rest.
     """
-    if isinstance(producer, nn.Linear):
-        response = F.linear(passports, weight)
-    else:
-        response = producer._conv_forward(passports, weight, None)
+    with substituted(producer, {"weight": weight, "bias": None}):
+        response = type(producer).forward(producer, passports)  # no hooks: this is not a model call
     channel_dim = producer_channel_dim(producer, response.dim())
     return response.movedim(channel_dim, 1).reshape(len(passports), channels, -1).mean(dim=2)
 
