@@ -278,3 +278,33 @@ def test_a_producer_that_pads_in_its_forward_answers_passports_through_that_forw
     torch.testing.assert_close(layer.passport_responses()[0], expected)
     with torch.no_grad():
         assert torch.equal(protected(x), model(x))
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """timm's and torchvision's ConvNeXt norm: a LayerNorm over channels that permutes inside its forward."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class Unscaled(nn.BatchNorm2d):
+    """Claims to be a BatchNorm but never applies its weight and bias."""
+
+    def forward(self, x):
+        return torch.nn.functional.batch_norm(x, self.running_mean, self.running_var, None, None, self.training)
+
+
+def test_the_channel_axis_is_what_the_norms_own_forward_shows():
+    torch.manual_seed(0)
+    model = Net(LayerNorm2d(96), Unscaled(96)).eval()
+    x = torch.randn(4, 3, 8, 8)
+    report = pn.find_pairs(model, x)
+    assert [p.norm for p in report.pairs] == ["bn1"]
+    (reason,) = [u.reason for u in report.unprotectable if u.norm == "bn2"]
+    assert "Unscaled does not apply its weight and bias per channel" in reason
+    protected = pn.protect(model, x, signature="(c) ln2d", seed=0, exclude=["bn2"]).eval()
+    with torch.no_grad():
+        assert torch.equal(protected(x), model(x))
+        with pn.passport_mode(protected):
+            assert torch.isfinite(protected(x)).all()
+    assert type(pn.strip(protected).bn1) is LayerNorm2d

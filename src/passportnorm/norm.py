@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -19,6 +20,7 @@ __all__ = [
     "affine_free_copy",
     "norm_channel_dim",
     "norm_channels",
+    "observed_channel_dim",
     "producer_channel_dim",
     "producer_fan_in",
     "producer_responses",
@@ -85,6 +87,36 @@ def norm_channels(norm: nn.Module) -> int:
 def norm_channel_dim(norm: nn.Module, ndim: int) -> int:
     """The axis a norm's affine parameters run along, for an input of rank ``ndim``."""
     return ndim - 1 if isinstance(norm, nn.LayerNorm) else 1
+
+
+def observed_channel_dim(norm: nn.Module, x: Tensor) -> int | None:
+    """The axis of ``x`` along which ``norm``'s own forward applies its affine values, seen by running it.
+
+    The forward runs with weight 0 and bias ``1..C`` substituted (no hooks, no gradients), so its
+    output is the bias (after whatever a subclass adds, such as a monotone activation) spread along
+    the channel axis: the one axis whose slices are each constant and all different. timm's
+    LayerNorm2d is a LayerNorm that permutes inside its forward, so its channels are axis 1, not
+    the last; a forward that ignores its weight and bias gives no such axis (None).
+    """
+    channels = norm_channels(norm)
+    weight = norm.weight
+    ramp = torch.arange(1, channels + 1, dtype=weight.dtype, device=weight.device)
+    was_training, norm.training = norm.training, False  # eval: running statistics are read, never updated
+    try:
+        with torch.no_grad(), substituted(norm, {"weight": torch.zeros_like(ramp), "bias": ramp}):
+            out = type(norm).forward(norm, x)
+    finally:
+        norm.training = was_training
+    if not isinstance(out, Tensor) or out.shape != x.shape:
+        return None
+    for axis in range(1, out.dim()):
+        if out.shape[axis] != channels:
+            continue
+        rows = out.movedim(axis, 0).reshape(channels, -1)
+        constant = bool((rows == rows[:, :1]).all())
+        if constant and rows[:, 0].unique().numel() == channels:
+            return axis
+    return None
 
 
 def producer_channel_dim(producer: nn.Module, ndim: int) -> int:

@@ -23,6 +23,7 @@ from .errors import PairingError
 from .norm import (
     SUPPORTED_PRODUCERS,
     norm_channel_dim,
+    observed_channel_dim,
     norm_channels,
     producer_channel_dim,
     producer_fan_in,
@@ -259,6 +260,24 @@ def _check_reasons_against_calls(reasons: dict[str, str], record: Any) -> None:
             reasons[path] = "the forward with example_input never calls it"
 
 
+def _shape_of(example_input: Any) -> str:
+    if isinstance(example_input, torch.Tensor):
+        return f"of shape {tuple(example_input.shape)}"
+    return f"({type(example_input).__name__})"
+
+
+_NO_AXIS = ("its own forward shows no axis carrying one affine value per channel (run with weight 0 and bias 1..C), "
+            "so {name} does not apply its weight and bias per channel as the branch needs")
+
+
+def _norm_axis(norm: nn.Module, x: Any) -> int | None:
+    """Where ``norm`` keeps its channels in its input ``x``: as its own forward shows, for the torch
+    classes and for subclasses that permute or add inside their forward alike."""
+    if x.dim() < 2:
+        return norm_channel_dim(norm, x.dim())
+    return observed_channel_dim(norm, x)
+
+
 def _check_shapes(
     pair: Pair, norm: nn.Module, producer: nn.Module, record: Any
 ) -> str | None:
@@ -278,7 +297,9 @@ def _check_shapes(
             f"it receives shape {tuple(seen.shape)} but producer '{pair.producer}' returns {tuple(out.shape)}"
         )
     p_axis = producer_channel_dim(producer, out.dim())
-    n_axis = norm_channel_dim(norm, out.dim())
+    n_axis = _norm_axis(norm, seen if seen is not None else out)
+    if n_axis is None:
+        return _NO_AXIS.format(name=type(norm).__name__)
     if p_axis != n_axis:
         return (
             f"producer '{pair.producer}' ({type(producer).__name__}) writes channels on axis {p_axis} of its "
@@ -292,7 +313,9 @@ def _check_shapes(
 def _check_moved_channels(pair: Pair, norm: nn.Module, producer: nn.Module, out: Any, seen: Any) -> str | None:
     """Across permutes and dropouts: channel c of the norm's input must hold exactly the values of
     the producer's channel c (eval mode: dropout is the identity), wherever the axis moved to."""
-    p_axis, n_axis = producer_channel_dim(producer, out.dim()), norm_channel_dim(norm, seen.dim())
+    p_axis, n_axis = producer_channel_dim(producer, out.dim()), _norm_axis(norm, seen)
+    if n_axis is None:
+        return _NO_AXIS.format(name=type(norm).__name__)
     channels = norm_channels(norm)
     if out.shape[p_axis] != channels or seen.shape[n_axis] != channels or out.numel() != seen.numel():
         return (f"across {', '.join(pair.crossed)} it receives shape {tuple(seen.shape)} from producer "
@@ -360,7 +383,14 @@ def find_pairs(
         if path in links
     ]
     watched = {p.norm for p in candidates} | {p.producer for p in candidates} | set(norms)
-    record = capture(model, example_input, sorted(watched))
+    try:
+        record = capture(model, example_input, sorted(watched))
+    except Exception as error:  # the user's model refusing the example is theirs to fix: say so in one line
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        raise PairingError(
+            f"{type(model).__name__} cannot run on the example input {_shape_of(example_input)} ({type(error).__name__}: "
+            f"{first}); give an input the model accepts (a larger image size or another --dataset)"
+        ) from error
     _check_reasons_against_calls(reasons, record)
     for pair in candidates:
         why = _check_shapes(pair, norms[pair.norm], modules[pair.producer], record)
