@@ -51,7 +51,7 @@ def test_help_shows_defaults_exit_codes_and_only_what_a_command_uses(capsys):
     with _pytest.raises(SystemExit):
         main(["protect", "--help"])
     protect_help = " ".join(capsys.readouterr().out.split())
-    assert "(default: '(c) passportnorm owner')" in protect_help and "(default: 'shuffle')" in protect_help
+    assert "(default: '(c) passportnorm owner')" in protect_help and "(default: 'random')" in protect_help
     assert "exit codes: 0 the release verifies with its key" in protect_help
     with _pytest.raises(SystemExit):
         main(["train", "--help"])

@@ -24,6 +24,7 @@ import torch
 from . import zoo
 from .certificate import Certificate
 from .data import DatasetSplits, dataset_task, load_dataset
+from .data.registry import first_inputs
 from .data.holdout import hold_out
 from .dispute import Claim, DisputeResult, dispute
 from .data.triggers import TriggerSet, generate_triggers, load_trigger_folder, TRIGGER_KINDS
@@ -48,6 +49,7 @@ class RunOptions:
     data_dir: str | None = None
     task: str = "auto"  # image or pointcloud; auto: what the dataset holds
     points: int = 0  # points per cloud for point-cloud datasets; 0: the dataset's default
+    image_size: int = 0  # side of the square crops of --dataset imagefolder; 0: 64
     arch: str = "auto"  # auto: resnet18 for images, pointnet for point clouds; or tv:NAME, timm:NAME, file.py:factory
     weights: str = ""  # start from these trained weights (safetensors, or a state dict torch.load(weights_only=True) reads)
     width: float = 0.25
@@ -59,7 +61,7 @@ class RunOptions:
     secret_seed: int | None = None  # passports, signature bits, triggers; None: drawn from the OS CSPRNG (secret)
     signature: str = "(c) passportnorm owner"
     signature_mode: str = "hash"  # hash: bits bound to identity and passports; text: the paper's (forgeable)
-    passports: str = "shuffle"
+    passports: str = "random"  # chosen by measurement: docs/RESULTS.md, "Which passports by default"
     schedule: str = "alternate"
     ratio: float = 0.5
     aware_optimizer: str = "shared"  # separate: passport-aware steps keep their own momentum (see train.py)
@@ -114,9 +116,17 @@ def resolve_task(opts: RunOptions) -> RunOptions:
     return replace(opts, task=task, arch=arch, trigger=trigger, lr=opts.lr or DEFAULT_LR[task])
 
 
-def _load(name: str, data_dir: str | None, seed: int, points: int | None, holdout: float = 0.0) -> DatasetSplits:
+def _load(opts: RunOptions) -> DatasetSplits:
     """The run's data; with ``holdout`` the test split is a validation share of the training split."""
-    return hold_out(load_dataset(name, data_dir, seed=seed, points=points or None), holdout, seed)
+    data = load_dataset(opts.dataset, opts.data_dir, seed=opts.seed, points=opts.points or None,
+                        image_size=opts.image_size or None)
+    return hold_out(data, opts.holdout, opts.seed)
+
+
+def _recorded_dataset(name: str, data_dir: str | None, config: dict[str, Any]) -> DatasetSplits:
+    """The dataset a key or release was made on, as its config recorded it (seed, points, image size)."""
+    return load_dataset(name, data_dir, seed=config.get("seed", 0), points=config.get("points") or None,
+                        image_size=config.get("image_size") or None)
 
 
 def _trigger(opts: RunOptions, data, secret: int) -> TriggerSet | None:
@@ -139,7 +149,7 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     out = Path(opts.out)
     _train_config(opts).validate(device)  # every training option checked before anything is written
     prepare_run_folder(out, resume=opts.resume, overwrite=opts.overwrite)
-    data = _load(opts.dataset, opts.data_dir, opts.seed, opts.points, opts.holdout)
+    data = _load(opts)
     torch.manual_seed(opts.seed)
     model_config = _model_config(opts, data)
     model = zoo.build(opts.arch, trust_code=True, **model_config)  # the user named this --arch
@@ -150,7 +160,7 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     if protected:
         secret, seed_source = run_secret_seed(out, opts.secret_seed, resume=opts.resume)
         trigger = _trigger(opts, data, secret)
-        example = data.train.tensors[0][:16].to(device)
+        example = first_inputs(data.train, 16).to(device)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PassportWarning)
             model = protect(
@@ -278,7 +288,7 @@ def run_verify(
             raise ConfigError("no dataset recorded in the key or model; pass --dataset (or --no-data)")
         config = key.manifest.get("config", {})
         data_dir = data_dir or config.get("data_dir")
-        splits = load_dataset(name, data_dir, seed=config.get("seed", 0), points=config.get("points") or None)
+        splits = _recorded_dataset(name, data_dir, config)
         data, calibration = splits.test, splits.train  # statistics re-estimated on owner data the accuracy is not read from
     target = resolve_device(device)
     model = model.to(target)
@@ -307,5 +317,5 @@ def run_dispute(suspect_dir: str | Path, claims: list[tuple[str, str, str]], dat
         name = dataset or config.get("dataset")
         if name is None:
             raise ConfigError("no dataset recorded in the first key; pass --dataset (or --no-data)")
-        data = load_dataset(name, data_dir or config.get("data_dir"), seed=config.get("seed", 0), points=config.get("points") or None).test
+        data = _recorded_dataset(name, data_dir or config.get("data_dir"), config).test
     return dispute(suspect, parsed[0], parsed[1], data=data)
