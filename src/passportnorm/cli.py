@@ -22,11 +22,12 @@ from . import __version__
 from .errors import ConfigError, PassportNormError
 
 _HELP = {
-    "dataset": "images: mnist5k, digits (shipped), cifar10, cifar100 (need --data-dir); "
+    "dataset": "images: mnist5k, digits (shipped), cifar10, cifar100, imagefolder (one folder per class; need --data-dir); "
                "point clouds: mnist5k-points, shapes3d (shipped), modelnet40 (needs --data-dir)",
     "data_dir": "folder holding a local dataset (CIFAR or ModelNet40 archives unpacked)",
     "task": "image or pointcloud (default: what the dataset holds)",
     "points": "points per cloud (default 256; modelnet40 1024)",
+    "image_size": "side of the square crops of --dataset imagefolder (default 64)",
     "arch": "zoo model: resnet18, alexnet, small_cnn (images); pointnet, pointnet_vanilla (point clouds); default by task; "
             "or tv:NAME / timm:NAME for a torchvision or timm classifier (random init; needs the zoo extra); or your own: "
             "path/to/file.py:factory or module.path:factory (called with in_channels and num_classes if it takes them)",

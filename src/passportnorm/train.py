@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from .data.registry import DatasetSplits
@@ -47,6 +47,11 @@ __all__ = ["TrainConfig", "Trainer"]
 SCHEDULES = ("alternate", "joint", "aware")
 AWARE_OPTIMIZERS = ("shared", "separate")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of the forwards
+
+
+def loader_workers() -> int:
+    """Worker processes that decode a lazily read dataset: all cores but one, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 @dataclass
@@ -203,14 +208,10 @@ class Trainer:
         return torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch * 101 + stream)
 
     def _batches(self, epoch: int):
-        images, labels = self.data.train.tensors
-        order = torch.randperm(len(labels), generator=self._epoch_generator(epoch, 0))
+        order = torch.randperm(len(self.data.train), generator=self._epoch_generator(epoch, 0))
         augment_rng = self._epoch_generator(epoch, 1)
         trigger_rng = self._epoch_generator(epoch, 2)
-        size = self.config.batch_size
-        for start in range(0, len(order), size):
-            index = order[start : start + size]
-            x, y = images[index], labels[index]
+        for x, y in self._ordered_batches(epoch, order):
             if self.data.augment is not None:
                 x = self.data.augment(x, augment_rng)
             if self.trigger is not None and self.config.triggers_per_batch > 0:
@@ -219,9 +220,23 @@ class Trainer:
                 y = torch.cat([y, self.trigger.labels[pick].cpu()])
             yield x, y
 
+    def _ordered_batches(self, epoch: int, order: Tensor):
+        """The epoch's batches in ``order``: sliced from tensors in memory, or read by DataLoader workers
+        from a dataset that decodes on access (an image folder), which draws its crops from the epoch."""
+        size = self.config.batch_size
+        if isinstance(self.data.train, TensorDataset):
+            images, labels = self.data.train.tensors
+            for start in range(0, len(order), size):
+                index = order[start : start + size]
+                yield images[index], labels[index]
+            return
+        if hasattr(self.data.train, "set_epoch"):
+            self.data.train.set_epoch(epoch)
+        yield from DataLoader(self.data.train, batch_size=size, sampler=order.tolist(), num_workers=loader_workers())
+
     def evaluate(self) -> dict[str, Any]:
         """Passport-free (and -aware) test accuracy, signature detection, trigger accuracy."""
-        loader = DataLoader(self.data.test, batch_size=256)
+        loader = DataLoader(self.data.test, batch_size=256, num_workers=0 if isinstance(self.data.test, TensorDataset) else loader_workers())
         metrics: dict[str, Any] = {"passport_free_accuracy": accuracy(self.model, loader, self.device)}
         if self.protected:
             with passport_mode(self.model):

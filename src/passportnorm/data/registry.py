@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from ..errors import ConfigError, DatasetError
 
-__all__ = ["DatasetSplits", "register_dataset", "available_datasets", "dataset_task", "load_dataset"]
+__all__ = ["DatasetSplits", "register_dataset", "available_datasets", "dataset_task", "first_inputs", "load_dataset"]
 
 
 @dataclass
@@ -44,7 +44,7 @@ def register_dataset(name: str, task: str = "image") -> Callable[[Callable[..., 
 
 
 def _register_builtin() -> None:
-    from . import cifar, modelnet, point_sets, shipped  # noqa: F401  (importing them registers their datasets)
+    from . import cifar, image_folder, modelnet, point_sets, shipped  # noqa: F401  (importing them registers their datasets)
 
 
 def available_datasets() -> list[str]:
@@ -60,13 +60,31 @@ def dataset_task(name: str) -> str:
     return _TASKS[name]
 
 
+# datasets whose loader takes an image size (decoded and resized on access); the others have a fixed one
+RESIZABLE = {"imagefolder"}
+
+
 def load_dataset(
-    name: str, data_dir: str | Path | None = None, seed: int = 0, points: int | None = None
+    name: str, data_dir: str | Path | None = None, seed: int = 0, points: int | None = None,
+    image_size: int | None = None,
 ) -> DatasetSplits:
     """The dataset called ``name``; ``data_dir`` for those read from a local folder, ``points`` (N
-    points per cloud) for point clouds."""
+    points per cloud) for point clouds, ``image_size`` for an image folder."""
     if dataset_task(name) == "pointcloud":
         return _LOADERS[name](data_dir=data_dir, seed=seed, points=points)
     if points:
         raise ConfigError(f"dataset {name!r} holds images; --points applies to point-cloud datasets only")
+    if name in RESIZABLE:
+        return _LOADERS[name](data_dir=data_dir, seed=seed, **({"image_size": image_size} if image_size else {}))
+    if image_size:
+        raise ConfigError(f"dataset {name!r} has a fixed image size; --image-size applies to --dataset imagefolder")
     return _LOADERS[name](data_dir=data_dir, seed=seed)
+
+
+def first_inputs(dataset: Any, count: int) -> Any:
+    """The first ``count`` inputs of a dataset as one batch (tensors in memory, or decoded on access)."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[0][:count]
+    import torch
+
+    return torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
