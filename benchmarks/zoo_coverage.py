@@ -12,8 +12,9 @@ protect, and the promises checked on an example input (64x64, or the size a mode
   norm still answers ``model.<norm path>.weight`` as the original norm (parametrize's bar).
 
 With training (default), six models take 100 steps of the alternating schedule on random data
-with each passport kind (--passports): finite losses and the signature detection reached are
-recorded; --training-only reruns just those and keeps the coverage rows already in --out.
+with the CLI's default passports and weak-layer setting (--passports for others): finite losses
+and the signature detection reached are recorded; --training-only reruns just those and keeps
+the coverage rows already in --out.
 Writes runs/bench/zoo-coverage/results.json and, with --docs, docs/COVERAGE.md.
 """
 
@@ -128,7 +129,8 @@ def _train(name: str, steps: int, passports: str) -> dict[str, Any]:
     images, labels = torch.randn(64, 3, 64, 64), torch.randint(0, 10, (64,))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        protected = pn.protect(model, images[:16], signature="(c) train", seed=0, passports=passports)
+        protected = pn.protect(model, images[:16], signature="(c) train", seed=0, passports=passports,
+                               weak_layers=RunOptions().weak_layers)
     optimizer = torch.optim.SGD(protected.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     protected.train()
     losses, detection = [], None
@@ -184,8 +186,10 @@ def _markdown(rows: list[dict], training: list[dict], command: str) -> str:
         lines.append("")
     if training:
         lines += [f"### {training[0].get('steps', 100)} alternating steps on random data, by passport kind", "",
-                  f"The CLI default is `{RunOptions().passports}` passports. SGD lr 0.01, momentum 0.9, batch 16 of 64 "
-                  "random 64x64 images with random labels (the task loss cannot fall: only the signature can be learnt).",
+                  f"The CLI's defaults: `{RunOptions().passports}` passports, weak layers `{RunOptions().weak_layers}` "
+                  "(producers reading at most 3 channels per output channel: the RGB stem, depthwise convs). SGD lr 0.01, "
+                  "momentum 0.9, batch 16 of 64 random 64x64 images with random labels (the task loss cannot fall: only "
+                  "the signature can be learnt).",
                   "", "| model | passports | bits | steps | finite | aware loss (task + sign), first step | last | detection |",
                   "|---|---|---:|---:|---|---:|---:|---:|"]
         for t in training:
@@ -205,7 +209,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="model names (tv:NAME, timm:NAME) instead of the full list")
     parser.add_argument("--no-training", action="store_true")
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--passports", nargs="+", default=["shuffle", "random"], help="passport kinds to train with")
+    parser.add_argument("--passports", nargs="+", default=[RunOptions().passports], help="passport kinds to train with")
     parser.add_argument("--training-only", action="store_true", help="train the six models; keep the coverage rows "
                         "of the results.json in --out")
     parser.add_argument("--out", default="runs/bench/zoo-coverage")
