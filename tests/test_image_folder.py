@@ -89,3 +89,12 @@ def test_an_unreadable_image_stops_the_run_before_anything_is_written(tmp_path, 
     code = main(["protect", "--dataset", "imagefolder", "--data-dir", str(root), "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "broken.jpg" in err and not out.exists()
+
+
+def test_inspect_reads_the_classes_of_an_image_folder(tmp_path, capsys):
+    root = _write(tmp_path / "pets", per_class=2)
+    assert main(["inspect", "--arch", "small_cnn", "--dataset", "imagefolder", "--data-dir", str(root),
+                 "--image-size", "32"]) == 0
+    assert "inputs (3, 32, 32)" in capsys.readouterr().out
+    assert main(["inspect", "--dataset", "imagefolder"]) == 2
+    assert "give --data-dir DIR" in capsys.readouterr().err

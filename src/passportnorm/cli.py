@@ -230,7 +230,10 @@ def _parser() -> argparse.ArgumentParser:
     look.add_argument("--arch", default="auto", help="default: resnet18 for images, pointnet for point clouds")
     look.add_argument("--width", type=float, default=0.25)
     look.add_argument("--norm", default="bn")
-    look.add_argument("--dataset", default="mnist5k", help="decides input shape and classes: " + ", ".join(_SHAPES))
+    look.add_argument("--dataset", default="mnist5k", help="decides input shape and classes: " + ", ".join(_SHAPES)
+                      + ", or imagefolder (with --data-dir: its classes, at --image-size)")
+    look.add_argument("--data-dir", help="the image folder, for --dataset imagefolder")
+    look.add_argument("--image-size", type=int, default=64, help="crop size for --dataset imagefolder")
 
     demo = commands.add_parser("demo", help="quick core demonstration: protect a small CNN on MNIST-5k, read the signature, strip")
     demo.add_argument("--out", default="runs/core-demo")
@@ -251,9 +254,15 @@ def _inspect(args: argparse.Namespace) -> int:
     from . import zoo
     from .pairing import find_pairs
 
-    if args.dataset not in _SHAPES:
-        raise ConfigError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(_SHAPES)}")
-    shape, classes = _SHAPES[args.dataset]
+    if args.dataset == "imagefolder":
+        from .data import load_dataset
+
+        folder = load_dataset("imagefolder", args.data_dir, image_size=args.image_size)  # reads names and headers, not pixels
+        shape, classes = folder.input_shape, folder.num_classes
+    elif args.dataset not in _SHAPES:
+        raise ConfigError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(_SHAPES)}, imagefolder")
+    else:
+        shape, classes = _SHAPES[args.dataset]
     if args.arch == "auto":
         from .pipeline import DEFAULT_ARCH, dataset_task
 
