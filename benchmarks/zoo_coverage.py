@@ -129,8 +129,14 @@ def _train(name: str, steps: int, passports: str) -> dict[str, Any]:
     images, labels = torch.randn(64, 3, 64, 64), torch.randint(0, 10, (64,))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        protected = pn.protect(model, images[:16], signature="(c) train", seed=0, passports=passports,
-                               weak_layers=RunOptions().weak_layers)
+        weak_layers = RunOptions().weak_layers
+        try:
+            protected = pn.protect(model, images[:16], signature="(c) train", seed=0, passports=passports,
+                                   weak_layers=weak_layers)
+        except pn.NothingToProtectError:  # only weak layers (ConvNeXt: depthwise convs): what the error tells users
+            weak_layers = "protect"
+            protected = pn.protect(model, images[:16], signature="(c) train", seed=0, passports=passports,
+                                   weak_layers=weak_layers)
     optimizer = torch.optim.SGD(protected.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     protected.train()
     losses, detection = [], None
@@ -149,7 +155,7 @@ def _train(name: str, steps: int, passports: str) -> dict[str, Any]:
         if not math.isfinite(losses[-1]):
             break
     detection = pn.signature_detection(protected).rate
-    return {"model": name, "passports": passports, "steps": step + 1, "finite": all(math.isfinite(v) for v in losses),
+    return {"model": name, "passports": passports, "weak_layers": weak_layers, "steps": step + 1, "finite": all(math.isfinite(v) for v in losses),
             "first_aware_loss": losses[1], "last_aware_loss": losses[-1], "detection": detection,
             "bits": pn.capacity(protected), "warnings": sorted({str(w.message)[:120] for w in caught})}
 
@@ -199,7 +205,8 @@ def _markdown(rows: list[dict], training: list[dict], command: str) -> str:
             if "crash" in t:
                 lines.append(f"| {t['model']} | {t.get('passports', '')} | - | - | **crash**: {t['crash']} | | | |")
                 continue
-            lines.append(f"| {t['model']} | {t['passports']} | {t['bits']} | {t['steps']} | {'yes' if t['finite'] else '**no**'} | "
+            weak = " (weak layers protected: no other)" if t.get("weak_layers") == "protect" else ""
+            lines.append(f"| {t['model']}{weak} | {t['passports']} | {t['bits']} | {t['steps']} | {'yes' if t['finite'] else '**no**'} | "
                          f"{t['first_aware_loss']:.3g} | {t['last_aware_loss']:.3g} | {t['detection']:.1%} |")
     return "\n".join(lines)
 

@@ -267,3 +267,11 @@ def test_message_spread_over_layers_is_stored_at_its_offsets():
     unused = [producer_fan_in(layer.producer) for layer in layers.values() if not int(layer.message_bits)]
     assert unused and max(unused) <= min(fan_ins)
     assert torch.equal(torch.cat([bits for _, bits, _ in parts]), Signature.from_text(text).bits)
+
+
+def test_skipping_weak_layers_that_are_all_there_is_says_how_to_protect_them():
+    from passportnorm import NothingToProtectError
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, groups=1), torch.nn.BatchNorm2d(16))
+    with pytest.raises(NothingToProtectError, match=r"every protectable norm of Sequential \(1, e\.g\. '1'\).*--weak-layers protect"):
+        protect(model, torch.randn(2, 3, 8, 8), weak_layers="skip")

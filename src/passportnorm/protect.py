@@ -222,6 +222,12 @@ def protect(
     report = find_pairs(protected, example_input, pairs=pairs)
     chosen = select_pairs(report, include, exclude)
     if weak_layers == "skip":
+        if chosen and all(p.weak for p in chosen):
+            raise NothingToProtectError(
+                f"every protectable norm of {type(model).__name__} ({len(chosen)}, e.g. '{chosen[0].norm}') follows a "
+                f"producer reading at most {WEAK_FAN_IN} channels per output channel (depthwise convs, the RGB stem), "
+                "and weak_layers='skip' leaves those out; protect them with weak_layers='protect' (--weak-layers protect)"
+            )
         chosen = [p for p in chosen if not p.weak]
     elif weak_layers != "protect":
         raise PairingError(f"weak_layers must be 'protect' or 'skip', got {weak_layers!r}")
