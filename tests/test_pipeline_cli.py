@@ -154,3 +154,21 @@ def test_full_default_pipeline_like_make_demo(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["verification"]["signature_detection"] == 1.0
     assert torch.cuda.is_available() or metrics["environment"]["device"] == "cpu"
+
+
+def test_each_epoch_line_is_printed_when_the_epoch_ends(tmp_path, monkeypatch, capsys):
+    """Progress reaches logs as it happens: the line of epoch 1 is out before epoch 2 starts."""
+    from passportnorm.train import Trainer
+
+    seen_before_epoch_2 = []
+    original = Trainer._batches
+
+    def batches(self, epoch):
+        if epoch == 1:
+            seen_before_epoch_2.append(capsys.readouterr().out)
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_batches", batches)
+    assert main(["train", "--dataset", "digits", "--arch", "small_cnn", "--epochs", "2", "--out", str(tmp_path / "t")]) == 0
+    assert "epoch 1, seconds" in seen_before_epoch_2[0] and "epoch 2," not in seen_before_epoch_2[0]
+    assert "epoch 2, seconds" in capsys.readouterr().out

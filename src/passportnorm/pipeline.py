@@ -143,6 +143,11 @@ def _model_config(opts: RunOptions, data) -> dict[str, Any]:
     return {"in_channels": data.input_shape[0], "num_classes": data.num_classes, "width": opts.width, "norm": opts.norm}
 
 
+def _print_epoch(row: dict[str, Any]) -> None:
+    """One line per finished epoch, flushed: a terminal keeps it on screen, a log or CI shows progress."""
+    print("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+
+
 def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     device = resolve_device(opts.device)
     opts = resolve_task(opts)
@@ -184,9 +189,7 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
         + (f", {capacity(model)} signature bits, {opts.schedule} schedule" if protected else "")
     )
     start = time.perf_counter()
-    trainer.fit(resume=opts.resume, on_step=None)
-    for row in trainer.history:
-        print("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    trainer.fit(resume=opts.resume, on_epoch=_print_epoch)
     released = strip(model) if protected else model
     settings = {k: v for k, v in asdict(opts).items() if k not in ("resume", "overwrite", "secret_seed")}
     metrics: dict[str, Any] = {

@@ -249,13 +249,22 @@ class Trainer:
             metrics["trigger_accuracy"] = float(hits)
         return metrics
 
-    def fit(self, resume: bool = False, on_step: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    def fit(
+        self,
+        resume: bool = False,
+        on_step: Callable[[int, int], None] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
         """Train to ``config.epochs``; with ``resume`` continue from the checkpoint in ``out_dir``.
 
-        ``on_step(epoch, step)`` is called after every unit (progress hooks, tests that interrupt).
+        ``on_step(epoch, step)`` is called after every unit (progress hooks, tests that interrupt);
+        ``on_epoch(row)`` with each epoch's metrics as soon as its checkpoint is written (and, on
+        resume, with the rows of the epochs already done), so logs show where a run is.
         """
         if resume:
             self.load_checkpoint()
+            for row in self.history if on_epoch is not None else ():
+                on_epoch(row)
         while self.epoch < self.config.epochs:
             epoch = self.epoch
             self._state.sign_losses.clear()
@@ -276,6 +285,8 @@ class Trainer:
             self.history.append(row)
             self.epoch = epoch + 1
             self.save_checkpoint()
+            if on_epoch is not None:
+                on_epoch(row)
         return self.history
 
     # checkpoints -----------------------------------------------------------------------
