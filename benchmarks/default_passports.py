@@ -37,7 +37,9 @@ def _owner(out: Path, kind: str, epochs: int) -> tuple:
     if not (folder / "owner-key" / "key.json").is_file():
         print(f"training the owner with {kind} passports ...", flush=True)
         with contextlib.redirect_stdout(io.StringIO()):
-            run_protect(RunOptions(out=str(folder), epochs=epochs, passports=kind, secret_seed=0, overwrite=True))
+            run_protect(
+                RunOptions(out=str(folder), epochs=epochs, passports=kind, secret_seed=0, overwrite=True)
+            )
     metrics = json.loads((folder / "metrics.json").read_text())
     return load_released(folder / "released")[0], OwnerKey.load(folder / "owner-key"), metrics
 
@@ -60,24 +62,44 @@ def main() -> None:
             print(f"owner {owner_kind}, thief {thief_kind} ...", flush=True)
             thief_model, thief_key = _reprotect(model, data, thief_kind, mode=key.signature_mode)
             report = verify(thief_model, key, data=data.test, reference=model).to_dict()
-            decision = dispute(thief_model, Claim("thief", thief_key, Certificate.issue(thief_key, thief_model), thief_model),
-                               Claim("owner", key, Certificate.issue(key, model), model), data=data.test).to_dict()
-            record[f"{owner_kind}/{thief_kind}"] = {"owner": owner, "after_attack": report, "dispute": decision}
-            rows.append(f"| {owner_kind} | {last['passport_free_accuracy']:.2%} | {last['passport_aware_accuracy']:.2%} | "
-                        f"{owner['signature_detection']:.1%} | {thief_kind} | {_verdict(report)} | "
-                        f"**{decision['winner'] or 'nobody'}** ({decision['decided_by']}) |")
+            decision = dispute(
+                thief_model,
+                Claim("thief", thief_key, Certificate.issue(thief_key, thief_model), thief_model),
+                Claim("owner", key, Certificate.issue(key, model), model),
+                data=data.test,
+            ).to_dict()
+            record[f"{owner_kind}/{thief_kind}"] = {
+                "owner": owner,
+                "after_attack": report,
+                "dispute": decision,
+            }
+            free, aware = last["passport_free_accuracy"], last["passport_aware_accuracy"]
+            rows.append(
+                f"| {owner_kind} | {free:.2%} | {aware:.2%} | "
+                f"{owner['signature_detection']:.1%} | {thief_kind} | {_verdict(report)} | "
+                f"**{decision['winner'] or 'nobody'}** ({decision['decided_by']}) |"
+            )
             print(rows[-1], flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
-    table = "\n".join([
-        "| owner's passports | released acc | passport-aware acc | detection | thief's passports | owner's verify of the "
-        "thief's model (aligned) | dispute |", "|---|---:|---:|---:|---|---|---|", *rows])
+    table = "\n".join(
+        [
+            "| owner's passports | released acc | passport-aware acc | detection | thief's passports "
+            "| owner's verify of the thief's model (aligned) | dispute |",
+            "|---|---:|---:|---:|---|---|---|",
+            *rows,
+        ]
+    )
     print(table)
     if args.docs:
-        update_section("RESULTS.md", "default-passports", "### Which passports by default: embedding and re-protection\n\n"
-                       f"Command: `python benchmarks/default_passports.py --docs` (owners: the default `passportnorm "
-                       f"protect` with `--passports KIND`, {args.epochs} epochs, seed 0; thief: docs/SECURITY.md's "
-                       "re-protection, 2 epochs at lr 0.01 on half the training data).\n\n" + table)
+        update_section(
+            "RESULTS.md",
+            "default-passports",
+            "### Which passports by default: embedding and re-protection\n\n"
+            f"Command: `python benchmarks/default_passports.py --docs` (owners: the default `passportnorm "
+            f"protect` with `--passports KIND`, {args.epochs} epochs, seed 0; thief: docs/SECURITY.md's "
+            "re-protection, 2 epochs at lr 0.01 on half the training data).\n\n" + table,
+        )
 
 
 if __name__ == "__main__":

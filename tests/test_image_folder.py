@@ -42,10 +42,17 @@ def test_a_class_per_folder_is_split_by_seed_and_read_on_access(tmp_path):
     assert not torch.equal(data.train[0][0], x)  # a new epoch draws new crops
     centre = data.test[0][0]
     torch.testing.assert_close(data.test[0][0], centre)
-    raw = torch.from_numpy(np.asarray(Image.open(data.test.samples[0][0]).convert("RGB").resize((24, 18), Image.BILINEAR),
-                                      dtype=np.float32) / 255).permute(2, 0, 1)[:, 1:17, 4:20]
+    raw = torch.from_numpy(
+        np.asarray(
+            Image.open(data.test.samples[0][0]).convert("RGB").resize((24, 18), Image.BILINEAR),
+            dtype=np.float32,
+        )
+        / 255
+    ).permute(2, 0, 1)[:, 1:17, 4:20]
     expected = (raw - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    torch.testing.assert_close(centre, expected)  # 40x30: shorter side to 18 (24x18), centre crop 16, ImageNet mean/std
+    torch.testing.assert_close(
+        centre, expected
+    )  # 40x30: shorter side to 18 (24x18), centre crop 16, ImageNet mean/std
 
 
 def test_train_and_val_folders_are_used_as_they_are(tmp_path):
@@ -55,12 +62,17 @@ def test_train_and_val_folders_are_used_as_they_are(tmp_path):
     assert (len(data.train), len(data.test)) == (12, 6)
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda root: root.mkdir(), r"has no class folders"),
-    (lambda root: (root / "cat").mkdir(parents=True), r"class folder .*cat holds no images"),
-    (lambda root: (_write(root), (root / "dog" / "9.png").write_bytes(b"not a png")),
-     r"cannot read image .*dog/9\.png: .*remove or replace the file"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda root: root.mkdir(), r"has no class folders"),
+        (lambda root: (root / "cat").mkdir(parents=True), r"class folder .*cat holds no images"),
+        (
+            lambda root: (_write(root), (root / "dog" / "9.png").write_bytes(b"not a png")),
+            r"cannot read image .*dog/9\.png: .*remove or replace the file",
+        ),
+    ],
+)
 def test_bad_folders_are_named(tmp_path, make, message):
     root = tmp_path / "bad"
     make(root)
@@ -71,9 +83,31 @@ def test_bad_folders_are_named(tmp_path, make, message):
 def test_protect_trains_on_an_image_folder_and_verify_reads_it_again(tmp_path, capsys):
     root = _write(tmp_path / "pets", per_class=10, size=(24, 24))
     out = tmp_path / "run"
-    code = main(["protect", "--dataset", "imagefolder", "--data-dir", str(root), "--image-size", "16", "--arch", "small_cnn",
-                 "--width", "1.0", "--epochs", "2", "--batch-size", "8", "--trigger", "none", "--secret-seed", "0",
-                 "--out", str(out)])
+    code = main(
+        [
+            "protect",
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            str(root),
+            "--image-size",
+            "16",
+            "--arch",
+            "small_cnn",
+            "--width",
+            "1.0",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--trigger",
+            "none",
+            "--secret-seed",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     assert code in (0, 1), capsys.readouterr().err  # 24 tiny images decide nothing about the verdict
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]) == 2 and metrics["settings"]["image_size"] == 16
@@ -93,8 +127,22 @@ def test_an_unreadable_image_stops_the_run_before_anything_is_written(tmp_path, 
 
 def test_inspect_reads_the_classes_of_an_image_folder(tmp_path, capsys):
     root = _write(tmp_path / "pets", per_class=2)
-    assert main(["inspect", "--arch", "small_cnn", "--dataset", "imagefolder", "--data-dir", str(root),
-                 "--image-size", "32"]) == 0
+    assert (
+        main(
+            [
+                "inspect",
+                "--arch",
+                "small_cnn",
+                "--dataset",
+                "imagefolder",
+                "--data-dir",
+                str(root),
+                "--image-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert "inputs (3, 32, 32)" in capsys.readouterr().out
     assert main(["inspect", "--dataset", "imagefolder"]) == 2
     assert "give --data-dir DIR" in capsys.readouterr().err

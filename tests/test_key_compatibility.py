@@ -25,12 +25,24 @@ def test_a_key_of_the_previous_layout_verifies_its_release_with_the_same_numbers
     released, _ = load_released(FIXTURE / "released")
     report = verify(released, key, data=load_dataset("digits", seed=0).test)
     assert report.verified == expected["verified"] is True
-    assert (report.signature_matches, report.signature_bits) == (expected["signature_matches"], expected["signature_bits"])
+    assert (report.signature_matches, report.signature_bits) == (
+        expected["signature_matches"],
+        expected["signature_bits"],
+    )
     assert report.passport_aware_accuracy == pytest.approx(expected["passport_aware_accuracy"], abs=1 / 360)
     assert report.passport_free_accuracy == expected["passport_free_accuracy"]
 
 
 def test_the_cli_verifies_and_checks_the_certificate_of_the_previous_layout(capsys):
-    args = ["verify", "--model", str(FIXTURE / "released"), "--key", str(FIXTURE / "owner-key"),
-            "--certificate", str(FIXTURE / "certificate.json"), "--dataset", "digits"]
+    args = [
+        "verify",
+        "--model",
+        str(FIXTURE / "released"),
+        "--key",
+        str(FIXTURE / "owner-key"),
+        "--certificate",
+        str(FIXTURE / "certificate.json"),
+        "--dataset",
+        "digits",
+    ]
     assert main(args) == 0, capsys.readouterr()

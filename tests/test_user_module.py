@@ -61,7 +61,9 @@ def test_user_habits_work_on_a_protected_model():
     decay = [p for n, p in protected.named_parameters() if n not in norm_names and BRANCH not in n]
     no_decay = [p for n, p in protected.named_parameters() if n in norm_names]
     assert len(no_decay) == len(norm_names) and decay
-    torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}], lr=0.1)
+    torch.optim.SGD(
+        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}], lr=0.1
+    )
     # an EMA copy keyed by parameter name
     ema = {n: p.detach().clone() for n, p in protected.named_parameters()}
     assert "bn1.weight" in ema and "bn1.passport_aware.mlp.0.weight" in ema
@@ -76,7 +78,10 @@ def test_user_habits_work_on_a_protected_model():
 def test_strip_restores_the_exact_objects_classes():
     model, x = PlainCNN(), torch.randn(4, 1, 12, 12)
     protected = _protect(model, x)
-    assert type(protected.bn1) is not nn.BatchNorm2d and type(protected.bn1).__name__ == "PassportAwareBatchNorm2d"
+    assert (
+        type(protected.bn1) is not nn.BatchNorm2d
+        and type(protected.bn1).__name__ == "PassportAwareBatchNorm2d"
+    )
     released = pn.strip(protected)
     assert type(released.bn1) is nn.BatchNorm2d and not hasattr(released.bn1, "passport_aware")
     assert type(protected.bn1).__name__ == "PassportAwareBatchNorm2d", "strip works on a copy"

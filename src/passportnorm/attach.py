@@ -74,9 +74,17 @@ def _aware_class(cls: type[nn.Module]) -> type[nn.Module]:
             # deepcopy record the user's class and regenerate this one when loading
             return _new_with_branch, (cls,), self.__getstate__()
 
-        _GENERATED[cls] = type(f"PassportAware{cls.__name__}", (cls,), {
-            "forward": forward, "__reduce_ex__": __reduce_ex__, _ORIGINAL: cls, "__module__": __name__,
-            "__doc__": cls.__doc__})
+        _GENERATED[cls] = type(
+            f"PassportAware{cls.__name__}",
+            (cls,),
+            {
+                "forward": forward,
+                "__reduce_ex__": __reduce_ex__,
+                _ORIGINAL: cls,
+                "__module__": __name__,
+                "__doc__": cls.__doc__,
+            },
+        )
     return _GENERATED[cls]
 
 

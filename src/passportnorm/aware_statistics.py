@@ -25,8 +25,11 @@ _STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def needs_aware_statistics(module: nn.Module) -> bool:
-    """BatchNorm and InstanceNorm (subclasses too) that track running statistics; GroupNorm/LayerNorm keep none."""
-    return isinstance(module, _NormBase) and bool(module.track_running_stats) and module.running_mean is not None
+    """BatchNorm and InstanceNorm (subclasses too) that track running statistics (GroupNorm and
+    LayerNorm keep none)."""
+    return (
+        isinstance(module, _NormBase) and bool(module.track_running_stats) and module.running_mean is not None
+    )
 
 
 class BranchStatistics(nn.Module):

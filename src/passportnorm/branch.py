@@ -88,12 +88,18 @@ class PassportAwareBranch(Branch):
         super().__init__(norm)
         channels = norm_channels(norm)
         if signature.shape != (channels,):
-            raise ValueError(f"signature has shape {tuple(signature.shape)}, the norm has {channels} channels")
+            raise ValueError(
+                f"signature has shape {tuple(signature.shape)}, the norm has {channels} channels"
+            )
         self.branch_norm = BranchStatistics(norm, copy=False)
         self.mlp = _branch_mlp(channels, generator or torch.Generator().manual_seed(0), norm.weight)
         like = {"device": norm.weight.device}
-        self.register_buffer("passport_gamma", passport_gamma.detach().clone().to(**like, dtype=norm.weight.dtype))
-        self.register_buffer("passport_beta", passport_beta.detach().clone().to(**like, dtype=norm.weight.dtype))
+        self.register_buffer(
+            "passport_gamma", passport_gamma.detach().clone().to(**like, dtype=norm.weight.dtype)
+        )
+        self.register_buffer(
+            "passport_beta", passport_beta.detach().clone().to(**like, dtype=norm.weight.dtype)
+        )
         self.register_buffer("signature", signature.detach().to(**like, dtype=torch.int8).clone())
         # the first ``message_bits`` channels carry message[message_offset : message_offset + message_bits]
         self.register_buffer("message_bits", torch.tensor(int(message_bits), dtype=torch.int64, **like))
@@ -144,7 +150,9 @@ class PassportAwareBranch(Branch):
         responses = self.passport_responses()
         self._last_g = responses[0]
         gamma, beta = self.affine(responses)
-        dtype = self.passport_gamma.dtype  # the norm's parameter dtype: what its kernel expects, also under autocast
+        dtype = (
+            self.passport_gamma.dtype
+        )  # the norm's parameter dtype: what its kernel expects, also under autocast
         return {"weight": gamma.to(dtype), "bias": beta.to(dtype), **self.branch_norm.tensors()}
 
     def sign_loss_of(self, g: Tensor) -> Tensor:
@@ -173,4 +181,6 @@ class PassportAwareBranch(Branch):
         return state
 
     def extra_repr(self) -> str:
-        return f"producer={self.producer_path!r}, channels={self.channels}, passport_mode={self.passport_mode}"
+        return (
+            f"producer={self.producer_path!r}, channels={self.channels}, passport_mode={self.passport_mode}"
+        )

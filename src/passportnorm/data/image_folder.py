@@ -35,7 +35,9 @@ RESIZE_RATIO = 1.14  # shorter side resized to size * 1.14 before the crop (256 
 class ImageFolder(Dataset):
     """``(path, label)`` samples decoded on access: training crops and flips, or the centre crop."""
 
-    def __init__(self, samples: list[tuple[Path, int]], classes: list[str], size: int, train: bool, seed: int):
+    def __init__(
+        self, samples: list[tuple[Path, int]], classes: list[str], size: int, train: bool, seed: int
+    ):
         self.samples, self.classes, self.size, self.train, self.seed = samples, classes, size, train, seed
         self.epoch = 0
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -68,7 +70,9 @@ class ImageFolder(Dataset):
         short = max(self.size, round(self.size * RESIZE_RATIO))
         width, height = image.size
         scale = short / min(width, height)
-        return image.resize((max(self.size, round(width * scale)), max(self.size, round(height * scale))), Image.BILINEAR)
+        return image.resize(
+            (max(self.size, round(width * scale)), max(self.size, round(height * scale))), Image.BILINEAR
+        )
 
     def _crop_corner(self, image: Image.Image, rng: np.random.Generator) -> tuple[int, int]:
         spare_x, spare_y = image.size[0] - self.size, image.size[1] - self.size
@@ -80,14 +84,18 @@ class ImageFolder(Dataset):
 def _class_folders(root: Path) -> list[Path]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise DatasetError(f"{root} has no class folders; put each class's images in a folder of its own "
-                           f"({root}/<class>/image.png, or {root}/train/<class>/ and {root}/val/<class>/)")
+        raise DatasetError(
+            f"{root} has no class folders; put each class's images in a folder of its own "
+            f"({root}/<class>/image.png, or {root}/train/<class>/ and {root}/val/<class>/)"
+        )
     return folders
 
 
 def _images_of(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    for path in files:  # the header only: a folder that cannot be read fails now, naming the file, not mid-epoch
+    for (
+        path
+    ) in files:  # the header only: a folder that cannot be read fails now, naming the file, not mid-epoch
         try:
             with Image.open(path) as image:
                 image.size  # noqa: B018
@@ -109,7 +117,9 @@ def _samples(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
 def load_image_folder(data_dir: str | Path | None, seed: int = 0, image_size: int = 64) -> DatasetSplits:
     """Train and validation splits of an image folder (see the module docstring for the layout)."""
     if data_dir is None:
-        raise DatasetError("--dataset imagefolder reads your images: give --data-dir DIR (one folder per class)")
+        raise DatasetError(
+            "--dataset imagefolder reads your images: give --data-dir DIR (one folder per class)"
+        )
     root = Path(data_dir)
     if not root.is_dir():
         raise DatasetError(f"--data-dir {root} is not a folder")
