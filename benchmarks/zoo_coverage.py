@@ -191,7 +191,7 @@ def _markdown(rows: list[dict], training: list[dict], command: str) -> str:
                          f"{promises(r)} | {reason_text} |")
         lines.append("")
     if training:
-        lines += [f"### {training[0].get('steps', 100)} alternating steps on random data, by passport kind", "",
+        lines += [f"### {training[0].get('steps', 100)} alternating steps on random data", "",
                   f"The CLI's defaults: `{RunOptions().passports}` passports, weak layers `{RunOptions().weak_layers}` "
                   "(producers reading at most 3 channels per output channel: the RGB stem, depthwise convs). SGD lr 0.01, "
                   "momentum 0.9, batch 16 of 64 random 64x64 images with random labels (the task loss cannot fall: only "
