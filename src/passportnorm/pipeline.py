@@ -12,6 +12,9 @@ model folder against a key.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import platform
 import time
 import warnings
@@ -25,6 +28,7 @@ from . import zoo
 from .certificate import Certificate
 from .data import DatasetSplits, dataset_task, load_dataset
 from .data.registry import first_inputs
+from .distributed import World, check_batch, join_world, leave_world
 from .data.holdout import hold_out
 from .dispute import Claim, DisputeResult, dispute
 from .data.triggers import TriggerSet, generate_triggers, load_trigger_folder, TRIGGER_KINDS
@@ -150,10 +154,25 @@ def _print_epoch(row: dict[str, Any]) -> None:
 
 def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     device = resolve_device(opts.device)
+    world = join_world(device)
+    if world is not None and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        quiet = world is not None and not world.main  # one process speaks and writes: rank 0
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            return _train_in(opts, protected, device, world)
+    finally:
+        leave_world(world)
+
+
+def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: World | None) -> dict[str, Any]:
     opts = resolve_task(opts)
     out = Path(opts.out)
     _train_config(opts).validate(device)  # every training option checked before anything is written
-    prepare_run_folder(out, resume=opts.resume, overwrite=opts.overwrite)
+    check_batch(opts.batch_size, world)
+    if world is None or world.main:
+        prepare_run_folder(out, resume=opts.resume, overwrite=opts.overwrite)
     data = _load(opts)
     torch.manual_seed(opts.seed)
     model_config = _model_config(opts, data)
@@ -163,7 +182,10 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     # a trigger set is owner evidence that lives in the key; plain training has no key, so no triggers
     trigger, notes, seed_source = None, [], None
     if protected:
-        secret, seed_source = run_secret_seed(out, opts.secret_seed, resume=opts.resume)
+        secret, seed_source = run_secret_seed(out, opts.secret_seed, resume=opts.resume) if world is None or world.main \
+            else (None, None)
+        if world is not None:  # drawn once: every rank must build the same passports and branches
+            secret = world.broadcast_int(secret)
         trigger = _trigger(opts, data, secret)
         example = first_inputs(data.train, 16).to(device)
         with warnings.catch_warnings(record=True) as caught:
@@ -175,21 +197,25 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
             )
         # protect() saw a given seed; record where the run's seed really came from
         model.passportnorm_secret_seed["source"] = seed_source
-        if not opts.resume:
+        if not opts.resume and (world is None or world.main):
             keep_secret_seed(out, secret, seed_source)
         notes = [str(w.message) for w in caught]
         for note in notes:
             print(f"note: {note}")
     checkpoints = secret_folder(out) if protected else out
-    trainer = Trainer(model, data, _train_config(opts), trigger=trigger, out_dir=checkpoints, device=device)
+    trainer = Trainer(model, data, _train_config(opts), trigger=trigger, out_dir=checkpoints, device=device,
+                      world=world)
     what = "protected" if protected else "plain"
     print(
         f"{what} {opts.arch} (width {opts.width}, {opts.norm}) on {opts.dataset} "
         f"({len(data.train)} train / {len(data.test)} test), {opts.epochs} epochs on {device}"
+        + (f" x {world.size} processes" if world is not None else "")
         + (f", {capacity(model)} signature bits, {opts.schedule} schedule" if protected else "")
     )
     start = time.perf_counter()
     trainer.fit(resume=opts.resume, on_epoch=_print_epoch)
+    if world is not None and not world.main:  # rank 0 releases, keys and reports; this rank exits with its verdict
+        return {"history": trainer.history} | ({"verified": bool(world.broadcast_int(None))} if protected else {})
     released = strip(model) if protected else model
     settings = {k: v for k, v in asdict(opts).items() if k not in ("resume", "overwrite", "secret_seed")}
     metrics: dict[str, Any] = {
@@ -200,7 +226,8 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
         "history": trainer.history,
         "train_seconds": time.perf_counter() - start,
         "notes": notes,
-        "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)},
+        "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+                        "processes": world.size if world is not None else 1},
     }
     released.eval()
     save_released(
@@ -218,6 +245,8 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
         metrics["verified"] = report.verified
         verification = report.to_markdown("Verification of the released model with the owner key")
         _certify_if_verified(key, released.cpu(), out / "certificate.json", report.verified)
+    if protected and world is not None:
+        world.broadcast_int(int(metrics["verified"]))
     write_history_csv(out / "history.csv", trainer.history)
     write_json_atomic(out / "metrics.json", metrics)
     write_text_atomic(out / "report.md", run_report_markdown(metrics, verification))

@@ -38,6 +38,7 @@ from .evaluation import accuracy
 from .fileio import restrict_to_owner
 from .errors import ConfigError, TrainingError
 from .protect import is_protected, passport_mode, protected_layers
+from .distributed import World, check_batch
 from .schedule import PassportSchedule
 
 __all__ = ["TrainConfig", "Trainer"]
@@ -104,11 +105,21 @@ class Trainer:
         trigger: TriggerSet | None = None,
         out_dir: str | Path | None = None,
         device: torch.device | str = "cpu",
+        world: World | None = None,
     ):
         self.device = torch.device(device)
         config.validate(self.device)
+        check_batch(config.batch_size, world)
         self.config = config
+        self.world = world
         self.model = model.to(self.device)
+        # forwards go through DDP (gradients averaged across ranks); everything else reads the model itself.
+        # find_unused_parameters: a free step leaves the branch MLPs without gradients, an aware step the
+        # norms' own affine (README, "several processes")
+        self.net = self.model if world is None else torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
         self.data = data
         self.trigger = trigger.to(self.device) if trigger is not None else None
         self.protected = is_protected(model)
@@ -125,6 +136,7 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self._state = _StepState()
+        self._loss_scale = 1.0  # this rank's share of the global batch, times the number of ranks
         self._schedule = PassportSchedule(model, ratio=config.ratio) if self.protected else None
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
@@ -162,12 +174,12 @@ class Trainer:
 
     def _free_loss(self, x: Tensor, y: Tensor) -> Tensor:
         with self._autocast():
-            return F.cross_entropy(self.model(x), y)
+            return F.cross_entropy(self.net(x), y) * self._loss_scale
 
     def _aware_loss(self, x: Tensor, y: Tensor) -> Tensor:
         with passport_mode(self.model):
             with self._autocast():
-                task = F.cross_entropy(self.model(x), y)
+                task = F.cross_entropy(self.net(x), y) * self._loss_scale
             penalty = self._schedule.sign_loss()  # on fp32 responses (PassportAwareBranch.passport_responses)
         self._state.sign_losses.append(penalty.item())
         return task + self.config.sign_weight * penalty
@@ -211,28 +223,39 @@ class Trainer:
         order = torch.randperm(len(self.data.train), generator=self._epoch_generator(epoch, 0))
         augment_rng = self._epoch_generator(epoch, 1)
         trigger_rng = self._epoch_generator(epoch, 2)
-        for x, y in self._ordered_batches(epoch, order):
+        for x, y, global_count in self._ordered_batches(epoch, order):
             if self.data.augment is not None:
                 x = self.data.augment(x, augment_rng)
             if self.trigger is not None and self.config.triggers_per_batch > 0:
                 pick = torch.randint(0, len(self.trigger), (self.config.triggers_per_batch,), generator=trigger_rng)
+                global_count += len(pick)
+                pick = pick if self.world is None else self.world.share(pick)
                 x = torch.cat([x, self.trigger.inputs[pick].cpu()])
                 y = torch.cat([y, self.trigger.labels[pick].cpu()])
+            # DDP averages the ranks' mean losses; weighting each by its share of the global batch makes
+            # that average the global batch's mean, also when the last batch does not split evenly
+            self._loss_scale = 1.0 if self.world is None else len(y) * self.world.size / global_count
             yield x, y
 
     def _ordered_batches(self, epoch: int, order: Tensor):
-        """The epoch's batches in ``order``: sliced from tensors in memory, or read by DataLoader workers
-        from a dataset that decodes on access (an image folder), which draws its crops from the epoch."""
+        """The epoch's batches in ``order`` with the size of the global batch each share belongs to: sliced
+        from tensors in memory, or read by DataLoader workers from a dataset that decodes on access (an
+        image folder), which draws its crops from the epoch."""
         size = self.config.batch_size
+        batches = [order[start : start + size] for start in range(0, len(order), size)]
+        counts = [len(batch) for batch in batches]
+        if self.world is not None:  # every rank walks the same global batches and takes its share of each
+            batches = [self.world.share(batch) for batch in batches]
         if isinstance(self.data.train, TensorDataset):
             images, labels = self.data.train.tensors
-            for start in range(0, len(order), size):
-                index = order[start : start + size]
-                yield images[index], labels[index]
+            for index, count in zip(batches, counts):
+                yield images[index], labels[index], count
             return
         if hasattr(self.data.train, "set_epoch"):
             self.data.train.set_epoch(epoch)
-        yield from DataLoader(self.data.train, batch_size=size, sampler=order.tolist(), num_workers=loader_workers())
+        loader = DataLoader(self.data.train, batch_sampler=[b.tolist() for b in batches], num_workers=loader_workers())
+        for (x, y), count in zip(loader, counts):
+            yield x, y, count
 
     def evaluate(self) -> dict[str, Any]:
         """Passport-free (and -aware) test accuracy, signature detection, trigger accuracy."""
@@ -297,6 +320,9 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.checkpoint_path is None:
             return
+        if self.world is not None and not self.world.main:
+            self.world.barrier()  # rank 0 writes; the others wait until the file is whole
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         payload = {
             "model": self.model.state_dict(),
@@ -316,6 +342,8 @@ class Trainer:
         torch.save(payload, tmp)
         restrict_to_owner(tmp)  # a protected model's checkpoint holds its passports: secret like the key
         os.replace(tmp, self.checkpoint_path)
+        if self.world is not None:
+            self.world.barrier()
 
     def load_checkpoint(self) -> None:
         path = self.checkpoint_path

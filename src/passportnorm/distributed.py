@@ -1,0 +1,74 @@
+"""Several processes under ``torchrun``: PyTorch's own DistributedDataParallel, nothing of our own.
+
+``torchrun --nproc_per_node N -m passportnorm.cli protect ...`` sets ``WORLD_SIZE``, ``RANK``
+and ``LOCAL_RANK``; :func:`join_world` joins the process group (``gloo`` on CPU, ``nccl`` on
+CUDA). Every rank builds the same model and the same branches (the secret seed is drawn once, by
+rank 0, and broadcast), walks the same seeded order of the data and trains on its share of each
+global batch (``--batch-size`` is the global batch: each rank takes every N-th sample of it), so
+N processes see the data one process would. Rank 0 alone writes checkpoints, keys and releases.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+
+__all__ = ["World", "join_world", "leave_world"]
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ``size`` processes of a torchrun job."""
+
+    rank: int
+    size: int
+    local_rank: int
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes files and prints results."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def broadcast_int(self, value: int | None) -> int:
+        """Rank 0's non-negative integer (up to 2^128) on every rank."""
+        limbs = torch.zeros(4, dtype=torch.int64)
+        if self.main:
+            limbs = torch.tensor([(int(value) >> (32 * i)) & 0xFFFFFFFF for i in range(4)], dtype=torch.int64)
+        dist.broadcast(limbs, src=0)
+        return sum(int(limb) << (32 * i) for i, limb in enumerate(limbs.tolist()))
+
+    def share(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's share of a global batch of indices: every ``size``-th from ``rank``."""
+        return batch[self.rank :: self.size]
+
+
+def join_world(device: torch.device) -> World | None:
+    """The torchrun world this process belongs to (joined on first call), or None for one process."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return None
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def leave_world(world: World | None) -> None:
+    if world is not None and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_batch(batch_size: int, world: World | None) -> None:
+    """A global batch every rank can take an equal share of, or one line saying which sizes work."""
+    if world is not None and batch_size % world.size:
+        raise ConfigError(
+            f"--batch-size {batch_size} does not split over {world.size} processes; use a multiple of "
+            f"{world.size} (it is the global batch; each process takes {world.size}-th of it)"
+        )

@@ -1,0 +1,77 @@
+"""`torchrun` for the CLI: two gloo processes train what one process trains, and resume after a kill.
+
+The processes are started the way torchrun starts them (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT), each running ``passportnorm protect``. GroupNorm keeps the comparison exact up to
+floating-point reduction order: BatchNorm's batch statistics are per process under DDP (one
+process sees the whole global batch), which is what --sync-bn would change.
+"""
+
+import json
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from passportnorm.cli import main
+
+RUN = ["protect", "--dataset", "digits", "--arch", "small_cnn", "--width", "1.0", "--norm", "gn", "--epochs", "1",
+       "--batch-size", "32", "--trigger-count", "20", "--secret-seed", "3", "--signature", "(c) ddp"]
+# float sums in another order: measured 2.7e-6 after this epoch. The training is chaotic at lr 0.05: one
+# process with 1 thread against 2 threads already differs by 3e-4 after it, and by 0.17 after two epochs,
+# so the comparison is one epoch (whose cosine schedule ends at lr 0), with both sides on one thread
+TOLERANCE = 2e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, size: int, port: int, args: list[str], codes) -> None:
+    import os
+
+    os.environ.update(WORLD_SIZE=str(size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    codes[rank] = main(args)
+
+
+def _torchrun(args: list[str], size: int = 2) -> list[int]:
+    codes = mp.Manager().dict()
+    mp.spawn(_rank, args=(size, _free_port(), args, codes), nprocs=size, join=True)
+    return [codes[r] for r in range(size)]
+
+
+def _weights(folder):
+    return load_file(str(folder / "released" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank runs: kernels with other thread counts sum in another order
+    try:
+        assert main([*RUN, "--out", str(root / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert _torchrun([*RUN, "--out", str(root / "two")]) == [0, 0]
+    return root
+
+
+def test_two_processes_train_what_one_process_trains(runs):
+    one, two = _weights(runs / "one"), _weights(runs / "two")
+    assert one.keys() == two.keys()
+    worst = max(float((one[k].float() - two[k].float()).abs().max()) for k in one)
+    assert worst < TOLERANCE, worst
+    metrics = json.loads((runs / "two" / "metrics.json").read_text())
+    assert metrics["environment"]["processes"] == 2 and metrics["verified"]
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_one_line(tmp_path):
+    args = [*RUN, "--batch-size", "33", "--out", str(tmp_path / "odd")]
+    assert _torchrun(args) == [2, 2]
+    assert not (tmp_path / "odd").exists()
