@@ -62,10 +62,10 @@ def peak_training_memory_bytes(variant: str, steps: int = 4) -> int:
 
     original = trainer._optimise
 
-    def optimise(loss, where):
+    def optimise(loss, where, optimizer=None):
         peaks.append(sum(live.values()))
         live.clear()
-        original(loss, where)
+        original(loss, where, optimizer)
 
     trainer._optimise = optimise
     batches = trainer._batches(0)
