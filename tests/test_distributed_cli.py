@@ -30,18 +30,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, size: int, port: int, args: list[str], codes) -> None:
+def _rank(rank: int, size: int, port: int, args: list[str], codes, interrupt_at: int | None) -> None:
     import os
 
     os.environ.update(WORLD_SIZE=str(size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
+    if interrupt_at is not None:  # Ctrl-C reaching every rank at the same unit, as torchrun forwards it
+        from passportnorm.train import Trainer
+
+        step, units = Trainer.step, []
+
+        def interrupted(self, batch):
+            units.append(1)
+            if len(units) > interrupt_at:
+                raise KeyboardInterrupt
+            return step(self, batch)
+
+        Trainer.step = interrupted
     codes[rank] = main(args)
 
 
-def _torchrun(args: list[str], size: int = 2) -> list[int]:
+def _torchrun(args: list[str], size: int = 2, interrupt_at: int | None = None) -> list[int]:
     codes = mp.Manager().dict()
-    mp.spawn(_rank, args=(size, _free_port(), args, codes), nprocs=size, join=True)
+    mp.spawn(_rank, args=(size, _free_port(), args, codes, interrupt_at), nprocs=size, join=True)
     return [codes[r] for r in range(size)]
 
 
@@ -75,3 +87,13 @@ def test_a_batch_that_does_not_split_over_the_processes_is_one_line(tmp_path):
     args = [*RUN, "--batch-size", "33", "--out", str(tmp_path / "odd")]
     assert _torchrun(args) == [2, 2]
     assert not (tmp_path / "odd").exists()
+
+
+def test_two_processes_resume_exactly_after_an_interruption(runs, tmp_path):
+    two_epochs = [*RUN, "--epochs", "2"]
+    assert _torchrun([*two_epochs, "--out", str(tmp_path / "whole")]) == [0, 0]
+    steps_per_epoch = -(-1437 // 32)
+    assert _torchrun([*two_epochs, "--out", str(tmp_path / "cut")], interrupt_at=steps_per_epoch + 5) == [130, 130]
+    assert _torchrun([*two_epochs, "--out", str(tmp_path / "cut"), "--resume"]) == [0, 0]
+    whole, cut = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
