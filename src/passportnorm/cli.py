@@ -1,13 +1,13 @@
 """The ``passportnorm`` command. Errors become one line on stderr and exit code 2.
 
-    passportnorm protect  [options]   train a protected model; write released/, owner-key/, secret/, certificate.json
-                                      exit 0 when the release verifies with its key, 1 when not (no certificate)
-    passportnorm train    [options]   the same training without protection (the baseline)
-    passportnorm verify --model DIR --key DIR [--certificate FILE]   exit 0 verified, 1 not, 2 error
-    passportnorm inspect  [--arch --width --norm --dataset]          which norms can be protected, and why not
-    passportnorm attack NAME --model DIR --key DIR --out DIR          run one attack, write result.json/md, plots
-    passportnorm compare  [--dataset --arch --schemes --seeds --epochs]  plain vs DeepIPR V1/V2 vs passport-aware norm
-    passportnorm demo     [options]   the quick core demonstration (small CNN, mnist5k)
+passportnorm protect  [options]   train a protected model; write released/, owner-key/, secret/, certificate.json
+                                  exit 0 when the release verifies with its key, 1 when not (no certificate)
+passportnorm train    [options]   the same training without protection (the baseline)
+passportnorm verify --model DIR --key DIR [--certificate FILE]   exit 0 verified, 1 not, 2 error
+passportnorm inspect  [--arch --width --norm --dataset]          which norms can be protected, and why not
+passportnorm attack NAME --model DIR --key DIR --out DIR          run one attack, write result.json/md, plots
+passportnorm compare  [--dataset --arch --schemes --seeds --epochs]  plain vs DeepIPR V1/V2 vs passport-aware norm
+passportnorm demo     [options]   the quick core demonstration (small CNN, mnist5k)
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from .errors import ConfigError, PassportNormError
 
 _HELP = {
     "dataset": "images: mnist5k, digits (shipped), cifar10, cifar100, imagefolder (one folder per class; need --data-dir); "
-               "point clouds: mnist5k-points, shapes3d (shipped), modelnet40 (needs --data-dir)",
+    "point clouds: mnist5k-points, shapes3d (shipped), modelnet40 (needs --data-dir)",
     "data_dir": "folder holding a local dataset (CIFAR or ModelNet40 archives unpacked)",
     "task": "image or pointcloud (default: what the dataset holds)",
     "points": "points per cloud (default 256; modelnet40 1024)",
     "image_size": "side of the square crops of --dataset imagefolder (default 64)",
     "arch": "zoo model: resnet18, alexnet, small_cnn (images); pointnet, pointnet_vanilla (point clouds); default by task; "
-            "or tv:NAME / timm:NAME for a torchvision or timm classifier (random init; needs the zoo extra); or your own: "
-            "path/to/file.py:factory or module.path:factory (called with in_channels and num_classes if it takes them)",
+    "or tv:NAME / timm:NAME for a torchvision or timm classifier (random init; needs the zoo extra); or your own: "
+    "path/to/file.py:factory or module.path:factory (called with in_channels and num_classes if it takes them)",
     "weights": "start from your trained weights: a safetensors file or a torch.save'd state dict (read with "
-               "weights_only=True; plain pickles are refused); every key and shape must match --arch",
+    "weights_only=True; plain pickles are refused); every key and shape must match --arch",
     "width": "channel width multiplier (small widths for CPU)",
     "norm": "bn, gn or in",
     "signature": "owner identity text (hash mode: hashed with the passports into the bits; text mode: embedded as is)",
@@ -41,37 +41,56 @@ _HELP = {
     "schedule": "alternate (the paper) or joint (the original code)",
     "ratio": "share of steps that train the passport-aware branch (alternate schedule)",
     "aware_optimizer": "shared (one SGD state for both steps) or separate (passport-aware steps keep their own momentum "
-                       "and decay only the branch; alternate schedule)",
+    "and decay only the branch; alternate schedule)",
     "precision": "fp32 (default), bf16 (CPU or CUDA) or fp16 (CUDA only, with loss scaling): the forwards run under "
-                 "autocast; passport responses and the sign loss stay in fp32",
+    "autocast; passport responses and the sign loss stay in fp32",
     "holdout": "share of the training split to evaluate on instead of the test split (choose settings on it; default 0)",
     "sign_weight": "multiplier of the sign loss in passport-aware steps",
     "alpha": "sign-loss alpha stored in each protected layer",
     "weak_layers": "skip or protect norms whose producer reads at most 3 input channels (see docs/RESULTS.md)",
     "exclude": "comma-separated patterns of norm paths to leave unprotected, e.g. 'input_transform.*,feature_transform.*' "
-               "(see `passportnorm inspect`)",
+    "(see `passportnorm inspect`)",
     "trigger": "none, noise, pattern (images), shapes (point clouds), or a folder with inputs and labels.csv; default noise/shapes",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "out": "output folder (default runs/<time>); an earlier run's folder is refused without --resume or --overwrite",
     "seed": "training seed: data order and initialisation (public; passports do not depend on it)",
     "secret_seed": "seed of the secret material (passports, bits, triggers) for repeatable experiments; default: "
-                   "128 bits from the OS CSPRNG, kept in owner-key/ and secret/ only",
+    "128 bits from the OS CSPRNG, kept in owner-key/ and secret/ only",
 }
 
 
 # input shape and classes per dataset, so `inspect` needs no data on disk
 _SHAPES = {
-    "mnist5k": ((1, 28, 28), 10), "digits": ((1, 8, 8), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100),
-    "mnist5k-points": ((3, 256), 10), "shapes3d": ((3, 256), 8), "modelnet40": ((3, 1024), 40),
+    "mnist5k": ((1, 28, 28), 10),
+    "digits": ((1, 8, 8), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+    "mnist5k-points": ((3, 256), 10),
+    "shapes3d": ((3, 256), 8),
+    "modelnet40": ((3, 1024), 40),
 }
 
 
 # options only protect uses; train (the unprotected baseline) does not list what it would ignore
-_PROTECTION_ONLY = {"signature", "signature_mode", "secret_seed", "passports", "schedule", "ratio", "aware_optimizer",
-                    "sign_weight", "alpha", "weak_layers", "exclude", "trigger", "trigger_count", "triggers_per_batch"}
+_PROTECTION_ONLY = {
+    "signature",
+    "signature_mode",
+    "secret_seed",
+    "passports",
+    "schedule",
+    "ratio",
+    "aware_optimizer",
+    "sign_weight",
+    "alpha",
+    "weak_layers",
+    "exclude",
+    "trigger",
+    "trigger_count",
+    "triggers_per_batch",
+}
 _EXIT_CODES = {
     "protect": "exit codes: 0 the release verifies with its key (certificate issued); 1 it does not (no certificate, "
-               "the failed conditions and a hint are printed); 2 bad input (one line naming it); 130 interrupted",
+    "the failed conditions and a hint are printed); 2 bad input (one line naming it); 130 interrupted",
     "train": "exit codes: 0 trained and released; 2 bad input (one line naming it); 130 interrupted",
     "verify": "exit codes: 0 verified; 1 not verified (the reasons are printed); 2 bad input (one line naming it)",
     "certify": "exit codes: 0 certificate written; 1 refused, the pair does not verify (reasons printed); 2 bad input",
@@ -97,15 +116,25 @@ def _add_run_options(parser: argparse.ArgumentParser, protected: bool = True) ->
             continue
         flag = "--" + spec.name.replace("_", "-")
         if spec.name == "resume":
-            parser.add_argument(flag, action="store_true", default=None,
-                                help="continue the run in --out from its last checkpoint (same options)")
+            parser.add_argument(
+                flag,
+                action="store_true",
+                default=None,
+                help="continue the run in --out from its last checkpoint (same options)",
+            )
             continue
         if spec.name == "overwrite":
-            parser.add_argument(flag, action="store_true", default=None,
-                                help="replace the earlier run in --out, its owner key included (the old key is lost)")
+            parser.add_argument(
+                flag,
+                action="store_true",
+                default=None,
+                help="replace the earlier run in --out, its owner key included (the old key is lost)",
+            )
             continue
         kind = {"int": int, "int | None": int, "float": float}.get(str(spec.type), str)
-        parser.add_argument(flag, type=kind, default=None, help=(_HELP.get(spec.name) or "") + _default_text(spec))
+        parser.add_argument(
+            flag, type=kind, default=None, help=(_HELP.get(spec.name) or "") + _default_text(spec)
+        )
 
 
 def _run_options(args: argparse.Namespace):
@@ -131,111 +160,223 @@ def _run_options(args: argparse.Namespace):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="passportnorm", description="Passport-aware normalization for model ownership")
+    parser = argparse.ArgumentParser(
+        prog="passportnorm", description="Passport-aware normalization for model ownership"
+    )
     parser.add_argument("--version", action="version", version=f"passportnorm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    _add_run_options(commands.add_parser("protect", help="train a protected model and release it with a key",
-                                         epilog=_EXIT_CODES["protect"]))
-    _add_run_options(commands.add_parser("train", help="train the same model without protection (baseline)",
-                                         epilog=_EXIT_CODES["train"]), protected=False)
+    _add_run_options(
+        commands.add_parser(
+            "protect", help="train a protected model and release it with a key", epilog=_EXIT_CODES["protect"]
+        )
+    )
+    _add_run_options(
+        commands.add_parser(
+            "train", help="train the same model without protection (baseline)", epilog=_EXIT_CODES["train"]
+        ),
+        protected=False,
+    )
 
-    check = commands.add_parser("verify", help="verify a released model with an owner key", epilog=_EXIT_CODES["verify"])
-    check.add_argument("--model", required=True, help="released-model folder (model.json + model.safetensors)")
+    check = commands.add_parser(
+        "verify", help="verify a released model with an owner key", epilog=_EXIT_CODES["verify"]
+    )
+    check.add_argument(
+        "--model", required=True, help="released-model folder (model.json + model.safetensors)"
+    )
     check.add_argument("--key", required=True, help="owner-key folder (key.json + key.safetensors)")
     check.add_argument("--certificate", help="certificate.json published at release")
-    check.add_argument("--dataset", help="dataset for the accuracy check (default: the one recorded at protect time)")
+    check.add_argument(
+        "--dataset", help="dataset for the accuracy check (default: the one recorded at protect time)"
+    )
     check.add_argument("--data-dir")
-    check.add_argument("--no-data", action="store_true", help="signature (and triggers) only, no accuracy check")
-    check.add_argument("--recalibrate", action="store_true", help="re-estimate the branch statistics on the training split first (after fine-tuning)")
-    check.add_argument("--max-p-value", type=float, default=1e-6, help="signature p-value threshold (default 1e-6)")
-    check.add_argument("--max-accuracy-drop", type=float, default=0.10, help="allowed passport-aware accuracy drop (default 0.10)")
-    check.add_argument("--reference", help="the owner's released-model folder: align the suspect's channels to it first "
-                                          "(undoes permutation, sign flips and rescaling)")
-    check.add_argument("--allow-text-signatures", action="store_true",
-                       help="accept a claim resting on the paper's text signature (forgeable, see docs/SECURITY.md)")
-    check.add_argument("--security-bits", type=int, default=128, help="hash-bound claims need p <= 2^-N (default 128)")
-    check.add_argument("--min-accuracy-above-chance", type=float, default=0.25,
-                       help="accuracy floor: passport-aware accuracy must cover this share of the way from chance to "
-                            "100%% (default 0.25: 32.5%% for 10 classes)")
-    check.add_argument("--min-alignment-confidence", type=float, default=0.5,
-                       help="use a --reference alignment only when every layer's filters match this well (default 0.5; "
-                            "independent models stay near 0.03, copies near 1, docs/SECURITY.md)")
-    check.add_argument("--arch", help="the model code the folders name when it is your own (file.py:factory); "
-                                      "passportnorm runs it only when you pass it here")
+    check.add_argument(
+        "--no-data", action="store_true", help="signature (and triggers) only, no accuracy check"
+    )
+    check.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="re-estimate the branch statistics on the training split first (after fine-tuning)",
+    )
+    check.add_argument(
+        "--max-p-value", type=float, default=1e-6, help="signature p-value threshold (default 1e-6)"
+    )
+    check.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=0.10,
+        help="allowed passport-aware accuracy drop (default 0.10)",
+    )
+    check.add_argument(
+        "--reference",
+        help="the owner's released-model folder: align the suspect's channels to it first "
+        "(undoes permutation, sign flips and rescaling)",
+    )
+    check.add_argument(
+        "--allow-text-signatures",
+        action="store_true",
+        help="accept a claim resting on the paper's text signature (forgeable, see docs/SECURITY.md)",
+    )
+    check.add_argument(
+        "--security-bits", type=int, default=128, help="hash-bound claims need p <= 2^-N (default 128)"
+    )
+    check.add_argument(
+        "--min-accuracy-above-chance",
+        type=float,
+        default=0.25,
+        help="accuracy floor: passport-aware accuracy must cover this share of the way from chance to "
+        "100%% (default 0.25: 32.5%% for 10 classes)",
+    )
+    check.add_argument(
+        "--min-alignment-confidence",
+        type=float,
+        default=0.5,
+        help="use a --reference alignment only when every layer's filters match this well (default 0.5; "
+        "independent models stay near 0.03, copies near 1, docs/SECURITY.md)",
+    )
+    check.add_argument(
+        "--arch",
+        help="the model code the folders name when it is your own (file.py:factory); "
+        "passportnorm runs it only when you pass it here",
+    )
     check.add_argument("--device", default="auto")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    attack = commands.add_parser("attack", help="run one attack on a released model and check it with the owner's key",
-                                 epilog=_EXIT_CODES["attack"])
-    attack.add_argument("name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge")
+    attack = commands.add_parser(
+        "attack",
+        help="run one attack on a released model and check it with the owner's key",
+        epilog=_EXIT_CODES["attack"],
+    )
+    attack.add_argument(
+        "name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge"
+    )
     attack.add_argument("--model", required=True, help="released-model folder")
-    attack.add_argument("--key", required=True, help="the owner's key folder (the attacker never uses it unless the threat model says so)")
-    attack.add_argument("--out", required=True, help="output folder: result.json, result.md, plots, model/ or forged-key/")
+    attack.add_argument(
+        "--key",
+        required=True,
+        help="the owner's key folder (the attacker never uses it unless the threat model says so)",
+    )
+    attack.add_argument(
+        "--out", required=True, help="output folder: result.json, result.md, plots, model/ or forged-key/"
+    )
     attack.add_argument("--dataset", help="default: the one recorded in the key")
     attack.add_argument("--data-dir")
-    attack.add_argument("--share", type=float, help="attacker's share of the training split (default 0.5; 0.1 for erb/ambiguity)")
+    attack.add_argument(
+        "--share",
+        type=float,
+        help="attacker's share of the training split (default 0.5; 0.1 for erb/ambiguity)",
+    )
     attack.add_argument("--epochs", type=int, help="attack epochs (default 5)")
     attack.add_argument("--seed", type=int, default=0)
-    attack.add_argument("--mode", choices=["ftll", "ftal", "rtll", "rtal"], help="finetune mode (default ftal)")
+    attack.add_argument(
+        "--mode", choices=["ftll", "ftal", "rtll", "rtal"], help="finetune mode (default ftal)"
+    )
     attack.add_argument("--rates", help="prune: comma-separated shares in [0, 1)")
     attack.add_argument("--flips", help="ambiguity2: comma-separated shares of flipped bits")
     attack.add_argument("--erb-mode", choices=["cerb", "ierb"])
-    attack.add_argument("--target-dataset", help="transfer: the new task (default digits; shapes3d for point clouds)")
-    attack.add_argument("--target-classes", help="transfer: a class split of the owner's dataset, e.g. 5,6,7,8,9")
+    attack.add_argument(
+        "--target-dataset", help="transfer: the new task (default digits; shapes3d for point clouds)"
+    )
+    attack.add_argument(
+        "--target-classes", help="transfer: a class split of the owner's dataset, e.g. 5,6,7,8,9"
+    )
     attack.add_argument("--forge-signature", help="forge: the forger's text")
-    attack.add_argument("--arch", help="the model code the folder names when it is your own (file.py:factory)")
-    attack.add_argument("--allow-text-signatures", action="store_true",
-                        help="judge with the paper's rule, which accepts text signatures (needed for text-mode keys)")
+    attack.add_argument(
+        "--arch", help="the model code the folder names when it is your own (file.py:factory)"
+    )
+    attack.add_argument(
+        "--allow-text-signatures",
+        action="store_true",
+        help="judge with the paper's rule, which accepts text signatures (needed for text-mode keys)",
+    )
 
-    cert = commands.add_parser("certify", help="issue the public certificate of a key and its released model (UTC time now)",
-                               epilog=_EXIT_CODES["certify"])
+    cert = commands.add_parser(
+        "certify",
+        help="issue the public certificate of a key and its released model (UTC time now)",
+        epilog=_EXIT_CODES["certify"],
+    )
     cert.add_argument("--key", required=True, help="owner-key folder")
     cert.add_argument("--model", required=True, help="the released-model folder the key protects")
     cert.add_argument("--out", required=True, help="certificate file to write (publish it)")
-    cert.add_argument("--dataset", help="dataset for the accuracy check (default: the one recorded in the key)")
+    cert.add_argument(
+        "--dataset", help="dataset for the accuracy check (default: the one recorded in the key)"
+    )
     cert.add_argument("--data-dir")
     cert.add_argument("--no-data", action="store_true", help="check the signature only before certifying")
     cert.add_argument("--arch", help="the model code the folder names when it is your own (file.py:factory)")
 
-    fight = commands.add_parser("dispute", help="decide between two ownership claims on a suspect model",
-                                epilog=_EXIT_CODES["dispute"])
+    fight = commands.add_parser(
+        "dispute",
+        help="decide between two ownership claims on a suspect model",
+        epilog=_EXIT_CODES["dispute"],
+    )
     fight.add_argument("--suspect", required=True, help="the disputed released-model folder")
-    fight.add_argument("--claim", nargs=3, action="append", required=True, metavar=("KEY", "CERTIFICATE", "RELEASED"),
-                       help="one claimant: key folder, certificate file, certified released-model folder (give two)")
+    fight.add_argument(
+        "--claim",
+        nargs=3,
+        action="append",
+        required=True,
+        metavar=("KEY", "CERTIFICATE", "RELEASED"),
+        help="one claimant: key folder, certificate file, certified released-model folder (give two)",
+    )
     fight.add_argument("--dataset", help="dataset for the accuracy condition (default: the first key's)")
     fight.add_argument("--data-dir")
     fight.add_argument("--no-data", action="store_true", help="signatures only")
     fight.add_argument("--arch", help="the model code the folders name when it is your own (file.py:factory)")
     fight.add_argument("--json", action="store_true")
 
-    versus = commands.add_parser("compare", help="train plain, DeepIPR V1/V2 and passport-aware normalization side by side")
+    versus = commands.add_parser(
+        "compare", help="train plain, DeepIPR V1/V2 and passport-aware normalization side by side"
+    )
     versus.add_argument("--dataset", default="mnist5k")
     versus.add_argument("--data-dir")
     versus.add_argument("--points", type=int, help="points per cloud (point-cloud datasets)")
     versus.add_argument("--arch", default="resnet18", help="zoo model (alexnet and resnet18 are the paper's)")
     versus.add_argument("--width", type=float, default=0.25)
     versus.add_argument("--norm", default="bn")
-    versus.add_argument("--schemes", default="plain,deepipr-v1,deepipr-v2,pan", help="comma-separated: plain, deepipr-v1, deepipr-v2, pan")
+    versus.add_argument(
+        "--schemes",
+        default="plain,deepipr-v1,deepipr-v2,pan",
+        help="comma-separated: plain, deepipr-v1, deepipr-v2, pan",
+    )
     versus.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     versus.add_argument("--epochs", type=int, default=8)
     versus.add_argument("--batch-size", type=int, default=64)
     versus.add_argument("--lr", type=float, default=0.05)
-    versus.add_argument("--placement", default="all", help="all (every norm) or deepipr (AlexNet's last 3 convs, ResNet18's layer4)")
-    versus.add_argument("--forge-epochs", type=int, default=3, help="epochs of the ambiguity II forgery per run")
+    versus.add_argument(
+        "--placement",
+        default="all",
+        help="all (every norm) or deepipr (AlexNet's last 3 convs, ResNet18's layer4)",
+    )
+    versus.add_argument(
+        "--forge-epochs", type=int, default=3, help="epochs of the ambiguity II forgery per run"
+    )
     versus.add_argument("--device", default="auto")
-    versus.add_argument("--out", default="runs/compare", help="output folder; a rerun resumes and skips finished runs")
+    versus.add_argument(
+        "--out", default="runs/compare", help="output folder; a rerun resumes and skips finished runs"
+    )
 
-    look = commands.add_parser("inspect", help="which norm layers of a zoo model can be protected, and why not")
-    look.add_argument("--arch", default="auto", help="default: resnet18 for images, pointnet for point clouds")
+    look = commands.add_parser(
+        "inspect", help="which norm layers of a zoo model can be protected, and why not"
+    )
+    look.add_argument(
+        "--arch", default="auto", help="default: resnet18 for images, pointnet for point clouds"
+    )
     look.add_argument("--width", type=float, default=0.25)
     look.add_argument("--norm", default="bn")
-    look.add_argument("--dataset", default="mnist5k", help="decides input shape and classes: " + ", ".join(_SHAPES)
-                      + ", or imagefolder (with --data-dir: its classes, at --image-size)")
+    look.add_argument(
+        "--dataset",
+        default="mnist5k",
+        help="decides input shape and classes: "
+        + ", ".join(_SHAPES)
+        + ", or imagefolder (with --data-dir: its classes, at --image-size)",
+    )
     look.add_argument("--data-dir", help="the image folder, for --dataset imagefolder")
     look.add_argument("--image-size", type=int, default=64, help="crop size for --dataset imagefolder")
 
-    demo = commands.add_parser("demo", help="quick core demonstration: protect a small CNN on MNIST-5k, read the signature, strip")
+    demo = commands.add_parser(
+        "demo", help="quick core demonstration: protect a small CNN on MNIST-5k, read the signature, strip"
+    )
     demo.add_argument("--out", default="runs/core-demo")
     demo.add_argument("--epochs", type=int, default=5)
     demo.add_argument("--batch-size", type=int, default=64)
@@ -257,10 +398,14 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.dataset == "imagefolder":
         from .data import load_dataset
 
-        folder = load_dataset("imagefolder", args.data_dir, image_size=args.image_size)  # reads names and headers, not pixels
+        folder = load_dataset(
+            "imagefolder", args.data_dir, image_size=args.image_size
+        )  # reads names and headers, not pixels
         shape, classes = folder.input_shape, folder.num_classes
     elif args.dataset not in _SHAPES:
-        raise ConfigError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(_SHAPES)}, imagefolder")
+        raise ConfigError(
+            f"unknown dataset {args.dataset!r}; choose one of {', '.join(_SHAPES)}, imagefolder"
+        )
     else:
         shape, classes = _SHAPES[args.dataset]
     if args.arch == "auto":
@@ -277,14 +422,26 @@ def _verify(args: argparse.Namespace) -> int:
     from .pipeline import run_verify
     from .verify import VerdictRule
 
-    rule = VerdictRule(max_signature_p_value=args.max_p_value, max_accuracy_drop=args.max_accuracy_drop,
-                       security_bits=args.security_bits, allow_text_signatures=args.allow_text_signatures,
-                       min_accuracy_above_chance=args.min_accuracy_above_chance,
-                       min_alignment_confidence=args.min_alignment_confidence)
+    rule = VerdictRule(
+        max_signature_p_value=args.max_p_value,
+        max_accuracy_drop=args.max_accuracy_drop,
+        security_bits=args.security_bits,
+        allow_text_signatures=args.allow_text_signatures,
+        min_accuracy_above_chance=args.min_accuracy_above_chance,
+        min_alignment_confidence=args.min_alignment_confidence,
+    )
     report = run_verify(
-        args.model, args.key, certificate=args.certificate, dataset=args.dataset, data_dir=args.data_dir,
-        use_data=not args.no_data, recalibrate=args.recalibrate, rule=rule, device=args.device,
-        reference_dir=args.reference, arch=args.arch,
+        args.model,
+        args.key,
+        certificate=args.certificate,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        use_data=not args.no_data,
+        recalibrate=args.recalibrate,
+        rule=rule,
+        device=args.device,
+        reference_dir=args.reference,
+        arch=args.arch,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -302,13 +459,24 @@ def _certify(args: argparse.Namespace) -> int:
 
     if Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a folder; name the certificate file to write")
-    report = run_verify(args.model, args.key, dataset=args.dataset, data_dir=args.data_dir, use_data=not args.no_data,
-                        arch=args.arch)
+    report = run_verify(
+        args.model,
+        args.key,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        use_data=not args.no_data,
+        arch=args.arch,
+    )
     if not report.verified:
-        print(f"passportnorm: certify refused: {args.model} does not verify with {args.key} "
-              f"({'; '.join(report.failed_conditions)})", file=sys.stderr)
+        print(
+            f"passportnorm: certify refused: {args.model} does not verify with {args.key} "
+            f"({'; '.join(report.failed_conditions)})",
+            file=sys.stderr,
+        )
         return 1
-    certificate = Certificate.issue(OwnerKey.load(args.key), load_released(args.model, trusted_arch=args.arch)[0])
+    certificate = Certificate.issue(
+        OwnerKey.load(args.key), load_released(args.model, trusted_arch=args.arch)[0]
+    )
     certificate.save(args.out)
     print(json.dumps(certificate.__dict__, indent=2))
     return 0
@@ -334,9 +502,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "attack":
             from .attacks.runner import run_attack
 
-            options = {k: getattr(args, k) for k in ("dataset", "data_dir", "share", "epochs", "seed", "mode", "rates", "flips",
-                                                      "erb_mode", "target_dataset", "target_classes", "forge_signature",
-                                                      "allow_text_signatures", "arch")}
+            options = {
+                k: getattr(args, k)
+                for k in (
+                    "dataset",
+                    "data_dir",
+                    "share",
+                    "epochs",
+                    "seed",
+                    "mode",
+                    "rates",
+                    "flips",
+                    "erb_mode",
+                    "target_dataset",
+                    "target_classes",
+                    "forge_signature",
+                    "allow_text_signatures",
+                    "arch",
+                )
+            }
             result = run_attack(args.name, args.model, args.key, args.out, **options)
             print((Path(args.out) / "result.md").read_text())
             return 0 if result else 2
@@ -345,27 +529,53 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "dispute":
             from .pipeline import run_dispute
 
-            result = run_dispute(args.suspect, args.claim, dataset=args.dataset, data_dir=args.data_dir, use_data=not args.no_data,
-                                 arch=args.arch)
+            result = run_dispute(
+                args.suspect,
+                args.claim,
+                dataset=args.dataset,
+                data_dir=args.data_dir,
+                use_data=not args.no_data,
+                arch=args.arch,
+            )
             print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_markdown())
             return 0 if result.winner else 1
         if args.command == "compare":
             from .baselines.compare import CompareOptions, run_compare
 
-            summary = run_compare(CompareOptions(
-                dataset=args.dataset, data_dir=args.data_dir, points=args.points, arch=args.arch, width=args.width,
-                norm=args.norm, schemes=tuple(s.strip() for s in args.schemes.split(",") if s.strip()),
-                seeds=tuple(range(args.seeds)), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                placement=args.placement, forge_epochs=args.forge_epochs, device=args.device, out=args.out,
-            ))
+            summary = run_compare(
+                CompareOptions(
+                    dataset=args.dataset,
+                    data_dir=args.data_dir,
+                    points=args.points,
+                    arch=args.arch,
+                    width=args.width,
+                    norm=args.norm,
+                    schemes=tuple(s.strip() for s in args.schemes.split(",") if s.strip()),
+                    seeds=tuple(range(args.seeds)),
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    lr=args.lr,
+                    placement=args.placement,
+                    forge_epochs=args.forge_epochs,
+                    device=args.device,
+                    out=args.out,
+                )
+            )
             print(summary["table"])
             return 0
         if args.command == "demo":
             from .demo import run_demo
 
             metrics = run_demo(
-                out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                device=args.device, signature=args.signature, width=args.width, passports=args.passports,
+                out=args.out,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                seed=args.seed,
+                device=args.device,
+                signature=args.signature,
+                width=args.width,
+                passports=args.passports,
             )
             # success: the released model is the original architecture and computes what the
             # free branch computes, and the owner's message reads back from the weights intact
@@ -376,7 +586,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"passportnorm: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("passportnorm: interrupted; rerun with --resume to continue from the last epoch", file=sys.stderr)
+        print(
+            "passportnorm: interrupted; rerun with --resume to continue from the last epoch", file=sys.stderr
+        )
         return 130
     return 2
 

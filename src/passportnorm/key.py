@@ -43,7 +43,15 @@ __all__ = ["KEY_FORMAT", "KEY_VERSION", "OwnerKey", "extract_key", "attach_key"]
 
 KEY_FORMAT = "passportnorm.owner-key"
 KEY_VERSION = 1
-_BRANCH_PREFIXES = ("passport_gamma", "passport_beta", "signature", "message_bits", "message_offset", "mlp.", "branch_norm.")
+_BRANCH_PREFIXES = (
+    "passport_gamma",
+    "passport_beta",
+    "signature",
+    "message_bits",
+    "message_offset",
+    "mlp.",
+    "branch_norm.",
+)
 
 
 @dataclass
@@ -72,7 +80,12 @@ class OwnerKey:
         info = self.manifest.get("trigger")
         if not info:
             return None
-        return TriggerSet(self.tensors["trigger.inputs"], self.tensors["trigger.labels"], int(info["num_classes"]), info["source"])
+        return TriggerSet(
+            self.tensors["trigger.inputs"],
+            self.tensors["trigger.labels"],
+            int(info["num_classes"]),
+            info["source"],
+        )
 
     @property
     def signature_text(self) -> str | None:
@@ -93,8 +106,14 @@ class OwnerKey:
 
     def bits_follow_from_passports(self) -> bool:
         """For a hash-bound key: do its bits equal the hash of its identity and passports?"""
-        layers = [(l["norm"], self.layer_tensors(l["norm"])["passport_gamma"], self.layer_tensors(l["norm"])["passport_beta"])
-                  for l in self.layers]
+        layers = [
+            (
+                l["norm"],
+                self.layer_tensors(l["norm"])["passport_gamma"],
+                self.layer_tensors(l["norm"])["passport_beta"],
+            )
+            for l in self.layers
+        ]
         bits = torch.cat([self.layer_tensors(l["norm"])["signature"].to(torch.int8) for l in self.layers])
         return bits_follow_from_passports(self.identity or "", layers, bits)
 
@@ -110,9 +129,15 @@ class OwnerKey:
         folder = Path(folder)
         with atomic_folder(folder) as staging:
             save_tensors(self.tensors, staging / "key.safetensors", metadata={"format": KEY_FORMAT})
-            manifest = dict(self.manifest, sha256_tensors=sha256_file(staging / "key.safetensors"), sha256_key=self.digest())
+            manifest = dict(
+                self.manifest,
+                sha256_tensors=sha256_file(staging / "key.safetensors"),
+                sha256_key=self.digest(),
+            )
             write_json_atomic(staging / "key.json", manifest)
-            restrict_to_owner(staging)  # before the rename: the key is never readable by others, not even briefly
+            restrict_to_owner(
+                staging
+            )  # before the rename: the key is never readable by others, not even briefly
         return folder
 
     @classmethod
@@ -121,10 +146,18 @@ class OwnerKey:
         folder = Path(folder)
         manifest_path, tensors_path = folder / "key.json", folder / "key.safetensors"
         manifest = read_folder_manifest(
-            folder, "key.json", "key.safetensors", KEY_FORMAT, KEY_VERSION, OwnerKeyError, "a passportnorm owner key"
+            folder,
+            "key.json",
+            "key.safetensors",
+            KEY_FORMAT,
+            KEY_VERSION,
+            OwnerKeyError,
+            "a passportnorm owner key",
         )
         if sha256_file(tensors_path) != manifest.get("sha256_tensors"):
-            raise OwnerKeyError(f"{tensors_path} does not match the SHA-256 in {manifest_path.name}: the key is corrupted or altered")
+            raise OwnerKeyError(
+                f"{tensors_path} does not match the SHA-256 in {manifest_path.name}: the key is corrupted or altered"
+            )
         try:
             tensors = load_tensors(tensors_path)
         except ValueError as error:
@@ -134,7 +167,9 @@ class OwnerKey:
         key = cls(tensors, manifest)
         key._validate(manifest_path)
         if stored_digest != key.digest():
-            raise OwnerKeyError(f"{manifest_path}: the key hash does not match its contents: the key is corrupted or altered")
+            raise OwnerKeyError(
+                f"{manifest_path}: the key hash does not match its contents: the key is corrupted or altered"
+            )
         return key
 
     def _validate(self, where: Path) -> None:
@@ -143,27 +178,51 @@ class OwnerKey:
             for layer in layers:
                 path, channels = layer["norm"], int(layer["channels"])
                 parts = self.layer_tensors(path)
-                has_mlp = layer.get("branch", PassportAwareBranch.branch_kind) == PassportAwareBranch.branch_kind
-                needed = ("passport_gamma", "passport_beta", "signature") + (("mlp.0.weight", "mlp.2.weight") if has_mlp else ())
+                has_mlp = (
+                    layer.get("branch", PassportAwareBranch.branch_kind) == PassportAwareBranch.branch_kind
+                )
+                needed = ("passport_gamma", "passport_beta", "signature") + (
+                    ("mlp.0.weight", "mlp.2.weight") if has_mlp else ()
+                )
                 for name in needed:
                     if name not in parts:
-                        raise OwnerKeyError(f"{where}: layer {path!r} has no tensor {name!r} in key.safetensors")
+                        raise OwnerKeyError(
+                            f"{where}: layer {path!r} has no tensor {name!r} in key.safetensors"
+                        )
                 if tuple(parts["signature"].shape) != (channels,):
-                    raise OwnerKeyError(f"{where}: layer {path!r} signature has shape {tuple(parts['signature'].shape)}, expected ({channels},)")
-                if parts["passport_gamma"].shape != parts["passport_beta"].shape or parts["passport_gamma"].shape[0] != 1:
-                    raise OwnerKeyError(f"{where}: layer {path!r} passports have shapes {tuple(parts['passport_gamma'].shape)}/{tuple(parts['passport_beta'].shape)}")
-                if has_mlp and (parts["mlp.0.weight"].shape[1] != channels or parts["mlp.2.weight"].shape[0] != channels):
+                    raise OwnerKeyError(
+                        f"{where}: layer {path!r} signature has shape {tuple(parts['signature'].shape)}, expected ({channels},)"
+                    )
+                if (
+                    parts["passport_gamma"].shape != parts["passport_beta"].shape
+                    or parts["passport_gamma"].shape[0] != 1
+                ):
+                    raise OwnerKeyError(
+                        f"{where}: layer {path!r} passports have shapes {tuple(parts['passport_gamma'].shape)}/{tuple(parts['passport_beta'].shape)}"
+                    )
+                if has_mlp and (
+                    parts["mlp.0.weight"].shape[1] != channels or parts["mlp.2.weight"].shape[0] != channels
+                ):
                     raise OwnerKeyError(f"{where}: layer {path!r} MLP does not map {channels} channels")
             for layer in self.statistics_layers:
                 parts = self.layer_tensors(layer["norm"])
                 for name in ("branch_norm.running_mean", "branch_norm.running_var"):
                     if tuple(parts.get(name, torch.empty(0)).shape) != (int(layer["channels"]),):
-                        raise OwnerKeyError(f"{where}: statistics layer {layer['norm']!r} has no {name} of {layer['channels']} channels")
+                        raise OwnerKeyError(
+                            f"{where}: statistics layer {layer['norm']!r} has no {name} of {layer['channels']} channels"
+                        )
             trigger = self.manifest.get("trigger")
             if trigger:
                 inputs, labels = self.tensors.get("trigger.inputs"), self.tensors.get("trigger.labels")
-                if inputs is None or labels is None or len(inputs) != int(trigger["count"]) or len(labels) != len(inputs):
-                    raise OwnerKeyError(f"{where}: the trigger set in key.safetensors does not match its manifest entry")
+                if (
+                    inputs is None
+                    or labels is None
+                    or len(inputs) != int(trigger["count"])
+                    or len(labels) != len(inputs)
+                ):
+                    raise OwnerKeyError(
+                        f"{where}: the trigger set in key.safetensors does not match its manifest entry"
+                    )
         except (KeyError, TypeError, ValueError) as error:
             raise OwnerKeyError(f"{where}: malformed manifest ({error!r}); the key is corrupted") from error
 
@@ -211,13 +270,19 @@ def extract_key(
             }
         )
         if int(layer.message_bits):
-            message_parts.append((int(layer.message_offset), layer.signature[: int(layer.message_bits)].cpu()))
+            message_parts.append(
+                (int(layer.message_offset), layer.signature[: int(layer.message_bits)].cpu())
+            )
     statistics = []
     for path, layer in statistics_layers(model).items():
         for name, value in layer.branch_norm.state_dict().items():
             tensors[f"{path}.branch_norm.{name}"] = value.detach().cpu().clone()
-        statistics.append({"norm": path, "norm_type": original_class(layer.norm).__name__, "channels": layer.channels})
-    message = torch.cat([bits for _, bits in sorted(message_parts, key=lambda part: part[0])] or [torch.empty(0)])
+        statistics.append(
+            {"norm": path, "norm_type": original_class(layer.norm).__name__, "channels": layer.channels}
+        )
+    message = torch.cat(
+        [bits for _, bits in sorted(message_parts, key=lambda part: part[0])] or [torch.empty(0)]
+    )
     message_bits = int(message.numel())
     text = Signature.decode_text(message) if message_bits and message_bits % 8 == 0 else None
     trigger_info = None
@@ -234,7 +299,9 @@ def extract_key(
             "layers": described,
             "statistics_layers": statistics,
             "signature": {
-                "text": text, "message_bits": message_bits, "total_bits": sum(d["channels"] for d in described),
+                "text": text,
+                "message_bits": message_bits,
+                "total_bits": sum(d["channels"] for d in described),
                 **_binding_of(model),
             },
             "seeds": seeds or {},
@@ -246,23 +313,31 @@ def extract_key(
     )
 
 
-def _statistics_branch(modules: dict[str, nn.Module], layer: dict[str, Any], parts: dict[str, Tensor]) -> AwareStatistics:
+def _statistics_branch(
+    modules: dict[str, nn.Module], layer: dict[str, Any], parts: dict[str, Tensor]
+) -> AwareStatistics:
     """The suspect's norm at ``layer["norm"]`` with the key's passport-aware statistics beside it."""
     path = layer["norm"]
     norm = modules.get(path)
     if norm is None:
         raise OwnerKeyError(f"the key is for another architecture: the model has no module {path!r}")
-    if type(norm).__name__ != layer["norm_type"] or not needs_aware_statistics(norm) or norm.num_features != layer["channels"]:
+    if (
+        type(norm).__name__ != layer["norm_type"]
+        or not needs_aware_statistics(norm)
+        or norm.num_features != layer["channels"]
+    ):
         raise OwnerKeyError(
             f"the key is for another architecture: {path!r} is a {type(norm).__name__} with "
             f"{getattr(norm, 'num_features', '?')} channels, the key expects a {layer['norm_type']} with {layer['channels']}"
         )
     branch = AwareStatistics(norm)
-    statistics = {k[len("branch_norm."):]: v for k, v in parts.items() if k.startswith("branch_norm.")}
+    statistics = {k[len("branch_norm.") :]: v for k, v in parts.items() if k.startswith("branch_norm.")}
     try:
         branch.branch_norm.load_state_dict(statistics)
     except RuntimeError as error:
-        raise OwnerKeyError(f"the key's statistics for {path!r} do not fit a {type(norm).__name__}: {error}") from None
+        raise OwnerKeyError(
+            f"the key's statistics for {path!r} do not fit a {type(norm).__name__}: {error}"
+        ) from None
     return branch
 
 
@@ -281,7 +356,9 @@ def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:
             missing = norm_path if norm is None else producer_path
             raise OwnerKeyError(f"the key is for another architecture: the model has no module {missing!r}")
         if branch_of(norm) is not None:
-            raise OwnerKeyError(f"{norm_path!r} already carries a passport-aware branch; attach keys to released models")
+            raise OwnerKeyError(
+                f"{norm_path!r} already carries a passport-aware branch; attach keys to released models"
+            )
         if type(norm).__name__ != layer["norm_type"] or unsupported_norm_reason(norm):
             raise OwnerKeyError(
                 f"the key is for another architecture: {norm_path!r} is a {type(norm).__name__}, the key expects {layer['norm_type']}"
@@ -313,7 +390,9 @@ def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:
         elif kind in BRANCH_KINDS:
             branch = BRANCH_KINDS[kind](norm, producer, parts, layer)
         else:
-            raise OwnerKeyError(f"the key's layer {norm_path!r} uses branch kind {kind!r}, which this version cannot rebuild")
+            raise OwnerKeyError(
+                f"the key's layer {norm_path!r} uses branch kind {kind!r}, which this version cannot rebuild"
+            )
         try:
             branch.passport_responses()
         except RuntimeError as error:
@@ -323,10 +402,14 @@ def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:
         keyed = {k: v for k, v in parts.items() if k.startswith(("mlp.", "branch_norm."))}
         own = {k: v for k, v in branch.state_dict().items() if k.startswith(("mlp.", "branch_norm."))}
         if set(keyed) != set(own) or any(tuple(keyed[k].shape) != tuple(own[k].shape) for k in own):
-            raise OwnerKeyError(f"the key's branch for {norm_path!r} does not match a {type(norm).__name__} branch")
+            raise OwnerKeyError(
+                f"the key's branch for {norm_path!r} does not match a {type(norm).__name__} branch"
+            )
         branch.load_state_dict({**branch.state_dict(), **keyed})
         attach_branch(norm, branch)
     for layer in key.statistics_layers:
-        attach_branch(modules[layer["norm"]], _statistics_branch(modules, layer, key.layer_tensors(layer["norm"])))
+        attach_branch(
+            modules[layer["norm"]], _statistics_branch(modules, layer, key.layer_tensors(layer["norm"]))
+        )
     suspect.passportnorm_signature = {"mode": key.signature_mode, "identity": key.identity}
     return suspect

@@ -170,7 +170,9 @@ def affine_free_copy(norm: nn.Module) -> nn.Module:
     The ERB attack's own normalization next to a norm. Built from the torch.nn class the norm is
     or subclasses, so a subclass's constructor (which may take other arguments) is never called.
     """
-    ref = norm.weight if getattr(norm, "weight", None) is not None else norm.running_mean  # affine=False: a buffer
+    ref = (
+        norm.weight if getattr(norm, "weight", None) is not None else norm.running_mean
+    )  # affine=False: a buffer
     factory = {"device": ref.device, "dtype": ref.dtype}
     if isinstance(norm, nn.LayerNorm):
         return nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False, **factory)

@@ -54,6 +54,7 @@ def is_norm_layer(module: nn.Module) -> bool:
 # a bit in 1 of 3 runs while every wider layer reached 100% (docs/RESULTS.md)
 WEAK_FAN_IN = 3
 
+
 @dataclass(frozen=True)
 class Pair:
     """A norm layer and the producer whose output feeds it, by module path."""
@@ -106,7 +107,9 @@ class PairingReport:
         for p in self.pairs:
             weak = f"  [fan-in {p.fan_in}: weak lever, bits embed slowly]" if p.weak else ""
             via = f" via {', '.join(p.crossed)}" if p.crossed else ""
-            lines.append(f"  + {p.norm} ({p.norm_type}, {p.channels} ch) <- {p.producer} ({p.producer_type}){via}{weak}")
+            lines.append(
+                f"  + {p.norm} ({p.norm_type}, {p.channels} ch) <- {p.producer} ({p.producer_type}){via}{weak}"
+            )
         if self.unprotectable:
             lines.append(f"{len(self.unprotectable)} norm layers cannot be protected")
             for u in self.unprotectable:
@@ -144,14 +147,20 @@ def _describe_source(node: Any, prefix: str, modules: Mapping[str, nn.Module]) -
         if isinstance(module, SUPPORTED_PRODUCERS):
             reparametrized = reparametrized_weight_reason(module)
             if reparametrized:
-                return None, f"its producer '{path}' ({type(module).__name__}) cannot carry bits: {reparametrized}"
+                return (
+                    None,
+                    f"its producer '{path}' ({type(module).__name__}) cannot carry bits: {reparametrized}",
+                )
             return path, ""
         return None, (
             f"its input comes from {type(module).__name__} '{path}'; only {_PRODUCER_NAMES} can be producers"
         )
     if node.op == "placeholder":
         where = f"'{prefix}'" if prefix else "the model"
-        return None, f"its input is the input '{node.target}' of {where}, not the output of a {_PRODUCER_NAMES}"
+        return (
+            None,
+            f"its input is the input '{node.target}' of {where}, not the output of a {_PRODUCER_NAMES}",
+        )
     what = getattr(node.target, "__name__", str(node.target))
     return None, f"its input comes from {node.op} '{what}', not straight from a {_PRODUCER_NAMES}"
 
@@ -159,10 +168,36 @@ def _describe_source(node: Any, prefix: str, modules: Mapping[str, nn.Module]) -
 # ops that may hand a tensor on with every channel intact, at most on another axis (a reshape only
 # when it leaves the channel axis alone): pairing looks through them, and _check_moved_channels then
 # proves on the example input that each norm channel holds exactly its producer channel's values
-_KEEPING_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Flatten)
-_KEEPING_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.movedim, F.dropout, torch.clone,
-                      torch.flatten, torch.reshape}
-_KEEPING_METHODS = {"permute", "transpose", "swapaxes", "movedim", "contiguous", "clone", "flatten", "reshape", "view"}
+_KEEPING_MODULES = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Flatten,
+)
+_KEEPING_FUNCTIONS = {
+    torch.permute,
+    torch.transpose,
+    torch.swapaxes,
+    torch.movedim,
+    F.dropout,
+    torch.clone,
+    torch.flatten,
+    torch.reshape,
+}
+_KEEPING_METHODS = {
+    "permute",
+    "transpose",
+    "swapaxes",
+    "movedim",
+    "contiguous",
+    "clone",
+    "flatten",
+    "reshape",
+    "view",
+}
 
 
 def _channel_keeping(node: Any, prefix: str, modules: Mapping[str, nn.Module]) -> str | None:
@@ -172,7 +207,11 @@ def _channel_keeping(node: Any, prefix: str, modules: Mapping[str, nn.Module]) -
     rest = ", ".join(str(a) for a in node.args[1:] if not isinstance(a, fx.Node))
     if node.op == "call_module":
         module = modules.get(_join(prefix, str(node.target)))
-        return f"{type(module).__name__} '{_join(prefix, str(node.target))}'" if isinstance(module, _KEEPING_MODULES) else None
+        return (
+            f"{type(module).__name__} '{_join(prefix, str(node.target))}'"
+            if isinstance(module, _KEEPING_MODULES)
+            else None
+        )
     if node.op == "call_function" and node.target in _KEEPING_FUNCTIONS:
         return f"{node.target.__name__}({rest})"
     if node.op == "call_method" and node.target in _KEEPING_METHODS:
@@ -180,7 +219,9 @@ def _channel_keeping(node: Any, prefix: str, modules: Mapping[str, nn.Module]) -
     return None
 
 
-def _through_keeping_ops(node: Any, prefix: str, modules: Mapping[str, nn.Module]) -> tuple[Any, tuple[str, ...]]:
+def _through_keeping_ops(
+    node: Any, prefix: str, modules: Mapping[str, nn.Module]
+) -> tuple[Any, tuple[str, ...]]:
     """Walk back from a norm's input over channel-keeping ops: (the node before them, the ops crossed)."""
     crossed: list[str] = []
     while (op := _channel_keeping(node, prefix, modules)) is not None:
@@ -230,7 +271,9 @@ def _trace_links(
     for path, count in calls.items():
         if count > 1:
             links.pop(path, None)
-            reasons[path] = f"it is called {count} times in one forward; one branch cannot serve several inputs"
+            reasons[path] = (
+                f"it is called {count} times in one forward; one branch cannot serve several inputs"
+            )
     for path in norms:
         if path in links or path in reasons:
             continue
@@ -254,8 +297,10 @@ def _check_reasons_against_calls(reasons: dict[str, str], record: Any) -> None:
     for path, reason in reasons.items():
         calls = record.calls.get(path, 0)
         if reason == _NEVER_CALLED and calls:
-            reasons[path] = (f"torch.fx did not see its call (it runs {calls} time(s) per forward, inside code the "
-                             "trace cannot follow); pass pairs={'norm.path': 'producer.path'} for it")
+            reasons[path] = (
+                f"torch.fx did not see its call (it runs {calls} time(s) per forward, inside code the "
+                "trace cannot follow); pass pairs={'norm.path': 'producer.path'} for it"
+            )
         elif reason == _NEVER_CALLED:
             reasons[path] = "the forward with example_input never calls it"
 
@@ -266,8 +311,10 @@ def _shape_of(example_input: Any) -> str:
     return f"({type(example_input).__name__})"
 
 
-_NO_AXIS = ("its own forward shows no axis carrying one affine value per channel (run with weight 0 and bias 1..C), "
-            "so {name} does not apply its weight and bias per channel as the branch needs")
+_NO_AXIS = (
+    "its own forward shows no axis carrying one affine value per channel (run with weight 0 and bias 1..C), "
+    "so {name} does not apply its weight and bias per channel as the branch needs"
+)
 
 
 def _norm_axis(norm: nn.Module, x: Any) -> int | None:
@@ -278,9 +325,7 @@ def _norm_axis(norm: nn.Module, x: Any) -> int | None:
     return observed_channel_dim(norm, x)
 
 
-def _check_shapes(
-    pair: Pair, norm: nn.Module, producer: nn.Module, record: Any
-) -> str | None:
+def _check_shapes(pair: Pair, norm: nn.Module, producer: nn.Module, record: Any) -> str | None:
     """Why the real tensors contradict the pairing, or None when they agree."""
     if record.calls.get(pair.norm, 0) == 0:
         return "the forward with example_input never calls it"
@@ -306,11 +351,15 @@ def _check_shapes(
             f"{tuple(out.shape)} output but {type(norm).__name__} keeps its affine values on axis {n_axis}"
         )
     if out.shape[p_axis] != norm_channels(norm):
-        return f"it has {norm_channels(norm)} channels but producer '{pair.producer}' gives {out.shape[p_axis]}"
+        return (
+            f"it has {norm_channels(norm)} channels but producer '{pair.producer}' gives {out.shape[p_axis]}"
+        )
     return None
 
 
-def _check_moved_channels(pair: Pair, norm: nn.Module, producer: nn.Module, out: Any, seen: Any) -> str | None:
+def _check_moved_channels(
+    pair: Pair, norm: nn.Module, producer: nn.Module, out: Any, seen: Any
+) -> str | None:
     """Across permutes and dropouts: channel c of the norm's input must hold exactly the values of
     the producer's channel c (eval mode: dropout is the identity), wherever the axis moved to."""
     p_axis, n_axis = producer_channel_dim(producer, out.dim()), _norm_axis(norm, seen)
@@ -318,13 +367,17 @@ def _check_moved_channels(pair: Pair, norm: nn.Module, producer: nn.Module, out:
         return _NO_AXIS.format(name=type(norm).__name__)
     channels = norm_channels(norm)
     if out.shape[p_axis] != channels or seen.shape[n_axis] != channels or out.numel() != seen.numel():
-        return (f"across {', '.join(pair.crossed)} it receives shape {tuple(seen.shape)} from producer "
-                f"'{pair.producer}' output {tuple(out.shape)}: the channels do not line up")
+        return (
+            f"across {', '.join(pair.crossed)} it receives shape {tuple(seen.shape)} from producer "
+            f"'{pair.producer}' output {tuple(out.shape)}: the channels do not line up"
+        )
     ours = out.movedim(p_axis, 0).reshape(channels, -1).sort(dim=1).values
     theirs = seen.movedim(n_axis, 0).reshape(channels, -1).sort(dim=1).values
     if not torch.equal(ours, theirs):
-        return (f"across {', '.join(pair.crossed)} its channel axis {n_axis} does not carry producer "
-                f"'{pair.producer}''s channels (axis {p_axis}) one to one")
+        return (
+            f"across {', '.join(pair.crossed)} its channel axis {n_axis} does not carry producer "
+            f"'{pair.producer}''s channels (axis {p_axis}) one to one"
+        )
     return None
 
 
@@ -350,9 +403,13 @@ def find_pairs(
         for norm_path, producer_path in pairs.items():
             for path, role in ((norm_path, "norm"), (producer_path, "producer")):
                 if path not in modules or not path:
-                    raise PairingError(f"pairs names {role} '{path}', which is not a module path of the model")
+                    raise PairingError(
+                        f"pairs names {role} '{path}', which is not a module path of the model"
+                    )
             if norm_path not in norms:
-                raise PairingError(f"pairs names '{norm_path}' as a norm but it is a {type(modules[norm_path]).__name__}")
+                raise PairingError(
+                    f"pairs names '{norm_path}' as a norm but it is a {type(modules[norm_path]).__name__}"
+                )
             links[norm_path] = producer_path
         for path in norms:
             if path not in links:
@@ -363,7 +420,11 @@ def find_pairs(
     for path, norm in norms.items():
         why = unsupported_norm_reason(norm)
         producer_path = links.get(path)
-        if why is None and producer_path is not None and not isinstance(modules[producer_path], SUPPORTED_PRODUCERS):
+        if (
+            why is None
+            and producer_path is not None
+            and not isinstance(modules[producer_path], SUPPORTED_PRODUCERS)
+        ):
             why = f"its producer '{producer_path}' is a {type(modules[producer_path]).__name__}; only {_PRODUCER_NAMES} can be"
         if why is not None:
             reasons[path] = why

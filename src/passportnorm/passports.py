@@ -51,7 +51,11 @@ def calibrated_copy(model: nn.Module, inputs: Any) -> nn.Module:
     dropout and stochastic depth stay off and nothing but the copy's statistics change.
     """
     twin = copy.deepcopy(model).eval()
-    norms = [m for m in twin.modules() if isinstance(m, _NormBase) and m.track_running_stats and m.running_mean is not None]
+    norms = [
+        m
+        for m in twin.modules()
+        if isinstance(m, _NormBase) and m.track_running_stats and m.running_mean is not None
+    ]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None
@@ -88,7 +92,9 @@ class PassportGenerator(ABC):
         return captured
 
     @abstractmethod
-    def generate(self, activations: Tensor, channel_dim: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def generate(
+        self, activations: Tensor, channel_dim: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
         """Two passports shaped ``(1, *activations.shape[1:])`` from a producer's input batch.
 
         ``channel_dim`` is where that input keeps its channels (1 for conv, the last axis for Linear).
@@ -108,7 +114,9 @@ class RandomPassports(PassportGenerator):
 
     name = "random"
 
-    def generate(self, activations: Tensor, channel_dim: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def generate(
+        self, activations: Tensor, channel_dim: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
         shape = (2, *activations.shape[1:])
         draws = torch.rand(shape, generator=generator, dtype=torch.float32) * 2 - 1
         draws = draws.to(device=activations.device, dtype=activations.dtype)
@@ -131,7 +139,9 @@ class _ActivationPassports(PassportGenerator):
                 "give a model with the same module paths as the protected one"
             )
         inputs = self.inputs if self.inputs is not None else example_input
-        self._need_several(_batch_of(inputs), self.name)  # before calibrating: one input has no batch statistics
+        self._need_several(
+            _batch_of(inputs), self.name
+        )  # before calibrating: one input has no batch statistics
         try:
             return capture(calibrated_copy(source, inputs), inputs, producer_paths).inputs
         except Exception as error:
@@ -208,4 +218,6 @@ def make_passport_generator(spec: "str | PassportGenerator") -> PassportGenerato
         return spec
     if isinstance(spec, str) and spec in _KINDS:
         return _KINDS[spec]()
-    raise PassportError(f"unknown passport kind {spec!r}; choose one of {', '.join(_KINDS)} or pass a PassportGenerator")
+    raise PassportError(
+        f"unknown passport kind {spec!r}; choose one of {', '.join(_KINDS)} or pass a PassportGenerator"
+    )

@@ -54,30 +54,42 @@ class RunOptions:
     task: str = "auto"  # image or pointcloud; auto: what the dataset holds
     points: int = 0  # points per cloud for point-cloud datasets; 0: the dataset's default
     image_size: int = 0  # side of the square crops of --dataset imagefolder; 0: 64
-    arch: str = "auto"  # auto: resnet18 for images, pointnet for point clouds; or tv:NAME, timm:NAME, file.py:factory
+    arch: str = (
+        "auto"  # auto: resnet18 for images, pointnet for point clouds; or tv:NAME, timm:NAME, file.py:factory
+    )
     weights: str = ""  # start from these trained weights (safetensors, or a state dict torch.load(weights_only=True) reads)
     width: float = 0.25
     norm: str = "bn"
     epochs: int = 8
     batch_size: int = 64
-    lr: float = 0.0  # 0: the task's default, 0.05 for images, 0.01 for point clouds (PointNet is unstable higher)
+    lr: float = (
+        0.0  # 0: the task's default, 0.05 for images, 0.01 for point clouds (PointNet is unstable higher)
+    )
     seed: int = 0  # training: data order, initialisation (public)
-    secret_seed: int | None = None  # passports, signature bits, triggers; None: drawn from the OS CSPRNG (secret)
+    secret_seed: int | None = (
+        None  # passports, signature bits, triggers; None: drawn from the OS CSPRNG (secret)
+    )
     signature: str = "(c) passportnorm owner"
     signature_mode: str = "hash"  # hash: bits bound to identity and passports; text: the paper's (forgeable)
     passports: str = "random"  # chosen by measurement: docs/RESULTS.md, "Which passports by default"
     schedule: str = "alternate"
     ratio: float = 0.5
     aware_optimizer: str = "shared"  # separate: passport-aware steps keep their own momentum (see train.py)
-    precision: str = "fp32"  # bf16 (CPU or CUDA) or fp16 (CUDA, with loss scaling): the forwards under autocast
+    precision: str = (
+        "fp32"  # bf16 (CPU or CUDA) or fp16 (CUDA, with loss scaling): the forwards under autocast
+    )
     sign_weight: float = 1.0
     alpha: float = 0.1
     weak_layers: str = "skip"
     exclude: str = ""  # comma-separated fnmatch patterns of norm paths to leave unprotected
-    trigger: str = "auto"  # none, noise, pattern (images), shapes (point clouds), or a folder; auto: noise / shapes
+    trigger: str = (
+        "auto"  # none, noise, pattern (images), shapes (point clouds), or a folder; auto: noise / shapes
+    )
     trigger_count: int = 50
     triggers_per_batch: int = 2
-    holdout: float = 0.0  # > 0: evaluate on this share of the training split instead of the test split (tuning)
+    holdout: float = (
+        0.0  # > 0: evaluate on this share of the training split instead of the test split (tuning)
+    )
     device: str = "auto"
     out: str = field(default_factory=lambda: f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     resume: bool = False
@@ -88,15 +100,24 @@ class RunOptions:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown option {unknown[0]!r} in the config; known: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"unknown option {unknown[0]!r} in the config; known: {', '.join(sorted(known))}"
+            )
         return cls(**values)
 
 
 def _train_config(opts: RunOptions) -> TrainConfig:
     return TrainConfig(
-        epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, schedule=opts.schedule, ratio=opts.ratio,
-        sign_weight=opts.sign_weight, triggers_per_batch=opts.triggers_per_batch, seed=opts.seed,
-        aware_optimizer=opts.aware_optimizer, precision=opts.precision,
+        epochs=opts.epochs,
+        batch_size=opts.batch_size,
+        lr=opts.lr,
+        schedule=opts.schedule,
+        ratio=opts.ratio,
+        sign_weight=opts.sign_weight,
+        triggers_per_batch=opts.triggers_per_batch,
+        seed=opts.seed,
+        aware_optimizer=opts.aware_optimizer,
+        precision=opts.precision,
     )
 
 
@@ -109,11 +130,15 @@ def resolve_task(opts: RunOptions) -> RunOptions:
     """Fill in ``task``, ``arch``, ``trigger`` and ``lr`` left on auto, and refuse a model that cannot read the data."""
     task = dataset_task(opts.dataset)
     if opts.task not in ("auto", task):
-        raise ConfigError(f"dataset {opts.dataset!r} holds {task} data, not {opts.task}; drop --task or pick a {opts.task} dataset")
+        raise ConfigError(
+            f"dataset {opts.dataset!r} holds {task} data, not {opts.task}; drop --task or pick a {opts.task} dataset"
+        )
     arch = DEFAULT_ARCH[task] if opts.arch == "auto" else opts.arch
     if zoo.model_task(arch) not in (task, "any"):
-        raise ConfigError(f"model {arch!r} reads {zoo.model_task(arch)} inputs but {opts.dataset!r} holds {task} data; "
-                          f"use --arch {DEFAULT_ARCH[task]}")
+        raise ConfigError(
+            f"model {arch!r} reads {zoo.model_task(arch)} inputs but {opts.dataset!r} holds {task} data; "
+            f"use --arch {DEFAULT_ARCH[task]}"
+        )
     if opts.points and task != "pointcloud":
         raise ConfigError(f"--points applies to point-cloud datasets; {opts.dataset!r} holds images")
     trigger = DEFAULT_TRIGGER[task] if opts.trigger == "auto" else opts.trigger
@@ -122,15 +147,25 @@ def resolve_task(opts: RunOptions) -> RunOptions:
 
 def _load(opts: RunOptions) -> DatasetSplits:
     """The run's data; with ``holdout`` the test split is a validation share of the training split."""
-    data = load_dataset(opts.dataset, opts.data_dir, seed=opts.seed, points=opts.points or None,
-                        image_size=opts.image_size or None)
+    data = load_dataset(
+        opts.dataset,
+        opts.data_dir,
+        seed=opts.seed,
+        points=opts.points or None,
+        image_size=opts.image_size or None,
+    )
     return hold_out(data, opts.holdout, opts.seed)
 
 
 def _recorded_dataset(name: str, data_dir: str | None, config: dict[str, Any]) -> DatasetSplits:
     """The dataset a key or release was made on, as its config recorded it (seed, points, image size)."""
-    return load_dataset(name, data_dir, seed=config.get("seed", 0), points=config.get("points") or None,
-                        image_size=config.get("image_size") or None)
+    return load_dataset(
+        name,
+        data_dir,
+        seed=config.get("seed", 0),
+        points=config.get("points") or None,
+        image_size=config.get("image_size") or None,
+    )
 
 
 def _trigger(opts: RunOptions, data, secret: int) -> TriggerSet | None:
@@ -139,17 +174,27 @@ def _trigger(opts: RunOptions, data, secret: int) -> TriggerSet | None:
         return None
     if opts.trigger in TRIGGER_KINDS:
         seed = (secret + 7919) % 2**64
-        return generate_triggers(opts.trigger_count, data.input_shape, data.num_classes, seed=seed, kind=opts.trigger)
+        return generate_triggers(
+            opts.trigger_count, data.input_shape, data.num_classes, seed=seed, kind=opts.trigger
+        )
     return load_trigger_folder(opts.trigger, data.input_shape, data.num_classes, data.normalize)
 
 
 def _model_config(opts: RunOptions, data) -> dict[str, Any]:
-    return {"in_channels": data.input_shape[0], "num_classes": data.num_classes, "width": opts.width, "norm": opts.norm}
+    return {
+        "in_channels": data.input_shape[0],
+        "num_classes": data.num_classes,
+        "width": opts.width,
+        "norm": opts.norm,
+    }
 
 
 def _print_epoch(row: dict[str, Any]) -> None:
     """One line per finished epoch, flushed: a terminal keeps it on screen, a log or CI shows progress."""
-    print("  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+    print(
+        "  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+        flush=True,
+    )
 
 
 def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
@@ -182,8 +227,11 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
     # a trigger set is owner evidence that lives in the key; plain training has no key, so no triggers
     trigger, notes, seed_source = None, [], None
     if protected:
-        secret, seed_source = run_secret_seed(out, opts.secret_seed, resume=opts.resume) if world is None or world.main \
+        secret, seed_source = (
+            run_secret_seed(out, opts.secret_seed, resume=opts.resume)
+            if world is None or world.main
             else (None, None)
+        )
         if world is not None:  # drawn once: every rank must build the same passports and branches
             secret = world.broadcast_int(secret)
         trigger = _trigger(opts, data, secret)
@@ -191,8 +239,14 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PassportWarning)
             model = protect(
-                model, example, signature=opts.signature, passports=opts.passports, seed=secret,
-                alpha=opts.alpha, weak_layers=opts.weak_layers, signature_mode=opts.signature_mode,
+                model,
+                example,
+                signature=opts.signature,
+                passports=opts.passports,
+                seed=secret,
+                alpha=opts.alpha,
+                weak_layers=opts.weak_layers,
+                signature_mode=opts.signature_mode,
                 exclude=[pattern.strip() for pattern in opts.exclude.split(",") if pattern.strip()] or None,
             )
         # protect() saw a given seed; record where the run's seed really came from
@@ -203,8 +257,9 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
         for note in notes:
             print(f"note: {note}")
     checkpoints = secret_folder(out) if protected else out
-    trainer = Trainer(model, data, _train_config(opts), trigger=trigger, out_dir=checkpoints, device=device,
-                      world=world)
+    trainer = Trainer(
+        model, data, _train_config(opts), trigger=trigger, out_dir=checkpoints, device=device, world=world
+    )
     what = "protected" if protected else "plain"
     print(
         f"{what} {opts.arch} (width {opts.width}, {opts.norm}) on {opts.dataset} "
@@ -214,8 +269,12 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
     )
     start = time.perf_counter()
     trainer.fit(resume=opts.resume, on_epoch=_print_epoch)
-    if world is not None and not world.main:  # rank 0 releases, keys and reports; this rank exits with its verdict
-        return {"history": trainer.history} | ({"verified": bool(world.broadcast_int(None))} if protected else {})
+    if (
+        world is not None and not world.main
+    ):  # rank 0 releases, keys and reports; this rank exits with its verdict
+        return {"history": trainer.history} | (
+            {"verified": bool(world.broadcast_int(None))} if protected else {}
+        )
     released = strip(model) if protected else model
     settings = {k: v for k, v in asdict(opts).items() if k not in ("resume", "overwrite", "secret_seed")}
     metrics: dict[str, Any] = {
@@ -226,12 +285,21 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
         "history": trainer.history,
         "train_seconds": time.perf_counter() - start,
         "notes": notes,
-        "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-                        "processes": world.size if world is not None else 1},
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(device),
+            "processes": world.size if world is not None else 1,
+        },
     }
     released.eval()
     save_released(
-        released.cpu(), out / "released", opts.arch, model_config, dataset=opts.dataset, seed=opts.seed,
+        released.cpu(),
+        out / "released",
+        opts.arch,
+        model_config,
+        dataset=opts.dataset,
+        seed=opts.seed,
         initial_weights_sha256=weights_sha256,
         signature_bits=capacity(model) if protected else 0,
     )
@@ -250,7 +318,10 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
     write_history_csv(out / "history.csv", trainer.history)
     write_json_atomic(out / "metrics.json", metrics)
     write_text_atomic(out / "report.md", run_report_markdown(metrics, verification))
-    print(f"wrote {out}/released/" + (f", {out}/owner-key/ and {out}/secret/ (keep both secret)" if protected else ""))
+    print(
+        f"wrote {out}/released/"
+        + (f", {out}/owner-key/ and {out}/secret/ (keep both secret)" if protected else "")
+    )
     if verification:
         print(verification)
     if protected:
@@ -279,8 +350,10 @@ def _protect_outcome(metrics: dict[str, Any], opts: RunOptions, out: Path) -> st
     if metrics["verified"]:
         return f"protect: the release verifies with its key; publish {out}/certificate.json, keep {out}/owner-key/ secret"
     reasons = "; ".join(metrics["verification"]["failed_conditions"])
-    return (f"protect: NOT VERIFIED, so no certificate was issued ({reasons}). Train longer (--epochs "
-            f"{2 * opts.epochs} --overwrite) or protect more channels (a larger --width)")
+    return (
+        f"protect: NOT VERIFIED, so no certificate was issued ({reasons}). Train longer (--epochs "
+        f"{2 * opts.epochs} --overwrite) or protect more channels (a larger --width)"
+    )
 
 
 def run_protect(opts: RunOptions) -> dict[str, Any]:
@@ -321,16 +394,33 @@ def run_verify(
         config = key.manifest.get("config", {})
         data_dir = data_dir or config.get("data_dir")
         splits = _recorded_dataset(name, data_dir, config)
-        data, calibration = splits.test, splits.train  # statistics re-estimated on owner data the accuracy is not read from
+        data, calibration = (
+            splits.test,
+            splits.train,
+        )  # statistics re-estimated on owner data the accuracy is not read from
     target = resolve_device(device)
     model = model.to(target)
-    return verify(model, key, data=data, trigger=key.trigger, certificate=cert, recalibrate=recalibrate, rule=rule,
-                  reference=reference.to(target) if reference is not None else None,
-                  calibration_data=calibration)
+    return verify(
+        model,
+        key,
+        data=data,
+        trigger=key.trigger,
+        certificate=cert,
+        recalibrate=recalibrate,
+        rule=rule,
+        reference=reference.to(target) if reference is not None else None,
+        calibration_data=calibration,
+    )
 
 
-def run_dispute(suspect_dir: str | Path, claims: list[tuple[str, str, str]], dataset: str | None = None,
-                data_dir: str | None = None, use_data: bool = True, arch: str | None = None) -> DisputeResult:
+def run_dispute(
+    suspect_dir: str | Path,
+    claims: list[tuple[str, str, str]],
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    use_data: bool = True,
+    arch: str | None = None,
+) -> DisputeResult:
     """Two claims of (key folder, certificate file, released folder) on a suspect released folder;
     ``arch`` is the user's own model code the folders name, run only when given."""
     if len(claims) != 2:
@@ -339,10 +429,18 @@ def run_dispute(suspect_dir: str | Path, claims: list[tuple[str, str, str]], dat
     parsed = []
     for index, (key_dir, cert_file, released_dir) in enumerate(claims):
         name = Path(key_dir).resolve().parent.name or "ABCDEFG"[index]
-        parsed.append(Claim(name, OwnerKey.load(key_dir), Certificate.load(cert_file),
-                            load_released(released_dir, trusted_arch=arch)[0]))
+        parsed.append(
+            Claim(
+                name,
+                OwnerKey.load(key_dir),
+                Certificate.load(cert_file),
+                load_released(released_dir, trusted_arch=arch)[0],
+            )
+        )
     if parsed[0].name == parsed[1].name:
-        parsed = [Claim(f"{c.name} ({i + 1})", c.key, c.certificate, c.released) for i, c in enumerate(parsed)]
+        parsed = [
+            Claim(f"{c.name} ({i + 1})", c.key, c.certificate, c.released) for i, c in enumerate(parsed)
+        ]
     data = None
     if use_data:
         config = parsed[0].key.manifest.get("config", {})

@@ -24,7 +24,12 @@ from .aware_statistics import AwareStatistics, Branch, needs_aware_statistics
 from .binding import SECURITY_BITS, SIGNATURE_MODES, hash_bound_bits
 from .capture import capture
 from .errors import (
-    AlreadyProtectedError, NothingToProtectError, NotProtectedError, PairingError, PassportWarning, SignatureError,
+    AlreadyProtectedError,
+    NothingToProtectError,
+    NotProtectedError,
+    PairingError,
+    PassportWarning,
+    SignatureError,
 )
 from .branch import PassportAwareBranch
 from .norm import producer_channel_dim, producer_responses
@@ -208,7 +213,9 @@ def protect(
             "original model, or passportnorm.strip(model) first to get the released model back"
         )
     if signature_mode not in SIGNATURE_MODES:
-        raise SignatureError(f"signature_mode must be one of {', '.join(SIGNATURE_MODES)}, got {signature_mode!r}")
+        raise SignatureError(
+            f"signature_mode must be one of {', '.join(SIGNATURE_MODES)}, got {signature_mode!r}"
+        )
     if signature_mode == "hash" and not (signature is None or isinstance(signature, str)):
         raise SignatureError(
             "hash-bound signatures take the owner's identity as text (signature='(c) Alice'); "
@@ -251,7 +258,11 @@ def protect(
         )
 
     chosen_norms = {p.norm for p in chosen}
-    unprotected = [path for path, m in protected.named_modules() if path not in chosen_norms and needs_aware_statistics(m)]
+    unprotected = [
+        path
+        for path, m in protected.named_modules()
+        if path not in chosen_norms and needs_aware_statistics(m)
+    ]
     producer_paths = sorted({p.producer for p in chosen})
     captured = capture(protected, example_input, producer_paths).inputs
     activations = generator.activations(model, example_input, producer_paths, captured)
@@ -264,8 +275,12 @@ def protect(
         acts = activations[pair.producer]
         with torch.no_grad():
             gamma_passport, beta_passport = (
-                generator.fit_to(passport, producer_responses(producer, producer.weight, passport, pair.channels), margin)
-                for passport in generator.generate(acts, producer_channel_dim(producer, acts.dim()), passport_rng)
+                generator.fit_to(
+                    passport, producer_responses(producer, producer.weight, passport, pair.channels), margin
+                )
+                for passport in generator.generate(
+                    acts, producer_channel_dim(producer, acts.dim()), passport_rng
+                )
             )
         start = starts[pair.norm]
         layer_bits = bits[start : start + pair.channels]
@@ -290,7 +305,10 @@ def protect(
     if signature_mode == "hash":
         _bind_to_hash(protected, identity, total)
     _warn_about_outliers(protected)
-    protected.passportnorm_signature = {"mode": signature_mode, "identity": identity if signature_mode == "hash" else None}
+    protected.passportnorm_signature = {
+        "mode": signature_mode,
+        "identity": identity if signature_mode == "hash" else None,
+    }
     protected.passportnorm_secret_seed = {"value": seed_value, "source": seed_source}
     return protected
 
@@ -298,7 +316,9 @@ def protect(
 def _bind_to_hash(protected: nn.Module, identity: str, total: int) -> None:
     """Replace the bits of every layer by the hash of the identity and all passports (key order)."""
     layers = protected_layers(protected)
-    bits = hash_bound_bits(identity, [(path, l.passport_gamma, l.passport_beta) for path, l in layers.items()], total)
+    bits = hash_bound_bits(
+        identity, [(path, l.passport_gamma, l.passport_beta) for path, l in layers.items()], total
+    )
     offset = 0
     for layer in layers.values():
         layer.signature.copy_(bits[offset : offset + layer.channels].to(layer.signature.device))

@@ -14,7 +14,14 @@ from torch import nn
 from . import zoo
 from .zoo.user_code import is_user_code
 from .errors import ModelFileError, PassportNormError
-from .fileio import atomic_folder, load_tensors, read_folder_manifest, save_tensors, tensors_fingerprint, write_json_atomic
+from .fileio import (
+    atomic_folder,
+    load_tensors,
+    read_folder_manifest,
+    save_tensors,
+    tensors_fingerprint,
+    write_json_atomic,
+)
 from .protect import is_protected
 
 __all__ = ["RELEASED_FORMAT", "save_released", "load_released", "released_fingerprint"]
@@ -28,10 +35,14 @@ def released_fingerprint(model: nn.Module) -> str:
     return tensors_fingerprint(model.state_dict())
 
 
-def save_released(model: nn.Module, folder: str | Path, arch: str, model_config: dict[str, Any], **extra: Any) -> Path:
+def save_released(
+    model: nn.Module, folder: str | Path, arch: str, model_config: dict[str, Any], **extra: Any
+) -> Path:
     """Write a released (stripped) zoo model; ``extra`` goes into model.json (dataset, seed ...)."""
     if is_protected(model):
-        raise ModelFileError("refusing to release a model that still carries passport-aware branches; strip() it first")
+        raise ModelFileError(
+            "refusing to release a model that still carries passport-aware branches; strip() it first"
+        )
     folder = Path(folder)
     with atomic_folder(folder) as staging:
         save_tensors(model.state_dict(), staging / "model.safetensors")
@@ -58,7 +69,12 @@ def load_released(folder: str | Path, trusted_arch: str | None = None) -> tuple[
     folder = Path(folder)
     meta_path, weights_path = folder / "model.json", folder / "model.safetensors"
     meta = read_folder_manifest(
-        folder, "model.json", "model.safetensors", RELEASED_FORMAT, RELEASED_VERSION, ModelFileError,
+        folder,
+        "model.json",
+        "model.safetensors",
+        RELEASED_FORMAT,
+        RELEASED_VERSION,
+        ModelFileError,
         "a passportnorm released model",
     )
     try:
@@ -67,8 +83,10 @@ def load_released(folder: str | Path, trusted_arch: str | None = None) -> tuple[
         raise ModelFileError(f"{weights_path}: {error}") from error
     arch = meta.get("arch", "")
     if is_user_code(arch) and trusted_arch != arch:
-        raise ModelFileError(f"{meta_path} names user code {arch!r}, which passportnorm runs only when you name it: "
-                             f"pass --arch {arch}")
+        raise ModelFileError(
+            f"{meta_path} names user code {arch!r}, which passportnorm runs only when you name it: "
+            f"pass --arch {arch}"
+        )
     try:
         model = zoo.build(arch, trust_code=trusted_arch == arch, **meta.get("model_config", {}))
     except (KeyError, PassportNormError) as error:
@@ -79,7 +97,10 @@ def load_released(folder: str | Path, trusted_arch: str | None = None) -> tuple[
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
         what = (
-            f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}" if unexpected
+            f"missing {missing[0]!r}"
+            if missing
+            else f"unexpected {unexpected[0]!r}"
+            if unexpected
             else f"{wrong[0]!r} has shape {tuple(state[wrong[0]].shape)}, {meta['arch']} needs {tuple(expected[wrong[0]].shape)}"
         )
         raise ModelFileError(f"{weights_path} does not fit {meta['arch']} {meta.get('model_config')}: {what}")

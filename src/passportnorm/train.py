@@ -68,15 +68,21 @@ class TrainConfig:
     triggers_per_batch: int = 2
     seed: int = 0
     aware_optimizer: str = "shared"  # or "separate" (alternate schedule): see the module docstring
-    precision: str = "fp32"  # bf16/fp16: forwards under autocast (fp16 with a GradScaler); passport responses stay fp32
+    precision: str = (
+        "fp32"  # bf16/fp16: forwards under autocast (fp16 with a GradScaler); passport responses stay fp32
+    )
 
     def validate(self, device: torch.device | None = None) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
         if self.aware_optimizer not in AWARE_OPTIMIZERS:
-            raise ConfigError(f"unknown aware_optimizer {self.aware_optimizer!r}; choose {', '.join(AWARE_OPTIMIZERS)}")
+            raise ConfigError(
+                f"unknown aware_optimizer {self.aware_optimizer!r}; choose {', '.join(AWARE_OPTIMIZERS)}"
+            )
         if not 0.0 <= self.ratio < 1.0:
-            raise ConfigError(f"ratio {self.ratio} must be in [0, 1): it is the share of steps that train the passport-aware branch")
+            raise ConfigError(
+                f"ratio {self.ratio} must be in [0, 1): it is the share of steps that train the passport-aware branch"
+            )
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -85,8 +91,10 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
         if self.precision == "fp16" and device is not None and device.type != "cuda":
-            raise ConfigError(f"--precision fp16 needs a CUDA device (this run is on {device}); on a CPU use "
-                              "--precision bf16, which needs no loss scaling")
+            raise ConfigError(
+                f"--precision fp16 needs a CUDA device (this run is on {device}); on a CPU use "
+                "--precision bf16, which needs no loss scaling"
+            )
 
 
 @dataclass
@@ -116,9 +124,14 @@ class Trainer:
         # forwards go through DDP (gradients averaged across ranks); everything else reads the model itself.
         # find_unused_parameters: a free step leaves the branch MLPs without gradients, an aware step the
         # norms' own affine (README, "several processes")
-        self.net = self.model if world is None else torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            find_unused_parameters=True,
+        self.net = (
+            self.model
+            if world is None
+            else torch.nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
         )
         self.data = data
         self.trigger = trigger.to(self.device) if trigger is not None else None
@@ -147,7 +160,9 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _cosine(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.config.epochs * self.steps_per_epoch)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=self.config.epochs * self.steps_per_epoch
+        )
 
     def _branch_decayed_sgd(self, model: nn.Module) -> torch.optim.SGD:
         """SGD for passport-aware steps: weight decay on the branch MLPs only (the free steps decay the rest)."""
@@ -227,7 +242,9 @@ class Trainer:
             if self.data.augment is not None:
                 x = self.data.augment(x, augment_rng)
             if self.trigger is not None and self.config.triggers_per_batch > 0:
-                pick = torch.randint(0, len(self.trigger), (self.config.triggers_per_batch,), generator=trigger_rng)
+                pick = torch.randint(
+                    0, len(self.trigger), (self.config.triggers_per_batch,), generator=trigger_rng
+                )
                 global_count += len(pick)
                 pick = pick if self.world is None else self.world.share(pick)
                 x = torch.cat([x, self.trigger.inputs[pick].cpu()])
@@ -253,13 +270,19 @@ class Trainer:
             return
         if hasattr(self.data.train, "set_epoch"):
             self.data.train.set_epoch(epoch)
-        loader = DataLoader(self.data.train, batch_sampler=[b.tolist() for b in batches], num_workers=loader_workers())
+        loader = DataLoader(
+            self.data.train, batch_sampler=[b.tolist() for b in batches], num_workers=loader_workers()
+        )
         for (x, y), count in zip(loader, counts):
             yield x, y, count
 
     def evaluate(self) -> dict[str, Any]:
         """Passport-free (and -aware) test accuracy, signature detection, trigger accuracy."""
-        loader = DataLoader(self.data.test, batch_size=256, num_workers=0 if isinstance(self.data.test, TensorDataset) else loader_workers())
+        loader = DataLoader(
+            self.data.test,
+            batch_size=256,
+            num_workers=0 if isinstance(self.data.test, TensorDataset) else loader_workers(),
+        )
         metrics: dict[str, Any] = {"passport_free_accuracy": accuracy(self.model, loader, self.device)}
         if self.protected:
             with passport_mode(self.model):
@@ -293,8 +316,12 @@ class Trainer:
             self._state.sign_losses.clear()
             start = time.perf_counter()
             bar = tqdm(
-                self._batches(epoch), total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}",
-                leave=False, dynamic_ncols=True, disable=None,
+                self._batches(epoch),
+                total=self.steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                leave=False,
+                dynamic_ncols=True,
+                disable=None,
             )
             for step, batch in enumerate(bar):
                 losses = self.step(batch)
@@ -302,7 +329,12 @@ class Trainer:
                 if on_step is not None:
                     on_step(epoch, step)
             seconds = time.perf_counter() - start
-            row = {"epoch": epoch + 1, "seconds": seconds, "lr": self.scheduler.get_last_lr()[0], **self.evaluate()}
+            row = {
+                "epoch": epoch + 1,
+                "seconds": seconds,
+                "lr": self.scheduler.get_last_lr()[0],
+                **self.evaluate(),
+            }
             if self._state.sign_losses:
                 row["sign_loss"] = sum(self._state.sign_losses) / len(self._state.sign_losses)
             self.history.append(row)
@@ -352,11 +384,15 @@ class Trainer:
         try:
             payload = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as error:  # a truncated or foreign file
-            raise TrainingError(f"{path} is not a usable checkpoint ({type(error).__name__}); delete it to start over") from error
+            raise TrainingError(
+                f"{path} is not a usable checkpoint ({type(error).__name__}); delete it to start over"
+            ) from error
         saved = asdict(TrainConfig()) | payload.get("config", {})  # options added later take their defaults
         if saved != asdict(self.config):
             changed = [k for k, v in asdict(self.config).items() if saved.get(k) != v]
-            raise TrainingError(f"{path} was written with other settings ({', '.join(changed)}); resume with the same options")
+            raise TrainingError(
+                f"{path} was written with other settings ({', '.join(changed)}); resume with the same options"
+            )
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
@@ -372,4 +408,3 @@ class Trainer:
         torch.set_rng_state(payload["torch_rng"].cpu())
         if torch.cuda.is_available() and payload["cuda_rng"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in payload["cuda_rng"]])
-

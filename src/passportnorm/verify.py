@@ -89,19 +89,38 @@ class VerificationReport:
         ]
         if self.signature_bits is not None:
             rows += [
-                ("signature detection", f"{self.signature_detection:.2%} ({self.signature_matches}/{self.signature_bits} bits, {self.bit_errors} errors)"),
-                ("P(that many matching bits by chance)", format_p_value(self.signature_p_value, self.signature_log10_p_value)),
+                (
+                    "signature detection",
+                    f"{self.signature_detection:.2%} ({self.signature_matches}/{self.signature_bits} bits, {self.bit_errors} errors)",
+                ),
+                (
+                    "P(that many matching bits by chance)",
+                    format_p_value(self.signature_p_value, self.signature_log10_p_value),
+                ),
             ]
             if self.signature_mode == "hash":
-                chance = "impossible" if self.forgery_log10_chance == float("-inf") else f"10^{self.forgery_log10_chance:.1f}"
+                chance = (
+                    "impossible"
+                    if self.forgery_log10_chance == float("-inf")
+                    else f"10^{self.forgery_log10_chance:.1f}"
+                )
                 rows += [
                     ("signature mode", "hash-bound (SHAKE-256 of identity and passports)"),
                     ("identity", repr(self.identity)),
-                    ("bits follow from the key's passports", "yes" if self.bits_follow_from_passports else "**NO: claim rejected**"),
-                    ("required matches / chance a forgery try reaches them", f"{self.required_matches}/{self.signature_bits}, {chance}"),
+                    (
+                        "bits follow from the key's passports",
+                        "yes" if self.bits_follow_from_passports else "**NO: claim rejected**",
+                    ),
+                    (
+                        "required matches / chance a forgery try reaches them",
+                        f"{self.required_matches}/{self.signature_bits}, {chance}",
+                    ),
                 ]
             else:
-                rows += [("signature mode", "text (the paper's; forgeable)"), ("decoded owner text", repr(self.decoded_text))]
+                rows += [
+                    ("signature mode", "text (the paper's; forgeable)"),
+                    ("decoded owner text", repr(self.decoded_text)),
+                ]
         if self.passport_free_accuracy is not None:
             rows += [
                 ("passport-free accuracy (the suspect as served)", f"{self.passport_free_accuracy:.2%}"),
@@ -109,24 +128,43 @@ class VerificationReport:
             ]
         if self.trigger_count is not None:
             rows += [
-                ("trigger-set accuracy", f"{self.trigger_accuracy:.2%} ({self.trigger_matches}/{self.trigger_count})"),
-                ("P(that many trigger answers by chance)", format_p_value(self.trigger_p_value, self.trigger_log10_p_value)),
+                (
+                    "trigger-set accuracy",
+                    f"{self.trigger_accuracy:.2%} ({self.trigger_matches}/{self.trigger_count})",
+                ),
+                (
+                    "P(that many trigger answers by chance)",
+                    format_p_value(self.trigger_p_value, self.trigger_log10_p_value),
+                ),
             ]
         if self.certificate is not None:
             rows.append(("certificate", ", ".join(f"{k}: {v}" for k, v in self.certificate.items())))
         if self.alignment is not None:
             low = self.alignment["lowest_confidence"]
-            used = "used" if self.alignment["used"] else "**not used** (no rearranged copy: bits read from the suspect as is)"
-            rows.append(("alignment to the reference", f"{used}; {self.alignment['permuted']} layers permuted, "
-                                                       f"{self.alignment['flipped']} channels sign-flipped; lowest per-layer "
-                                                       f"match confidence {low:.3f} (needed {self.alignment['needed']:g})"))
+            used = (
+                "used"
+                if self.alignment["used"]
+                else "**not used** (no rearranged copy: bits read from the suspect as is)"
+            )
+            rows.append(
+                (
+                    "alignment to the reference",
+                    f"{used}; {self.alignment['permuted']} layers permuted, "
+                    f"{self.alignment['flipped']} channels sign-flipped; lowest per-layer "
+                    f"match confidence {low:.3f} (needed {self.alignment['needed']:g})",
+                )
+            )
             if self.alignment.get("trace_error"):
-                rows.append(("alignment could not undo permutations", "torch.fx cannot trace the suspect "
-                             f"({self.alignment['trace_error']}); only sign flips and rescaling were undone"))
+                rows.append(
+                    (
+                        "alignment could not undo permutations",
+                        "torch.fx cannot trace the suspect "
+                        f"({self.alignment['trace_error']}); only sign flips and rescaling were undone",
+                    )
+                )
         rows += [("reason", reason) for reason in self.reasons]
         lines = [f"### {title}", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
         return "\n".join(lines)
-
 
 
 @torch.no_grad()
@@ -136,7 +174,11 @@ def recalibrate_branch(model: nn.Module, batches: Iterable, device: torch.device
     Only the branch's statistics change: each norm runs in training mode with momentum None (a
     cumulative average) while its branch substitutes them; the suspect's own statistics are not touched.
     """
-    branches = [b for b in [*protected_layers(model).values(), *statistics_layers(model).values()] if b.branch_norm.tracked]
+    branches = [
+        b
+        for b in [*protected_layers(model).values(), *statistics_layers(model).values()]
+        if b.branch_norm.tracked
+    ]
     model.eval()
     saved = [(b.norm, b.norm.momentum) for b in branches]
     for branch in branches:
@@ -201,14 +243,25 @@ def verify(
         }
     alignment = None
     if reference is not None:
-        aligned, alignment = align_to_reference(model, reference, key, example_input=_example_of(data, trigger))
+        aligned, alignment = align_to_reference(
+            model, reference, key, example_input=_example_of(data, trigger)
+        )
         alignment["used"] = rule.accepts_alignment(alignment["lowest_confidence"])
         alignment["needed"] = rule.min_alignment_confidence
         if alignment["used"]:
             model = aligned
     suspect = attach_key(model, key).to(_model_device(model))
-    return verify_attached(suspect, data, trigger, recalibrate, rule, expected_text=key.signature_text,
-                           certificate_info=cert_info, calibration_data=calibration_data, alignment=alignment)
+    return verify_attached(
+        suspect,
+        data,
+        trigger,
+        recalibrate,
+        rule,
+        expected_text=key.signature_text,
+        certificate_info=cert_info,
+        calibration_data=calibration_data,
+        alignment=alignment,
+    )
 
 
 def verify_attached(
@@ -233,7 +286,9 @@ def verify_attached(
     binding = getattr(suspect, "passportnorm_signature", None) or {"mode": "text", "identity": None}
     mode = binding["mode"]
     detection = signature_detection(suspect)
-    report = VerificationReport(verified=False, rule=rule.describe(mode), certificate=certificate_info, signature_mode=mode)
+    report = VerificationReport(
+        verified=False, rule=rule.describe(mode), certificate=certificate_info, signature_mode=mode
+    )
     report.signature_bits = detection.total
     report.signature_matches = detection.matched
     report.signature_detection = detection.rate
@@ -249,7 +304,8 @@ def verify_attached(
         report.identity = binding.get("identity")
         layers = protected_layers(suspect)
         report.bits_follow_from_passports = bits_follow_from_passports(
-            report.identity or "", [(path, l.passport_gamma, l.passport_beta) for path, l in layers.items()],
+            report.identity or "",
+            [(path, l.passport_gamma, l.passport_beta) for path, l in layers.items()],
             torch.cat([l.signature.cpu() for l in layers.values()]),
         )
 
@@ -272,11 +328,17 @@ def verify_attached(
 def _evidence(report: VerificationReport) -> Evidence:
     alignment = report.alignment or {}
     return Evidence(
-        signature_mode=report.signature_mode, bits_follow_from_key=report.bits_follow_from_passports,
-        signature_bits=report.signature_bits, signature_matches=report.signature_matches,
-        alignment_confidence=alignment.get("lowest_confidence"), alignment_used=alignment.get("used"),
-        passport_free_accuracy=report.passport_free_accuracy, passport_aware_accuracy=report.passport_aware_accuracy,
-        num_classes=report.num_classes, trigger_count=report.trigger_count, trigger_matches=report.trigger_matches,
+        signature_mode=report.signature_mode,
+        bits_follow_from_key=report.bits_follow_from_passports,
+        signature_bits=report.signature_bits,
+        signature_matches=report.signature_matches,
+        alignment_confidence=alignment.get("lowest_confidence"),
+        alignment_used=alignment.get("used"),
+        passport_free_accuracy=report.passport_free_accuracy,
+        passport_aware_accuracy=report.passport_aware_accuracy,
+        num_classes=report.num_classes,
+        trigger_count=report.trigger_count,
+        trigger_matches=report.trigger_matches,
         trigger_chance=report.trigger_chance,
     )
 
@@ -298,7 +360,9 @@ def _num_classes(model: nn.Module, data: Dataset | DataLoader, device: torch.dev
 
 
 @torch.no_grad()
-def _fill_trigger(report: VerificationReport, predict: Callable[[Tensor], Tensor], trigger: TriggerSet, device) -> None:
+def _fill_trigger(
+    report: VerificationReport, predict: Callable[[Tensor], Tensor], trigger: TriggerSet, device
+) -> None:
     answers = []
     for start in range(0, len(trigger), 256):
         answers.append(torch.as_tensor(predict(trigger.inputs[start : start + 256].to(device))).cpu())
@@ -312,7 +376,10 @@ def _fill_trigger(report: VerificationReport, predict: Callable[[Tensor], Tensor
 
 
 def verify_blackbox(
-    predict: Callable[[Tensor], Tensor], trigger: TriggerSet, rule: VerdictRule = VerdictRule(), device: Any = "cpu"
+    predict: Callable[[Tensor], Tensor],
+    trigger: TriggerSet,
+    rule: VerdictRule = VerdictRule(),
+    device: Any = "cpu",
 ) -> VerificationReport:
     """Black-box check: ``predict(inputs) -> labels`` from any served model, against the trigger set."""
     report = VerificationReport(verified=False, rule=rule.describe())

@@ -64,7 +64,9 @@ def _min_norm_solution(matrix: Tensor, wanted: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _fit_mlp(layer: PassportAwareBranch, g: Tensor, b: Tensor, gamma: Tensor, beta: Tensor, generator: torch.Generator) -> float:
+def _fit_mlp(
+    layer: PassportAwareBranch, g: Tensor, b: Tensor, gamma: Tensor, beta: Tensor, generator: torch.Generator
+) -> float:
     """First layer random, second solved by least squares so MLP(g) = gamma, MLP(b) = beta; returns the residual."""
     first, second = layer.mlp[0], layer.mlp[2]
     nn.init.kaiming_uniform_(first.weight, a=math.sqrt(5), generator=generator)
@@ -75,8 +77,13 @@ def _fit_mlp(layer: PassportAwareBranch, g: Tensor, b: Tensor, gamma: Tensor, be
     return float((layer.mlp(torch.stack([g, b])) - targets).abs().max())
 
 
-def _solve_passports(shell: nn.Module, matrices: dict[str, Tensor], targets: dict[str, Tensor], scale: float,
-                     generator: torch.Generator) -> None:
+def _solve_passports(
+    shell: nn.Module,
+    matrices: dict[str, Tensor],
+    targets: dict[str, Tensor],
+    scale: float,
+    generator: torch.Generator,
+) -> None:
     """Set every layer's passports to the minimum-norm solutions spelling ``targets`` (gamma) and
     random signs (beta)."""
     for path, layer in protected_layers(shell).items():
@@ -89,7 +96,9 @@ def _solve_passports(shell: nn.Module, matrices: dict[str, Tensor], targets: dic
 def _hash_bits_of(shell: nn.Module, identity: str) -> dict[str, Tensor]:
     layers = protected_layers(shell)
     total = sum(layer.channels for layer in layers.values())
-    bits = hash_bound_bits(identity, [(p, l.passport_gamma, l.passport_beta) for p, l in layers.items()], total)
+    bits = hash_bound_bits(
+        identity, [(p, l.passport_gamma, l.passport_beta) for p, l in layers.items()], total
+    )
     out, offset = {}, 0
     for path, layer in layers.items():
         out[path] = bits[offset : offset + layer.channels]
@@ -128,13 +137,26 @@ def forge_key(
         probe = protect(released, example_input, seed=seed, signature_mode="text")
     matrices = {path: _response_matrix(layer) for path, layer in protected_layers(probe).items()}
     # numerically full rank: the weakest direction at least 1e-6 of the strongest, so float32 passports still reach it
-    full_rank = [path for path, a in matrices.items() if int(torch.linalg.matrix_rank(a.double(), rtol=1e-6)) == a.shape[0]]
+    full_rank = [
+        path
+        for path, a in matrices.items()
+        if int(torch.linalg.matrix_rank(a.double(), rtol=1e-6)) == a.shape[0]
+    ]
     if not full_rank:
-        raise ConfigError("no protectable layer of this model has a full-rank passport response; nothing to forge")
+        raise ConfigError(
+            "no protectable layer of this model has a full-rank passport response; nothing to forge"
+        )
     identity = str(signature) if signature_mode == "hash" else signature
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PassportWarning)
-        shell = protect(released, example_input, signature=identity, seed=seed, include=full_rank, signature_mode=signature_mode)
+        shell = protect(
+            released,
+            example_input,
+            signature=identity,
+            seed=seed,
+            include=full_rank,
+            signature_mode=signature_mode,
+        )
     generator = torch.Generator().manual_seed(seed)
     layers = protected_layers(shell)
     info: dict[str, Any] = {}
@@ -148,7 +170,10 @@ def forge_key(
             agreement = float((reached == torch.cat(list(targets.values()))).float().mean())
             history.append(agreement)
             if agreement > best[0]:
-                best = (agreement, {p: (l.passport_gamma.clone(), l.passport_beta.clone()) for p, l in layers.items()})
+                best = (
+                    agreement,
+                    {p: (l.passport_gamma.clone(), l.passport_beta.clone()) for p, l in layers.items()},
+                )
         for path, (gamma, beta) in best[1].items():
             layers[path].passport_gamma.copy_(gamma)
             layers[path].passport_beta.copy_(beta)
@@ -156,7 +181,9 @@ def forge_key(
             layers[path].signature.copy_(bits)
         info.update(hash_rounds=rounds, agreement_per_round=history, best_agreement=best[0])
     else:
-        _solve_passports(shell, matrices, {p: l.signature for p, l in layers.items()}, response_scale, generator)
+        _solve_passports(
+            shell, matrices, {p: l.signature for p, l in layers.items()}, response_scale, generator
+        )
     residuals, reclaimed = {}, {}
     for path, layer in layers.items():
         g, b = layer.passport_responses()
@@ -198,14 +225,25 @@ def forge_attack(
     """Forge a key (by default in the owner's key's signature mode), then run the owner's
     verification with it and with the owner's key, side by side."""
     mode = signature_mode or owner_key.signature_mode
-    forged, info = forge_key(released, example_input, signature=signature, seed=seed, signature_mode=mode, rounds=rounds)
+    forged, info = forge_key(
+        released, example_input, signature=signature, seed=seed, signature_mode=mode, rounds=rounds
+    )
     forged_report = verify(released, forged, data=owner_test, rule=rule)
     owner_report = verify(released, owner_key, data=owner_test, rule=rule)
     # how different the forged claim is from the owner's: bits, over the layers both keys cover
-    owner_bits = torch.cat([owner_key.layer_tensors(layer["norm"])["signature"] for layer in owner_key.layers])
-    forged_bits = torch.cat([forged.layer_tensors(layer["norm"])["signature"] for layer in forged.layers
-                             if any(o["norm"] == layer["norm"] for o in owner_key.layers)])
-    dissimilarity = float((owner_bits != forged_bits).float().mean()) if len(owner_bits) == len(forged_bits) else None
+    owner_bits = torch.cat(
+        [owner_key.layer_tensors(layer["norm"])["signature"] for layer in owner_key.layers]
+    )
+    forged_bits = torch.cat(
+        [
+            forged.layer_tensors(layer["norm"])["signature"]
+            for layer in forged.layers
+            if any(o["norm"] == layer["norm"] for o in owner_key.layers)
+        ]
+    )
+    dissimilarity = (
+        float((owner_bits != forged_bits).float().mean()) if len(owner_bits) == len(forged_bits) else None
+    )
     return {
         "attack": "forge",
         "threat_model": THREAT_MODEL,
@@ -217,5 +255,3 @@ def forge_attack(
         **info,
         "forged_key": forged,
     }
-
-

@@ -67,14 +67,28 @@ def _default_transfer_target(dataset: str, task: str) -> str:
     return "digits"
 
 
-def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
+def run_attack(
+    name: str, model_dir: str | Path, key_dir: str | Path, out: str | Path, **options: Any
+) -> dict[str, Any]:
     """Run attack ``name``; ``options`` are the attack's settings (see ``passportnorm attack --help``)."""
-    from . import ambiguity_one, ambiguity_two, class_split, erb_attack, finetune, forge_attack, obfuscation_attack, prune_sweep, transfer
+    from . import (
+        ambiguity_one,
+        ambiguity_two,
+        class_split,
+        erb_attack,
+        finetune,
+        forge_attack,
+        obfuscation_attack,
+        prune_sweep,
+        transfer,
+    )
 
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
     key = OwnerKey.load(key_dir)
-    released, meta = load_released(model_dir, trusted_arch=options.get("arch"))  # user code runs only when named
+    released, meta = load_released(
+        model_dir, trusted_arch=options.get("arch")
+    )  # user code runs only when named
     released.eval()
     config = key.manifest.get("config", {})
     seed = int(options.get("seed", 0))
@@ -82,7 +96,12 @@ def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str |
     if dataset is None:
         raise ConfigError("no dataset recorded in the key or the model; pass --dataset")
     points = config.get("points") or None
-    data = load_dataset(dataset, options.get("data_dir") or config.get("data_dir"), seed=int(config.get("seed", 0)), points=points)
+    data = load_dataset(
+        dataset,
+        options.get("data_dir") or config.get("data_dir"),
+        seed=int(config.get("seed", 0)),
+        points=points,
+    )
     default_share = 0.1 if name in ("erb", "ambiguity1", "ambiguity2") else 0.5
     share = default_share if options.get("share") is None else float(options["share"])
     attacker = attacker_split(data.train, share, seed)
@@ -97,45 +116,94 @@ def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str |
 
     if name == "finetune":
         mode = options.get("mode") or "ftal"
-        result = finetune(released, key, attacker, data.test, mode=mode, epochs=epochs, seed=seed, trigger=trigger, rule=rule,
-                          checkpoint=out / "checkpoint.pt")
+        result = finetune(
+            released,
+            key,
+            attacker,
+            data.test,
+            mode=mode,
+            epochs=epochs,
+            seed=seed,
+            trigger=trigger,
+            rule=rule,
+            checkpoint=out / "checkpoint.pt",
+        )
         model, rows = result.pop("model"), result["rows"]
-        _plot(out / "finetune.png", [r["epoch"] for r in rows],
-              {"attacker accuracy": [r["attacker_accuracy"] for r in rows],
-               "signature detection": [r["signature_detection"] for r in rows],
-               "passport-aware accuracy": [r["passport_aware_accuracy"] for r in rows]},
-              "epoch", f"fine-tuning ({mode.upper()})")
+        _plot(
+            out / "finetune.png",
+            [r["epoch"] for r in rows],
+            {
+                "attacker accuracy": [r["attacker_accuracy"] for r in rows],
+                "signature detection": [r["signature_detection"] for r in rows],
+                "passport-aware accuracy": [r["passport_aware_accuracy"] for r in rows],
+            },
+            "epoch",
+            f"fine-tuning ({mode.upper()})",
+        )
         plots.append("finetune.png")
     elif name == "transfer":
         classes = options.get("target_classes")
         if classes:
             keep = [int(c) for c in str(classes).split(",")]
-            train, test, count, task = class_split(data.train, keep), class_split(data.test, keep), len(keep), f"{dataset} classes {classes}"
+            train, test, count, task = (
+                class_split(data.train, keep),
+                class_split(data.test, keep),
+                len(keep),
+                f"{dataset} classes {classes}",
+            )
         else:
             target_name = options.get("target_dataset") or _default_transfer_target(dataset, data.task)
-            target = load_dataset(target_name, seed=seed, points=points if data.task == "pointcloud" else None)
-            train, test, count, task = target.train, target.test, target.num_classes, f"{dataset} -> {target.name}"
-        result = transfer(released, key, train, test, num_classes=count, task=task, epochs=epochs, seed=seed, rule=rule,
-                          checkpoint=out / "checkpoint.pt")
+            target = load_dataset(
+                target_name, seed=seed, points=points if data.task == "pointcloud" else None
+            )
+            train, test, count, task = (
+                target.train,
+                target.test,
+                target.num_classes,
+                f"{dataset} -> {target.name}",
+            )
+        result = transfer(
+            released,
+            key,
+            train,
+            test,
+            num_classes=count,
+            task=task,
+            epochs=epochs,
+            seed=seed,
+            rule=rule,
+            checkpoint=out / "checkpoint.pt",
+        )
         model, rows = result.pop("model"), result["rows"]
         meta = dict(meta, model_config=dict(meta["model_config"], num_classes=count))
     elif name == "prune":
-        rates = [float(r) for r in str(options.get("rates") or "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9").split(",")]
+        rates = [
+            float(r) for r in str(options.get("rates") or "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9").split(",")
+        ]
         result = prune_sweep(released, key, data.test, rates=rates, trigger=trigger, rule=rule)
         rows = result["rows"]
         from .prune import prune_model
 
         model = prune_model(released, rates[-1])
-        _plot(out / "prune.png", [r["rate"] for r in rows],
-              {"attacker accuracy": [r["attacker_accuracy"] for r in rows],
-               "passport-aware accuracy": [r["passport_aware_accuracy"] for r in rows],
-               "trigger accuracy": [r["trigger_accuracy"] for r in rows],
-               "signature detection": [r["signature_detection"] for r in rows]},
-              "share of conv/linear weights pruned", "global magnitude pruning")
+        _plot(
+            out / "prune.png",
+            [r["rate"] for r in rows],
+            {
+                "attacker accuracy": [r["attacker_accuracy"] for r in rows],
+                "passport-aware accuracy": [r["passport_aware_accuracy"] for r in rows],
+                "trigger accuracy": [r["trigger_accuracy"] for r in rows],
+                "signature detection": [r["signature_detection"] for r in rows],
+            },
+            "share of conv/linear weights pruned",
+            "global magnitude pruning",
+        )
         plots.append("prune.png")
     elif name == "obfuscate":
         result = obfuscation_attack(released, key, data.test, example, seed=seed, trigger=trigger, rule=rule)
-        model, rows = result.pop("model"), [{k: v for k, v in r.items() if k != "layers_skipped"} for r in result["rows"]]
+        model, rows = (
+            result.pop("model"),
+            [{k: v for k, v in r.items() if k != "layers_skipped"} for r in result["rows"]],
+        )
     elif name == "ambiguity1":
         result = ambiguity_one(released, key, attacker, data.test, epochs=epochs, seed=seed, rule=rule)
         forged_key = result.pop("forged_key")
@@ -144,41 +212,80 @@ def run_attack(name: str, model_dir: str | Path, key_dir: str | Path, out: str |
         flips = [float(f) for f in str(options.get("flips") or "0,0.1,0.25,0.5").split(",")]
         rows, result = [], {}
         for flip in flips:
-            result = ambiguity_two(released, key, attacker, data.test, flip=flip, epochs=epochs, seed=seed, rule=rule)
+            result = ambiguity_two(
+                released, key, attacker, data.test, flip=flip, epochs=epochs, seed=seed, rule=rule
+            )
             forged_key = result.pop("forged_key")
             rows.append({k: v for k, v in result.items() if k not in ("attack", "threat_model")})
         result = {"attack": "ambiguity2", "threat_model": result["threat_model"], "rows": rows}
-        _plot(out / "ambiguity2.png", flips,
-              {"forged accuracy": [r["forged_accuracy"] for r in rows],
-               "target signature detection": [r["target_detection"] for r in rows],
-               "bit dissimilarity to owner": [r["bit_dissimilarity_to_owner"] for r in rows]},
-              "share of the owner's bits flipped in the target", "ambiguity II")
+        _plot(
+            out / "ambiguity2.png",
+            flips,
+            {
+                "forged accuracy": [r["forged_accuracy"] for r in rows],
+                "target signature detection": [r["target_detection"] for r in rows],
+                "bit dissimilarity to owner": [r["bit_dissimilarity_to_owner"] for r in rows],
+            },
+            "share of the owner's bits flipped in the target",
+            "ambiguity II",
+        )
         plots.append("ambiguity2.png")
     elif name == "erb":
-        result = erb_attack(released, key, attacker, data.test, mode=options.get("erb_mode") or "cerb",
-                            share=share, epochs=epochs, seed=seed)
+        result = erb_attack(
+            released,
+            key,
+            attacker,
+            data.test,
+            mode=options.get("erb_mode") or "cerb",
+            share=share,
+            epochs=epochs,
+            seed=seed,
+        )
         result.pop("model_with_forged_branch")
         rows = [{k: v for k, v in result.items() if k not in ("attack", "threat_model")}]
     else:  # forge
-        result = forge_attack(released, key, data.test, example, signature=options.get("forge_signature") or "(c) Mallory", seed=seed,
-                              rule=rule)
+        result = forge_attack(
+            released,
+            key,
+            data.test,
+            example,
+            signature=options.get("forge_signature") or "(c) Mallory",
+            seed=seed,
+            rule=rule,
+        )
         forged_key = result.pop("forged_key")
-        rows = [{"forged_verified": result["forged_verified"], "forged_decoded_text": result["forged_decoded_text"],
-                 "forged_signature_detection": result["forged"]["signature_detection"],
-                 "forged_passport_aware_accuracy": result["forged"]["passport_aware_accuracy"],
-                 "released_accuracy": result["forged"]["passport_free_accuracy"],
-                 "bit_dissimilarity_to_owner": result["bit_dissimilarity_to_owner"],
-                 "signature_mode": result["signature_mode"], "hash_rounds": result.get("hash_rounds"),
-                 "best_agreement": result.get("best_agreement")}]
+        rows = [
+            {
+                "forged_verified": result["forged_verified"],
+                "forged_decoded_text": result["forged_decoded_text"],
+                "forged_signature_detection": result["forged"]["signature_detection"],
+                "forged_passport_aware_accuracy": result["forged"]["passport_aware_accuracy"],
+                "released_accuracy": result["forged"]["passport_free_accuracy"],
+                "bit_dissimilarity_to_owner": result["bit_dissimilarity_to_owner"],
+                "signature_mode": result["signature_mode"],
+                "hash_rounds": result.get("hash_rounds"),
+                "best_agreement": result.get("best_agreement"),
+            }
+        ]
 
     if model is not None:
-        save_released(model.eval(), out / "model", meta["arch"], meta["model_config"], attack=name, attacked_from=str(model_dir))
+        save_released(
+            model.eval(),
+            out / "model",
+            meta["arch"],
+            meta["model_config"],
+            attack=name,
+            attacked_from=str(model_dir),
+        )
     if forged_key is not None:
         forged_key.save(out / "forged-key")
     result.setdefault("rows", rows)
-    result.update(options={k: v for k, v in options.items() if v is not None}, plots=plots,
-                  model_folder="model" if model is not None else None,
-                  forged_key_folder="forged-key" if forged_key is not None else None)
+    result.update(
+        options={k: v for k, v in options.items() if v is not None},
+        plots=plots,
+        model_folder="model" if model is not None else None,
+        forged_key_folder="forged-key" if forged_key is not None else None,
+    )
     write_json_atomic(out / "result.json", json.loads(json.dumps(result, default=str)))
     text = [f"# Attack: {result['attack']}", "", f"Threat model: {result['threat_model']}", "", _table(rows)]
     text += [f"\n![{p}]({p})" for p in plots]

@@ -49,17 +49,42 @@ class DeepIPRBranch(PassportAwareBranch):
     affine parameters are never used (V1 has none of its own).
     """
 
-    def __init__(self, norm: nn.Module, producer: nn.Module, passport_gamma: Tensor, passport_beta: Tensor,
-                 signature: Tensor, *, scheme: str, producer_path: str, message_bits: int = 0,
-                 message_offset: int = 0, alpha: float = 0.1, margin: float = 0.1):
+    def __init__(
+        self,
+        norm: nn.Module,
+        producer: nn.Module,
+        passport_gamma: Tensor,
+        passport_beta: Tensor,
+        signature: Tensor,
+        *,
+        scheme: str,
+        producer_path: str,
+        message_bits: int = 0,
+        message_offset: int = 0,
+        alpha: float = 0.1,
+        margin: float = 0.1,
+    ):
         if scheme not in SCHEMES:
             raise ConfigError(f"unknown DeepIPR scheme {scheme!r}; choose v1 or v2")
-        super().__init__(norm, producer, passport_gamma, passport_beta, signature, producer_path=producer_path,
-                         message_bits=message_bits, message_offset=message_offset, alpha=alpha, margin=margin, l2=0.0)
+        super().__init__(
+            norm,
+            producer,
+            passport_gamma,
+            passport_beta,
+            signature,
+            producer_path=producer_path,
+            message_bits=message_bits,
+            message_offset=message_offset,
+            alpha=alpha,
+            margin=margin,
+            l2=0.0,
+        )
         self.scheme = scheme
         self.branch_kind = f"deepipr-{scheme}"
         self.mlp = nn.Identity()  # DeepIPR uses g and b themselves as gamma and beta
-        self.branch_norm = BranchStatistics(nn.Identity(), copy=False)  # none of its own: the norm's are shared
+        self.branch_norm = BranchStatistics(
+            nn.Identity(), copy=False
+        )  # none of its own: the norm's are shared
         if scheme == "v1":  # no affine of its own: the passport-derived one replaces it in every forward
             norm.register_parameter("weight", None)
             norm.register_parameter("bias", None)
@@ -76,13 +101,21 @@ class DeepIPRBranch(PassportAwareBranch):
         return f"scheme={self.scheme}, " + super().extra_repr()
 
 
-def _from_key(norm: nn.Module, producer: nn.Module, parts: dict[str, Tensor], layer: dict[str, Any]) -> DeepIPRBranch:
+def _from_key(
+    norm: nn.Module, producer: nn.Module, parts: dict[str, Tensor], layer: dict[str, Any]
+) -> DeepIPRBranch:
     return DeepIPRBranch(
-        norm, producer, parts["passport_gamma"], parts["passport_beta"], parts["signature"],
-        scheme=layer["branch"].split("-", 1)[1], producer_path=layer["producer"],
+        norm,
+        producer,
+        parts["passport_gamma"],
+        parts["passport_beta"],
+        parts["signature"],
+        scheme=layer["branch"].split("-", 1)[1],
+        producer_path=layer["producer"],
         message_bits=int(parts.get("message_bits", torch.tensor(0))),
         message_offset=int(parts.get("message_offset", torch.tensor(0))),
-        alpha=layer.get("alpha", 0.1), margin=layer.get("margin", 0.1),
+        alpha=layer.get("alpha", 0.1),
+        margin=layer.get("margin", 0.1),
     )
 
 
@@ -90,7 +123,9 @@ for _scheme in SCHEMES:
     register_branch_kind(f"deepipr-{_scheme}", _from_key)
 
 
-def protect_deepipr(model: nn.Module, example_input: Any, scheme: str = "v2", alpha: float = 0.1, **options: Any) -> nn.Module:
+def protect_deepipr(
+    model: nn.Module, example_input: Any, scheme: str = "v2", alpha: float = 0.1, **options: Any
+) -> nn.Module:
     """A copy of ``model`` with DeepIPR passport layers on the norms ``protect`` would choose.
 
     ``options`` are :func:`passportnorm.protect`'s (signature, passports, seed, include,
@@ -101,11 +136,22 @@ def protect_deepipr(model: nn.Module, example_input: Any, scheme: str = "v2", al
     protected = protect(model, example_input, alpha=alpha, separate_statistics=False, **options)
     for layer in protected_layers(protected).values():
         norm = detach_branch(layer.norm)
-        attach_branch(norm, DeepIPRBranch(
-            norm, layer.producer, layer.passport_gamma, layer.passport_beta, layer.signature, scheme=scheme,
-            producer_path=layer.producer_path, message_bits=int(layer.message_bits),
-            message_offset=int(layer.message_offset), alpha=alpha, margin=layer.margin,
-        ))
+        attach_branch(
+            norm,
+            DeepIPRBranch(
+                norm,
+                layer.producer,
+                layer.passport_gamma,
+                layer.passport_beta,
+                layer.signature,
+                scheme=scheme,
+                producer_path=layer.producer_path,
+                message_bits=int(layer.message_bits),
+                message_offset=int(layer.message_offset),
+                alpha=alpha,
+                margin=layer.margin,
+            ),
+        )
     return protected
 
 

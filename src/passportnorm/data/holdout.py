@@ -23,10 +23,16 @@ def hold_out(splits: DatasetSplits, share: float, seed: int = 0) -> DatasetSplit
     if share == 0:
         return splits
     if not 0.0 < share < 1.0:
-        raise ConfigError(f"holdout {share} must be in (0, 1): it is the share of the training split used for validation")
+        raise ConfigError(
+            f"holdout {share} must be in (0, 1): it is the share of the training split used for validation"
+        )
     if not isinstance(splits.train, TensorDataset):
-        raise ConfigError(f"--holdout splits data held in memory; {splits.name} is read from disk: give it a val/ folder")
+        raise ConfigError(
+            f"--holdout splits data held in memory; {splits.name} is read from disk: give it a val/ folder"
+        )
     inputs, labels = splits.train.tensors
-    keep, held = train_test_split(range(len(labels)), test_size=share, stratify=labels.numpy(), random_state=seed)
+    keep, held = train_test_split(
+        range(len(labels)), test_size=share, stratify=labels.numpy(), random_state=seed
+    )
     pick = lambda index: TensorDataset(inputs[list(index)], labels[list(index)])  # noqa: E731
     return replace(splits, train=pick(keep), test=pick(held))

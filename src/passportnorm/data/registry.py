@@ -11,7 +11,14 @@ from torch.utils.data import TensorDataset
 
 from ..errors import ConfigError, DatasetError
 
-__all__ = ["DatasetSplits", "register_dataset", "available_datasets", "dataset_task", "first_inputs", "load_dataset"]
+__all__ = [
+    "DatasetSplits",
+    "register_dataset",
+    "available_datasets",
+    "dataset_task",
+    "first_inputs",
+    "load_dataset",
+]
 
 
 @dataclass
@@ -32,7 +39,9 @@ _LOADERS: dict[str, Callable[..., DatasetSplits]] = {}
 _TASKS: dict[str, str] = {}
 
 
-def register_dataset(name: str, task: str = "image") -> Callable[[Callable[..., DatasetSplits]], Callable[..., DatasetSplits]]:
+def register_dataset(
+    name: str, task: str = "image"
+) -> Callable[[Callable[..., DatasetSplits]], Callable[..., DatasetSplits]]:
     """Register ``loader(data_dir, seed[, points])`` as ``name``; point-cloud loaders take ``points``."""
 
     def add(loader: Callable[..., DatasetSplits]) -> Callable[..., DatasetSplits]:
@@ -65,7 +74,10 @@ RESIZABLE = {"imagefolder"}
 
 
 def load_dataset(
-    name: str, data_dir: str | Path | None = None, seed: int = 0, points: int | None = None,
+    name: str,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    points: int | None = None,
     image_size: int | None = None,
 ) -> DatasetSplits:
     """The dataset called ``name``; ``data_dir`` for those read from a local folder, ``points`` (N
@@ -75,9 +87,13 @@ def load_dataset(
     if points:
         raise ConfigError(f"dataset {name!r} holds images; --points applies to point-cloud datasets only")
     if name in RESIZABLE:
-        return _LOADERS[name](data_dir=data_dir, seed=seed, **({"image_size": image_size} if image_size else {}))
+        return _LOADERS[name](
+            data_dir=data_dir, seed=seed, **({"image_size": image_size} if image_size else {})
+        )
     if image_size:
-        raise ConfigError(f"dataset {name!r} has a fixed image size; --image-size applies to --dataset imagefolder")
+        raise ConfigError(
+            f"dataset {name!r} has a fixed image size; --image-size applies to --dataset imagefolder"
+        )
     return _LOADERS[name](data_dir=data_dir, seed=seed)
 
 

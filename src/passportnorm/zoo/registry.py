@@ -18,7 +18,9 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _TASKS: dict[str, str] = {}
 
 
-def register_model(name: str, task: str = "image") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_model(
+    name: str, task: str = "image"
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register ``builder`` as ``name``; ``task`` says what input it reads (images or point clouds)."""
 
     def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -52,12 +54,16 @@ def build(name: str, trust_code: bool = False, **cfg) -> nn.Module:
         return build_hub_model(name, **cfg)
     if is_user_code(name):
         if not trust_code:
-            raise ConfigError(f"{name!r} names user code; passportnorm runs it only when you name it yourself "
-                              f"(--arch {name})")
+            raise ConfigError(
+                f"{name!r} names user code; passportnorm runs it only when you name it yourself "
+                f"(--arch {name})"
+            )
         return build_user_model(name, **cfg)
     if name not in _BUILDERS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(available_models())}, "
-                          "or tv:NAME / timm:NAME (torchvision, timm)")
+        raise ConfigError(
+            f"unknown model {name!r}; choose one of {', '.join(available_models())}, "
+            "or tv:NAME / timm:NAME (torchvision, timm)"
+        )
     try:
         return _BUILDERS[name](**cfg)
     except TypeError as error:
