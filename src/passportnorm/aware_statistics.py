@@ -13,6 +13,8 @@ forward is the norm untouched, and ``strip`` removes the branch.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
@@ -68,7 +70,7 @@ class BranchStatistics(nn.Module):
         return dict(self._buffers)
 
 
-class Branch(nn.Module):
+class Branch(nn.Module, ABC):
     """What an attached branch shares: the norm it belongs to (referenced, not a child) and its mode.
 
     Subclasses say which of the norm's tensors the passport-aware forward replaces.
@@ -90,9 +92,9 @@ class Branch(nn.Module):
     def channels(self) -> int:
         return norm_channels(self.norm)
 
+    @abstractmethod
     def substitutes(self) -> dict[str, Tensor]:
         """Tensors the passport-aware forward uses in place of the norm's own, by name."""
-        raise NotImplementedError
 
 
 class AwareStatistics(Branch):
