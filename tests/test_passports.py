@@ -163,18 +163,45 @@ def test_activation_passports_come_from_calibrated_statistics_and_training_stays
 
 
 @pytest.mark.parametrize("kind", ["image", "shuffle"])
-def test_activation_passports_start_with_responses_at_the_margin(kind):
+def test_activation_passports_start_with_responses_at_the_scale_of_random_ones(kind):
     from passportnorm.norm import producer_responses
 
     model, x = TinyResNet(), torch.randn(6, 3, 16, 16)
-    protected = protect(model, x, passports=kind, seed=0, margin=0.2)
+    protected = protect(model, x, passports=kind, seed=0, weak_layers="skip")  # weak layers: at the margin
     for layer in protected_layers(protected).values():
+        uniform = torch.rand(layer.passport_gamma.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        scale = producer_responses(layer.producer, layer.producer.weight, uniform, layer.channels).pow(2).mean().sqrt()
         for passport in (layer.passport_gamma, layer.passport_beta):
             responses = producer_responses(layer.producer, layer.producer.weight, passport, layer.channels)
-            torch.testing.assert_close(responses.pow(2).mean().sqrt(), torch.tensor(0.2), rtol=1e-4, atol=0)
+            torch.testing.assert_close(responses.pow(2).mean().sqrt(), scale, rtol=1e-4, atol=0)
+    with pytest.warns(pn.PassportWarning, match="embed slowly"):
+        with_weak = protect(model, x, passports=kind, seed=0, weak_layers="protect", margin=0.2)
+    weak = [layer for layer in protected_layers(with_weak).values() if layer.producer.in_channels <= 3]
+    assert weak
+    for layer in weak:
+        responses = producer_responses(layer.producer, layer.producer.weight, layer.passport_gamma, layer.channels)
+        torch.testing.assert_close(responses.pow(2).mean().sqrt(), torch.tensor(0.2), rtol=1e-4, atol=0)
     random = protect(model, x, passports="random", seed=0)
     values = torch.cat([layer.passport_gamma.flatten() for layer in protected_layers(random).values()])
     assert values.abs().max() <= 1.0, "random passports stay U(-1, 1), as the paper draws them"
+
+
+def test_shuffle_passports_train_alexnet_on_mnist5k_without_nan(tmp_path):
+    """Issue 17's finding: shuffle passports scaled to the sign loss's margin (2-10x the scale of random
+    ones) sent AlexNet x0.25 on mnist5k to NaN within 15 alternating steps at lr 0.05."""
+    from passportnorm import zoo
+    from passportnorm.data import load_dataset
+    from passportnorm.train import TrainConfig, Trainer
+
+    data = load_dataset("mnist5k", seed=0)
+    torch.manual_seed(0)
+    model = zoo.build("alexnet", in_channels=1, num_classes=10, width=0.25, norm="bn")
+    protected = protect(model, data.train.tensors[0][:16], passports="shuffle", seed=0, weak_layers="skip")
+    config = TrainConfig(epochs=1, batch_size=64, lr=0.05, schedule="alternate", seed=0)
+    trainer = Trainer(protected, data, config, out_dir=tmp_path, device=torch.device("cpu"))
+    for step, batch in zip(range(30), trainer._batches(0)):
+        losses = trainer.step(batch)  # raises TrainingError on a non-finite loss
+        assert all(math.isfinite(v) for v in losses.values()), step
 
 
 def test_out_of_range_passports_are_named_at_protect_and_at_the_first_aware_step():

@@ -14,9 +14,11 @@ the real inputs without gradients sets every norm's running statistics to theirs
 untrained deep model the statistics are still mean 0, variance 1, so eval-mode activations
 blow up or vanish with depth (torchvision resnet50 reached NaN within 6 alternating steps and
 efficientnet_b0's signature never moved, issue 16). Each activation passport is then scaled by
-one positive factor so that the producer's initial responses to it have a root mean square equal
-to the sign loss's margin (:meth:`PassportGenerator.fit_to`): every layer starts at the scale the
-sign loss is made for, whatever its depth or its input's statistics.
+one positive factor so that the producer's initial responses to it have the root mean square of
+its responses to a U(-1, 1) input, the scale random passports start at
+(:meth:`PassportGenerator.fit_to`): every layer starts where random passports, measured stable
+on every model of docs/COVERAGE.md, start, whatever its depth or its input's statistics. Weak
+layers (grayscale, RGB or xyz inputs) start at the sign loss's margin instead (protect.py).
 
 """
 
@@ -153,13 +155,14 @@ class _ActivationPassports(PassportGenerator):
     def fit_to(self, passport: Tensor, responses: Tensor, target: float) -> Tensor:
         """``passport`` times the one positive factor that makes its responses' RMS equal ``target``.
 
-        Chosen on measurement (issue 16): the gradient the branch sends into the producer grows
-        with the passport's square, so calibrated activations at their natural scale (initial
-        responses 0.2-0.5 RMS, against 0.01-0.05 for random passports) made training less stable
-        (a retrofit at lr 0.05 reached NaN in 23 steps once they were scaled to unit RMS); centring
-        or per-channel scaling instead removes what 1x1 convs and one-channel first layers respond
-        to (their ``g`` is the filter times the channel means) or inflates near-dead channels. One
-        factor keeps the activation's pattern and signs, and so the bits it spells.
+        Chosen on measurement: the gradient the branch sends into the producer grows with the
+        passport's square. At their natural scale (initial responses 0.2-0.5 RMS) or at the sign
+        loss's margin (0.1; issue 16's choice) activation passports start 2-10x above random ones
+        (0.01-0.05), and AlexNet x0.25 on mnist5k reached NaN within 15 alternating steps at lr 0.05
+        (issue 17); at the random passports' scale it trains. Centring or per-channel scaling
+        instead removes what 1x1 convs and one-channel first layers respond to (their ``g`` is the
+        filter times the channel means) or inflates near-dead channels. One factor keeps the
+        activation's pattern and signs, and so the bits it spells.
         """
         rms = float(responses.pow(2).mean().sqrt())
         return passport * (target / rms) if rms > 0 else passport.clone()
