@@ -52,6 +52,10 @@ _HELP = {
     "(see `passportnorm inspect`)",
     "trigger": "none, noise, pattern (images), shapes (point clouds), or a folder with inputs and labels.csv; default noise/shapes",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
+    "sync_bn": "under torchrun on CUDA: torch's BatchNorm layers become SyncBatchNorm while training, so each norm "
+    "(and its passport-aware statistics) normalizes over the global batch; the release keeps the original classes",
+    "resume": "continue the run in --out from its last checkpoint (same options)",
+    "overwrite": "replace the earlier run in --out, its owner key included (the old key is lost)",
     "out": "output folder (default runs/<time>); an earlier run's folder is refused without --resume or --overwrite",
     "seed": "training seed: data order and initialisation (public; passports do not depend on it)",
     "secret_seed": "seed of the secret material (passports, bits, triggers) for repeatable experiments; default: "
@@ -115,21 +119,8 @@ def _add_run_options(parser: argparse.ArgumentParser, protected: bool = True) ->
         if not protected and spec.name in _PROTECTION_ONLY:
             continue
         flag = "--" + spec.name.replace("_", "-")
-        if spec.name == "resume":
-            parser.add_argument(
-                flag,
-                action="store_true",
-                default=None,
-                help="continue the run in --out from its last checkpoint (same options)",
-            )
-            continue
-        if spec.name == "overwrite":
-            parser.add_argument(
-                flag,
-                action="store_true",
-                default=None,
-                help="replace the earlier run in --out, its owner key included (the old key is lost)",
-            )
+        if str(spec.type) == "bool":
+            parser.add_argument(flag, action="store_true", default=None, help=_HELP[spec.name])
             continue
         kind = {"int": int, "int | None": int, "float": float}.get(str(spec.type), str)
         parser.add_argument(

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .attach import attach_branch, branch_of, detach_branch
 from .errors import ConfigError
 
-__all__ = ["World", "join_world", "leave_world"]
+__all__ = ["World", "join_world", "leave_world", "check_sync_bn", "restore_batchnorm", "to_sync_batchnorm"]
 
 
 @dataclass(frozen=True)
@@ -50,14 +51,29 @@ class World:
         return batch[self.rank :: self.size]
 
 
+BACKEND_VARIABLE = "PASSPORTNORM_BACKEND"  # overrides the backend: gloo lets processes share one GPU
+
+
 def join_world(device: torch.device) -> World | None:
     """The torchrun world this process belongs to (joined on first call), or None for one process."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return None
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(_backend(device))
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _backend(device: torch.device) -> str:
+    """nccl on CUDA (one GPU per process), gloo on CPU, or what PASSPORTNORM_BACKEND names."""
+    chosen = os.environ.get(BACKEND_VARIABLE) or ("nccl" if device.type == "cuda" else "gloo")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if device.type == "cuda" and chosen == "nccl" and torch.cuda.device_count() < local:
+        raise ConfigError(
+            f"{local} processes on this node but {torch.cuda.device_count()} CUDA device(s): nccl needs one GPU per "
+            f"process; use --nproc_per_node {torch.cuda.device_count()}, or {BACKEND_VARIABLE}=gloo to share them"
+        )
+    return chosen
 
 
 def leave_world(world: World | None) -> None:
@@ -72,3 +88,43 @@ def check_batch(batch_size: int, world: World | None) -> None:
             f"--batch-size {batch_size} does not split over {world.size} processes; use a multiple of "
             f"{world.size} (it is the global batch; each process takes {world.size}-th of it)"
         )
+
+
+def check_sync_bn(world: World | None, device: torch.device) -> None:
+    """SyncBatchNorm across processes needs CUDA tensors; say so before anything is written."""
+    if world is not None and device.type != "cuda":
+        raise ConfigError(
+            "--sync-bn needs CUDA: torch's SyncBatchNorm syncs GPU tensors only; drop --sync-bn on CPU "
+            "(each process then normalizes over its share of the global batch)"
+        )
+
+
+def to_sync_batchnorm(model: torch.nn.Module) -> dict[str, type]:
+    """torch's BatchNorm layers become SyncBatchNorm (in place, before ``protect``, so each passport-aware
+    forward, which runs the norm's own forward, syncs its statistics too); returns the classes to restore.
+
+    Only BatchNorm1d/2d/3d themselves are converted: a subclass adds behaviour (timm's BatchNormAct2d
+    applies an activation) that SyncBatchNorm would drop.
+    """
+    exact = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    classes = {name: type(m) for name, m in model.named_modules() if type(m) in exact}
+    for name, original in classes.items():
+        norm = model.get_submodule(name)
+        norm.__class__ = torch.nn.SyncBatchNorm  # same parameters, buffers and names; forward syncs
+        norm.process_group = None
+    return classes
+
+
+def restore_batchnorm(model: torch.nn.Module, classes: dict[str, type]) -> torch.nn.Module:
+    """Undo :func:`to_sync_batchnorm` in place, branches kept: the release, and the key that names
+    each norm's class, are the user's architecture."""
+    for name, original in classes.items():
+        norm = model.get_submodule(name)
+        branch = branch_of(norm)
+        if branch is not None:
+            detach_branch(norm)
+        norm.__class__ = original
+        del norm.process_group
+        if branch is not None:
+            attach_branch(norm, branch)
+    return model

@@ -28,7 +28,15 @@ from . import zoo
 from .certificate import Certificate
 from .data import DatasetSplits, dataset_task, load_dataset
 from .data.registry import first_inputs
-from .distributed import World, check_batch, join_world, leave_world
+from .distributed import (
+    World,
+    check_batch,
+    check_sync_bn,
+    join_world,
+    leave_world,
+    restore_batchnorm,
+    to_sync_batchnorm,
+)
 from .data.holdout import hold_out
 from .dispute import Claim, DisputeResult, dispute
 from .data.triggers import TriggerSet, generate_triggers, load_trigger_folder, TRIGGER_KINDS
@@ -91,6 +99,7 @@ class RunOptions:
         0.0  # > 0: evaluate on this share of the training split instead of the test split (tuning)
     )
     device: str = "auto"
+    sync_bn: bool = False  # torchrun on CUDA: BatchNorm -> SyncBatchNorm while training (distributed.py)
     out: str = field(default_factory=lambda: f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     resume: bool = False
     overwrite: bool = False  # replace the outputs (and the key) of an earlier run in ``out``
@@ -216,6 +225,8 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
     out = Path(opts.out)
     _train_config(opts).validate(device)  # every training option checked before anything is written
     check_batch(opts.batch_size, world)
+    if opts.sync_bn:
+        check_sync_bn(world, device)
     if world is None or world.main:
         prepare_run_folder(out, resume=opts.resume, overwrite=opts.overwrite)
     data = _load(opts)
@@ -224,6 +235,7 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
     model = zoo.build(opts.arch, trust_code=True, **model_config)  # the user named this --arch
     weights_sha256 = load_weights(model, opts.weights) if opts.weights else None
     model = model.to(device)
+    synced = to_sync_batchnorm(model) if opts.sync_bn else {}
     # a trigger set is owner evidence that lives in the key; plain training has no key, so no triggers
     trigger, notes, seed_source = None, [], None
     if protected:
@@ -275,6 +287,7 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
         return {"history": trainer.history} | (
             {"verified": bool(world.broadcast_int(None))} if protected else {}
         )
+    restore_batchnorm(model, synced)
     released = strip(model) if protected else model
     settings = {k: v for k, v in asdict(opts).items() if k not in ("resume", "overwrite", "secret_seed")}
     metrics: dict[str, Any] = {
