@@ -18,3 +18,18 @@ def update_section(filename: str, name: str, markdown: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.lstrip())
     return path
+
+
+def machine(device: str = "auto") -> str:
+    """Where a table's numbers were made, for its header: the same command gives other float
+    rounding (and other timings) on another device."""
+    import torch
+
+    from passportnorm.device import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        where = f"CUDA, {torch.cuda.get_device_name(resolved)}"
+    else:
+        where = f"CPU, {torch.get_num_threads()} threads"
+    return f"{where}, torch {torch.__version__}"

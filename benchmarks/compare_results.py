@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
+from _docs import machine, update_section  # noqa: E402
 
 from passportnorm.baselines.compare import CompareOptions, run_compare  # noqa: E402
 
@@ -44,7 +44,7 @@ def main() -> None:
         header = (
             f"### Plain vs DeepIPR vs passport-aware normalization (mnist5k, {args.epochs} epochs, seeds 0-{args.seeds - 1})\n\n"
             "Command: `python benchmarks/compare_results.py --docs` (each block is `passportnorm compare --dataset mnist5k "
-            f"--arch A --width 0.25 --seeds {args.seeds} --epochs {args.epochs}`). Every scheme gets the same data order, "
+            f"--arch A --width 0.25 --seeds {args.seeds} --epochs {args.epochs}`; {machine(args.device)}). Every scheme gets the same data order, "
             "SGD 0.05 with cosine decay, weight decay, epochs and seeds, the same norm layers (all but the grayscale first "
             "one), the same shuffle passports and signature bits, and the same sign loss (alpha 0.1, margin 0.1). "
             "Schedules as published: pan alternates free/aware steps, DeepIPR V2 backpropagates both branches at once, "

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
+from _docs import machine, update_section  # noqa: E402
 
 from passportnorm.align import align_to_reference  # noqa: E402
 from passportnorm.attacks.finetune import finetune  # noqa: E402
@@ -165,11 +165,11 @@ def _required(bits: int) -> int:
     return required_matches(bits, 2.0 ** -VerdictRule().security_bits)
 
 
-def _markdown(summary: dict[str, Any], command: str, epochs: int) -> str:
+def _markdown(summary: dict[str, Any], command: str, epochs: int, where: str) -> str:
     s = summary
     total = sum(s["verified"].values())
     lines = [
-        f"Command: `{command}` ({s['owners']} owners trained with the `passportnorm protect` defaults but {epochs} "
+        f"Command: `{command}` ({where}; {s['owners']} owners trained with the `passportnorm protect` defaults but {epochs} "
         f"epochs, each with its own training seed, secret seed and identity; {s['owners_verified_by_protect']} of them "
         f"verified by their own `protect` run; plus the plain models trained with `passportnorm train`). Every owner key "
         f"is checked against every model that is not its own release: {s['pairs']} pairs, {s['verifications']} "
@@ -215,8 +215,19 @@ def main() -> None:
     parser.add_argument("--attack-epochs", type=int, default=2)
     parser.add_argument("--out", default="runs/bench/false-positives")
     parser.add_argument("--docs", action="store_true", help="write the table into docs/SECURITY.md")
+    parser.add_argument("--shard", default="0/1", help="K/N: train only the runs whose index is K modulo N, then stop "
+                        "(several processes fill --out side by side; a last call without --shard checks them all)")
     args = parser.parse_args()
     root = Path(args.out)
+    shard, shards = map(int, args.shard.split("/"))
+    if shards > 1:
+        for index in range(shard, max(args.owners, args.plain), shards):
+            if index < args.owners:
+                _trained(root / f"owner-{index:02d}", _owner_options(index, args.epochs, root / f"owner-{index:02d}"), True)
+            if index < args.plain:
+                out = root / f"plain-{index:02d}"
+                _trained(out, RunOptions(seed=100 + index, epochs=args.epochs, out=str(out)), False)
+        return
     owners, suspects, splits = [], [], {}
     for index in range(args.owners):
         out = _trained(root / f"owner-{index:02d}", _owner_options(index, args.epochs, root / f"owner-{index:02d}"), True)
@@ -239,7 +250,7 @@ def main() -> None:
     command = "python benchmarks/false_positives.py --docs" + ("" if args.epochs == 8 else f" --epochs {args.epochs}") + (
         "" if args.owners == 20 else f" --owners {args.owners}") + ("" if args.plain == 20 else f" --plain {args.plain}")
     if args.docs:
-        update_section("SECURITY.md", "false-positives", _markdown(summary, command, args.epochs))
+        update_section("SECURITY.md", "false-positives", _markdown(summary, command, args.epochs, machine()))
     if sum(summary["verified"].values()):
         sys.exit("an independent model was verified: see summary.json")
 

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
+from _docs import machine, update_section  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -40,7 +40,7 @@ VARIANTS = {
                            "passport-aware steps keep their own momentum and decay only the branch"),
     "joint": ("protect", {"schedule": "joint"}, "one step on the sum of both losses (the original code)"),
     "sign-weight-0.1": ("protect", {"sign_weight": 0.1}, "sign loss at a tenth of its weight"),
-    "random-passports": ("protect", {"passports": "random"}, "zero-mean random passports instead of shuffled activations"),
+    "shuffle-passports": ("protect", {"passports": "shuffle"}, "shuffled activations instead of the default random passports"),
     "no-tnet-branches": ("protect", {"exclude": "input_transform.*,feature_transform.*"},
                          "T-Net norms left unprotected (480 of 1456 bits remain)"),
     "plain-lr-0.02": ("train", {"lr": 0.02}, "plain at twice the learning rate (two updates per batch?)"),
@@ -139,7 +139,7 @@ def main() -> None:
         header = (
             f"### What costs the free branch? Variants on a validation split ({args.epochs} epochs, seeds "
             f"{', '.join(map(str, args.seeds))})\n\n"
-            f"Command: `{command}`. Same model, data order and budget as the point-cloud table, but trained on "
+            f"Command: `{command}` ({machine(args.device)}). Same model, data order and budget as the point-cloud table, but trained on "
             f"{100 * (1 - HOLDOUT):.0f}% of the training split and scored on the held-out {100 * HOLDOUT:.0f}% "
             f"(`--holdout {HOLDOUT}`), so choosing a variant does not touch the test split. SGD at {settings['lr']} "
             "unless the row says otherwise. The gap columns are the mean over seeds of (variant minus plain) "

@@ -26,7 +26,7 @@ from pathlib import Path
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
+from _docs import machine, update_section  # noqa: E402
 from robustness import summarise  # noqa: E402
 
 from passportnorm.attacks.runner import run_attack  # noqa: E402
@@ -137,6 +137,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="run folder (default: runs/bench/pointcloud-<epochs>ep)")
     parser.add_argument("--reuse", action="store_true", help="use finished runs found in --out instead of training again")
     parser.add_argument("--docs", action="store_true")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train the runs of --seeds and stop (fill --out from several processes, then --reuse)")
     parser.add_argument("--no-trigger-row", action="store_true", help="also train protected runs without triggers")
     parser.add_argument("--no-tnet-row", action="store_true", help="also train protected runs with both T-Nets unprotected")
     parser.add_argument("--ratio-row", type=float, nargs="*", default=[],
@@ -157,6 +159,8 @@ def main() -> None:
         for kind in runs:
             print(f"{kind}, seed {seed} ...", flush=True)
             runs[kind].append(_run(kind, seed, args))
+    if args.train_only:
+        return
 
     independent = []
     for plain in runs["plain"]:
@@ -220,10 +224,10 @@ def main() -> None:
         header = (
             f"### Plain vs protected PointNet (mnist5k-points, {settings['arch']} width {settings['width']}, "
             f"{settings['points'] or 256} points, {args.epochs} epochs, seeds {', '.join(map(str, args.seeds))})\n\n"
-            f"Command: `{command}`. Both runs use the same data order, augmentation "
+            f"Command: `{command}` ({machine(args.device)}). Both runs use the same data order, augmentation "
             f"(PointNet++'s scaling, shifting and point dropout), SGD at {settings['lr']} with cosine decay, and budget; the "
             "protected run is the default `passportnorm protect --dataset mnist5k-points` (13 of its 15 norm layers, T-Nets "
-            "included, shuffle passports, hash-bound signature, 50 procedural-shape triggers)"
+            f"included, {settings['passports']} passports, hash-bound signature, 50 procedural-shape triggers)"
             + ("; the no-trigger row is the same with `--trigger none`" if args.no_trigger_row else "")
             + ". Detection and verdict come from `passportnorm verify` on the released model with its key "
             "and the test split (default rule: p <= 2^-128). The CLI default `--weak-layers skip` leaves out the two norms "
@@ -235,7 +239,7 @@ def main() -> None:
         )
         update_section("RESULTS.md", f"pointcloud-{args.epochs}-epochs", header + table)
         attack_header = (
-            f"Command: `{command}` (owners: the seed-{args.seeds[0]} protected PointNets "
+            f"Command: `{command}` ({machine(args.device)}; owners: the seed-{args.seeds[0]} protected PointNets "
             f"of the {args.epochs}-epoch table in RESULTS.md; each training attack {args.attack_epochs} epochs on 50% of the training split; transfer goes to "
             "shapes3d with a new 8-class head). The last column is `passportnorm verify --recalibrate` on the fine-tuned "
             "model: the branch statistics (not part of the claim) re-estimated on the training split, accuracy read on "
