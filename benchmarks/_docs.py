@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import re
 from pathlib import Path
 
@@ -9,14 +10,17 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def update_section(filename: str, name: str, markdown: str) -> Path:
-    """Replace (or append) the section ``name`` of ``docs/filename`` with ``markdown``."""
+    """Replace (or append) the section ``name`` of ``docs/filename`` with ``markdown``; benchmarks
+    running side by side take turns (a lock file), so no section another one wrote is lost."""
     path = DOCS / filename
-    text = path.read_text() if path.exists() else ""
-    block = f"<!-- BEGIN {name} (generated; do not edit by hand) -->\n{markdown.rstrip()}\n<!-- END {name} -->"
-    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} .*?<!-- END {re.escape(name)} -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.lstrip())
+    block = f"<!-- BEGIN {name} (generated; do not edit by hand) -->\n{markdown.rstrip()}\n<!-- END {name} -->"
+    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} .*?<!-- END {re.escape(name)} -->", re.DOTALL)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = path.read_text() if path.exists() else ""
+        text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+        path.write_text(text.lstrip())
     return path
 
 
