@@ -214,6 +214,7 @@ def test_branch_follows_dtype_changes(case):
     assert sign_loss(protected).dtype == torch.float64
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_branch_runs_on_cuda(case):

@@ -2,8 +2,10 @@
 and the release is the user's architecture again.
 
 torch's SyncBatchNorm syncs CUDA tensors only: on CPU two processes get a one-line refusal, one
-process runs the same code path (no peer to sync with). Two CUDA processes must train what one
-process trains on the same global batch, the comparison BatchNorm without sync cannot pass.
+process runs the same code path (no peer to sync with). Two CUDA processes must keep the
+statistics one process computes on the whole batch, which BatchNorm without sync does not. (Whole
+training runs are no test of this on a GPU: one epoch at lr 0.05 already moves weights by 0.1-0.2
+between one and two processes, with or without sync: measured on an H100.)
 """
 
 import json
@@ -11,13 +13,12 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from test_distributed_cli import _torchrun
 
 import passportnorm as pn
 from passportnorm.attach import branch_of
 from passportnorm.cli import main
-from passportnorm.distributed import BACKEND_VARIABLE, restore_batchnorm, to_sync_batchnorm
+from passportnorm.distributed import restore_batchnorm, to_sync_batchnorm
 from passportnorm.protect import passport_mode
 from passportnorm.release import load_released
 from passportnorm.zoo.small_cnn import SmallCNN
@@ -61,18 +62,46 @@ def test_sync_bn_with_two_cpu_processes_is_one_line_and_writes_nothing(tmp_path)
     assert not (tmp_path / "cpu").exists()
 
 
+def _statistics_after_one_step(rank: int, size: int, port: int, sync: bool, result) -> None:
+    """Both forwards (passport-free, passport-aware) in train mode on this rank's half of one batch."""
+    import torch.distributed as dist
+
+    if size > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        backend = "nccl" if torch.cuda.device_count() >= size else "gloo"  # gloo lets both share one GPU
+        dist.init_process_group(backend, rank=rank, world_size=size)
+    device = torch.device("cuda", rank % torch.cuda.device_count())
+    torch.manual_seed(0)
+    model = SmallCNN(in_channels=1, num_classes=10).to(device)
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1)).to(device)
+    if sync:
+        to_sync_batchnorm(model)
+    protected = pn.protect(model, x, seed=1).train()
+    with torch.no_grad():
+        protected(x[rank::size])
+        with passport_mode(protected):
+            protected(x[rank::size])
+    result[rank] = {k: v.cpu().numpy() for k, v in protected.state_dict().items() if "running" in k}
+    if size > 1:
+        dist.destroy_process_group()
+
+
+def _statistics(size: int, sync: bool) -> dict:
+    import torch.multiprocessing as mp
+    from test_distributed_cli import _free_port
+
+    result = mp.Manager().dict()
+    mp.spawn(_statistics_after_one_step, args=(size, _free_port(), sync, result), nprocs=size, join=True)
+    return result[0]
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_two_cuda_processes_with_sync_bn_train_what_one_process_trains(tmp_path):
-    if torch.cuda.device_count() < 2:  # two processes share the one GPU through gloo
-        os.environ[BACKEND_VARIABLE] = "gloo"
-    try:
-        args = [*RUN, "--device", "cuda"]
-        assert main([*args, "--out", str(tmp_path / "one")]) == 0
-        assert _torchrun([*args, "--out", str(tmp_path / "two")]) == [0, 0]
-    finally:
-        os.environ.pop(BACKEND_VARIABLE, None)
-    one = load_file(str(tmp_path / "one" / "released" / "model.safetensors"))
-    two = load_file(str(tmp_path / "two" / "released" / "model.safetensors"))
-    worst = max(float((one[k].float() - two[k].float()).abs().max()) for k in one)
-    assert worst < 1e-3, worst  # GPU reductions in another order; without sync the running means differ by ~1e-1
+def test_two_cuda_processes_with_sync_bn_keep_the_statistics_of_the_global_batch():
+    """Free and passport-aware statistics (the branch's own and the unprotected norms' second set)
+    after one step: two synced processes = one process on the whole batch; unsynced, they differ."""
+    one, synced, unsynced = _statistics(1, True), _statistics(2, True), _statistics(2, False)
+    assert any(".passport_aware." in k for k in one)
+    worst = max(float(abs(one[k] - synced[k]).max()) for k in one)
+    apart = max(float(abs(one[k] - unsynced[k]).max()) for k in one)
+    assert worst < 1e-5 and apart > 1e-3, (worst, apart)

@@ -210,7 +210,8 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     device = resolve_device(opts.device)
     world = join_world(device)
     if world is not None and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
+        # one GPU per process under nccl; with PASSPORTNORM_BACKEND=gloo processes may share them
+        device = torch.device("cuda", world.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     try:
         quiet = world is not None and not world.main  # one process speaks and writes: rank 0
