@@ -108,7 +108,7 @@ def to_sync_batchnorm(model: torch.nn.Module) -> dict[str, type]:
     """
     exact = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
     classes = {name: type(m) for name, m in model.named_modules() if type(m) in exact}
-    for name, original in classes.items():
+    for name in classes:
         norm = model.get_submodule(name)
         norm.__class__ = torch.nn.SyncBatchNorm  # same parameters, buffers and names; forward syncs
         norm.process_group = None
