@@ -71,6 +71,16 @@ def _owner_options(index: int, epochs: int, out: Path) -> RunOptions:
     return RunOptions(seed=index, secret_seed=10_000 + index, signature=f"(c) owner {index:02d}", epochs=epochs, out=str(out))
 
 
+def _owner(root: Path, index: int, epochs: int) -> Path:
+    out = root / f"owner-{index:02d}"
+    return _trained(out, _owner_options(index, epochs, out), True)
+
+
+def _plain(root: Path, index: int, epochs: int) -> Path:
+    out = root / f"plain-{index:02d}"
+    return _trained(out, RunOptions(seed=100 + index, epochs=epochs, out=str(out)), False)
+
+
 def _row(report) -> dict[str, Any]:
     alignment = report.alignment or {}
     return {
@@ -223,21 +233,19 @@ def main() -> None:
     if shards > 1:
         for index in range(shard, max(args.owners, args.plain), shards):
             if index < args.owners:
-                _trained(root / f"owner-{index:02d}", _owner_options(index, args.epochs, root / f"owner-{index:02d}"), True)
+                _owner(root, index, args.epochs)
             if index < args.plain:
-                out = root / f"plain-{index:02d}"
-                _trained(out, RunOptions(seed=100 + index, epochs=args.epochs, out=str(out)), False)
+                _plain(root, index, args.epochs)
         return
     owners, suspects, splits = [], [], {}
     for index in range(args.owners):
-        out = _trained(root / f"owner-{index:02d}", _owner_options(index, args.epochs, root / f"owner-{index:02d}"), True)
+        out = _owner(root, index, args.epochs)
         metrics = json.loads((out / "metrics.json").read_text())
         owners.append({"name": out.name, "seed": index, "key": OwnerKey.load(out / "owner-key"),
                        "released": load_released(out / "released")[0], "self_verified": bool(metrics["verified"])})
         suspects.append({"name": out.name, "kind": "protected", "released": owners[-1]["released"]})
     for index in range(args.plain):
-        out = root / f"plain-{index:02d}"
-        _trained(out, RunOptions(seed=100 + index, epochs=args.epochs, out=str(out)), False)
+        out = _plain(root, index, args.epochs)
         suspects.append({"name": out.name, "kind": "plain", "released": load_released(out / "released")[0]})
     for owner in owners:
         splits.setdefault(owner["seed"], load_dataset("mnist5k", seed=owner["seed"]))

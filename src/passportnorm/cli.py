@@ -1,12 +1,14 @@
 """The ``passportnorm`` command. Errors become one line on stderr and exit code 2.
 
-passportnorm protect  [options]   train a protected model; write released/, owner-key/, secret/, certificate.json
-                                  exit 0 when the release verifies with its key, 1 when not (no certificate)
+passportnorm protect  [options]   train a protected model; write released/, owner-key/, secret/,
+                                  certificate.json; exit 0 when the release verifies with its key,
+                                  1 when not (no certificate)
 passportnorm train    [options]   the same training without protection (the baseline)
 passportnorm verify --model DIR --key DIR [--certificate FILE]   exit 0 verified, 1 not, 2 error
 passportnorm inspect  [--arch --width --norm --dataset]          which norms can be protected, and why not
 passportnorm attack NAME --model DIR --key DIR --out DIR          run one attack, write result.json/md, plots
-passportnorm compare  [--dataset --arch --schemes --seeds --epochs]  plain vs DeepIPR V1/V2 vs passport-aware norm
+passportnorm compare  [--dataset --arch --schemes --seeds --epochs]
+                                  plain vs DeepIPR V1/V2 vs passport-aware norm
 passportnorm demo     [options]   the quick core demonstration (small CNN, mnist5k)
 """
 
@@ -22,15 +24,17 @@ from . import __version__
 from .errors import ConfigError, PassportNormError
 
 _HELP = {
-    "dataset": "images: mnist5k, digits (shipped), cifar10, cifar100, imagefolder (one folder per class; need --data-dir); "
+    "dataset": "images: mnist5k, digits (shipped), cifar10, cifar100, imagefolder (one folder per "
+    "class; needs --data-dir); "
     "point clouds: mnist5k-points, shapes3d (shipped), modelnet40 (needs --data-dir)",
     "data_dir": "folder holding a local dataset (CIFAR or ModelNet40 archives unpacked)",
     "task": "image or pointcloud (default: what the dataset holds)",
     "points": "points per cloud (default 256; modelnet40 1024)",
     "image_size": "side of the square crops of --dataset imagefolder (default 64)",
     "arch": "zoo model: resnet18, alexnet, small_cnn (images); pointnet, pointnet_vanilla (point clouds); default by task; "
-    "or tv:NAME / timm:NAME for a torchvision or timm classifier (random init; needs the zoo extra); or your own: "
-    "path/to/file.py:factory or module.path:factory (called with in_channels and num_classes if it takes them)",
+    "or tv:NAME / timm:NAME for a torchvision or timm classifier (random init; needs the zoo extra); "
+    "or your own: path/to/file.py:factory or module.path:factory (called with in_channels and "
+    "num_classes if it takes them)",
     "weights": "start from your trained weights: a safetensors file or a torch.save'd state dict (read with "
     "weights_only=True; plain pickles are refused); every key and shape must match --arch",
     "width": "channel width multiplier (small widths for CPU)",
@@ -52,8 +56,9 @@ _HELP = {
     "(see `passportnorm inspect`)",
     "trigger": "none, noise, pattern (images), shapes (point clouds), or a folder with inputs and labels.csv; default noise/shapes",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
-    "sync_bn": "under torchrun on CUDA: torch's BatchNorm layers become SyncBatchNorm while training, so each norm "
-    "(and its passport-aware statistics) normalizes over the global batch; the release keeps the original classes",
+    "sync_bn": "under torchrun on CUDA: torch's BatchNorm layers become SyncBatchNorm while training, "
+    "so each norm (and its passport-aware statistics) normalizes over the global batch; the release "
+    "keeps the original classes",
     "resume": "continue the run in --out from its last checkpoint (same options)",
     "overwrite": "replace the earlier run in --out, its owner key included (the old key is lost)",
     "out": "output folder (default runs/<time>); an earlier run's folder is refused without --resume or --overwrite",

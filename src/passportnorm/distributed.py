@@ -70,8 +70,10 @@ def _backend(device: torch.device) -> str:
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if device.type == "cuda" and chosen == "nccl" and torch.cuda.device_count() < local:
         raise ConfigError(
-            f"{local} processes on this node but {torch.cuda.device_count()} CUDA device(s): nccl needs one GPU per "
-            f"process; use --nproc_per_node {torch.cuda.device_count()}, or {BACKEND_VARIABLE}=gloo to share them"
+            f"{local} processes on this node but {torch.cuda.device_count()} CUDA device(s): nccl needs one "
+            "GPU per "
+            f"process; use --nproc_per_node {torch.cuda.device_count()}, or {BACKEND_VARIABLE}=gloo to share "
+            "them"
         )
     return chosen
 

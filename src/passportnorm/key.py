@@ -156,7 +156,8 @@ class OwnerKey:
         )
         if sha256_file(tensors_path) != manifest.get("sha256_tensors"):
             raise OwnerKeyError(
-                f"{tensors_path} does not match the SHA-256 in {manifest_path.name}: the key is corrupted or altered"
+                f"{tensors_path} does not match the SHA-256 in {manifest_path.name}: the key is corrupted or "
+                "altered"
             )
         try:
             tensors = load_tensors(tensors_path)
@@ -191,14 +192,16 @@ class OwnerKey:
                         )
                 if tuple(parts["signature"].shape) != (channels,):
                     raise OwnerKeyError(
-                        f"{where}: layer {path!r} signature has shape {tuple(parts['signature'].shape)}, expected ({channels},)"
+                        f"{where}: layer {path!r} signature has shape {tuple(parts['signature'].shape)}, "
+                        f"expected ({channels},)"
                     )
                 if (
                     parts["passport_gamma"].shape != parts["passport_beta"].shape
                     or parts["passport_gamma"].shape[0] != 1
                 ):
                     raise OwnerKeyError(
-                        f"{where}: layer {path!r} passports have shapes {tuple(parts['passport_gamma'].shape)}/{tuple(parts['passport_beta'].shape)}"
+                        f"{where}: layer {path!r} passports have shapes "
+                        f"{tuple(parts['passport_gamma'].shape)}/{tuple(parts['passport_beta'].shape)}"
                     )
                 if has_mlp and (
                     parts["mlp.0.weight"].shape[1] != channels or parts["mlp.2.weight"].shape[0] != channels
@@ -209,7 +212,8 @@ class OwnerKey:
                 for name in ("branch_norm.running_mean", "branch_norm.running_var"):
                     if tuple(parts.get(name, torch.empty(0)).shape) != (int(layer["channels"]),):
                         raise OwnerKeyError(
-                            f"{where}: statistics layer {layer['norm']!r} has no {name} of {layer['channels']} channels"
+                            f"{where}: statistics layer {layer['norm']!r} has no {name} of "
+                            f"{layer['channels']} channels"
                         )
             trigger = self.manifest.get("trigger")
             if trigger:

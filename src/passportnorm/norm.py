@@ -69,7 +69,8 @@ def unsupported_norm_reason(norm: nn.Module) -> str | None:
         return f"{type(norm).__name__} has no affine parameters (affine=False)"
     if not isinstance(getattr(norm, "weight", None), Tensor) or norm.weight.shape != (norm_channels(norm),):
         return (
-            f"{type(norm).__name__} says affine=True but has no per-channel weight of {norm_channels(norm)} values "
+            f"{type(norm).__name__} says affine=True but has no per-channel weight of {norm_channels(norm)} "
+            "values "
             f"(found {type(getattr(norm, 'weight', None)).__name__}); the branch substitutes that weight"
         )
     return None
@@ -136,7 +137,8 @@ def producer_fan_in(producer: nn.Module) -> int:
 
 
 def producer_responses(producer: nn.Module, weight: Tensor, passports: Tensor, channels: int) -> Tensor:
-    """``(N, C)``: ``producer``'s own forward, with ``weight`` and no bias, on each passport, averaged per channel.
+    """``(N, C)``: ``producer``'s own forward, with ``weight`` and no bias, on each passport, averaged
+    per channel.
 
     The producer's own forward, so a subclass's padding or weight handling is kept (timm's
     Conv2dSame pads like TensorFlow; a plain conv call would not). This is the branch's ``g``

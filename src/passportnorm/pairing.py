@@ -108,7 +108,8 @@ class PairingReport:
             weak = f"  [fan-in {p.fan_in}: weak lever, bits embed slowly]" if p.weak else ""
             via = f" via {', '.join(p.crossed)}" if p.crossed else ""
             lines.append(
-                f"  + {p.norm} ({p.norm_type}, {p.channels} ch) <- {p.producer} ({p.producer_type}){via}{weak}"
+                f"  + {p.norm} ({p.norm_type}, {p.channels} ch) <- {p.producer} "
+                f"({p.producer_type}){via}{weak}"
             )
         if self.unprotectable:
             lines.append(f"{len(self.unprotectable)} norm layers cannot be protected")
@@ -449,8 +450,9 @@ def find_pairs(
     except Exception as error:  # the user's model refusing the example is theirs to fix: say so in one line
         first = (str(error).strip().splitlines() or [""])[0][:200]
         raise PairingError(
-            f"{type(model).__name__} cannot run on the example input {_shape_of(example_input)} ({type(error).__name__}: "
-            f"{first}); give an input the model accepts (a larger image size or another --dataset)"
+            f"{type(model).__name__} cannot run on the example input {_shape_of(example_input)} "
+            f"({type(error).__name__}: {first}); give an input the model accepts (a larger image size or "
+            "another --dataset)"
         ) from error
     _check_reasons_against_calls(reasons, record)
     for pair in candidates:

@@ -140,7 +140,8 @@ def resolve_task(opts: RunOptions) -> RunOptions:
     task = dataset_task(opts.dataset)
     if opts.task not in ("auto", task):
         raise ConfigError(
-            f"dataset {opts.dataset!r} holds {task} data, not {opts.task}; drop --task or pick a {opts.task} dataset"
+            f"dataset {opts.dataset!r} holds {task} data, not {opts.task}; drop --task or pick a {opts.task} "
+            "dataset"
         )
     arch = DEFAULT_ARCH[task] if opts.arch == "auto" else opts.arch
     if zoo.model_task(arch) not in (task, "any"):

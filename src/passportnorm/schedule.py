@@ -86,9 +86,9 @@ class PassportSchedule:
             return
         where = ", ".join(list(outliers)[:5]) or "no single layer"
         warnings.warn(
-            f"the sign loss at the first passport-aware step is {value:.4g} ({value / capacity(self.model):.3g} per "
-            f"bit); responses beyond {RESPONSE_LIMIT:g} at {where}: training is likely to diverge (see the "
-            "passports' docstring)",
+            f"the sign loss at the first passport-aware step is {value:.4g} "
+            f"({value / capacity(self.model):.3g} per bit); responses beyond {RESPONSE_LIMIT:g} at {where}: "
+            "training is likely to diverge (see the passports' docstring)",
             PassportWarning,
             stacklevel=3,
         )

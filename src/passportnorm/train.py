@@ -81,7 +81,8 @@ class TrainConfig:
             )
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(
-                f"ratio {self.ratio} must be in [0, 1): it is the share of steps that train the passport-aware branch"
+                f"ratio {self.ratio} must be in [0, 1): it is the share of steps that train the "
+                "passport-aware branch"
             )
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:

@@ -91,7 +91,8 @@ class VerificationReport:
             rows += [
                 (
                     "signature detection",
-                    f"{self.signature_detection:.2%} ({self.signature_matches}/{self.signature_bits} bits, {self.bit_errors} errors)",
+                    f"{self.signature_detection:.2%} ({self.signature_matches}/{self.signature_bits} bits, "
+                    f"{self.bit_errors} errors)",
                 ),
                 (
                     "P(that many matching bits by chance)",

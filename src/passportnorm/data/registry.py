@@ -53,7 +53,8 @@ def register_dataset(
 
 
 def _register_builtin() -> None:
-    from . import cifar, image_folder, modelnet, point_sets, shipped  # noqa: F401  (importing them registers their datasets)
+    # importing them registers their datasets
+    from . import cifar, image_folder, modelnet, point_sets, shipped  # noqa: F401
 
 
 def available_datasets() -> list[str]:
