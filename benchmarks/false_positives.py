@@ -101,42 +101,57 @@ def _forced_agreement(model, key, reference, example, exclude: bool) -> float:
     return signature_detection(attach_key(aligned, key)).rate
 
 
-def _pairs(owners: list[dict], suspects: list[dict], splits: dict[int, Any]) -> list[dict[str, Any]]:
-    """Every owner key against every suspect that is not its own release, in every combination."""
+def _pairs(owner: dict, suspects: list[dict], test) -> list[dict[str, Any]]:
+    """One owner key against every suspect that is not its own release, in every combination."""
     rows = []
+    key, reference = owner["key"], owner["released"]
+    example = key.trigger.inputs[:2]
+    for suspect in suspects:
+        if suspect["name"] == owner["name"]:
+            continue
+        row: dict[str, Any] = {"key": owner["name"], "suspect": suspect["name"], "kind": suspect["kind"]}
+        for use_reference, use_data in COMBINATIONS:
+            report = verify(suspect["released"], key, data=test if use_data else None, trigger=key.trigger,
+                            reference=reference if use_reference else None)
+            row[f"{'ref' if use_reference else 'noref'}-{'data' if use_data else 'nodata'}"] = _row(report)
+        row["forced_alignment_agreement"] = _forced_agreement(suspect["released"], key, reference, example, True)
+        row["old_alignment_agreement"] = _forced_agreement(suspect["released"], key, reference, example, False)
+        rows.append(row)
+    return rows
+
+
+def _copies(owner: dict, data, epochs: int) -> list[dict[str, Any]]:
+    """Real copies: the owner's release obfuscated, and fine-tuned (FTAL, 50% data) then obfuscated."""
+    rows = []
+    key, released = owner["key"], owner["released"]
+    example = key.trigger.inputs[:16]
+    attacked = finetune(released, key, attacker_split(data.train, 0.5, owner["seed"]), data.test, mode="ftal",
+                        epochs=epochs, seed=owner["seed"])["model"]
+    for kind, model in (("obfuscated", released), (f"FTAL {epochs} epochs + obfuscated", attacked)):
+        hidden, _ = obfuscate(model, example, seed=owner["seed"])
+        report = verify(hidden, key, data=data.test, trigger=key.trigger, reference=released)
+        rows.append({"owner": owner["name"], "kind": kind, **_row(report)})
+    return rows
+
+
+def _checked(root: Path, owner: dict, suspects: list[dict], settings: dict[str, int]) -> dict[str, Any]:
+    """One key's pairs and copies, kept in ``checks/<owner>.json`` so that several processes can share
+    the keys and a last call only adds up; reused while the settings match."""
+    path = root / "checks" / f"{owner['name']}.json"
+    if path.is_file():
+        done = json.loads(path.read_text())
+        if done["settings"] == settings:
+            return done
     started = time.perf_counter()
-    for number, owner in enumerate(owners):
-        key, reference, test = owner["key"], owner["released"], splits[owner["seed"]].test
-        example = key.trigger.inputs[:2]
-        for suspect in suspects:
-            if suspect["name"] == owner["name"]:
-                continue
-            row: dict[str, Any] = {"key": owner["name"], "suspect": suspect["name"], "kind": suspect["kind"]}
-            for use_reference, use_data in COMBINATIONS:
-                report = verify(suspect["released"], key, data=test if use_data else None, trigger=key.trigger,
-                                reference=reference if use_reference else None)
-                row[f"{'ref' if use_reference else 'noref'}-{'data' if use_data else 'nodata'}"] = _row(report)
-            row["forced_alignment_agreement"] = _forced_agreement(suspect["released"], key, reference, example, True)
-            row["old_alignment_agreement"] = _forced_agreement(suspect["released"], key, reference, example, False)
-            rows.append(row)
-        elapsed = time.perf_counter() - started
-        print(f"  key {number + 1}/{len(owners)} checked against {len(suspects) - 1} models, {elapsed:.0f} s", flush=True)
-    return rows
-
-
-def _copies(owners: list[dict], splits: dict[int, Any], epochs: int) -> list[dict[str, Any]]:
-    """Real copies: each owner's release obfuscated, and fine-tuned (FTAL, 50% data) then obfuscated."""
-    rows = []
-    for owner in owners:
-        key, released, data = owner["key"], owner["released"], splits[owner["seed"]]
-        example = key.trigger.inputs[:16]
-        attacked = finetune(released, key, attacker_split(data.train, 0.5, owner["seed"]), data.test, mode="ftal",
-                            epochs=epochs, seed=owner["seed"])["model"]
-        for kind, model in (("obfuscated", released), (f"FTAL {epochs} epochs + obfuscated", attacked)):
-            hidden, _ = obfuscate(model, example, seed=owner["seed"])
-            report = verify(hidden, key, data=data.test, trigger=key.trigger, reference=released)
-            rows.append({"owner": owner["name"], "kind": kind, **_row(report)})
-    return rows
+    data = load_dataset("mnist5k", seed=owner["seed"])
+    done = {"settings": settings, "pairs": _pairs(owner, suspects, data.test),
+            "copies": _copies(owner, data, settings["attack_epochs"])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(done, indent=1))
+    path.with_suffix(".tmp").replace(path)
+    print(f"  key {owner['name']} checked against {len(suspects) - 1} models, "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
+    return done
 
 
 def _summary(pairs: list[dict], copies: list[dict], owners: list[dict]) -> dict[str, Any]:
@@ -227,6 +242,8 @@ def main() -> None:
     parser.add_argument("--docs", action="store_true", help="write the table into docs/SECURITY.md")
     parser.add_argument("--shard", default="0/1", help="K/N: train only the runs whose index is K modulo N, then stop "
                         "(several processes fill --out side by side; a last call without --shard checks them all)")
+    parser.add_argument("--check-shard", default="0/1", help="K/N: check only the keys whose index is K modulo N, "
+                        "keep their results under --out/checks, then stop (a last call adds them all up)")
     args = parser.parse_args()
     root = Path(args.out)
     shard, shards = map(int, args.shard.split("/"))
@@ -237,7 +254,7 @@ def main() -> None:
             if index < args.plain:
                 _plain(root, index, args.epochs)
         return
-    owners, suspects, splits = [], [], {}
+    owners, suspects = [], []
     for index in range(args.owners):
         out = _owner(root, index, args.epochs)
         metrics = json.loads((out / "metrics.json").read_text())
@@ -247,11 +264,14 @@ def main() -> None:
     for index in range(args.plain):
         out = _plain(root, index, args.epochs)
         suspects.append({"name": out.name, "kind": "plain", "released": load_released(out / "released")[0]})
-    for owner in owners:
-        splits.setdefault(owner["seed"], load_dataset("mnist5k", seed=owner["seed"]))
-    print(f"checking {len(owners)} keys against {len(suspects)} models", flush=True)
-    pairs = _pairs(owners, suspects, splits)
-    copies = _copies(owners, splits, args.attack_epochs)
+    settings = {name: getattr(args, name) for name in ("owners", "plain", "epochs", "attack_epochs")}
+    check, checks = map(int, args.check_shard.split("/"))
+    print(f"checking {len(owners[check::checks])} keys against {len(suspects)} models", flush=True)
+    checked = [_checked(root, owner, suspects, settings) for owner in owners[check::checks]]
+    if checks > 1:
+        return
+    pairs = [row for done in checked for row in done["pairs"]]
+    copies = [row for done in checked for row in done["copies"]]
     summary = _summary(pairs, copies, owners)
     (root / "summary.json").write_text(json.dumps({"summary": summary, "pairs": pairs, "copies": copies}, indent=1))
     print(json.dumps(summary, indent=2))
