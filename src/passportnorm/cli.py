@@ -42,8 +42,9 @@ _HELP = {
     "signature": "owner identity text (hash mode: hashed with the passports into the bits; text mode: embedded as is)",
     "signature_mode": "hash (default: bits bound to identity and passports) or text (the paper's; forgeable)",
     "passports": "random, image or shuffle",
-    "schedule": "alternate (the paper) or joint (the original code)",
-    "ratio": "share of steps that train the passport-aware branch (alternate schedule)",
+    "schedule": "alternate (the paper), joint (the original code) or interleave (one step per batch, a share --ratio "
+    "of them passport-aware); auto: alternate, or interleave from --weights",
+    "ratio": "share of steps that train the passport-aware branch (alternate and interleave schedules)",
     "aware_optimizer": "shared (one SGD state for both steps) or separate (passport-aware steps keep their own momentum "
     "and decay only the branch; alternate schedule)",
     "precision": "fp32 (default), bf16 (CPU or CUDA) or fp16 (CUDA only, with loss scaling): the forwards run under "

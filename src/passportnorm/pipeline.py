@@ -51,6 +51,7 @@ from .run_folder import SEED_SOURCES, keep_secret_seed, prepare_run_folder, run_
 from .train import TrainConfig, Trainer
 from .verify import VerdictRule, VerificationReport, verify
 from .weights import load_weights
+from .retrofit import retrofit
 
 __all__ = ["RunOptions", "run_protect", "run_train", "run_verify"]
 
@@ -71,8 +72,8 @@ class RunOptions:
     epochs: int = 8
     batch_size: int = 64
     lr: float = (
-        0.0  # 0: the task's default, 0.05 for images, 0.01 for point clouds (PointNet is unstable higher)
-    )
+        0.0  # 0: the task's default, 0.05 for images, 0.01 for point clouds (PointNet is unstable higher);
+    )  # a fifth of it from --weights (fine-tuning a trained model)
     seed: int = 0  # training: data order, initialisation (public)
     secret_seed: int | None = (
         None  # passports, signature bits, triggers; None: drawn from the OS CSPRNG (secret)
@@ -80,7 +81,7 @@ class RunOptions:
     signature: str = "(c) passportnorm owner"
     signature_mode: str = "hash"  # hash: bits bound to identity and passports; text: the paper's (forgeable)
     passports: str = "random"  # chosen by measurement: docs/RESULTS.md, "Which passports by default"
-    schedule: str = "alternate"
+    schedule: str = "auto"  # auto: alternate from scratch, interleave from --weights (retrofit.py)
     ratio: float = 0.5
     aware_optimizer: str = "shared"  # separate: passport-aware steps keep their own momentum (see train.py)
     precision: str = (
@@ -133,10 +134,12 @@ def _train_config(opts: RunOptions) -> TrainConfig:
 DEFAULT_ARCH = {"image": "resnet18", "pointcloud": "pointnet"}
 DEFAULT_TRIGGER = {"image": "noise", "pointcloud": "shapes"}
 DEFAULT_LR = {"image": 0.05, "pointcloud": 0.01}
+RETROFIT_LR_DIVISOR = 5  # from --weights: fine-tune at a fifth of the from-scratch rate (retrofit.py)
 
 
 def resolve_task(opts: RunOptions) -> RunOptions:
-    """Fill in ``task``, ``arch``, ``trigger`` and ``lr`` left on auto, and refuse a model that cannot read the data."""
+    """Fill in ``task``, ``arch``, ``trigger``, ``schedule`` and ``lr`` left on auto (from ``--weights``:
+    the retrofit recipe), and refuse a model that cannot read the data."""
     task = dataset_task(opts.dataset)
     if opts.task not in ("auto", task):
         raise ConfigError(
@@ -152,7 +155,10 @@ def resolve_task(opts: RunOptions) -> RunOptions:
     if opts.points and task != "pointcloud":
         raise ConfigError(f"--points applies to point-cloud datasets; {opts.dataset!r} holds images")
     trigger = DEFAULT_TRIGGER[task] if opts.trigger == "auto" else opts.trigger
-    return replace(opts, task=task, arch=arch, trigger=trigger, lr=opts.lr or DEFAULT_LR[task])
+    retrofit = bool(opts.weights)
+    schedule = ("interleave" if retrofit else "alternate") if opts.schedule == "auto" else opts.schedule
+    lr = opts.lr or DEFAULT_LR[task] / (RETROFIT_LR_DIVISOR if retrofit else 1)
+    return replace(opts, task=task, arch=arch, trigger=trigger, schedule=schedule, lr=lr)
 
 
 def _load(opts: RunOptions) -> DatasetSplits:
@@ -239,7 +245,7 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
     model = model.to(device)
     synced = to_sync_batchnorm(model) if opts.sync_bn else {}
     # a trigger set is owner evidence that lives in the key; plain training has no key, so no triggers
-    trigger, notes, seed_source = None, [], None
+    trigger, notes, seed_source, prepared = None, [], None, None
     if protected:
         secret, seed_source = (
             run_secret_seed(out, opts.secret_seed, resume=opts.resume)
@@ -262,6 +268,13 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
                 weak_layers=opts.weak_layers,
                 signature_mode=opts.signature_mode,
                 exclude=[pattern.strip() for pattern in opts.exclude.split(",") if pattern.strip()] or None,
+            )
+        if opts.weights:  # a trained model: signature embedded and branches started as its norms
+            began = time.perf_counter()
+            prepared = retrofit(model) | {"seconds": time.perf_counter() - began}
+            print(
+                f"retrofit: signature embedded in the trained weights (largest change "
+                f"{prepared['largest_weight_change']:.3g} of a layer's norm), branches started as its norms"
             )
         # protect() saw a given seed; record where the run's seed really came from
         model.passportnorm_secret_seed["source"] = seed_source
@@ -300,6 +313,7 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
         "history": trainer.history,
         "train_seconds": time.perf_counter() - start,
         "notes": notes,
+        **({"retrofit": prepared} if prepared is not None else {}),
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),

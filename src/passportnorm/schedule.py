@@ -60,6 +60,13 @@ class PassportSchedule:
         self.credit -= count
         return range(count)
 
+    def aware_in_place(self) -> bool:
+        """Interleaved schedule: whether this batch's one step is passport-aware (a share ``ratio`` of batches)."""
+        self.credit += self.ratio
+        aware = self.credit >= 1.0 - 1e-9
+        self.credit -= float(aware)
+        return aware
+
     @contextmanager
     def aware(self) -> Iterator[nn.Module]:
         """Run the model's passport-aware branch inside the block."""

@@ -6,6 +6,9 @@ paper's default). With ``aware_optimizer="shared"`` both kinds of step move one 
 momentum mixes the two losses, and weights both paths use are decayed in both steps); with
 ``"separate"`` the passport-aware steps keep their own momentum and decay only the branch's own
 weights, so the shared weights see the same weight decay per batch as a plain model.
+``schedule="interleave"``: one step per batch, passport-aware on a share ``ratio`` of the
+batches and passport-free on the rest: half the cost of ``alternate``, for fine-tuning a model
+whose branches already start where they should (retrofit.py).
 ``schedule="joint"``: both losses in one step, as the original code does. A plain (unprotected)
 model trains with passport-free steps only, through the same code, so that baselines get the
 same data order, augmentation, optimiser and budget.
@@ -45,7 +48,7 @@ __all__ = ["TrainConfig", "Trainer"]
 
 # alternate: the paper's free step then aware step; joint: one backward over both (the original
 # code, and DeepIPR V2); aware: passport-aware steps only (DeepIPR V1, whose model has no free branch)
-SCHEDULES = ("alternate", "joint", "aware")
+SCHEDULES = ("alternate", "joint", "aware", "interleave")
 AWARE_OPTIMIZERS = ("shared", "separate")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of the forwards
 
@@ -144,7 +147,7 @@ class Trainer:
         )
         self.scheduler = self._cosine(self.optimizer)
         self.aware_optimizer = self.aware_scheduler = None
-        if self.protected and config.schedule == "alternate" and config.aware_optimizer == "separate":
+        if self.protected and config.schedule in ("alternate", "interleave") and config.aware_optimizer == "separate":
             self.aware_optimizer = self._branch_decayed_sgd(model)
             self.aware_scheduler = self._cosine(self.aware_optimizer)
         self.epoch = 0
@@ -218,6 +221,14 @@ class Trainer:
             total = free + self._aware_loss(x, y)
             self._optimise(total, "joint")
             losses.update(free=free.item(), total=total.item())
+        elif self.config.schedule == "interleave" and self._schedule.aware_in_place():
+            aware = self._aware_loss(x, y)
+            self._optimise(aware, "passport-aware", self.aware_optimizer)
+            losses["aware"] = aware.item()
+        elif self.config.schedule == "interleave":
+            free = self._free_loss(x, y)
+            self._optimise(free, "passport-free")
+            losses["free"] = free.item()
         else:
             free = self._free_loss(x, y)
             self._optimise(free, "passport-free")

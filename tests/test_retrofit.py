@@ -1,0 +1,117 @@
+"""Retrofit: a trained model's signature embedded at once and its branches started as its norms."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+import passportnorm as pn
+from passportnorm import zoo
+from passportnorm.cli import main
+from passportnorm.protect import passport_mode, protected_layers
+from passportnorm.retrofit import embed_signature, retrofit, warm_start
+
+needs_zoo = pytest.mark.skipif(
+    not all(importlib.util.find_spec(name) for name in ("torchvision", "timm")),
+    reason="the zoo extra is not installed: pip install 'passportnorm[zoo]'",
+)
+
+
+def _trained_like(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """Running statistics and affine values away from their defaults, as training leaves them."""
+    torch.manual_seed(1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def _protected(model, x):
+    return pn.protect(_trained_like(model, x), x[:8], signature="(c) retrofit", seed=3, weak_layers="skip")
+
+
+def small_cnn() -> torch.nn.Module:
+    return zoo.build("small_cnn", in_channels=1, num_classes=10)
+
+
+def test_embedding_sets_every_bit_with_the_least_change_to_the_weights():
+    x = torch.randn(16, 1, 28, 28)
+    model = _protected(small_cnn(), x)
+    before = {path: branch.producer.weight.detach().clone() for path, branch in protected_layers(model).items()}
+    assert pn.signature_detection(model).rate < 0.9
+    moved = embed_signature(model, headroom=2.0)
+    assert pn.signature_detection(model).rate == 1.0 and set(moved) == set(before)
+    for path, branch in protected_layers(model).items():
+        g = branch.passport_responses()[0]
+        signature = branch.signature.to(g.dtype)
+        assert bool((signature * g >= 2 * branch.margin - 1e-5).all())
+        change = (branch.producer.weight - before[path]).flatten(1).norm(dim=1)
+        # filters whose bit already held with room are left exactly as they were; the others move
+        kept = signature * _g_of(branch, before[path]) >= 2 * branch.margin
+        assert bool((change[kept] == 0).all()) and bool((change[~kept] > 0).all())
+
+
+def _g_of(branch, weight):
+    from passportnorm.norm import producer_responses
+
+    return producer_responses(branch.producer, weight, branch.passport_gamma, branch.channels)[0]
+
+
+def test_warm_branches_answer_like_the_trained_norms():
+    x = torch.randn(16, 1, 28, 28)
+    model = _protected(small_cnn(), x)
+    embed_signature(model)
+    free = model(x)
+    with passport_mode(model):
+        cold = model(x)
+    gaps = warm_start(model)
+    with passport_mode(model):
+        warm = model(x)
+    assert max(gaps.values()) < 1e-4
+    assert (cold - free).abs().max() > 0.1  # a fresh branch answers otherwise
+    torch.testing.assert_close(warm, free, rtol=1e-4, atol=1e-4)
+    assert pn.signature_detection(model).rate == 1.0  # the warm start moves no sign
+
+
+@needs_zoo
+@pytest.mark.parametrize("name", ["tv:resnet18", "timm:resnet18"])
+def test_retrofit_on_models_we_did_not_write(name):
+    x = torch.randn(8, 3, 32, 32)
+    model = pn.protect(_trained_like(zoo.build(name, in_channels=3, num_classes=10), x), x, signature="(c) zoo", seed=5)
+    model.eval()
+    prepared = retrofit(model)
+    assert pn.signature_detection(model).rate == 1.0 and prepared["largest_affine_gap"] < 1e-3
+    free = model(x)
+    with passport_mode(model):
+        aware = model(x)
+    torch.testing.assert_close(aware, free, rtol=1e-3, atol=1e-3)
+    released = pn.strip(model)
+    assert type(released.bn1) is type(zoo.build(name, in_channels=3, num_classes=10).bn1)
+
+
+def test_protect_from_weights_uses_the_retrofit_recipe(tmp_path, capsys):
+    common = ["--dataset", "digits", "--batch-size", "32", "--seed", "0", "--arch", "resnet18"]
+    assert main(["train", *common, "--epochs", "3", "--out", str(tmp_path / "plain")]) == 0
+    trained = json.loads((tmp_path / "plain" / "metrics.json").read_text())["history"][-1]["passport_free_accuracy"]
+    weights = ["--weights", str(tmp_path / "plain" / "released" / "model.safetensors")]
+    out = tmp_path / "retrofit"
+    retrofit_run = ["protect", *common, "--epochs", "2", "--secret-seed", "0", "--trigger-count", "20", *weights]
+    assert main([*retrofit_run, "--out", str(out)]) == 0
+    assert "retrofit: signature embedded" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["schedule"] == "interleave" and metrics["settings"]["lr"] == 0.01
+    assert metrics["retrofit"]["largest_affine_gap"] < 1e-3
+    last = metrics["history"][-1]
+    assert last["signature_detection"] == 1.0 and metrics["verified"]
+    assert last["passport_free_accuracy"] >= trained - 0.03, (last, trained)
+    # an explicit schedule and learning rate stay the user's
+    again = tmp_path / "explicit"
+    assert main([*retrofit_run, "--epochs", "1", "--schedule", "alternate", "--lr", "0.05", "--out", str(again)]) == 0
+    settings = json.loads((again / "metrics.json").read_text())["settings"]
+    assert settings["schedule"] == "alternate" and settings["lr"] == 0.05
