@@ -1,4 +1,4 @@
-"""`torchrun` for the CLI: two gloo processes train what one process trains, and resume after a kill.
+"""`torchrun` for the CLI: two gloo processes train what one process trains (augmentation draws included), and resume after a kill.
 
 The processes are started the way torchrun starts them (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR,
 MASTER_PORT), each running ``passportnorm protect``. GroupNorm keeps the comparison exact up to
@@ -97,3 +97,24 @@ def test_two_processes_resume_exactly_after_an_interruption(runs, tmp_path):
     assert _torchrun([*two_epochs, "--out", str(tmp_path / "cut"), "--resume"]) == [0, 0]
     whole, cut = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+def test_ranks_get_the_augmentation_one_process_gives_each_sample():
+    from passportnorm import zoo
+    from passportnorm.data import load_dataset
+    from passportnorm.distributed import World
+    from passportnorm.train import TrainConfig, Trainer
+
+    data = load_dataset("mnist5k-points", seed=0, points=64)
+    assert data.augment is not None
+    model = zoo.build("pointnet", in_channels=3, num_classes=10, width=0.25)
+    trainer = Trainer(model, data, TrainConfig(batch_size=16, seed=4))
+    whole = next(trainer._batches(0))
+    shares = []
+    for rank in range(2):
+        trainer.world = World(rank=rank, size=2, local_rank=rank)  # what a rank's trainer slices
+        shares.append(next(trainer._batches(0)))
+    for part in (0, 1):  # the ranks' shares interleave back into the single process's batch
+        rebuilt = torch.empty_like(whole[part])
+        rebuilt[0::2], rebuilt[1::2] = shares[0][part], shares[1][part]
+        torch.testing.assert_close(rebuilt, whole[part], rtol=0, atol=0)

@@ -250,9 +250,7 @@ class Trainer:
         order = torch.randperm(len(self.data.train), generator=self._epoch_generator(epoch, 0))
         augment_rng = self._epoch_generator(epoch, 1)
         trigger_rng = self._epoch_generator(epoch, 2)
-        for x, y, global_count in self._ordered_batches(epoch, order):
-            if self.data.augment is not None:
-                x = self.data.augment(x, augment_rng)
+        for x, y, global_count in self._ordered_batches(epoch, order, augment_rng):
             if self.trigger is not None and self.config.triggers_per_batch > 0:
                 pick = torch.randint(
                     0, len(self.trigger), (self.config.triggers_per_batch,), generator=trigger_rng
@@ -266,27 +264,30 @@ class Trainer:
             self._loss_scale = 1.0 if self.world is None else len(y) * self.world.size / global_count
             yield x, y
 
-    def _ordered_batches(self, epoch: int, order: Tensor):
+    def _ordered_batches(self, epoch: int, order: Tensor, augment_rng: torch.Generator):
         """The epoch's batches in ``order`` with the size of the global batch each share belongs to: sliced
-        from tensors in memory, or read by DataLoader workers from a dataset that decodes on access (an
-        image folder), which draws its crops from the epoch."""
+        from tensors in memory and augmented, or read by DataLoader workers from a dataset that decodes
+        on access (an image folder), which draws its crops from the epoch. Every rank walks the same
+        global batches and takes its share of each; in memory, the whole global batch is augmented
+        first, so each sample gets the draw it gets in one process."""
         size = self.config.batch_size
         batches = [order[start : start + size] for start in range(0, len(order), size)]
         counts = [len(batch) for batch in batches]
-        if self.world is not None:  # every rank walks the same global batches and takes its share of each
-            batches = [self.world.share(batch) for batch in batches]
+        share = (lambda t: t) if self.world is None else self.world.share
         if isinstance(self.data.train, TensorDataset):
             images, labels = self.data.train.tensors
             for index, count in zip(batches, counts):
-                yield images[index], labels[index], count
+                x = images[index] if self.data.augment is None else self.data.augment(images[index], augment_rng)
+                yield share(x), share(labels[index]), count
             return
+        batches = [share(batch) for batch in batches]
         if hasattr(self.data.train, "set_epoch"):
             self.data.train.set_epoch(epoch)
         loader = DataLoader(
             self.data.train, batch_sampler=[b.tolist() for b in batches], num_workers=loader_workers()
         )
         for (x, y), count in zip(loader, counts):
-            yield x, y, count
+            yield (x if self.data.augment is None else self.data.augment(x, augment_rng)), y, count
 
     def evaluate(self) -> dict[str, Any]:
         """Passport-free (and -aware) test accuracy, signature detection, trigger accuracy."""
