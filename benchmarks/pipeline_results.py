@@ -30,16 +30,13 @@ from passportnorm.verify import VerdictRule  # noqa: E402
 VARIANTS = {"plain": None, "alternate 0.5": ("alternate", 0.5), "joint": ("joint", 0.5)}
 
 def peak_training_memory_bytes(variant: str, steps: int = 4) -> int:
-    """Memory one training unit needs at its peak: weights, gradients and momentum, plus the largest
-    set of tensors autograd keeps alive for one backward (counted by storage, each once).
-
-    Alternate steps free the passport-free graph before the passport-aware forward; the joint
-    step keeps both graphs until its single backward. Counting saved tensors is exact and the
-    same on every machine, unlike process RSS on CPU.
-    """
+    """Memory one training unit of ResNet18 x0.25 needs at its peak (``passportnorm.bench``'s exact
+    count on CPU). Alternate steps free the passport-free graph before the passport-aware forward;
+    the joint step keeps both graphs until its single backward."""
     from torch.utils.data import TensorDataset
 
     from passportnorm import protect, zoo
+    from passportnorm.bench import peak_training_memory
     from passportnorm.data.registry import DatasetSplits
     from passportnorm.train import TrainConfig, Trainer
 
@@ -52,29 +49,7 @@ def peak_training_memory_bytes(variant: str, steps: int = 4) -> int:
             warnings.simplefilter("ignore")
             model = protect(model, images[:16], signature="mem", passports="shuffle", weak_layers="skip", seed=0)
     trainer = Trainer(model, data, TrainConfig(schedule="joint" if variant == "joint" else "alternate"))
-    live: dict[int, int] = {}
-    peaks: list[int] = []
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        live[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    original = trainer._optimise
-
-    def optimise(loss, where, optimizer=None):
-        peaks.append(sum(live.values()))
-        live.clear()
-        original(loss, where, optimizer)
-
-    trainer._optimise = optimise
-    batches = trainer._batches(0)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        for _ in range(steps):
-            trainer.step(next(batches))
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    return 3 * weights + buffers + max(peaks)  # weights, gradients, momentum; buffers; live activations
+    return peak_training_memory(trainer, torch.device("cpu"), units=steps)
 
 
 def main() -> None:

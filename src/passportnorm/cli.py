@@ -371,6 +371,22 @@ def _parser() -> argparse.ArgumentParser:
     look.add_argument("--data-dir", help="the image folder, for --dataset imagefolder")
     look.add_argument("--image-size", type=int, default=64, help="crop size for --dataset imagefolder")
 
+    bench = commands.add_parser(
+        "bench", help="what protection costs: each figure as a ratio to a plain model measured in the same process"
+    )
+    bench.add_argument("--arch", default="small_cnn", help="a zoo model (small_cnn, resnet18, pointnet, tv:NAME, ...)")
+    bench.add_argument("--dataset", default="mnist5k", help="its data (mnist5k, digits, mnist5k-points, ...)")
+    bench.add_argument("--width", type=float, default=0.25, help="channel width multiplier")
+    bench.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    bench.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (CUDA)")
+    bench.add_argument("--batch-size", type=int, default=64)
+    bench.add_argument("--epochs", type=int, default=3, help="epochs of plain and of protected training")
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the step timings (medians)")
+    bench.add_argument("--steps", type=int, default=5, help="steps timed per variant per round")
+    bench.add_argument("--processes", default="1,2",
+                       help="process counts for the torchrun scaling runs, comma-separated; empty: none")
+    bench.add_argument("--out", default="runs/bench", help="folder for bench.json")
+
     demo = commands.add_parser(
         "demo", help="quick core demonstration: protect a small CNN on MNIST-5k, read the signature, strip"
     )
@@ -479,6 +495,20 @@ def _certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchOptions, bench_table, run_bench
+
+    try:
+        processes = [int(count) for count in args.processes.split(",") if count.strip()]
+    except ValueError:
+        raise ConfigError(f"--processes {args.processes!r} must be comma-separated counts, e.g. 1,2") from None
+    options = {name: getattr(args, name) for name in BenchOptions.__dataclass_fields__ if name != "processes"}
+    result = run_bench(BenchOptions(**options, processes=processes))
+    print(bench_table(result))
+    print(f"wrote {Path(args.out) / 'bench.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -523,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if result else 2
         if args.command == "certify":
             return _certify(args)
+        if args.command == "bench":
+            return _bench(args)
         if args.command == "dispute":
             from .pipeline import run_dispute
 
