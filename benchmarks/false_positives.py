@@ -114,8 +114,8 @@ def _pairs(owner: dict, suspects: list[dict], test) -> list[dict[str, Any]]:
             report = verify(suspect["released"], key, data=test if use_data else None, trigger=key.trigger,
                             reference=reference if use_reference else None)
             row[f"{'ref' if use_reference else 'noref'}-{'data' if use_data else 'nodata'}"] = _row(report)
-        row["forced_alignment_agreement"] = _forced_agreement(suspect["released"], key, reference, example, True)
-        row["old_alignment_agreement"] = _forced_agreement(suspect["released"], key, reference, example, False)
+        for name, exclude in (("forced_alignment_agreement", True), ("old_alignment_agreement", False)):
+            row[name] = _forced_agreement(suspect["released"], key, reference, example, exclude)
         rows.append(row)
     return rows
 
@@ -242,8 +242,9 @@ def main() -> None:
     parser.add_argument("--docs", action="store_true", help="write the table into docs/SECURITY.md")
     parser.add_argument("--shard", default="0/1", help="K/N: train only the runs whose index is K modulo N, then stop "
                         "(several processes fill --out side by side; a last call without --shard checks them all)")
-    parser.add_argument("--check-shard", default="0/1", help="K/N: check only the keys whose index is K modulo N, "
-                        "keep their results under --out/checks, then stop (a last call adds them all up)")
+    parser.add_argument("--check-shard", default="0/1",
+                        help="K/N: check only the keys whose index is K modulo N, keep their results under "
+                        "--out/checks, then stop (a last call adds them all up)")
     args = parser.parse_args()
     root = Path(args.out)
     shard, shards = map(int, args.shard.split("/"))

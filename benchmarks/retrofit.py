@@ -30,7 +30,11 @@ from _docs import machine, update_section  # noqa: E402
 from passportnorm.attacks.runner import run_attack  # noqa: E402
 from passportnorm.pipeline import RunOptions, run_protect, run_train  # noqa: E402
 
-ATTACKS = [("finetune", {"mode": "ftal"}, "FTAL"), ("finetune", {"mode": "rtal"}, "RTAL"), ("prune", {}, "prune")]
+ATTACKS = [
+    ("finetune", {"mode": "ftal"}, "FTAL"),
+    ("finetune", {"mode": "rtal"}, "RTAL"),
+    ("prune", {}, "prune"),
+]
 
 
 def _run(out: Path, protected: bool, cold: bool = False, **options: Any) -> dict[str, Any]:
@@ -38,11 +42,23 @@ def _run(out: Path, protected: bool, cold: bool = False, **options: Any) -> dict
     pipeline = sys.modules["passportnorm.pipeline"]
     prepare = pipeline.retrofit
     if cold:
-        pipeline.retrofit = lambda model: {"largest_weight_change": 0.0, "largest_affine_gap": float("nan"), "seconds": 0.0}
+        pipeline.retrofit = lambda model: {
+            "largest_weight_change": 0.0,
+            "largest_affine_gap": float("nan"),
+            "seconds": 0.0,
+        }
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             run = run_protect if protected else run_train
-            run(RunOptions(seed=0, out=str(out), overwrite=True, **({"secret_seed": 0} if protected else {}), **options))
+            run(
+                RunOptions(
+                    seed=0,
+                    out=str(out),
+                    overwrite=True,
+                    **({"secret_seed": 0} if protected else {}),
+                    **options,
+                )
+            )
     finally:
         pipeline.retrofit = prepare
     metrics = json.loads((out / "metrics.json").read_text())
@@ -73,10 +89,14 @@ def _attacks(owner: Path, out: Path, epochs: int) -> dict[str, Any]:
     for name, options, label in ATTACKS:
         shutil.rmtree(out / label, ignore_errors=True)
         with contextlib.redirect_stdout(io.StringIO()):
-            result = run_attack(name, owner / "released", owner / "owner-key", out / label, epochs=epochs, **options)
+            result = run_attack(
+                name, owner / "released", owner / "owner-key", out / label, epochs=epochs, **options
+            )
         if name == "prune":
-            rows[label] = {"highest_rate_still_verified": result["highest_rate_still_verified"],
-                           "detection_at_50": next(r["signature_detection"] for r in result["rows"] if r["rate"] == 0.5)}
+            rows[label] = {
+                "highest_rate_still_verified": result["highest_rate_still_verified"],
+                "detection_at_50": next(r["signature_detection"] for r in result["rows"] if r["rate"] == 0.5),
+            }
         else:
             last = result["rows"][-1]
             rows[label] = {key: last[key] for key in ("attacker_accuracy", "signature_detection", "verified")}
@@ -89,34 +109,47 @@ def _pct(value: float | None) -> str:
 
 def _markdown(rows: list[dict[str, Any]], attacks: dict[str, dict], plain_seconds: float, epochs: int) -> str:
     lines = [
-        f"Command: `python benchmarks/retrofit.py --docs` ({machine()}; ResNet18 x0.25 on mnist5k, seed 0; the trained "
-        f"model: `passportnorm train --epochs 8`, {plain_seconds:.0f} s of training; every time below is a run's "
-        "training seconds in the same process, the retrofit preparation included).",
+        f"Command: `python benchmarks/retrofit.py --docs` ({machine()}; ResNet18 x0.25 on mnist5k, seed 0; "
+        f"the trained model: `passportnorm train --epochs 8`, {plain_seconds:.0f} s of training; every "
+        "time below is a run's training seconds in the same process, the retrofit preparation included).",
         "",
-        "| run | epochs | schedule, lr | time (share of the plain 8 epochs) | released accuracy (vs trained) | "
-        "passport-aware | detection | verified |",
+        "| run | epochs | schedule, lr | time (share of the plain 8 epochs) | released accuracy "
+        "(vs trained) | passport-aware | detection | verified |",
         "|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['run']} | {r['epochs']} | {r['schedule']}, {r['lr']:g} | {r['seconds']:.0f} s "
-            f"({r['share_of_plain_time']:.0%}) | {_pct(r['released_accuracy'])} ({100 * r['change_vs_trained']:+.2f}) | "
+            f"({r['share_of_plain_time']:.0%}) | {_pct(r['released_accuracy'])} "
+            f"({100 * r['change_vs_trained']:+.2f}) | "
             f"{_pct(r['aware_accuracy'])} | {_pct(r['detection'])} | {'yes' if r['verified'] else '**no**'} |"
         )
-    lines += ["", f"Attacks on the two owners ({epochs} epochs each for FTAL and RTAL, 50% of the training split):", "",
-              "| owner | FTAL: attacker's accuracy, detection, verdict | RTAL: the same | pruning: highest rate still "
-              "verified (detection at 50%) |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"Attacks on the two owners ({epochs} epochs each for FTAL and RTAL, 50% of the training split):",
+        "",
+        "| owner | FTAL: attacker's accuracy, detection, verdict | RTAL: the same | pruning: highest "
+        "rate still verified (detection at 50%) |",
+        "|---|---|---|---|",
+    ]
     for owner, result in attacks.items():
-        cells = [f"{_pct(a['attacker_accuracy'])}, {_pct(a['signature_detection'])}, "
-                 f"{'verified' if a['verified'] else '**not verified**'}" for a in (result["FTAL"], result["RTAL"])]
+        cells = [
+            f"{_pct(a['attacker_accuracy'])}, {_pct(a['signature_detection'])}, "
+            f"{'verified' if a['verified'] else '**not verified**'}"
+            for a in (result["FTAL"], result["RTAL"])
+        ]
         prune = result["prune"]
-        lines.append(f"| {owner} | {cells[0]} | {cells[1]} | {prune['highest_rate_still_verified']} "
-                     f"({_pct(prune['detection_at_50'])}) |")
+        lines.append(
+            f"| {owner} | {cells[0]} | {cells[1]} | {prune['highest_rate_still_verified']} "
+            f"({_pct(prune['detection_at_50'])}) |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--attack-epochs", type=int, default=5)
     parser.add_argument("--out", default="runs/bench/retrofit")
     parser.add_argument("--docs", action="store_true", help="write the tables into docs/RESULTS.md")
@@ -128,14 +161,21 @@ def main() -> None:
         ("retrofit (`--weights`, defaults)", _run(root / "retrofit", True, epochs=2, weights=weights)),
         ("retrofit, `--epochs 1`", _run(root / "retrofit-1", True, epochs=1, weights=weights)),
         ("retrofit, ratio 0.25", _run(root / "retrofit-0.25", True, epochs=2, weights=weights, ratio=0.25)),
-        ("the same without the preparation (cold branches)", _run(root / "cold", True, True, epochs=2, weights=weights)),
-        ("from-scratch recipe on the trained weights", _run(root / "scratch-recipe", True, epochs=2, weights=weights,
-                                                             schedule="alternate", lr=0.05)),
+        (
+            "the same without the preparation (cold branches)",
+            _run(root / "cold", True, True, epochs=2, weights=weights),
+        ),
+        (
+            "from-scratch recipe on the trained weights",
+            _run(root / "scratch-recipe", True, epochs=2, weights=weights, schedule="alternate", lr=0.05),
+        ),
         ("from scratch (the default owner)", _run(root / "scratch", True, epochs=8)),
     ]
     rows = [_row(label, metrics, plain) for label, metrics in runs]
-    attacks = {label: _attacks(root / name, root / f"attacks-{name}", args.attack_epochs)
-               for label, name in (("retrofit", "retrofit"), ("from scratch", "scratch"))}
+    attacks = {
+        label: _attacks(root / name, root / f"attacks-{name}", args.attack_epochs)
+        for label, name in (("retrofit", "retrofit"), ("from scratch", "scratch"))
+    }
     (root / "summary.json").write_text(json.dumps({"rows": rows, "attacks": attacks}, indent=1))
     table = _markdown(rows, attacks, plain["train_seconds"], args.attack_epochs)
     print(table)

@@ -17,7 +17,10 @@ def test_bench_measures_every_figure_against_plain(tmp_path):
     assert memory["plain"] <= memory["alternate"] < memory["joint"]
     epochs = result["epochs"]
     assert set(epochs["seconds_per_epoch"]) == {"plain", "alternate"}
-    assert epochs["protected_seconds_to_plain_accuracy"] is None or epochs["protected_seconds_to_plain_accuracy"] > 0
+    assert (
+        epochs["protected_seconds_to_plain_accuracy"] is None
+        or epochs["protected_seconds_to_plain_accuracy"] > 0
+    )
     scaling = result["scaling_seconds_per_epoch"]
     assert set(scaling) == {"train", "protect"} and all(set(times) == {1, 2} for times in scaling.values())
     table = bench_table(json.loads((tmp_path / "bench.json").read_text()))  # also from the JSON as written

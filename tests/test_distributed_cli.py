@@ -1,4 +1,5 @@
-"""`torchrun` for the CLI: two gloo processes train what one process trains (augmentation draws included), and resume after a kill.
+"""`torchrun` for the CLI: two gloo processes train what one process trains (augmentation draws
+included), and resume after a kill.
 
 The processes are started the way torchrun starts them (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR,
 MASTER_PORT), each running ``passportnorm protect``. GroupNorm keeps the comparison exact up to

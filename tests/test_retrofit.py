@@ -43,7 +43,9 @@ def small_cnn() -> torch.nn.Module:
 def test_embedding_sets_every_bit_with_the_least_change_to_the_weights():
     x = torch.randn(16, 1, 28, 28)
     model = _protected(small_cnn(), x)
-    before = {path: branch.producer.weight.detach().clone() for path, branch in protected_layers(model).items()}
+    before = {
+        path: branch.producer.weight.detach().clone() for path, branch in protected_layers(model).items()
+    }
     assert pn.signature_detection(model).rate < 0.9
     moved = embed_signature(model, headroom=2.0)
     assert pn.signature_detection(model).rate == 1.0 and set(moved) == set(before)
@@ -83,7 +85,9 @@ def test_warm_branches_answer_like_the_trained_norms():
 @pytest.mark.parametrize("name", ["tv:resnet18", "timm:resnet18"])
 def test_retrofit_on_models_we_did_not_write(name):
     x = torch.randn(8, 3, 32, 32)
-    model = pn.protect(_trained_like(zoo.build(name, in_channels=3, num_classes=10), x), x, signature="(c) zoo", seed=5)
+    model = pn.protect(
+        _trained_like(zoo.build(name, in_channels=3, num_classes=10), x), x, signature="(c) zoo", seed=5
+    )
     model.eval()
     prepared = retrofit(model)
     assert pn.signature_detection(model).rate == 1.0 and prepared["largest_affine_gap"] < 1e-3
@@ -98,10 +102,22 @@ def test_retrofit_on_models_we_did_not_write(name):
 def test_protect_from_weights_uses_the_retrofit_recipe(tmp_path, capsys):
     common = ["--dataset", "digits", "--batch-size", "32", "--seed", "0", "--arch", "resnet18"]
     assert main(["train", *common, "--epochs", "3", "--out", str(tmp_path / "plain")]) == 0
-    trained = json.loads((tmp_path / "plain" / "metrics.json").read_text())["history"][-1]["passport_free_accuracy"]
+    trained = json.loads((tmp_path / "plain" / "metrics.json").read_text())["history"][-1][
+        "passport_free_accuracy"
+    ]
     weights = ["--weights", str(tmp_path / "plain" / "released" / "model.safetensors")]
     out = tmp_path / "retrofit"
-    retrofit_run = ["protect", *common, "--epochs", "2", "--secret-seed", "0", "--trigger-count", "20", *weights]
+    retrofit_run = [
+        "protect",
+        *common,
+        "--epochs",
+        "2",
+        "--secret-seed",
+        "0",
+        "--trigger-count",
+        "20",
+        *weights,
+    ]
     assert main([*retrofit_run, "--out", str(out)]) == 0
     assert "retrofit: signature embedded" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
@@ -112,6 +128,9 @@ def test_protect_from_weights_uses_the_retrofit_recipe(tmp_path, capsys):
     assert last["passport_free_accuracy"] >= trained - 0.03, (last, trained)
     # an explicit schedule and learning rate stay the user's
     again = tmp_path / "explicit"
-    assert main([*retrofit_run, "--epochs", "1", "--schedule", "alternate", "--lr", "0.05", "--out", str(again)]) == 0
+    assert (
+        main([*retrofit_run, "--epochs", "1", "--schedule", "alternate", "--lr", "0.05", "--out", str(again)])
+        == 0
+    )
     settings = json.loads((again / "metrics.json").read_text())["settings"]
     assert settings["schedule"] == "alternate" and settings["lr"] == 0.05

@@ -73,8 +73,12 @@ def _seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float
 def _trainers(opts: BenchOptions, data: DatasetSplits, device: torch.device) -> dict[str, Trainer]:
     """A plain trainer and one protected trainer per schedule, each with its own copy of one model."""
     torch.manual_seed(0)
-    model = zoo.build(opts.arch, in_channels=data.input_shape[0], num_classes=data.num_classes, width=opts.width)
-    example = data.train[:16][0] if hasattr(data.train, "tensors") else next(iter(DataLoader(data.train, 16)))[0]
+    model = zoo.build(
+        opts.arch, in_channels=data.input_shape[0], num_classes=data.num_classes, width=opts.width
+    )
+    example = (
+        data.train[:16][0] if hasattr(data.train, "tensors") else next(iter(DataLoader(data.train, 16)))[0]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PassportWarning)  # weak first layers: irrelevant to cost
         protected = protect(copy.deepcopy(model), example, signature="bench", seed=0)
@@ -85,7 +89,9 @@ def _trainers(opts: BenchOptions, data: DatasetSplits, device: torch.device) -> 
 
 
 def _config(opts: BenchOptions, schedule: str) -> TrainConfig:
-    return TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, schedule=schedule, precision=opts.precision)
+    return TrainConfig(
+        epochs=opts.epochs, batch_size=opts.batch_size, schedule=schedule, precision=opts.precision
+    )
 
 
 def _step_times(opts: BenchOptions, trainers: dict[str, Trainer], device: torch.device) -> dict[str, float]:
@@ -191,20 +197,49 @@ def _scaling(opts: BenchOptions) -> dict[str, dict[int, float]]:
     for count in opts.processes:
         for command in times:
             with tempfile.TemporaryDirectory() as out:
-                args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}",
-                        "-m", "passportnorm", command, "--arch", opts.arch, "--dataset", opts.dataset, "--width",
-                        str(opts.width), "--epochs", "1", "--batch-size", str(opts.batch_size), "--device",
-                        opts.device, "--precision", opts.precision, "--out", out, "--seed", "0"]
+                args = [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc_per_node={count}",
+                    "-m",
+                    "passportnorm",
+                    command,
+                    "--arch",
+                    opts.arch,
+                    "--dataset",
+                    opts.dataset,
+                    "--width",
+                    str(opts.width),
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    str(opts.batch_size),
+                    "--device",
+                    opts.device,
+                    "--precision",
+                    opts.precision,
+                    "--out",
+                    out,
+                    "--seed",
+                    "0",
+                ]
                 if command == "protect":
                     args += ["--secret-seed", "0"]
                 env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // count))}
                 done = subprocess.run(args, capture_output=True, text=True, env=env)
                 if done.returncode not in (0, 1):  # 1: trained, but one epoch did not verify; timing stands
-                    raise RuntimeError(f"{command} with {count} processes failed: {done.stderr.strip()[-500:]}")
+                    raise RuntimeError(
+                        f"{command} with {count} processes failed: {done.stderr.strip()[-500:]}"
+                    )
                 history = json.loads((Path(out) / "metrics.json").read_text())["history"]
                 times[command][count] = history[0]["seconds"]
-        print(f"  {count} process(es): one epoch plain {times['train'][count]:.1f} s, "
-              f"protected {times['protect'][count]:.1f} s", flush=True)
+        print(
+            f"  {count} process(es): one epoch plain {times['train'][count]:.1f} s, "
+            f"protected {times['protect'][count]:.1f} s",
+            flush=True,
+        )
     return times
 
 
@@ -214,11 +249,16 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         raise ConfigError("--epochs, --rounds, --steps and every --processes count must be at least 1")
     device = resolve_device(opts.device)
     data = load_dataset(opts.dataset, seed=0)
-    print(f"bench: {opts.arch} on {opts.dataset}, {device}, {opts.precision}, batch {opts.batch_size}", flush=True)
+    print(
+        f"bench: {opts.arch} on {opts.dataset}, {device}, {opts.precision}, batch {opts.batch_size}",
+        flush=True,
+    )
     print("  step, inference and signature timings ...", flush=True)
     steps = _step_times(opts, _trainers(opts, data, device), device)
     print("  peak memory ...", flush=True)
-    memory = {name: peak_training_memory(trainer, device) for name, trainer in _trainers(opts, data, device).items()}
+    memory = {
+        name: peak_training_memory(trainer, device) for name, trainer in _trainers(opts, data, device).items()
+    }
     print(f"  {opts.epochs} epochs plain, {opts.epochs} protected ...", flush=True)
     epochs = _epochs(_trainers(opts, data, device))  # fresh models and schedules, as a run starts
     scaling = _scaling(opts) if opts.processes else {}
@@ -241,31 +281,50 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
 def bench_table(result: dict[str, Any]) -> str:
     """The result as a markdown table: each figure, its baseline (plain in the same process, or one
     process for the scaling rows) and the ratio."""
-    s, base = result["seconds"], {"train": "train: plain step", "infer": "infer: plain", "verify": "infer: plain"}
+    s, base = (
+        result["seconds"],
+        {"train": "train: plain step", "infer": "infer: plain", "verify": "infer: plain"},
+    )
     lines = ["| figure | measured | baseline | ratio |", "|---|---:|---:|---:|"]
     for name, value in s.items():
         plain = base[name.split(":")[0]]
         if name != plain:
-            lines.append(f"| {name} | {1000 * value:.2f} ms | {1000 * s[plain]:.2f} ms ({plain}) | "
-                         f"{value / s[plain]:.2f}x |")
+            lines.append(
+                f"| {name} | {1000 * value:.2f} ms | {1000 * s[plain]:.2f} ms ({plain}) | "
+                f"{value / s[plain]:.2f}x |"
+            )
     memory = result["peak_memory_bytes"]
     for schedule in ("alternate", "joint", "interleave"):
-        lines.append(f"| peak training memory, {schedule} | {memory[schedule] / 2**20:.2f} MiB | "
-                     f"{memory['plain'] / 2**20:.2f} MiB (plain) | {memory[schedule] / memory['plain']:.2f}x |")
+        lines.append(
+            f"| peak training memory, {schedule} | {memory[schedule] / 2**20:.2f} MiB | "
+            f"{memory['plain'] / 2**20:.2f} MiB (plain) | {memory[schedule] / memory['plain']:.2f}x |"
+        )
     e = result["epochs"]
     per_epoch = e["seconds_per_epoch"]
-    lines.append(f"| time per epoch, alternate (evaluation included) | {per_epoch['alternate']:.1f} s | "
-                 f"{per_epoch['plain']:.1f} s (plain) | {per_epoch['alternate'] / per_epoch['plain']:.2f}x |")
+    lines.append(
+        f"| time per epoch, alternate (evaluation included) | {per_epoch['alternate']:.1f} s | "
+        f"{per_epoch['plain']:.1f} s (plain) | {per_epoch['alternate'] / per_epoch['plain']:.2f}x |"
+    )
     reached, plain_time = e["protected_seconds_to_plain_accuracy"], e["plain_seconds"]
-    label = f"time to plain's accuracy ({100 * e['plain_accuracy']:.2f}% after {result['options']['epochs']} epochs)"
+    epochs = result["options"]["epochs"]
+    label = f"time to plain's accuracy ({100 * e['plain_accuracy']:.2f}% after {epochs} epochs)"
     if reached is None:
-        lines.append(f"| {label} | not reached ({100 * e['protected_accuracy']:.2f}%) | {plain_time:.1f} s | - |")
+        lines.append(
+            f"| {label} | not reached ({100 * e['protected_accuracy']:.2f}%) | {plain_time:.1f} s | - |"
+        )
     else:
-        lines.append(f"| {label} | {reached:.1f} s | {plain_time:.1f} s (plain) | {reached / plain_time:.2f}x |")
+        lines.append(
+            f"| {label} | {reached:.1f} s | {plain_time:.1f} s (plain) | {reached / plain_time:.2f}x |"
+        )
     for command, what in (("train", "plain"), ("protect", "protected")):
-        times = {int(count): seconds for count, seconds in result["scaling_seconds_per_epoch"].get(command, {}).items()}
+        times = {
+            int(count): seconds
+            for count, seconds in result["scaling_seconds_per_epoch"].get(command, {}).items()
+        }
         counts = sorted(times)
         for count in counts[1:]:
-            lines.append(f"| one epoch, {what}, {count} processes | {times[count]:.1f} s | {times[counts[0]]:.1f} s "
-                         f"({counts[0]} process) | {times[count] / times[counts[0]]:.2f}x |")
+            lines.append(
+                f"| one epoch, {what}, {count} processes | {times[count]:.1f} s | {times[counts[0]]:.1f} s "
+                f"({counts[0]} process) | {times[count] / times[counts[0]]:.2f}x |"
+            )
     return "\n".join(lines)

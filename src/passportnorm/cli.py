@@ -42,8 +42,8 @@ _HELP = {
     "signature": "owner identity text (hash mode: hashed with the passports into the bits; text mode: embedded as is)",
     "signature_mode": "hash (default: bits bound to identity and passports) or text (the paper's; forgeable)",
     "passports": "random, image or shuffle",
-    "schedule": "alternate (the paper), joint (the original code) or interleave (one step per batch, a share --ratio "
-    "of them passport-aware); auto: alternate, or interleave from --weights",
+    "schedule": "alternate (the paper), joint (the original code) or interleave (one step per batch, "
+    "a share --ratio of them passport-aware); auto: alternate, or interleave from --weights",
     "ratio": "share of steps that train the passport-aware branch (alternate and interleave schedules)",
     "aware_optimizer": "shared (one SGD state for both steps) or separate (passport-aware steps keep their own momentum "
     "and decay only the branch; alternate schedule)",
@@ -372,16 +372,21 @@ def _parser() -> argparse.ArgumentParser:
     look.add_argument("--image-size", type=int, default=64, help="crop size for --dataset imagefolder")
 
     bench = commands.add_parser(
-        "bench", help="what protection costs: each figure as a ratio to a plain model measured in the same process"
+        "bench",
+        help="what protection costs: each figure as a ratio to a plain model measured in the same process",
     )
-    bench.add_argument("--arch", default="small_cnn", help="a zoo model (small_cnn, resnet18, pointnet, tv:NAME, ...)")
+    bench.add_argument(
+        "--arch", default="small_cnn", help="a zoo model (small_cnn, resnet18, pointnet, tv:NAME, ...)"
+    )
     bench.add_argument("--dataset", default="mnist5k", help="its data (mnist5k, digits, mnist5k-points, ...)")
     bench.add_argument("--width", type=float, default=0.25, help="channel width multiplier")
     bench.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     bench.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (CUDA)")
     bench.add_argument("--batch-size", type=int, default=64)
     bench.add_argument("--epochs", type=int, default=3, help="epochs of plain and of protected training")
-    bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the step timings (medians)")
+    bench.add_argument(
+        "--rounds", type=int, default=5, help="interleaved rounds of the step timings (medians)"
+    )
     bench.add_argument("--steps", type=int, default=5, help="steps timed per variant per round")
     bench.add_argument("--processes", default="1,2",
                        help="process counts for the torchrun scaling runs, comma-separated; empty: none")
@@ -501,7 +506,9 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         processes = [int(count) for count in args.processes.split(",") if count.strip()]
     except ValueError:
-        raise ConfigError(f"--processes {args.processes!r} must be comma-separated counts, e.g. 1,2") from None
+        raise ConfigError(
+            f"--processes {args.processes!r} must be comma-separated counts, e.g. 1,2"
+        ) from None
     options = {name: getattr(args, name) for name in BenchOptions.__dataclass_fields__ if name != "processes"}
     result = run_bench(BenchOptions(**options, processes=processes))
     print(bench_table(result))

@@ -61,7 +61,7 @@ class PassportSchedule:
         return range(count)
 
     def aware_in_place(self) -> bool:
-        """Interleaved schedule: whether this batch's one step is passport-aware (a share ``ratio`` of batches)."""
+        """Interleaved schedule: whether this batch's one step is passport-aware (``ratio`` of batches)."""
         self.credit += self.ratio
         aware = self.credit >= 1.0 - 1e-9
         self.credit -= float(aware)

@@ -147,7 +147,8 @@ class Trainer:
         )
         self.scheduler = self._cosine(self.optimizer)
         self.aware_optimizer = self.aware_scheduler = None
-        if self.protected and config.schedule in ("alternate", "interleave") and config.aware_optimizer == "separate":
+        separate = config.aware_optimizer == "separate"
+        if self.protected and config.schedule in ("alternate", "interleave") and separate:
             self.aware_optimizer = self._branch_decayed_sgd(model)
             self.aware_scheduler = self._cosine(self.aware_optimizer)
         self.epoch = 0
@@ -277,7 +278,8 @@ class Trainer:
         if isinstance(self.data.train, TensorDataset):
             images, labels = self.data.train.tensors
             for index, count in zip(batches, counts):
-                x = images[index] if self.data.augment is None else self.data.augment(images[index], augment_rng)
+                x = images[index]
+                x = x if self.data.augment is None else self.data.augment(x, augment_rng)
                 yield share(x), share(labels[index]), count
             return
         batches = [share(batch) for batch in batches]
