@@ -18,7 +18,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from _docs import update_section  # noqa: E402
 
 import passportnorm as pn  # noqa: E402
 from passportnorm import zoo  # noqa: E402
+from passportnorm.bench import seconds_per_call  # noqa: E402
 from passportnorm.device import resolve_device  # noqa: E402
 
 
@@ -38,20 +38,6 @@ ARCHS = {
     "small_cnn": ({}, (1, 28, 28)),
     "pointnet": ({"in_channels": 3, "num_classes": 10, "width": 0.25}, (3, 256)),
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn, device, repeats: int) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / repeats
 
 
 def _operator_times(fn, repeats: int) -> dict[str, float]:
@@ -163,7 +149,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, (fn, kind) in variants.items():
             plain.train(), protected.train()
-            samples[name].append(_time(fn, device, args.steps))
+            samples[name].append(seconds_per_call(fn, device, args.steps))
     plain.train()
     median = {name: statistics.median(v) for name, v in samples.items()}
     base = {"train": median["train: plain step"], "infer": median["infer: plain"], "verify": median["infer: plain"]}

@@ -38,7 +38,7 @@ from .errors import ConfigError, PassportWarning
 from .protect import passport_mode, protect, strip
 from .train import TrainConfig, Trainer
 
-__all__ = ["BenchOptions", "peak_training_memory", "run_bench"]
+__all__ = ["BenchOptions", "bench_table", "peak_training_memory", "run_bench", "seconds_per_call"]
 
 
 @dataclass
@@ -61,7 +61,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+def seconds_per_call(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    """Mean wall-clock seconds of ``fn`` over ``repeats`` calls, the device synchronised around them."""
     _sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
@@ -123,7 +124,7 @@ def _step_times(opts: BenchOptions, trainers: dict[str, Trainer], device: torch.
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(opts.rounds):
         for name, fn in variants.items():
-            samples[name].append(_seconds(fn, device, opts.steps))
+            samples[name].append(seconds_per_call(fn, device, opts.steps))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
