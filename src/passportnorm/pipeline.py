@@ -47,11 +47,11 @@ from .key import OwnerKey, extract_key
 from .protect import capacity, protect, strip
 from .release import load_released, save_released
 from .report import run_report_markdown, write_history_csv
+from .retrofit import retrofit
 from .run_folder import SEED_SOURCES, keep_secret_seed, prepare_run_folder, run_secret_seed, secret_folder
 from .train import TrainConfig, Trainer
 from .verify import VerdictRule, VerificationReport, verify
 from .weights import load_weights
-from .retrofit import retrofit
 
 __all__ = ["RunOptions", "run_protect", "run_train", "run_verify"]
 
@@ -71,9 +71,9 @@ class RunOptions:
     norm: str = "bn"
     epochs: int = 8
     batch_size: int = 64
-    lr: float = (
-        0.0  # 0: the task's default, 0.05 for images, 0.01 for point clouds (PointNet is unstable higher);
-    )  # a fifth of it from --weights (fine-tuning a trained model)
+    # 0: the task's default, 0.05 for images, 0.01 for point clouds (PointNet is unstable higher);
+    # a fifth of it from --weights (fine-tuning a trained model: retrofit.py)
+    lr: float = 0.0
     seed: int = 0  # training: data order, initialisation (public)
     secret_seed: int | None = (
         None  # passports, signature bits, triggers; None: drawn from the OS CSPRNG (secret)
