@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from . import zoo
 from .data import load_dataset
-from .data.registry import DatasetSplits
+from .data.registry import DatasetSplits, first_inputs
 from .detection import signature_detection
 from .device import resolve_device
 from .errors import ConfigError, PassportWarning
@@ -77,9 +76,7 @@ def _trainers(opts: BenchOptions, data: DatasetSplits, device: torch.device) -> 
     model = zoo.build(
         opts.arch, in_channels=data.input_shape[0], num_classes=data.num_classes, width=opts.width
     )
-    example = (
-        data.train[:16][0] if hasattr(data.train, "tensors") else next(iter(DataLoader(data.train, 16)))[0]
-    )
+    example = first_inputs(data.train, 16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PassportWarning)  # weak first layers: irrelevant to cost
         protected = protect(copy.deepcopy(model), example, signature="bench", seed=0)
