@@ -4,13 +4,14 @@
 
 Trains ResNet18 x0.25 plain on mnist5k for 8 epochs (``passportnorm train``), then protects the
 trained weights with ``passportnorm protect --weights ... --epochs 2`` (the retrofit recipe:
-signature embedded, branches started as the trained norms, interleaved schedule at a fifth of the
-learning rate), and, for comparison, the same 2 epochs without the retrofit preparation (cold
-branches), the from-scratch recipe on the trained weights, and the default from-scratch owner
-(8 epochs), and the retrofit for 1 epoch and at ratio 0.25. Times are each run's training seconds
-(evaluation after each epoch and the retrofit preparation included), measured in this one process;
-run nothing else meanwhile, since one disturbed epoch of the plain run moves every share. Then FTAL, RTAL
-and pruning attack the retrofit owner and the from-scratch owner alike.
+signature embedded by rescaling filters, branches started as the trained norms, interleaved
+schedule at a fifth of the learning rate), the same for 1 epoch and at ratio 0.25, and, for
+comparison, the signature embedded by moving filters (what GroupNorm/LayerNorm layers get), no
+preparation at all (cold branches), the from-scratch recipe on the trained weights, and the
+default from-scratch owner (8 epochs). Times are each run's training seconds (evaluation after
+each epoch and the retrofit preparation included), measured in this one process; run nothing
+else meanwhile, since one disturbed epoch of the plain run moves every share. Then FTAL, RTAL
+and pruning attack both retrofit owners and the from-scratch owner alike.
 """
 
 from __future__ import annotations
@@ -37,30 +38,48 @@ ATTACKS = [
 ]
 
 
-def _run(out: Path, protected: bool, cold: bool = False, **options: Any) -> dict[str, Any]:
-    """One CLI-equivalent run, quiet; ``cold`` switches the retrofit preparation off."""
-    pipeline = sys.modules["passportnorm.pipeline"]
-    prepare = pipeline.retrofit
-    if cold:
-        pipeline.retrofit = lambda model: {
-            "largest_weight_change": 0.0,
-            "largest_affine_gap": float("nan"),
-            "seconds": 0.0,
-        }
+def _cold(model: Any, example: Any) -> dict[str, Any]:
+    """No preparation: the branches as protect() builds them, the bits left to the fine-tune."""
+    return {
+        "rescaled_layers": 0,
+        "moved_layers": 0,
+        "largest_scale": 1.0,
+        "flipped_filters": 0,
+        "largest_weight_change": 0.0,
+        "output_change": 0.0,
+        "largest_affine_gap": float("nan"),
+    }
+
+
+@contextlib.contextmanager
+def _preparation(kind: str):
+    """``retrofit`` as shipped, ``moved`` (every layer gets the least move, as GroupNorm layers do)
+    or ``cold`` (no preparation at all)."""
+    pipeline, module = sys.modules["passportnorm.pipeline"], sys.modules["passportnorm.retrofit"]
+    shipped = pipeline.retrofit, module.rescale_filters
+    if kind == "cold":
+        pipeline.retrofit = _cold
+    if kind == "moved":
+        module.rescale_filters = lambda *args: None
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            run = run_protect if protected else run_train
-            run(
-                RunOptions(
-                    seed=0,
-                    out=str(out),
-                    overwrite=True,
-                    **({"secret_seed": 0} if protected else {}),
-                    **options,
-                )
-            )
+        yield
     finally:
-        pipeline.retrofit = prepare
+        pipeline.retrofit, module.rescale_filters = shipped
+
+
+def _run(out: Path, protected: bool, preparation: str = "retrofit", **options: Any) -> dict[str, Any]:
+    """One CLI-equivalent run, quiet, with the retrofit preparation of that name."""
+    with contextlib.redirect_stdout(io.StringIO()), _preparation(preparation):
+        run = run_protect if protected else run_train
+        run(
+            RunOptions(
+                seed=0,
+                out=str(out),
+                overwrite=True,
+                **({"secret_seed": 0} if protected else {}),
+                **options,
+            )
+        )
     metrics = json.loads((out / "metrics.json").read_text())
     print(f"  {out.name}: {metrics['train_seconds']:.0f} s", flush=True)
     return metrics
@@ -80,6 +99,7 @@ def _row(label: str, metrics: dict[str, Any], plain: dict[str, Any]) -> dict[str
         "change_vs_trained": last["passport_free_accuracy"] - trained,
         "aware_accuracy": last.get("passport_aware_accuracy"),
         "detection": last.get("signature_detection"),
+        "triggers": last.get("trigger_accuracy"),
         "verified": metrics.get("verified"),
     }
 
@@ -114,15 +134,16 @@ def _markdown(rows: list[dict[str, Any]], attacks: dict[str, dict], plain_second
         "time below is a run's training seconds in the same process, the retrofit preparation included).",
         "",
         "| run | epochs | schedule, lr | time (share of the plain 8 epochs) | released accuracy "
-        "(vs trained) | passport-aware | detection | verified |",
-        "|---|---:|---|---:|---:|---:|---:|---|",
+        "(vs trained) | passport-aware | detection | trigger set | verified |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['run']} | {r['epochs']} | {r['schedule']}, {r['lr']:g} | {r['seconds']:.0f} s "
             f"({r['share_of_plain_time']:.0%}) | {_pct(r['released_accuracy'])} "
             f"({100 * r['change_vs_trained']:+.2f}) | "
-            f"{_pct(r['aware_accuracy'])} | {_pct(r['detection'])} | {'yes' if r['verified'] else '**no**'} |"
+            f"{_pct(r['aware_accuracy'])} | {_pct(r['detection'])} | {_pct(r['triggers'])} | "
+            f"{'yes' if r['verified'] else '**no**'} |"
         )
     lines += [
         "",
@@ -162,8 +183,12 @@ def main() -> None:
         ("retrofit, `--epochs 1`", _run(root / "retrofit-1", True, epochs=1, weights=weights)),
         ("retrofit, ratio 0.25", _run(root / "retrofit-0.25", True, epochs=2, weights=weights, ratio=0.25)),
         (
-            "the same without the preparation (cold branches)",
-            _run(root / "cold", True, True, epochs=2, weights=weights),
+            "filters moved instead of rescaled (what GroupNorm and LayerNorm layers get)",
+            _run(root / "moved", True, "moved", epochs=2, weights=weights),
+        ),
+        (
+            "the same without any preparation (cold branches)",
+            _run(root / "cold", True, "cold", epochs=2, weights=weights),
         ),
         (
             "from-scratch recipe on the trained weights",
@@ -172,9 +197,13 @@ def main() -> None:
         ("from scratch (the default owner)", _run(root / "scratch", True, epochs=8)),
     ]
     rows = [_row(label, metrics, plain) for label, metrics in runs]
+    owners = (
+        ("retrofit, 2 epochs", "retrofit"),
+        ("retrofit, 1 epoch", "retrofit-1"),
+        ("from scratch", "scratch"),
+    )
     attacks = {
-        label: _attacks(root / name, root / f"attacks-{name}", args.attack_epochs)
-        for label, name in (("retrofit", "retrofit"), ("from scratch", "scratch"))
+        label: _attacks(root / name, root / f"attacks-{name}", args.attack_epochs) for label, name in owners
     }
     (root / "summary.json").write_text(json.dumps({"rows": rows, "attacks": attacks}, indent=1))
     table = _markdown(rows, attacks, plain["train_seconds"], args.attack_epochs)

@@ -40,15 +40,59 @@ def small_cnn() -> torch.nn.Module:
     return zoo.build("small_cnn", in_channels=1, num_classes=10)
 
 
-def test_embedding_sets_every_bit_with_the_least_change_to_the_weights():
+def _g_of(branch, weight):
+    from passportnorm.norm import producer_responses
+
+    return producer_responses(branch.producer, weight, branch.passport_gamma, branch.channels)[0].detach()
+
+
+def _trained_gn(model: torch.nn.Module) -> torch.nn.Module:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def test_embedding_sets_every_bit_without_changing_the_function():
     x = torch.randn(16, 1, 28, 28)
     model = _protected(small_cnn(), x)
+    before = {path: _g_of(branch, branch.producer.weight) for path, branch in protected_layers(model).items()}
+    released = model(x)
+    assert pn.signature_detection(model).rate < 0.9
+    done = embed_signature(model, x[:8], headroom=2.0, largest_scale=16.0)
+    assert pn.signature_detection(model).rate == 1.0
+    assert (
+        done["rescaled_layers"] == len(before) and done["moved_layers"] == 0 and done["flipped_filters"] > 0
+    )
+    torch.testing.assert_close(model(x), released, rtol=1e-4, atol=1e-4)  # the same model, other weights
+    for path, branch in protected_layers(model).items():
+        g, old = branch.passport_responses()[0], before[path]
+        signature = branch.signature.to(g.dtype)
+        # each response grows to twice the margin, or by the largest scale where that is not enough
+        room = torch.minimum(torch.full_like(old, 2 * branch.margin), 16 * old.abs()).clamp_min(old.abs())
+        assert bool((signature * g >= room * (1 - 1e-4)).all())
+        kept = signature * old >= 2 * branch.margin  # bits that held with room keep their filters
+        torch.testing.assert_close(g[kept], old[kept])
+
+
+def test_norms_that_mix_channels_get_the_least_move_instead():
+    x = torch.randn(16, 1, 28, 28)
+    model = pn.protect(
+        _trained_gn(zoo.build("small_cnn", in_channels=1, num_classes=10, norm="gn")),
+        x[:8],
+        signature="(c) retrofit",
+        seed=3,
+        weak_layers="skip",
+    )
     before = {
         path: branch.producer.weight.detach().clone() for path, branch in protected_layers(model).items()
     }
-    assert pn.signature_detection(model).rate < 0.9
-    moved = embed_signature(model, headroom=2.0)
-    assert pn.signature_detection(model).rate == 1.0 and set(moved) == set(before)
+    done = embed_signature(model, x[:8], headroom=2.0)
+    assert done["rescaled_layers"] == 0 and done["moved_layers"] == len(before)
+    assert pn.signature_detection(model).rate == 1.0
     for path, branch in protected_layers(model).items():
         g = branch.passport_responses()[0]
         signature = branch.signature.to(g.dtype)
@@ -59,16 +103,37 @@ def test_embedding_sets_every_bit_with_the_least_change_to_the_weights():
         assert bool((change[kept] == 0).all()) and bool((change[~kept] > 0).all())
 
 
-def _g_of(branch, weight):
-    from passportnorm.norm import producer_responses
+class _SharedOutput(torch.nn.Module):
+    """A conv whose output feeds its BatchNorm and, raw, the head too: rescaling it would show."""
 
-    return producer_responses(branch.producer, weight, branch.passport_gamma, branch.channels)[0]
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(16)
+        self.conv2 = torch.nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(16)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        raw = self.conv(x)
+        y = self.bn2(self.conv2(torch.relu(self.bn(raw))))
+        return self.head(torch.cat([raw.mean((2, 3)), y.mean((2, 3))], dim=1))
+
+
+def test_a_rescaling_that_would_change_the_output_becomes_a_move():
+    x = torch.randn(16, 1, 12, 12)
+    model = pn.protect(_trained_like(_SharedOutput(), x), x[:8], signature="(c) shared", seed=3)
+    model.eval()
+    done = embed_signature(model, x[:8])
+    # bn2's producer feeds only bn2 and is rescaled; conv's raw output also reaches the head
+    assert done["rescaled_layers"] == 1 and done["moved_layers"] == 1
+    assert pn.signature_detection(model).rate == 1.0
 
 
 def test_warm_branches_answer_like_the_trained_norms():
     x = torch.randn(16, 1, 28, 28)
     model = _protected(small_cnn(), x)
-    embed_signature(model)
+    embed_signature(model, x[:8])
     free = model(x)
     with passport_mode(model):
         cold = model(x)
@@ -89,7 +154,7 @@ def test_retrofit_on_models_we_did_not_write(name):
         _trained_like(zoo.build(name, in_channels=3, num_classes=10), x), x, signature="(c) zoo", seed=5
     )
     model.eval()
-    prepared = retrofit(model)
+    prepared = retrofit(model, x)
     assert pn.signature_detection(model).rate == 1.0 and prepared["largest_affine_gap"] < 1e-3
     free = model(x)
     with passport_mode(model):
@@ -122,7 +187,7 @@ def test_protect_from_weights_uses_the_retrofit_recipe(tmp_path, capsys):
     assert "retrofit: signature embedded" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["schedule"] == "interleave" and metrics["settings"]["lr"] == 0.01
-    assert metrics["retrofit"]["largest_affine_gap"] < 1e-3
+    assert metrics["retrofit"]["largest_affine_gap"] < 1e-3 and metrics["retrofit"]["output_change"] < 1e-4
     last = metrics["history"][-1]
     assert last["signature_detection"] == 1.0 and metrics["verified"]
     assert last["passport_free_accuracy"] >= trained - 0.03, (last, trained)

@@ -47,7 +47,7 @@ from .key import OwnerKey, extract_key
 from .protect import capacity, protect, strip
 from .release import load_released, save_released
 from .report import run_report_markdown, write_history_csv
-from .retrofit import retrofit
+from .retrofit import describe_retrofit, retrofit
 from .run_folder import SEED_SOURCES, keep_secret_seed, prepare_run_folder, run_secret_seed, secret_folder
 from .train import TrainConfig, Trainer
 from .verify import VerdictRule, VerificationReport, verify
@@ -271,11 +271,8 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
             )
         if opts.weights:  # a trained model: signature embedded and branches started as its norms
             began = time.perf_counter()
-            prepared = retrofit(model) | {"seconds": time.perf_counter() - began}
-            print(
-                f"retrofit: signature embedded in the trained weights (largest change "
-                f"{prepared['largest_weight_change']:.3g} of a layer's norm), branches started as its norms"
-            )
+            prepared = retrofit(model, example) | {"seconds": time.perf_counter() - began}
+            print(describe_retrofit(prepared))
         # protect() saw a given seed; record where the run's seed really came from
         model.passportnorm_secret_seed["source"] = seed_source
         if not opts.resume and (world is None or world.main):
