@@ -4,13 +4,13 @@
 still have to be trained into the weights; on a trained model, at a fine-tuning learning rate,
 neither happens in 2 epochs (measured on ResNet18 x0.25 / mnist5k: 10% passport-aware accuracy
 and 97% of the bits; docs/RESULTS.md, "Retrofit"). So :func:`retrofit` first gives every bit its
-sign without changing the model's function (:func:`embed_signature`: filters rescaled with their
-channel's statistics, a sign flip included), then starts each branch as the trained norm
+sign (:func:`embed_signature`: a wrong sign flipped with its channel at no cost to the function,
+then the least move that gives each response room), then starts each branch as the trained norm
 (:func:`warm_start`): statistics copied, and the MLP's output layer solved in closed form so that
-``MLP(g) = weight`` and ``MLP(b) = bias``. Both branches then answer exactly as the trained
-model, and the fine-tune (``schedule="interleave"``, one step per batch) has only the trigger
-set and the margins left to train. The signs live in ``g`` (producer weights times passports),
-not in the MLP, so the warm start fixes no bit and reveals nothing the key does not.
+``MLP(g) = weight`` and ``MLP(b) = bias``. The fine-tune (``schedule="interleave"``, one step per
+batch) then only repairs what the moves cost the task and trains the trigger set. The signs live
+in ``g`` (producer weights times passports), not in the MLP, so the warm start fixes no bit and
+reveals nothing the key does not.
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ from .protect import protected_layers
 __all__ = [
     "describe_retrofit",
     "embed_signature",
+    "flip_filters",
     "move_filters",
-    "rescale_filters",
     "retrofit",
     "warm_start",
 ]
 
-LARGEST_SCALE = 16.0  # at most this factor on a filter: fp16 and per-tensor quantization keep their range
-OUTPUT_TOLERANCE = 1e-4  # relative output change a rescaling may leave (float rounding; none in exact math)
+OUTPUT_TOLERANCE = 1e-4  # relative output change a flip may leave (float rounding; none in exact math)
 
 
 def retrofit(model: nn.Module, example: Any) -> dict[str, Any]:
@@ -50,92 +49,89 @@ def retrofit(model: nn.Module, example: Any) -> dict[str, Any]:
 
 def describe_retrofit(prepared: dict[str, Any]) -> str:
     """One line for the log: how the signature went in, and what it cost the function."""
-    moved = prepared["moved_layers"]
     return (
-        f"retrofit: signature embedded in the trained weights ({prepared['rescaled_layers']} layers "
-        f"rescaled, {prepared['flipped_filters']} filters flipped, largest scale {prepared['largest_scale']:.3g}"
-        + (f"; {moved} layers moved, largest change {prepared['largest_weight_change']:.3g}" if moved else "")
-        + f"; output change {prepared['output_change']:.2g}), branches started as its norms"
+        f"retrofit: signature embedded in the trained weights ({prepared['flipped_filters']} filters "
+        f"flipped with their channels in {prepared['flipped_layers']} layers, {prepared['moved_layers']} "
+        f"layers moved by at most {prepared['largest_weight_change']:.3g} of their norm; output change "
+        f"{prepared['output_change']:.2g}), branches started as its norms"
     )
 
 
-def embed_signature(
-    model: nn.Module, example: Any, headroom: float = 2.0, largest_scale: float = LARGEST_SCALE
-) -> dict[str, Any]:
-    """Give every response ``g`` the sign its bit asks for, and room beyond zero, without changing
-    what the model computes on ``example`` (up to rounding); returns what it did.
+def embed_signature(model: nn.Module, example: Any, headroom: float = 2.0) -> dict[str, Any]:
+    """Give every response ``g`` the sign its bit asks for, ``headroom`` margins beyond zero, at the
+    least cost to what the model computes on ``example``; returns what it did.
 
-    Where the norm normalizes each channel on its own (BatchNorm, InstanceNorm), a filter and its
-    channel's statistics can be scaled together at no cost to the function: ``W_c -> s W_c``
-    (bias too), running mean ``s mu``, running variance ``s^2 (var + eps) - eps`` and, for a
-    negative ``s``, the norm's weight negated. ``g_c`` scales with ``s``, so a wrong sign is
-    flipped for free and a short response grown towards ``headroom`` margins, by at most
-    ``largest_scale`` (a larger weight is harmless to the function but not to fp16 and
-    per-tensor quantization); the fine-tune's sign loss takes what is still short. Other norms
-    (GroupNorm, LayerNorm mix channels) get the least move along the response's gradient
-    (:func:`move_filters`), which does cost accuracy. A layer whose rescaling changes the model's
-    output on ``example`` (another consumer of the producer's output, say) is moved instead.
+    Where the norm normalizes each channel on its own (BatchNorm, InstanceNorm), a wrong sign is
+    flipped for free (:func:`flip_filters`): filter, bias, running mean and the norm's weight
+    negated leave the function as it was, and ``g_c`` changes sign. Then every response still
+    short of the headroom moves the least distance along its gradient (:func:`move_filters`),
+    which costs some accuracy; with flips first the moves are shorter (on ResNet18 x0.25 / mnist5k
+    the largest falls from 0.99 to 0.83 of a layer's norm). Growing short responses by scaling
+    filters up, also free, was tried and left out: the scaled filters dwarf the others, and
+    magnitude pruning then took bits from 40% of the weights removed instead of 80%. A layer
+    whose flips change the model's output on ``example`` (another consumer of the producer's
+    output, say) is only moved.
     """
     layers = protected_layers(model)
     reference = _outputs(model, example)
-    scaled = {path: rescale_filters(branch, headroom, largest_scale) for path, branch in layers.items()}
-    scaled = {path: scales for path, scales in scaled.items() if scales is not None}
-    if scaled and not _same(_outputs(model, example), reference):
-        scaled = _keep_function_preserving(model, example, reference, scaled)
-    moved = {path: move_filters(branch, headroom) for path, branch in layers.items() if path not in scaled}
+    flipped = {path: flip_filters(branch) for path, branch in layers.items()}
+    flipped = {path: flips for path, flips in flipped.items() if flips is not None and bool(flips.any())}
+    if flipped and not _same(_outputs(model, example), reference):
+        flipped = _keep_function_preserving(model, example, reference, flipped)
+    moved = {path: move_filters(branch, headroom) for path, branch in layers.items()}
+    moved = {path: change for path, change in moved.items() if change > 0}
     return {
-        "rescaled_layers": len(scaled),
+        "flipped_layers": len(flipped),
+        "flipped_filters": sum(int(flips.sum()) for flips in flipped.values()),
         "moved_layers": len(moved),
-        "largest_scale": max((float(s.abs().max()) for s in scaled.values()), default=1.0),
-        "flipped_filters": sum(int((s < 0).sum()) for s in scaled.values()),
         "largest_weight_change": max(moved.values(), default=0.0),
         "output_change": _change(_outputs(model, example), reference),
     }
 
 
-def rescale_filters(branch: Any, headroom: float, largest_scale: float) -> Tensor | None:
-    """Scale each filter of ``branch``'s producer (and its channel's statistics) so that ``g_c`` has
-    its bit's sign and, within ``largest_scale``, ``headroom`` margins; the scales, or None where the
-    norm does not normalize channel by channel (nothing is changed then)."""
-    norm, producer = branch.norm, branch.producer
+def flip_filters(branch: Any) -> Tensor | None:
+    """Negate each filter of ``branch``'s producer whose ``g_c`` has the wrong sign, with its
+    channel's bias, running mean and norm weight; the flipped channels, or None where the norm does
+    not normalize channel by channel (nothing is changed then)."""
+    norm = branch.norm
     if not (needs_aware_statistics(norm) and getattr(norm, "weight", None) is not None):
         return None
     g = branch.passport_responses()[0].detach()
-    wanted = (headroom * branch.margin / g.abs().clamp_min(1e-12)).clamp(1.0, largest_scale)
-    scales = torch.where(branch.signature.to(g.dtype) * g > 0, wanted, -wanted)
-    _scale_channels(norm, producer, scales)
-    return scales
+    flips = branch.signature.to(g.dtype) * g < 0
+    _negate_channels(norm, branch.producer, flips)
+    return flips
 
 
 @torch.no_grad()
-def _scale_channels(norm: nn.Module, producer: nn.Module, scales: Tensor) -> None:
-    producer.weight.mul_(scales.reshape(-1, *([1] * (producer.weight.dim() - 1))))
+def _negate_channels(norm: nn.Module, producer: nn.Module, channels: Tensor) -> None:
+    """Negate ``channels`` of the producer's output and undo it in the norm: the same function."""
+    signs = 1.0 - 2.0 * channels.to(producer.weight.dtype)
+    producer.weight.mul_(signs.reshape(-1, *([1] * (producer.weight.dim() - 1))))
     if producer.bias is not None:
-        producer.bias.mul_(scales)
-    norm.running_mean.mul_(scales)
-    norm.running_var.add_(norm.eps).mul_(scales * scales).sub_(norm.eps)  # var + eps scales by s^2
-    norm.weight.mul_(scales.sign())
+        producer.bias.mul_(signs)
+    norm.running_mean.mul_(signs)
+    norm.weight.mul_(signs)
 
 
 def _keep_function_preserving(
-    model: nn.Module, example: Any, reference: list[Tensor], scaled: dict[str, Tensor]
+    model: nn.Module, example: Any, reference: list[Tensor], flipped: dict[str, Tensor]
 ) -> dict[str, Tensor]:
-    """Undo every rescaling, then redo them one at a time, keeping those that leave the output as it was."""
+    """Undo every flip, then redo them layer by layer, keeping those that leave the output as it was."""
     layers = protected_layers(model)
-    for path, scales in scaled.items():
-        _scale_channels(layers[path].norm, layers[path].producer, 1.0 / scales)
+    for path, flips in flipped.items():
+        _negate_channels(layers[path].norm, layers[path].producer, flips)
     kept = {}
-    for path, scales in scaled.items():
-        _scale_channels(layers[path].norm, layers[path].producer, scales)
+    for path, flips in flipped.items():
+        _negate_channels(layers[path].norm, layers[path].producer, flips)
         if _same(_outputs(model, example), reference):
-            kept[path] = scales
+            kept[path] = flips
         else:
-            _scale_channels(layers[path].norm, layers[path].producer, 1.0 / scales)
+            _negate_channels(layers[path].norm, layers[path].producer, flips)
     return kept
 
 
 def _outputs(model: nn.Module, example: Any) -> list[Tensor]:
-    """The model's output tensors on ``example`` (eval, no grad): what a rescaling must not change."""
+    """The model's output tensors on ``example`` (eval, no grad): what a flip must not change."""
     with frozen_eval(model):
         output = call_model(model, example)
     return [leaf for leaf in tree_leaves(output) if isinstance(leaf, Tensor)]
