@@ -18,8 +18,8 @@ from torch import nn
 
 from .pairing import Pair, trace_graph
 
-__all__ = ["Chain", "PER_CHANNEL_NORMS", "chains_and_trace_error", "norm_tensors", "permutable_chains",
-           "permute_consumer_inputs"]
+__all__ = ["Chain", "PER_CHANNEL_NORMS", "chains_and_trace_error", "flip_channels", "norm_tensors",
+           "permutable_chains", "permute_consumer_inputs"]
 
 _CHANNEL_WISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Identity,
@@ -113,6 +113,19 @@ def chains_and_trace_error(model: nn.Module, pairs: list[Pair]) -> tuple[list[Ch
         if ok and len(consumers) == 1:
             chains.append(Chain(pair, consumers.pop(), flattened))
     return chains, None
+
+
+@torch.no_grad()
+def flip_channels(producer: nn.Module, norm: nn.Module, sign: torch.Tensor) -> None:
+    """Multiply each output channel of ``producer`` by ``sign`` (+1 or -1) and undo it in its
+    per-channel ``norm`` (weight and running mean): the same function, each channel's response
+    to any input negated where ``sign`` is -1."""
+    producer.weight.mul_(sign.view(-1, *[1] * (producer.weight.dim() - 1)).to(producer.weight))
+    if producer.bias is not None:
+        producer.bias.mul_(sign.to(producer.bias))
+    norm.weight.mul_(sign.to(norm.weight))
+    if getattr(norm, "running_mean", None) is not None:
+        norm.running_mean.mul_(sign.to(norm.running_mean))
 
 
 def norm_tensors(norm: nn.Module) -> list[torch.Tensor]:

@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
 from torch.utils._pytree import tree_leaves
 
-from .aware_statistics import needs_aware_statistics
 from .capture import call_model, frozen_eval
+from .channels import flip_channels
 from .norm import producer_responses
 from .protect import protected_layers
 
@@ -94,23 +95,17 @@ def flip_filters(branch: Any) -> Tensor | None:
     channel's bias, running mean and norm weight; the flipped channels, or None where the norm does
     not normalize channel by channel (nothing is changed then)."""
     norm = branch.norm
-    if not (needs_aware_statistics(norm) and getattr(norm, "weight", None) is not None):
+    # BatchNorm (SyncBatchNorm too) and InstanceNorm: statistics per channel, so a sign flip is exact
+    if not (isinstance(norm, _NormBase) and getattr(norm, "weight", None) is not None):
         return None
     g = branch.passport_responses()[0].detach()
     flips = branch.signature.to(g.dtype) * g < 0
-    _negate_channels(norm, branch.producer, flips)
+    flip_channels(branch.producer, norm, _signs(flips))
     return flips
 
 
-@torch.no_grad()
-def _negate_channels(norm: nn.Module, producer: nn.Module, channels: Tensor) -> None:
-    """Negate ``channels`` of the producer's output and undo it in the norm: the same function."""
-    signs = 1.0 - 2.0 * channels.to(producer.weight.dtype)
-    producer.weight.mul_(signs.reshape(-1, *([1] * (producer.weight.dim() - 1))))
-    if producer.bias is not None:
-        producer.bias.mul_(signs)
-    norm.running_mean.mul_(signs)
-    norm.weight.mul_(signs)
+def _signs(flips: Tensor) -> Tensor:
+    return 1.0 - 2.0 * flips.float()
 
 
 def _keep_function_preserving(
@@ -119,14 +114,14 @@ def _keep_function_preserving(
     """Undo every flip, then redo them layer by layer, keeping those that leave the output as it was."""
     layers = protected_layers(model)
     for path, flips in flipped.items():
-        _negate_channels(layers[path].norm, layers[path].producer, flips)
+        flip_channels(layers[path].producer, layers[path].norm, _signs(flips))
     kept = {}
     for path, flips in flipped.items():
-        _negate_channels(layers[path].norm, layers[path].producer, flips)
+        flip_channels(layers[path].producer, layers[path].norm, _signs(flips))
         if _same(_outputs(model, example), reference):
             kept[path] = flips
         else:
-            _negate_channels(layers[path].norm, layers[path].producer, flips)
+            flip_channels(layers[path].producer, layers[path].norm, _signs(flips))
     return kept
 
 

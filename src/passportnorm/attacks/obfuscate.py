@@ -27,7 +27,7 @@ from ..data.triggers import TriggerSet
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
-from ..channels import PER_CHANNEL_NORMS, norm_tensors, permutable_chains, permute_consumer_inputs
+from ..channels import PER_CHANNEL_NORMS, flip_channels, norm_tensors, permutable_chains, permute_consumer_inputs
 from ..pairing import find_pairs
 from ..verify import VerdictRule, verify
 
@@ -64,13 +64,7 @@ def obfuscate(
         channels = pair.channels
         if flip > 0:
             chosen = torch.rand(channels, generator=gen) < flip
-            sign = torch.where(chosen, -1.0, 1.0)
-            producer.weight.mul_(sign.view(-1, *[1] * (producer.weight.dim() - 1)).to(producer.weight))
-            if producer.bias is not None:
-                producer.bias.mul_(sign.to(producer.bias))
-            norm.weight.mul_(sign.to(norm.weight))
-            if getattr(norm, "running_mean", None) is not None:
-                norm.running_mean.mul_(sign.to(norm.running_mean))
+            flip_channels(producer, norm, torch.where(chosen, -1.0, 1.0))
             changed["flipped"][pair.norm] = int(chosen.sum())
         if rescale is not None:
             low, high = rescale
