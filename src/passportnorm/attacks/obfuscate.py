@@ -27,7 +27,13 @@ from ..data.triggers import TriggerSet
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
-from ..channels import PER_CHANNEL_NORMS, flip_channels, norm_tensors, permutable_chains, permute_consumer_inputs
+from ..channels import (
+    PER_CHANNEL_NORMS,
+    flip_channels,
+    norm_tensors,
+    permutable_chains,
+    permute_consumer_inputs,
+)
 from ..pairing import find_pairs
 from ..verify import VerdictRule, verify
 
