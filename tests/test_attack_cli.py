@@ -1,6 +1,7 @@
 """``passportnorm attack``: every attack end to end on a tiny budget, its outputs, and bad options."""
 
 import json
+import shutil
 
 import pytest
 
@@ -28,6 +29,7 @@ def owner(tmp_path_factory):
         ("ambiguity2", ["--flips", "0,0.5"], "forged-key"),
         ("erb", ["--erb-mode", "ierb"], None),
         ("forge", [], "forged-key"),
+        ("reprotect", ["--passports", "shuffle"], "model"),
     ],
 )
 def test_each_attack_writes_its_evidence(owner, tmp_path, capsys, name, extra, produces):
@@ -45,6 +47,28 @@ def test_each_attack_writes_its_evidence(owner, tmp_path, capsys, name, extra, p
         assert main(["verify", "--model", str(owner / "released"), "--key", str(out / "forged-key")]) in (0, 1)
     else:
         assert not (out / "model").exists() and not (out / "forged-key").exists()
+
+
+def test_reprotection_claim_loses_the_dispute_in_folders_with_apostrophes_and_spaces(owner, tmp_path, capsys):
+    """The thief's claim as `attack reprotect` writes it, disputed from the CLI with awkward folder names."""
+    alice = tmp_path / "Alice's run"
+    shutil.copytree(owner, alice)
+    bob = tmp_path / "Bob 's copy"
+    assert main(["attack", "reprotect", "--model", str(alice / "released"), "--key", str(alice / "owner-key"),
+                 "--out", str(bob), "--epochs", "2"]) == 0
+    assert {"thief-key", "certificate.json", "model"} <= {p.name for p in bob.iterdir()}
+    capsys.readouterr()
+    claims = ["--claim", str(alice / "owner-key"), str(alice / "certificate.json"), str(alice / "released"),
+              "--claim", str(bob / "thief-key"), str(bob / "certificate.json"), str(bob / "model")]
+    assert main(["dispute", "--suspect", str(bob / "model"), *claims, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["winner"] == "Alice's run", result["decided_by"]
+    assert main(["dispute", "--suspect", str(bob / "model"), *reversed_claims(claims), "--no-data"]) == 0
+    assert "**Decision: Alice's run**" in capsys.readouterr().out
+
+
+def reversed_claims(claims: list[str]) -> list[str]:
+    return claims[4:] + claims[:4]
 
 
 @pytest.mark.parametrize(

@@ -245,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EXIT_CODES["attack"],
     )
     attack.add_argument(
-        "name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge"
+        "name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge, reprotect"
     )
     attack.add_argument("--model", required=True, help="released-model folder")
     attack.add_argument(
@@ -263,7 +263,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="attacker's share of the training split (default 0.5; 0.1 for erb/ambiguity)",
     )
-    attack.add_argument("--epochs", type=int, help="attack epochs (default 5)")
+    attack.add_argument("--epochs", type=int, help="attack epochs (default 5; reprotect 2)")
     attack.add_argument("--seed", type=int, default=0)
     attack.add_argument(
         "--mode", choices=["ftll", "ftal", "rtll", "rtal"], help="finetune mode (default ftal)"
@@ -278,6 +278,14 @@ def _parser() -> argparse.ArgumentParser:
         "--target-classes", help="transfer: a class split of the owner's dataset, e.g. 5,6,7,8,9"
     )
     attack.add_argument("--forge-signature", help="forge: the forger's text")
+    attack.add_argument(
+        "--passports", choices=["random", "shuffle", "image"], help="reprotect: the thief's passports (default random)"
+    )
+    attack.add_argument("--lr", type=float, help="reprotect: the thief's learning rate (default 0.01)")
+    attack.add_argument(
+        "--certificate",
+        help="reprotect: the owner's published certificate, for the dispute (default: certificate.json next to the key)",
+    )
     attack.add_argument(
         "--arch", help="the model code the folder names when it is your own (file.py:factory)"
     )
@@ -551,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
                     "target_dataset",
                     "target_classes",
                     "forge_signature",
+                    "passports",
+                    "lr",
+                    "certificate",
                     "allow_text_signatures",
                     "arch",
                 )

@@ -1,12 +1,19 @@
-"""Ownership disputes between two claimants, decided by the classic rule for passport schemes.
+"""Ownership disputes between two claimants, decided on the evidence each proof leaves.
 
 Each claim is a key, its certificate (published at release: key hash, released-model hash, UTC
-time) and the certified released model. A claim counts only if its certificate commits to both.
-Then every key is checked on the suspect and on the other party's certified release. The genuine
-owner's proof shows up in a model derived from theirs, not the reverse; when both (or neither)
-cross-verify, the earlier certified release wins. Every check offers the claimant's own release
-as the alignment reference, so channel obfuscation cannot hide a proof (the alignment is used
-only when the model is a rearranged copy of that release: see verify.py).
+time) and the certified released model. A claim counts only if its certificate commits to both
+and its proof shows up in its own release. Then each proof is looked for in the suspect and in
+the other party's release: admissible signature bits far beyond chance, or trigger answers far
+beyond chance (``VerdictRule.proof_shows``). A full verification is not asked for: its accuracy
+conditions guard against forged branches, which hash-bound bits already exclude, and a thief can
+break them by training the stolen model (docs/SECURITY.md, re-protection).
+
+Certified times order the claims, and derivation runs only forward in time: evidence of the
+later claimant that already shows up in the earlier release says nothing about who took from
+whom (it was there before the later claim existed; a label set read off the stolen model does
+that), so it is void against the earlier claimant. Of the proofs left that show up in the
+suspect, one wins alone; with two, the one whose proof shows up in the other's release wins, then
+the earlier. Every check offers the claimant's own release as the alignment reference.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from torch.utils.data import Dataset
 
 from .certificate import Certificate
 from .key import OwnerKey
-from .verify import VerdictRule, format_p_value, verify
+from .verify import VerdictRule, evidence_of, format_p_value, verify
 
 __all__ = ["Claim", "DisputeResult", "dispute"]
 
@@ -45,16 +52,33 @@ class DisputeResult:
         return {"winner": self.winner, "decided_by": self.decided_by, "rows": self.rows, "notes": self.notes}
 
     def to_markdown(self) -> str:
-        lines = ["### Dispute", "", "| claimant's key | checked on | verified | signature detection | p-value |", "|---|---|---|---:|---|"]
+        lines = [
+            "### Dispute",
+            "",
+            "| claimant's proof | looked for in | shows up | signature detection | signature p-value "
+            "| triggers | trigger p-value | full verification |",
+            "|---|---|---|---:|---|---|---|---|",
+        ]
         for row in self.rows:
-            lines.append(f"| {row['claimant']} | {row['model']} | {'yes' if row['verified'] else 'no'} | "
-                         f"{row['detection']:.1%} | {row['p_value']} |")
+            triggers = (
+                "-" if row["trigger_matches"] is None else f"{row['trigger_matches']}/{row['trigger_count']}"
+            )
+            full = {True: "yes", False: "no", None: "-"}[row["verified"]]
+            lines.append(
+                f"| {row['claimant']} | {row['model']} | {'**yes**' if row['shows'] else 'no'} | "
+                f"{row['detection']:.1%} | {row['p_value']} | {triggers} | {row['trigger_p_value'] or '-'} | {full} |"
+            )
         lines += ["", f"**Decision: {self.winner or 'no owner proven'}**, by: {self.decided_by}"]
         lines += [f"- {note}" for note in self.notes]
+        lines += [
+            "",
+            "A proof shows up when its hash-bound signature bits or its trigger answers match far beyond "
+            "chance; the full verification (accuracy conditions included) is reported, not decisive.",
+        ]
         return "\n".join(lines)
 
 
-def _valid(claim: Claim) -> str | None:
+def _paperwork(claim: Claim) -> str | None:
     """Why the claim's paperwork fails, or None when its certificate commits to its key and release."""
     if claim.certificate.key_sha256 != claim.key.digest():
         return f"{claim.name}: the certificate does not commit to this key"
@@ -63,35 +87,100 @@ def _valid(claim: Claim) -> str | None:
     return None
 
 
-def dispute(suspect: nn.Module, first: Claim, second: Claim, data: Dataset | None = None,
-            rule: VerdictRule = VerdictRule()) -> DisputeResult:
-    """Decide which claimant owns ``suspect`` (see the module docstring); the order of claims does not matter."""
-    notes = [reason for reason in (_valid(first), _valid(second)) if reason]
-    valid = {c.name: _valid(c) is None for c in (first, second)}
-    rows, verdict = [], {}
+def _look(
+    claim: Claim, model: nn.Module, label: str, data: Dataset | None, rule: VerdictRule
+) -> dict[str, Any]:
+    """One row: does ``claim``'s proof show up in ``model``, and on what evidence."""
+    report = verify(
+        model, claim.key, data=data, trigger=claim.key.trigger, rule=rule, reference=claim.released
+    )
+    shows, why = rule.proof_shows(evidence_of(report))
+    trigger_p = (
+        None
+        if report.trigger_count is None
+        else format_p_value(report.trigger_p_value, report.trigger_log10_p_value)
+    )
+    return {
+        "claimant": claim.name,
+        "model": label,
+        "shows": shows,
+        "why": why,
+        "detection": report.signature_detection,
+        "p_value": format_p_value(report.signature_p_value, report.signature_log10_p_value),
+        "trigger_matches": report.trigger_matches,
+        "trigger_count": report.trigger_count,
+        "trigger_p_value": trigger_p,
+        "verified": report.verified if data is not None else None,
+    }
+
+
+def dispute(
+    suspect: nn.Module,
+    first: Claim,
+    second: Claim,
+    data: Dataset | None = None,
+    rule: VerdictRule = VerdictRule(),
+) -> DisputeResult:
+    """Decide which claimant owns ``suspect`` (see the module docstring); the order of claims does not matter.
+    ``data`` adds each full verification to the rows, for the record; it does not decide."""
+    claims = {first.name: first, second.name: second}
+    notes, rows, shows = [], [], {}
     for claim, other in ((first, second), (second, first)):
-        for checked, label, model in (("suspect", "suspect", suspect),
-                                      (other.name, f"{other.name}'s certified release", other.released)):
-            report = verify(model, claim.key, data=data, rule=rule, reference=claim.released)
-            verdict[(claim.name, checked)] = report.verified and valid[claim.name]
-            rows.append({"claimant": claim.name, "model": label, "verified": report.verified,
-                         "detection": report.signature_detection,
-                         "p_value": format_p_value(report.signature_p_value, report.signature_log10_p_value)})
-    on_suspect = {c.name: verdict[(c.name, "suspect")] for c in (first, second)}
-    if on_suspect[first.name] != on_suspect[second.name]:
-        winner = first.name if on_suspect[first.name] else second.name
-        return DisputeResult(winner, "only this claimant's proof (with valid certificate) shows up in the suspect", rows, notes)
-    if not any(on_suspect.values()):
-        return DisputeResult(None, "neither claimant's proof shows up in the suspect", rows, notes)
-    in_other = {c.name: verdict[(c.name, o.name)] for c, o in ((first, second), (second, first))}
+        for role, label, model in (
+            ("suspect", "suspect", suspect),
+            ("own", f"{claim.name}'s own release", claim.released),
+            ("other", f"{other.name}'s certified release", other.released),
+        ):
+            rows.append(_look(claim, model, label, data, rule))
+            shows[(claim.name, role)] = rows[-1]["shows"]
+    in_suspect = {name: shows[(name, "suspect")] for name in claims}
+    in_other = {name: shows[(name, "other")] for name in claims}
+    eligible = {}
+    for name, claim in claims.items():
+        reason = _paperwork(claim) or (
+            None if shows[(name, "own")] else f"{name}: the proof does not show up in its own release"
+        )
+        eligible[name] = reason is None
+        notes += [reason] if reason else []
+    earlier, later = sorted((first, second), key=lambda c: c.certificate.created_utc)
+    ordered = earlier.certificate.created_utc < later.certificate.created_utc
+    void = ordered and eligible[earlier.name] and in_other[later.name]
+    if void:
+        notes.append(
+            f"{later.name}'s evidence already shows up in {earlier.name}'s release, certified "
+            f"{earlier.certificate.created_utc}, before {later.name}'s certificate "
+            f"({later.certificate.created_utc}): it cannot show that {earlier.name} took the model"
+        )
+    candidates = [
+        c for c in (earlier, later) if eligible[c.name] and in_suspect[c.name] and not (void and c is later)
+    ]
+    if not candidates:
+        return DisputeResult(None, "no valid claimant's proof shows up in the suspect", rows, notes)
+    if len(candidates) == 1:
+        return DisputeResult(
+            candidates[0].name,
+            "only this claimant's proof (with valid certificate) shows up in the suspect",
+            rows,
+            notes,
+        )
     if in_other[first.name] != in_other[second.name]:
-        winner = first.name if in_other[first.name] else second.name
-        loser = second.name if winner == first.name else first.name
-        return DisputeResult(winner, f"{winner}'s proof shows up in {loser}'s certified release and not the reverse: "
-                                     f"{loser}'s model derives from {winner}'s", rows, notes)
-    earlier = min((first, second), key=lambda c: c.certificate.created_utc)
-    later = second if earlier is first else first
-    if earlier.certificate.created_utc == later.certificate.created_utc:
-        return DisputeResult(None, "both proofs cross-verify and the certificates carry the same time", rows, notes)
-    return DisputeResult(earlier.name, f"both proofs cross-verify; the earlier certified release wins "
-                                       f"({earlier.certificate.created_utc} before {later.certificate.created_utc})", rows, notes)
+        winner, loser = (first, second) if in_other[first.name] else (second, first)
+        return DisputeResult(
+            winner.name,
+            f"both proofs show up in the suspect; {winner.name}'s also shows up in "
+            f"{loser.name}'s certified release and not the reverse: {loser.name}'s model "
+            f"derives from {winner.name}'s",
+            rows,
+            notes,
+        )
+    if not ordered:
+        return DisputeResult(
+            None, "both proofs show up and the certificates carry the same time", rows, notes
+        )
+    return DisputeResult(
+        earlier.name,
+        f"both proofs show up in the suspect; the earlier certified release wins "
+        f"({earlier.certificate.created_utc} before {later.certificate.created_utc})",
+        rows,
+        notes,
+    )

@@ -15,6 +15,11 @@ per condition. Nothing else sets ``verified``. Why each condition exists:
   (the paper's condition) and clearly above chance (an absolute floor: a model at chance, or
   data of the wrong task, proves nothing, whatever the ratio of two chance accuracies);
 - black-box alone: the trigger answers must match the owner's labels far beyond chance.
+
+A dispute asks a narrower question (``proof_shows``): does a claimant's proof show up in a model
+at all? Only the evidence a party cannot fake counts there (admissible signature bits, trigger
+answers, each far beyond chance), not the accuracy conditions, which a thief can move by training
+the stolen model (docs/SECURITY.md, re-protection).
 """
 
 from __future__ import annotations
@@ -159,6 +164,26 @@ class VerdictRule:
                 self._trigger_reason(evidence) + " (reported; not required for a white-box claim)"
             )
         return verdict
+
+    def proof_shows(self, evidence: Evidence) -> tuple[bool, str]:
+        """Whether a claimant's proof shows up in a model, and which evidence says so: admissible
+        signature bits meeting the claim threshold, or trigger answers meeting the black-box one."""
+        parts, shows = [], False
+        if evidence.signature_bits is not None:
+            verdict = Verdict(verified=True)
+            admissible = self._key_admissible(evidence, verdict)
+            signature = admissible and self._signature(evidence, verdict)
+            shows |= signature
+            parts.append(("signature bits count" if signature else "signature bits do not count") + ": "
+                         + "; ".join(verdict.reasons))
+        if evidence.trigger_count is not None:
+            triggers = evidence.trigger_count > 0 and binomial_p_value(
+                evidence.trigger_matches or 0, evidence.trigger_count, evidence.trigger_chance or 1.0
+            ) < self.max_trigger_p_value
+            shows |= triggers
+            parts.append(f"{self._trigger_reason(evidence)} ({'meets' if triggers else 'misses'} the "
+                         f"threshold {self.max_trigger_p_value:g})")
+        return shows, "; ".join(parts) or "no evidence measured"
 
     def _key_admissible(self, evidence: Evidence, verdict: Verdict) -> bool:
         if evidence.signature_mode == "hash":

@@ -39,6 +39,7 @@ __all__ = [
     "verify",
     "verify_attached",
     "verify_blackbox",
+    "evidence_of",
     "binomial_p_value",
     "binomial_log10_p_value",
     "recalibrate_branch",
@@ -326,7 +327,8 @@ def verify_attached(
     return report
 
 
-def _evidence(report: VerificationReport) -> Evidence:
+def evidence_of(report: VerificationReport) -> Evidence:
+    """The measurements of a report, as the verdict rule reads them."""
     alignment = report.alignment or {}
     return Evidence(
         signature_mode=report.signature_mode,
@@ -345,7 +347,7 @@ def _evidence(report: VerificationReport) -> Evidence:
 
 
 def _decide(report: VerificationReport, rule: VerdictRule) -> None:
-    verdict = rule.decide(_evidence(report))
+    verdict = rule.decide(evidence_of(report))
     report.verified = verdict.verified
     report.reasons = verdict.reasons
     report.failed_conditions = verdict.failed

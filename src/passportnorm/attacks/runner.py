@@ -22,7 +22,7 @@ from ..fileio import write_json_atomic, write_text_atomic
 from ..key import OwnerKey
 from ..release import load_released, save_released
 
-ATTACKS = ("finetune", "transfer", "prune", "obfuscate", "ambiguity1", "ambiguity2", "erb", "forge")
+ATTACKS = ("finetune", "transfer", "prune", "obfuscate", "ambiguity1", "ambiguity2", "erb", "forge", "reprotect")
 
 
 def attacker_split(train, share: float, seed: int) -> Subset:
@@ -65,6 +65,28 @@ def _default_transfer_target(dataset: str, task: str) -> str:
     if task == "pointcloud":
         return "mnist5k-points" if dataset == "shapes3d" else "shapes3d"
     return "digits"
+
+
+def _reprotect(released, key, key_dir, attacker, data, options, out: Path, rule) -> dict[str, Any]:
+    """Re-protection with the owner's published certificate (``--certificate``, default: the one
+    ``protect`` wrote next to the key) so that the dispute between the two claims is decided too."""
+    from .reprotect import reprotect_attack
+    from ..certificate import Certificate
+    from ..pipeline import DEFAULT_TRIGGER
+
+    given = options.get("certificate")
+    path = Path(given) if given else Path(key_dir).parent / "certificate.json"
+    certificate = Certificate.load(path) if given or path.is_file() else None
+    return reprotect_attack(
+        released, key, certificate, attacker, data,
+        passports=options.get("passports") or "random",
+        epochs=int(options.get("epochs") or 2),
+        lr=float(options.get("lr") or 0.01),
+        seed=int(options.get("seed") or 0) + 77,
+        trigger_kind=DEFAULT_TRIGGER[data.task],
+        rule=rule,
+        checkpoints=out / "thief-checkpoints",
+    )
 
 
 def run_attack(
@@ -111,7 +133,7 @@ def run_attack(
     out.mkdir(parents=True, exist_ok=True)
     trigger = key.trigger
     rule = VerdictRule(allow_text_signatures=bool(options.get("allow_text_signatures")))
-    model = forged_key = None
+    model = forged_key = thief = None
     plots: list[str] = []
 
     if name == "finetune":
@@ -243,6 +265,9 @@ def run_attack(
         )
         result.pop("model_with_forged_branch")
         rows = [{k: v for k, v in result.items() if k not in ("attack", "threat_model")}]
+    elif name == "reprotect":
+        result = _reprotect(released, key, key_dir, attacker, data, options, out, rule)
+        model, thief, rows = result.pop("model"), result, result["rows"]
     else:  # forge
         result = forge_attack(
             released,
@@ -279,6 +304,9 @@ def run_attack(
         )
     if forged_key is not None:
         forged_key.save(out / "forged-key")
+    if thief is not None:  # the thief's claim, as `passportnorm dispute --claim` takes it
+        thief.pop("thief_key").save(out / "thief-key")
+        thief.pop("thief_certificate").save(out / "certificate.json")
     result.setdefault("rows", rows)
     result.update(
         options={k: v for k, v in options.items() if v is not None},
