@@ -30,6 +30,7 @@ def owner(tmp_path_factory):
         ("erb", ["--erb-mode", "ierb"], None),
         ("forge", [], "forged-key"),
         ("reprotect", ["--passports", "shuffle"], "model"),
+        ("quantize", ["--quantize", "fp16,int8-static"], "model"),
     ],
 )
 def test_each_attack_writes_its_evidence(owner, tmp_path, capsys, name, extra, produces):

@@ -245,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EXIT_CODES["attack"],
     )
     attack.add_argument(
-        "name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge, reprotect"
+        "name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge, reprotect, quantize"
     )
     attack.add_argument("--model", required=True, help="released-model folder")
     attack.add_argument(
@@ -280,6 +280,10 @@ def _parser() -> argparse.ArgumentParser:
     attack.add_argument("--forge-signature", help="forge: the forger's text")
     attack.add_argument(
         "--passports", choices=["random", "shuffle", "image"], help="reprotect: the thief's passports (default random)"
+    )
+    attack.add_argument(
+        "--quantize",
+        help="quantize: comma-separated modes of int8-dynamic, int8-static, fp16 (default all; model/ holds the last)",
     )
     attack.add_argument("--lr", type=float, help="reprotect: the thief's learning rate (default 0.01)")
     attack.add_argument(
@@ -560,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
                     "target_classes",
                     "forge_signature",
                     "passports",
+                    "quantize",
                     "lr",
                     "certificate",
                     "allow_text_signatures",

@@ -60,6 +60,23 @@ def save_released(
     return folder
 
 
+def _refuse_quantized(path: Path, state: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Integer weights where the architecture has float ones: a quantized model, which loading would
+    silently turn into nonsense floats."""
+    for name, value in state.items():
+        if name in expected and expected[name].is_floating_point() and not value.is_floating_point():
+            raise ModelFileError(
+                f"{path} holds {name!r} as {str(value.dtype).replace('torch.', '')}: a quantized model; "
+                "dequantize it into the float architecture first (`passportnorm attack quantize` writes "
+                "model/ that way), then verify with --reference"
+            )
+        if name.endswith(("scale", "zero_point", "_packed_params")) and name not in expected:
+            raise ModelFileError(
+                f"{path} has {name!r}: a quantized model's state; dequantize it into the float architecture "
+                "first (`passportnorm attack quantize` writes model/ that way), then verify with --reference"
+            )
+
+
 def load_released(folder: str | Path, trusted_arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """(model, model.json) from a released-model folder; every failure is one ModelFileError line.
 
@@ -92,6 +109,7 @@ def load_released(folder: str | Path, trusted_arch: str | None = None) -> tuple[
     except (KeyError, PassportNormError) as error:
         raise ModelFileError(f"{meta_path}: cannot build the model it names ({error})") from error
     expected = model.state_dict()
+    _refuse_quantized(weights_path, state, expected)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]

@@ -22,7 +22,7 @@ from ..fileio import write_json_atomic, write_text_atomic
 from ..key import OwnerKey
 from ..release import load_released, save_released
 
-ATTACKS = ("finetune", "transfer", "prune", "obfuscate", "ambiguity1", "ambiguity2", "erb", "forge", "reprotect")
+ATTACKS = ("finetune", "transfer", "prune", "obfuscate", "ambiguity1", "ambiguity2", "erb", "forge", "reprotect", "quantize")
 
 
 def attacker_split(train, share: float, seed: int) -> Subset:
@@ -265,6 +265,14 @@ def run_attack(
         )
         result.pop("model_with_forged_branch")
         rows = [{k: v for k, v in result.items() if k not in ("attack", "threat_model")}]
+    elif name == "quantize":
+        from .quantize import quantize_attack
+
+        modes = tuple(m.strip() for m in str(options.get("quantize") or "int8-dynamic,int8-static,fp16").split(","))
+        result = quantize_attack(released, key, data.test, attacker.dataset.tensors[0][attacker.indices[:256]],
+                                 modes=modes, trigger=trigger, rule=rule)
+        model, rows = result.pop("model"), result["rows"]
+        result["model_is"] = f"the {modes[-1]} model dequantized into the original architecture"
     elif name == "reprotect":
         result = _reprotect(released, key, key_dir, attacker, data, options, out, rule)
         model, thief, rows = result.pop("model"), result, result["rows"]

@@ -1,0 +1,61 @@
+"""Issue 18: re-protection, quantization, distillation, fine-pruning, dummy neurons, combined attacks."""
+
+import pytest
+import torch
+
+from passportnorm.attacks.quantize import QUANTIZE_MODES, dequantize_into, quantize, quantize_attack
+from passportnorm.cli import main
+from passportnorm.fileio import save_tensors
+from passportnorm.release import save_released
+from passportnorm.verify import verify
+
+
+@pytest.fixture(scope="module")
+def owner(digits_owner):
+    return digits_owner
+
+
+@pytest.mark.parametrize("mode", QUANTIZE_MODES)
+def test_quantized_copy_still_verifies_with_the_reference(owner, mode):
+    data, released, key = owner
+    result = quantize_attack(released, key, data.test, data.train.tensors[0][:128], modes=(mode,))
+    row = result["rows"][0]
+    assert row["served_accuracy"] > 0.9 and row["verified"], row
+    assert row["signature_detection"] > 0.99
+
+
+def test_static_int8_folds_the_norms_and_alignment_undoes_the_scaling(owner):
+    data, released, key = owner
+    served = quantize(released, "int8-static", data.train.tensors[0][:64])
+    folded = [layer["norm"] for layer in key.layers if layer["norm"] not in dict(served.named_modules())]
+    assert folded == [
+        layer["norm"] for layer in key.layers
+    ]  # every protected norm is gone from the int8 model
+    restored = dequantize_into(released, served, data.train.tensors[0][:8])
+    outputs = served(data.test.tensors[0][:64]).argmax(1), restored(data.test.tensors[0][:64]).argmax(1)
+    assert (outputs[0] == outputs[1]).float().mean() > 0.95  # the same model, up to activation rounding
+    assert verify(restored, key, reference=released).verified
+    assert verify(restored, key, reference=released).alignment["used"]
+
+
+def test_a_quantized_weights_file_is_refused_with_one_line(owner, tmp_path, capsys):
+    data, released, key = owner
+    folder = save_released(
+        released, tmp_path / "int8", "small_cnn", {"width": 1.0, "num_classes": 10, "in_channels": 1}
+    )
+    state = {k: v for k, v in released.state_dict().items()}
+    first = next(k for k, v in state.items() if k.endswith("weight") and v.dim() > 1)
+    state[first] = state[first].mul(100).round().to(torch.int8)
+    save_tensors(state, folder / "model.safetensors")
+    code = main(["verify", "--model", str(folder), "--key", str(key.save(tmp_path / "key")), "--no-data"])
+    err = capsys.readouterr().err
+    assert code == 2 and "a quantized model" in err and repr(first) in err and err.count("\n") == 1
+
+
+def test_a_pickle_file_instead_of_a_folder_is_refused_with_one_line(owner, tmp_path, capsys):
+    data, released, key = owner
+    path = tmp_path / "stolen.pt"
+    torch.save(released.state_dict(), path)
+    code = main(["verify", "--model", str(path), "--key", str(key.save(tmp_path / "key")), "--no-data"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file, not a passportnorm released model" in err and err.count("\n") == 1
