@@ -31,6 +31,8 @@ def owner(tmp_path_factory):
         ("forge", [], "forged-key"),
         ("reprotect", ["--passports", "shuffle"], "model"),
         ("quantize", ["--quantize", "fp16,int8-static"], "model"),
+        ("distill", [], "model"),
+        ("fine-prune", ["--rates", "0.3,0.9"], "model"),
     ],
 )
 def test_each_attack_writes_its_evidence(owner, tmp_path, capsys, name, extra, produces):

@@ -59,3 +59,31 @@ def test_a_pickle_file_instead_of_a_folder_is_refused_with_one_line(owner, tmp_p
     code = main(["verify", "--model", str(path), "--key", str(key.save(tmp_path / "key")), "--no-data"])
     err = capsys.readouterr().err
     assert code == 2 and "is a file, not a passportnorm released model" in err and err.count("\n") == 1
+
+
+def test_distilled_copy_is_not_verified_white_box(owner):
+    from passportnorm import zoo
+    from passportnorm.attacks.distill import distill_attack
+
+    data, released, key = owner
+    fresh = zoo.build("small_cnn", width=1.0, num_classes=10, in_channels=1)
+    result = distill_attack(released, fresh, key, data.train, data.test, epochs=3)
+    row = result["rows"][0]
+    assert row["attacker_accuracy"] > 0.85, row  # the extraction works ...
+    assert not row["white_box_verified"] and row["signature_detection"] < 0.65  # ... and carries no proof
+
+
+def test_fine_pruning_zeroes_channels_that_stay_zero_and_reports_the_boundary(owner):
+    from passportnorm.attacks.fineprune import fine_prune, prune_channels
+
+    data, released, key = owner
+    example = data.train.tensors[0][:2]
+    pruned, masks = prune_channels(released, 0.5, data.train, example)
+    assert all(int((~keep).sum()) == pair.channels // 2 for pair, keep in masks.items())
+    result = fine_prune(released, key, data.train, data.test, rates=(0.0, 0.9), epochs=1)
+    modules = dict(result["model"].named_modules())
+    _, masks = prune_channels(released, 0.9, data.train, example)
+    for pair, keep in masks.items():  # still zero after fine-tuning
+        assert modules[pair.producer].weight[~keep].abs().max() == 0
+    assert result["last_verified"] == 0.0 and result["first_not_verified"] == 0.9
+    assert result["rows"][1]["signature_detection"] < 0.2

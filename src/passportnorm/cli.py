@@ -245,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EXIT_CODES["attack"],
     )
     attack.add_argument(
-        "name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge, reprotect, quantize"
+        "name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge, reprotect, quantize, distill, fine-prune"
     )
     attack.add_argument("--model", required=True, help="released-model folder")
     attack.add_argument(
@@ -263,12 +263,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="attacker's share of the training split (default 0.5; 0.1 for erb/ambiguity)",
     )
-    attack.add_argument("--epochs", type=int, help="attack epochs (default 5; reprotect 2)")
+    attack.add_argument("--epochs", type=int, help="attack epochs (default 5; reprotect 2, distill 10)")
     attack.add_argument("--seed", type=int, default=0)
     attack.add_argument(
         "--mode", choices=["ftll", "ftal", "rtll", "rtal"], help="finetune mode (default ftal)"
     )
-    attack.add_argument("--rates", help="prune: comma-separated shares in [0, 1)")
+    attack.add_argument("--rates", help="prune, fine-prune: comma-separated shares in [0, 1)")
     attack.add_argument("--flips", help="ambiguity2: comma-separated shares of flipped bits")
     attack.add_argument("--erb-mode", choices=["cerb", "ierb"])
     attack.add_argument(
@@ -285,7 +285,9 @@ def _parser() -> argparse.ArgumentParser:
         "--quantize",
         help="quantize: comma-separated modes of int8-dynamic, int8-static, fp16 (default all; model/ holds the last)",
     )
-    attack.add_argument("--lr", type=float, help="reprotect: the thief's learning rate (default 0.01)")
+    attack.add_argument(
+        "--lr", type=float, help="reprotect, fine-prune: the attacker's learning rate (default 0.01; distill 0.05)"
+    )
     attack.add_argument(
         "--certificate",
         help="reprotect: the owner's published certificate, for the dispute (default: certificate.json next to the key)",

@@ -8,6 +8,7 @@ LL = train the last layer only, AL = train all layers. The owner verifies after 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,13 @@ def finetune(
     trigger: TriggerSet | None = None,
     rule: VerdictRule = VerdictRule(),
     checkpoint: str | Path | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
+    reference: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Run one fine-tuning attack; returns per-epoch rows and the attacked model under ``"model"``.
+
+    ``after_step(model)`` runs after every optimizer step (fine-pruning keeps its pruned channels
+    at zero with it); ``reference`` is passed to the owner's verification (alignment).
 
     With ``checkpoint`` (a file path) the state is saved after every epoch and an interrupted
     attack continues from its last finished epoch when called again with the same arguments.
@@ -77,7 +83,7 @@ def finetune(
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
 
     def row(epoch: int) -> dict[str, Any]:
-        report = verify(model, key, data=owner_test, trigger=trigger, rule=rule)
+        report = verify(model, key, data=owner_test, trigger=trigger, rule=rule, reference=reference)
         return {
             "epoch": epoch,
             "attacker_accuracy": accuracy(model, owner_test),
@@ -98,6 +104,8 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if after_step is not None:
+                after_step(model)
         rows.append(row(epoch))
         save_state(checkpoint, model, optimizer, rows, epoch)
     for parameter in model.parameters():

@@ -22,7 +22,7 @@ from ..fileio import write_json_atomic, write_text_atomic
 from ..key import OwnerKey
 from ..release import load_released, save_released
 
-ATTACKS = ("finetune", "transfer", "prune", "obfuscate", "ambiguity1", "ambiguity2", "erb", "forge", "reprotect", "quantize")
+ATTACKS = ("finetune", "transfer", "prune", "obfuscate", "ambiguity1", "ambiguity2", "erb", "forge", "reprotect", "quantize", "distill", "fine-prune")
 
 
 def attacker_split(train, share: float, seed: int) -> Subset:
@@ -273,6 +273,24 @@ def run_attack(
                                  modes=modes, trigger=trigger, rule=rule)
         model, rows = result.pop("model"), result["rows"]
         result["model_is"] = f"the {modes[-1]} model dequantized into the original architecture"
+    elif name == "fine-prune":
+        from .fineprune import fine_prune
+
+        rates = [float(r) for r in str(options.get("rates") or "0.2,0.4,0.6,0.8").split(",")]
+        result = fine_prune(released, key, attacker, data.test, rates=rates, epochs=epochs,
+                            lr=float(options.get("lr") or 0.01), seed=seed, trigger=trigger, rule=rule)
+        model, rows = result.pop("model"), result["rows"]
+        result["model_is"] = f"the model pruned at {rates[-1]} and fine-tuned"
+    elif name == "distill":
+        from .distill import distill_attack
+        from .. import zoo
+
+        arch = meta["arch"]
+        fresh = zoo.build(arch, trust_code=options.get("arch") == arch, **meta.get("model_config", {}))
+        result = distill_attack(released, fresh, key, attacker, data.test, arch=arch,
+                                epochs=int(options.get("epochs") or 10), lr=float(options.get("lr") or 0.05),
+                                seed=seed, rule=rule, checkpoint=out / "checkpoint.pt")
+        model, rows = result.pop("model"), result["rows"]
     elif name == "reprotect":
         result = _reprotect(released, key, key_dir, attacker, data, options, out, rule)
         model, thief, rows = result.pop("model"), result, result["rows"]

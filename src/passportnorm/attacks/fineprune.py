@@ -1,0 +1,160 @@
+"""Fine-pruning (Liu et al., 2018): prune the least active channels, then fine-tune.
+
+Threat model: the attacker has the released weights, the architecture and labelled task data (a
+held-out share), no key. He measures each normalized channel's mean activation on his data,
+zeroes the least active share of every producer/norm pair (filter, bias and the norm's affine:
+the channel then outputs zero, the architecture is unchanged), and fine-tunes all layers with
+the pruned channels held at zero. A pruned channel's filter is zero, so its signature bit reads
+zero, which matches neither sign: the bits are removed with the channels, and the sweep shows
+at which share the owner's proof stops, next to what the attacker's accuracy is there.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.triggers import TriggerSet
+from ..errors import ConfigError
+from ..evaluation import accuracy
+from ..key import OwnerKey
+from ..pairing import Pair, find_pairs
+from ..verify import VerdictRule, format_p_value
+from .finetune import finetune
+
+THREAT_MODEL = (
+    "attacker: released weights, architecture and labelled task data (a held-out share); no key. "
+    "Action: zero the least active share of every normalized layer's channels (mean activation on "
+    "his data), then fine-tune all layers {epochs} epochs (SGD lr {lr}) with them held at zero."
+)
+
+
+@torch.no_grad()
+def channel_activity(
+    model: nn.Module, pairs: list[Pair], data: Dataset, batches: int = 4
+) -> dict[str, torch.Tensor]:
+    """Mean positive activation of every norm's output channels on ``data``, by norm path."""
+    modules, sums = dict(model.named_modules()), {}
+
+    def record(path):
+        def hook(_module, _inputs, output):
+            dims = [0, *range(2, output.dim())]
+            sums[path] = sums.get(path, 0) + output.clamp_min(0).mean(dims)
+
+        return hook
+
+    handles = [modules[p.norm].register_forward_hook(record(p.norm)) for p in pairs]
+    model.eval()
+    for index, (x, _y) in enumerate(DataLoader(data, batch_size=128)):
+        if index == batches:
+            break
+        model(x)
+    for handle in handles:
+        handle.remove()
+    return sums
+
+
+def prune_channels(
+    model: nn.Module, rate: float, data: Dataset, example: torch.Tensor
+) -> tuple[nn.Module, dict]:
+    """A copy with the least active ``rate`` share of each pair's channels zeroed, and the masks."""
+    if not 0.0 <= rate < 1.0:
+        raise ConfigError(f"fine-pruning rate {rate} must be in [0, 1)")
+    pruned = copy.deepcopy(model).eval()
+    pairs = find_pairs(pruned, example).pairs
+    activity, modules, masks = channel_activity(pruned, pairs, data), dict(pruned.named_modules()), {}
+    for pair in pairs:
+        keep = torch.ones(pair.channels, dtype=torch.bool)
+        keep[activity[pair.norm].argsort()[: int(rate * pair.channels)]] = False
+        masks[pair] = keep
+    _apply(modules, masks)
+    return pruned, masks
+
+
+@torch.no_grad()
+def _apply(modules: dict[str, nn.Module], masks: dict[Pair, torch.Tensor]) -> None:
+    for pair, keep in masks.items():
+        producer, norm = modules[pair.producer], modules[pair.norm]
+        producer.weight[~keep] = 0
+        if producer.bias is not None:
+            producer.bias[~keep] = 0
+        if getattr(norm, "weight", None) is not None:
+            norm.weight[~keep] = 0
+            norm.bias[~keep] = 0
+
+
+def fine_prune(
+    released: nn.Module,
+    key: OwnerKey,
+    attacker_data: Dataset,
+    owner_test: Dataset,
+    rates: Sequence[float] = (0.2, 0.4, 0.6, 0.8),
+    epochs: int = 5,
+    lr: float = 0.01,
+    seed: int = 0,
+    trigger: TriggerSet | None = None,
+    rule: VerdictRule = VerdictRule(),
+) -> dict[str, Any]:
+    """Prune and fine-tune at each rate; rows with the attacker's accuracy and the owner's verdict."""
+    example, rows, model = (
+        attacker_data[0][0].unsqueeze(0).repeat(2, *[1] * attacker_data[0][0].dim()),
+        [],
+        None,
+    )
+    for rate in rates:
+        pruned, masks = prune_channels(released, rate, attacker_data, example)
+        pruned_accuracy = accuracy(pruned, owner_test)
+        result = finetune(
+            pruned,
+            key,
+            attacker_data,
+            owner_test,
+            mode="ftal",
+            epochs=epochs,
+            lr=lr,
+            seed=seed,
+            trigger=trigger,
+            rule=rule,
+            reference=released,
+            after_step=lambda m, masks=masks: _apply(dict(m.named_modules()), masks),
+        )
+        model, last = result["model"], result["rows"][-1]
+        rows.append(
+            {
+                "rate": rate,
+                "pruned_accuracy": pruned_accuracy,
+                "attacker_accuracy": last["attacker_accuracy"],
+                "signature_detection": last["signature_detection"],
+                "signature_p_value": format_p_value(
+                    last["signature_p_value"], last["signature_log10_p_value"]
+                ),
+                "passport_aware_accuracy": last["passport_aware_accuracy"],
+                "trigger_accuracy": last["trigger_accuracy"],
+                "verified": last["verified"],
+            }
+        )
+    return {
+        "attack": "fine-prune",
+        "threat_model": THREAT_MODEL.format(epochs=epochs, lr=lr),
+        "rows": rows,
+        **boundary(rows),
+        "model": model,
+    }
+
+
+def boundary(rows: list[dict[str, Any]], setting: str = "rate") -> dict[str, Any]:
+    """The last setting still verified and the first that is not, with the attacker's accuracy there."""
+    ordered = sorted(rows, key=lambda r: r[setting])
+    first_lost = next((r for r in ordered if not r["verified"]), None)
+    held = [r for r in ordered if r["verified"] and (first_lost is None or r[setting] < first_lost[setting])]
+    return {
+        "last_verified": held[-1][setting] if held else None,
+        "attacker_accuracy_at_last_verified": held[-1]["attacker_accuracy"] if held else None,
+        "first_not_verified": first_lost[setting] if first_lost else None,
+        "attacker_accuracy_at_first_not_verified": first_lost["attacker_accuracy"] if first_lost else None,
+    }
