@@ -33,6 +33,7 @@ def owner(tmp_path_factory):
         ("quantize", ["--quantize", "fp16,int8-static"], "model"),
         ("distill", [], "model"),
         ("fine-prune", ["--rates", "0.3,0.9"], "model"),
+        ("dummy-neurons", ["--rates", "0.5"], "model"),
     ],
 )
 def test_each_attack_writes_its_evidence(owner, tmp_path, capsys, name, extra, produces):
@@ -45,7 +46,8 @@ def test_each_attack_writes_its_evidence(owner, tmp_path, capsys, name, extra, p
     for plot in result["plots"]:
         assert (out / plot).stat().st_size > 1000
     if produces == "model":
-        assert main(["verify", "--model", str(out / "model"), "--key", str(owner / "owner-key"), "--no-data"]) in (0, 1)
+        verify = ["verify", "--model", str(out / "model"), "--key", str(owner / "owner-key"), "--no-data"]
+        assert main([*verify, "--reference", str(owner / "released")]) in (0, 1)
     elif produces == "forged-key":
         assert main(["verify", "--model", str(owner / "released"), "--key", str(out / "forged-key")]) in (0, 1)
     else:
@@ -68,6 +70,18 @@ def test_reprotection_claim_loses_the_dispute_in_folders_with_apostrophes_and_sp
     assert result["winner"] == "Alice's run", result["decided_by"]
     assert main(["dispute", "--suspect", str(bob / "model"), *reversed_claims(claims), "--no-data"]) == 0
     assert "**Decision: Alice's run**" in capsys.readouterr().out
+
+
+def test_widened_suspect_needs_the_reference_and_verifies_with_it(owner, tmp_path, capsys):
+    out = tmp_path / "wide"
+    assert main(["attack", "dummy-neurons", "--model", str(owner / "released"), "--key", str(owner / "owner-key"),
+                 "--out", str(out), "--rates", "0.5"]) == 0
+    capsys.readouterr()
+    verify = ["verify", "--model", str(out / "model"), "--key", str(owner / "owner-key")]
+    assert main(verify) == 2
+    err = capsys.readouterr().err
+    assert "channels, the key expects" in err and "--reference" in err and err.count("\n") == 1
+    assert main([*verify, "--reference", str(owner / "released")]) == 0
 
 
 def reversed_claims(claims: list[str]) -> list[str]:

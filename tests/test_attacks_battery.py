@@ -87,3 +87,35 @@ def test_fine_pruning_zeroes_channels_that_stay_zero_and_reports_the_boundary(ow
         assert modules[pair.producer].weight[~keep].abs().max() == 0
     assert result["last_verified"] == 0.0 and result["first_not_verified"] == 0.9
     assert result["rows"][1]["signature_detection"] < 0.2
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5])
+def test_dummy_neurons_keep_the_function_and_are_undone_with_the_reference(owner, share):
+    from passportnorm.attacks.dummy import add_dummy_neurons
+    from passportnorm.attacks.obfuscate import obfuscate
+
+    data, released, key = owner
+    example = data.train.tensors[0][:8]
+    wide, added = add_dummy_neurons(released, example, share, seed=3)
+    hidden, _ = obfuscate(wide, example, seed=3)
+    x = data.test.tensors[0][:64]
+    assert (hidden(x) - released(x)).abs().max() < 1e-3  # the same function, a wider architecture
+    assert sum(p.numel() for p in hidden.parameters()) > sum(p.numel() for p in released.parameters())
+    report = verify(hidden, key, data=data.test, reference=released)
+    assert report.verified and report.signature_detection == 1.0
+    narrowed = report.alignment["narrowed"]
+    assert {n: (v["dummy"], v["merged"]) for n, v in narrowed.items()} == {
+        n: (a["dummy"], a["split"]) for n, a in added.items()
+    }
+    assert "split channels merged" in report.to_markdown()
+
+
+def test_narrowing_leaves_an_independent_wider_model_alone_and_says_why_it_cannot_align(owner):
+    """A model that is simply wider (no dummies, no splits) is not cut down to fit: alignment refuses it."""
+    from passportnorm import zoo
+    from passportnorm.errors import OwnerKeyError
+
+    data, released, key = owner
+    other = zoo.build("small_cnn", width=1.25, num_classes=10, in_channels=1).eval()
+    with pytest.raises(OwnerKeyError, match="after removing the channels narrow.py can prove"):
+        verify(other, key, reference=released)

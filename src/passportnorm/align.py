@@ -37,7 +37,7 @@ from .pairing import Pair, find_pairs
 if TYPE_CHECKING:
     from .key import OwnerKey
 
-__all__ = ["align_to_reference", "passport_directions", "without_directions"]
+__all__ = ["align_to_reference", "pairs_to_align", "passport_directions", "without_directions"]
 
 
 def _rows(weight: torch.Tensor) -> torch.Tensor:
@@ -65,6 +65,18 @@ def without_directions(rows: torch.Tensor, directions: torch.Tensor | None) -> t
     return rows - torch.einsum("cnp,cp->cn", basis, torch.einsum("cnp,cn->cp", basis, rows))
 
 
+def pairs_to_align(reference: nn.Module, key: "OwnerKey", example_input: Any = None) -> list[Pair]:
+    """Every producer/norm pair of the reference when an example input lets us find them (an
+    obfuscator may scramble unprotected layers too), else the key's layers."""
+    pairs = [Pair(l["norm"], l["producer"], l["norm_type"], l["producer_type"], int(l["channels"])) for l in key.layers]
+    if example_input is not None:
+        device = next((p.device for p in reference.parameters()), torch.device("cpu"))
+        found = find_pairs(reference, example_input.to(device)).pairs
+        if {p.norm for p in pairs} <= {p.norm for p in found}:
+            pairs = found
+    return pairs
+
+
 @torch.no_grad()
 def align_to_reference(
     suspect: nn.Module, reference: nn.Module, key: "OwnerKey", example_input: Any = None,
@@ -80,12 +92,7 @@ def align_to_reference(
     unsound matching of earlier versions (kept so benchmarks can show what it did)."""
     model = copy.deepcopy(suspect).eval()
     modules, ref_modules = dict(model.named_modules()), dict(reference.named_modules())
-    pairs = [Pair(l["norm"], l["producer"], l["norm_type"], l["producer_type"], int(l["channels"])) for l in key.layers]
-    if example_input is not None:
-        device = next((p.device for p in reference.parameters()), torch.device("cpu"))
-        found = find_pairs(reference, example_input.to(device)).pairs
-        if {p.norm for p in pairs} <= {p.norm for p in found}:
-            pairs = found
+    pairs = pairs_to_align(reference, key, example_input)
     for pair in pairs:
         for path in (pair.norm, pair.producer):
             if path not in modules or path not in ref_modules:
@@ -100,7 +107,8 @@ def align_to_reference(
         ours, theirs = _rows(producer.weight), _rows(ref_modules[pair.producer].weight)
         if ours.shape != theirs.shape:
             raise OwnerKeyError(f"cannot align {pair.producer!r}: the suspect's weights are {tuple(ours.shape)}, the "
-                                f"reference's {tuple(theirs.shape)}; the reference must be the owner's release of this model")
+                                f"reference's {tuple(theirs.shape)} (after removing the channels narrow.py can prove "
+                                "function-free or split); the reference must be the owner's release of this model")
         directions = None
         if pair.norm in keyed and exclude_passport_directions:
             parts = key.layer_tensors(pair.norm)

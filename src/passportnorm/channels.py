@@ -18,8 +18,8 @@ from torch import nn
 
 from .pairing import Pair, trace_graph
 
-__all__ = ["Chain", "PER_CHANNEL_NORMS", "chains_and_trace_error", "flip_channels", "norm_tensors",
-           "permutable_chains", "permute_consumer_inputs"]
+__all__ = ["Chain", "PER_CHANNEL_NORMS", "chains_and_trace_error", "consumer_columns", "flip_channels",
+           "norm_tensors", "permutable_chains", "permute_consumer_inputs", "resize_module", "set_consumer_columns"]
 
 _CHANNEL_WISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Identity,
@@ -140,3 +140,41 @@ def permute_consumer_inputs(consumer: nn.Module, chain: Chain, order: torch.Tens
         weight.copy_(blocks[:, order].reshape_as(weight))
     else:
         weight.copy_(weight[:, order])
+
+
+# a module's width attributes and the weight dimension each one reads
+_WIDTH_ATTRIBUTES = (("out_channels", 0), ("out_features", 0), ("num_features", 0), ("in_channels", 1),
+                     ("in_features", 1))
+
+
+@torch.no_grad()
+def resize_module(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Give ``module`` the parameters and buffers in ``tensors`` (by local name), whatever their
+    widths, and update its width attributes to match; the module keeps its class and hooks."""
+    for name, value in tensors.items():
+        if name in module._parameters:
+            module._parameters[name] = nn.Parameter(value.clone(), requires_grad=module._parameters[name].requires_grad)
+        elif name in module._buffers:
+            module._buffers[name] = value.clone()
+    weight = tensors.get("weight", tensors.get("running_mean"))
+    if weight is None:
+        return
+    for attribute, dim in _WIDTH_ATTRIBUTES:
+        if hasattr(module, attribute) and weight.dim() > dim:
+            groups = getattr(module, "groups", 1) if attribute == "in_channels" else 1
+            setattr(module, attribute, int(weight.shape[dim]) * groups)
+
+
+def consumer_columns(consumer: nn.Module, chain: Chain, channels: int) -> torch.Tensor:
+    """The consumer's weight as ``(out, channels, rest)``: one slice per input channel (a flattened
+    channel reaches a Linear as a block of columns)."""
+    return consumer.weight.detach().reshape(consumer.weight.shape[0], channels, -1)
+
+
+def set_consumer_columns(consumer: nn.Module, columns: torch.Tensor, flattened: bool) -> None:
+    """Write ``(out, channels, rest)`` columns back as the consumer's weight, resizing it."""
+    if isinstance(consumer, nn.Linear):
+        weight = columns.reshape(columns.shape[0], -1)
+    else:
+        weight = columns.reshape(columns.shape[0], columns.shape[1], *consumer.weight.shape[2:])
+    resize_module(consumer, {"weight": weight})

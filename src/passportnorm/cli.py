@@ -245,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EXIT_CODES["attack"],
     )
     attack.add_argument(
-        "name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge, reprotect, quantize, distill, fine-prune"
+        "name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge, reprotect, quantize, distill, fine-prune, dummy-neurons"
     )
     attack.add_argument("--model", required=True, help="released-model folder")
     attack.add_argument(
@@ -268,7 +268,10 @@ def _parser() -> argparse.ArgumentParser:
     attack.add_argument(
         "--mode", choices=["ftll", "ftal", "rtll", "rtal"], help="finetune mode (default ftal)"
     )
-    attack.add_argument("--rates", help="prune, fine-prune: comma-separated shares in [0, 1)")
+    attack.add_argument(
+        "--rates",
+        help="prune, fine-prune: comma-separated shares in [0, 1); dummy-neurons: shares of channels added (default 0.1,0.5)"
+    )
     attack.add_argument("--flips", help="ambiguity2: comma-separated shares of flipped bits")
     attack.add_argument("--erb-mode", choices=["cerb", "ierb"])
     attack.add_argument(

@@ -22,6 +22,7 @@ from .fileio import (
     tensors_fingerprint,
     write_json_atomic,
 )
+from .channels import resize_module
 from .protect import is_protected
 
 __all__ = ["RELEASED_FORMAT", "save_released", "load_released", "released_fingerprint"]
@@ -58,6 +59,18 @@ def save_released(
             },
         )
     return folder
+
+
+def _reshape(model: nn.Module, state: dict[str, Any], paths: list[str], meta_path: Path) -> None:
+    """Give the modules model.json lists as reshaped (a widened model, attacks/dummy.py) the widths
+    of their tensors in the file; every other module must fit the architecture as built."""
+    modules = dict(model.named_modules())
+    for path in paths:
+        if path not in modules:
+            raise ModelFileError(f"{meta_path} lists reshaped module {path!r}, which {type(model).__name__} lacks")
+        prefix = f"{path}." if path else ""
+        local = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+        resize_module(modules[path], local)
 
 
 def _refuse_quantized(path: Path, state: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -108,6 +121,7 @@ def load_released(folder: str | Path, trusted_arch: str | None = None) -> tuple[
         model = zoo.build(arch, trust_code=trusted_arch == arch, **meta.get("model_config", {}))
     except (KeyError, PassportNormError) as error:
         raise ModelFileError(f"{meta_path}: cannot build the model it names ({error})") from error
+    _reshape(model, state, meta.get("reshaped_modules", []), meta_path)
     expected = model.state_dict()
     _refuse_quantized(weights_path, state, expected)
     missing = sorted(set(expected) - set(state))

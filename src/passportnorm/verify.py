@@ -24,6 +24,7 @@ from .data.triggers import TriggerSet
 from .detection import signature_detection
 from .evaluation import accuracy
 from .key import OwnerKey, attach_key
+from .narrow import narrow_to_reference
 from .protect import passport_mode, protected_layers, statistics_layers
 from .verdict import (
     Evidence,
@@ -156,6 +157,19 @@ class VerificationReport:
                     f"match confidence {low:.3f} (needed {self.alignment['needed']:g})",
                 )
             )
+            narrowed = self.alignment.get("narrowed") or {}
+            if narrowed:
+                removed = sum(n["dummy"] for n in narrowed.values())
+                merged = sum(n["merged"] for n in narrowed.values())
+                left = [f"{path} ({n['not_narrowed']})" for path, n in narrowed.items() if n.get("not_narrowed")]
+                rows.append(
+                    (
+                        "structure undone before alignment",
+                        f"{len(narrowed)} widened layers: {removed} channels no consumer reads removed, "
+                        f"{merged} split channels merged"
+                        + (f"; not narrowed: {', '.join(left)}" if left else ""),
+                    )
+                )
             if self.alignment.get("trace_error"):
                 rows.append(
                     (
@@ -245,9 +259,10 @@ def verify(
         }
     alignment = None
     if reference is not None:
-        aligned, alignment = align_to_reference(
-            model, reference, key, example_input=_example_of(data, trigger)
-        )
+        example = _example_of(data, trigger)
+        model, narrowed = narrow_to_reference(model, reference, key, example)  # function unchanged
+        aligned, alignment = align_to_reference(model, reference, key, example_input=example)
+        alignment["narrowed"] = narrowed
         alignment["used"] = rule.accepts_alignment(alignment["lowest_confidence"])
         alignment["needed"] = rule.min_alignment_confidence
         if alignment["used"]:

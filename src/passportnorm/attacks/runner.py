@@ -22,7 +22,7 @@ from ..fileio import write_json_atomic, write_text_atomic
 from ..key import OwnerKey
 from ..release import load_released, save_released
 
-ATTACKS = ("finetune", "transfer", "prune", "obfuscate", "ambiguity1", "ambiguity2", "erb", "forge", "reprotect", "quantize", "distill", "fine-prune")
+ATTACKS = ("finetune", "transfer", "prune", "obfuscate", "ambiguity1", "ambiguity2", "erb", "forge", "reprotect", "quantize", "distill", "fine-prune", "dummy-neurons")
 
 
 def attacker_split(train, share: float, seed: int) -> Subset:
@@ -273,6 +273,14 @@ def run_attack(
                                  modes=modes, trigger=trigger, rule=rule)
         model, rows = result.pop("model"), result["rows"]
         result["model_is"] = f"the {modes[-1]} model dequantized into the original architecture"
+    elif name == "dummy-neurons":
+        from .dummy import dummy_neuron_attack
+
+        shares = tuple(float(r) for r in str(options.get("rates") or "0.1,0.5").split(","))
+        result = dummy_neuron_attack(released, key, data.test, example, shares=shares, seed=seed,
+                                     trigger=trigger, rule=rule)
+        model, rows = result.pop("model"), result["rows"]
+        result["model_is"] = f"the model widened by {shares[-1]:.0%} and obfuscated (verify it with --reference)"
     elif name == "fine-prune":
         from .fineprune import fine_prune
 
@@ -320,6 +328,8 @@ def run_attack(
         ]
 
     if model is not None:
+        shapes = {k: v.shape for k, v in released.state_dict().items()}
+        reshaped = sorted({k.rpartition(".")[0] for k, v in model.state_dict().items() if shapes.get(k) != v.shape})
         save_released(
             model.eval(),
             out / "model",
@@ -327,6 +337,7 @@ def run_attack(
             meta["model_config"],
             attack=name,
             attacked_from=str(model_dir),
+            **({"reshaped_modules": reshaped} if reshaped else {}),
         )
     if forged_key is not None:
         forged_key.save(out / "forged-key")
