@@ -34,6 +34,7 @@ def owner(tmp_path_factory):
         ("distill", [], "model"),
         ("fine-prune", ["--rates", "0.3,0.9"], "model"),
         ("dummy-neurons", ["--rates", "0.5"], "model"),
+        ("combined", ["--steps", "fine-prune,quantize,dummy-neurons,obfuscate", "--rates", "0.2"], "model"),
     ],
 )
 def test_each_attack_writes_its_evidence(owner, tmp_path, capsys, name, extra, produces):
@@ -94,6 +95,7 @@ def reversed_claims(claims: list[str]) -> list[str]:
         (["prune", "--rates", "0,1.5"], "pruning rate 1.5 must be in [0, 1)"),
         (["finetune", "--share", "0"], "attacker data share 0.0 must be in (0, 1]"),
         (["sneeze"], "unknown attack 'sneeze'"),
+        (["combined", "--steps", "prune,sneeze"], "unknown combined step 'sneeze'"),
     ],
 )
 def test_bad_attack_options_are_one_line(owner, tmp_path, capsys, args, message):

@@ -119,3 +119,23 @@ def test_narrowing_leaves_an_independent_wider_model_alone_and_says_why_it_canno
     other = zoo.build("small_cnn", width=1.25, num_classes=10, in_channels=1).eval()
     with pytest.raises(OwnerKeyError, match="after removing the channels narrow.py can prove"):
         verify(other, key, reference=released)
+
+
+def test_combined_chain_reports_where_the_proof_stops(owner):
+    from passportnorm.attacks.combined import combined_attack
+
+    data, released, key = owner
+    result = combined_attack(
+        released,
+        key,
+        data.train,
+        data.test,
+        data.train.tensors[0][:8],
+        steps=("prune", "finetune", "dummy-neurons", "obfuscate"),
+        rates=(0.3, 0.95),
+        epochs=1,
+    )
+    first, last = result["rows"]
+    assert first["verified"] and first["alignment_used"]  # pruned, tuned, widened and scrambled: still proven
+    assert not last["verified"] and last["attacker_accuracy"] < first["attacker_accuracy"]
+    assert result["last_verified"] == 0.3 and result["first_not_verified"] == 0.95

@@ -245,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EXIT_CODES["attack"],
     )
     attack.add_argument(
-        "name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge, reprotect, quantize, distill, fine-prune, dummy-neurons"
+        "name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge, reprotect, quantize, distill, fine-prune, dummy-neurons, combined"
     )
     attack.add_argument("--model", required=True, help="released-model folder")
     attack.add_argument(
@@ -271,6 +271,11 @@ def _parser() -> argparse.ArgumentParser:
     attack.add_argument(
         "--rates",
         help="prune, fine-prune: comma-separated shares in [0, 1); dummy-neurons: shares of channels added (default 0.1,0.5)"
+    )
+    attack.add_argument(
+        "--steps",
+        help="combined: the chain, comma-separated, of prune, fine-prune, finetune, quantize, dummy-neurons, "
+        "obfuscate (default prune,finetune,dummy-neurons,obfuscate; --rates sets the pruning share)",
     )
     attack.add_argument("--flips", help="ambiguity2: comma-separated shares of flipped bits")
     attack.add_argument("--erb-mode", choices=["cerb", "ierb"])
@@ -570,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                     "forge_signature",
                     "passports",
                     "quantize",
+                    "steps",
                     "lr",
                     "certificate",
                     "allow_text_signatures",

@@ -6,8 +6,10 @@ channels computing positively proportional outputs, the consumer's weights divid
 them). Where a suspect's producer has more output channels than the reference's, and its norm's
 channels reach one consumer (channels.py), this removes exactly those two kinds and nothing else:
 
-- a channel whose consumer weights are all zero is dropped (layers are narrowed last to first, so
-  a channel read only by the next layer's dummies is dropped once they are);
+- a channel whose consumer weights are all zero, or whose norm outputs exactly zero (a filter
+  and affine zeroed by fine-pruning; activations map 0 to 0), is dropped (layers are narrowed last to first, so
+  a channel read only by the next layer's dummies is dropped once they are), never more than the
+  surplus over the reference's width: a pruned model has unread channels of its own;
 - two channels of a per-channel norm whose effective maps ``gamma * (W x + b - mean) / sigma +
   beta`` are positively proportional (``c > 0``; sign flips and rescaling leave the map as it is)
   are merged: the consumer's weights of the second, times ``c``, are added to the first's. This
@@ -78,29 +80,40 @@ def narrow_to_reference(
                 "not_narrowed": why,
             }
             continue
-        report[pair.norm] = _narrow(modules, by_norm[pair.norm])
+        report[pair.norm] = _narrow(
+            modules, by_norm[pair.norm], int(ref_modules[pair.producer].weight.shape[0])
+        )
     return model, dict(reversed(report.items()))
 
 
-def _narrow(modules: dict[str, nn.Module], chain: Chain) -> dict[str, Any]:
+def _narrow(modules: dict[str, nn.Module], chain: Chain, target: int) -> dict[str, Any]:
+    """Merge split channels, then drop channels no consumer reads, never below ``target`` channels."""
     producer, norm, consumer = modules[chain.pair.producer], modules[chain.pair.norm], modules[chain.consumer]
     channels = chain.pair.channels
     columns = consumer_columns(consumer, chain, channels).double().clone()
     reach = columns.abs().amax(dim=(0, 2))
-    keep = reach > 1e-12 * reach.max().clamp_min(1e-300)
-    dummies = int((~keep).sum())
-    merged = 0
+    dead = reach <= 1e-12 * reach.max().clamp_min(1e-300)
+    keep, merged, surplus = torch.ones(channels, dtype=torch.bool), 0, channels - target
     maps = _effective_maps(producer, norm)
     if maps is not None:
+        dead |= maps.abs().amax(dim=1) == 0  # the norm outputs exactly zero whatever the input
         unit = F.normalize(maps, dim=1)
         same = (unit @ unit.T) >= _SAME_MAP
-        for j in keep.nonzero().flatten().tolist():
-            earlier = (same[j, :j] & keep[:j]).nonzero().flatten()
-            if earlier.numel():
+        constant = (
+            maps[:, :-1].abs().amax(dim=1) == 0
+        )  # a zeroed filter: equal up to scale is no evidence of a split
+        candidates = ~dead & ~constant
+        for j in candidates.nonzero().flatten().tolist():
+            earlier = (same[j, :j] & keep[:j] & candidates[:j]).nonzero().flatten()
+            if earlier.numel() and merged < surplus:
                 i = int(earlier[0])
                 columns[:, i] += columns[:, j] * (maps[j].norm() / maps[i].norm())
                 keep[j] = False
                 merged += 1
+    # which unread channels were the owner's cannot be told from the function: the surplus goes, in order
+    unread = dead.nonzero().flatten()[: surplus - merged]
+    keep[unread] = False
+    dummies = int(unread.numel())
     index = keep.nonzero().flatten()
     resize_module(producer, {n: t.detach()[index] for n, t in producer.named_parameters(recurse=False)})
     resize_module(

@@ -22,7 +22,7 @@ from ..fileio import write_json_atomic, write_text_atomic
 from ..key import OwnerKey
 from ..release import load_released, save_released
 
-ATTACKS = ("finetune", "transfer", "prune", "obfuscate", "ambiguity1", "ambiguity2", "erb", "forge", "reprotect", "quantize", "distill", "fine-prune", "dummy-neurons")
+ATTACKS = ("finetune", "transfer", "prune", "obfuscate", "ambiguity1", "ambiguity2", "erb", "forge", "reprotect", "quantize", "distill", "fine-prune", "dummy-neurons", "combined")
 
 
 def attacker_split(train, share: float, seed: int) -> Subset:
@@ -273,6 +273,15 @@ def run_attack(
                                  modes=modes, trigger=trigger, rule=rule)
         model, rows = result.pop("model"), result["rows"]
         result["model_is"] = f"the {modes[-1]} model dequantized into the original architecture"
+    elif name == "combined":
+        from .combined import combined_attack
+
+        steps = tuple(s.strip() for s in str(options.get("steps") or "prune,finetune,dummy-neurons,obfuscate").split(","))
+        rates = [float(r) for r in str(options.get("rates") or "0.3,0.5,0.7,0.9").split(",")]
+        result = combined_attack(released, key, attacker, data.test, example, steps=steps, rates=rates, epochs=epochs,
+                                 lr=float(options.get("lr") or 0.01), seed=seed, trigger=trigger, rule=rule)
+        model, rows = result.pop("model"), result["rows"]
+        result["model_is"] = f"the chain's result at pruning share {rates[-1]} (verify it with --reference)"
     elif name == "dummy-neurons":
         from .dummy import dummy_neuron_attack
 
