@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..pairing import Pair, find_pairs
-from ..verify import VerdictRule, format_p_value
+from ..verify import VerdictRule, evidence_of, format_p_value, verify
 from .finetune import finetune
 
 THREAT_MODEL = (
@@ -123,27 +123,39 @@ def fine_prune(
             reference=released,
             after_step=lambda m, masks=masks: _apply(dict(m.named_modules()), masks),
         )
-        model, last = result["model"], result["rows"][-1]
-        rows.append(
-            {
-                "rate": rate,
-                "pruned_accuracy": pruned_accuracy,
-                "attacker_accuracy": last["attacker_accuracy"],
-                "signature_detection": last["signature_detection"],
-                "signature_p_value": format_p_value(
-                    last["signature_p_value"], last["signature_log10_p_value"]
-                ),
-                "passport_aware_accuracy": last["passport_aware_accuracy"],
-                "trigger_accuracy": last["trigger_accuracy"],
-                "verified": last["verified"],
-            }
-        )
+        model = result["model"]
+        owner = owner_row(model, key, owner_test, released, trigger, rule)
+        rows.append({"rate": rate, "pruned_accuracy": pruned_accuracy, **owner})
     return {
         "attack": "fine-prune",
         "threat_model": THREAT_MODEL.format(epochs=epochs, lr=lr),
         "rows": rows,
         **boundary(rows),
         "model": model,
+    }
+
+
+def owner_row(
+    model: nn.Module,
+    key: OwnerKey,
+    owner_test: Dataset,
+    released: nn.Module,
+    trigger: TriggerSet | None,
+    rule: VerdictRule,
+) -> dict[str, Any]:
+    """The owner's full verification of an attacked model (aligned to the release), the conditions it
+    failed, and whether the owner's proof still shows (the evidence a dispute decides on)."""
+    report = verify(model, key, data=owner_test, trigger=trigger, rule=rule, reference=released)
+    return {
+        "attacker_accuracy": accuracy(model, owner_test),
+        "signature_detection": report.signature_detection,
+        "signature_p_value": format_p_value(report.signature_p_value, report.signature_log10_p_value),
+        "passport_aware_accuracy": report.passport_aware_accuracy,
+        "trigger_accuracy": report.trigger_accuracy,
+        "alignment_used": (report.alignment or {}).get("used"),
+        "verified": report.verified,
+        "failed": "; ".join(c.split(":")[0] for c in report.failed_conditions) or None,
+        "proof_shows": rule.proof_shows(evidence_of(report))[0],
     }
 
 
@@ -157,4 +169,5 @@ def boundary(rows: list[dict[str, Any]], setting: str = "rate") -> dict[str, Any
         "attacker_accuracy_at_last_verified": held[-1]["attacker_accuracy"] if held else None,
         "first_not_verified": first_lost[setting] if first_lost else None,
         "attacker_accuracy_at_first_not_verified": first_lost["attacker_accuracy"] if first_lost else None,
+        "last_proof_shows": max((r[setting] for r in ordered if r.get("proof_shows")), default=None),
     }
