@@ -22,7 +22,8 @@ from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..verify import VerdictRule
 from .dummy import add_dummy_neurons
-from .fineprune import _apply, boundary, owner_row, prune_channels
+from .evidence import boundary, owner_row
+from .fineprune import _apply, prune_channels
 from .finetune import finetune
 from .obfuscate import obfuscate
 from .prune import prune_model

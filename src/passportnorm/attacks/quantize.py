@@ -32,7 +32,8 @@ from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..pairing import find_pairs
-from ..verify import VerdictRule, format_p_value, verify
+from ..verify import VerdictRule
+from .evidence import owner_row
 
 QUANTIZE_MODES = ("int8-dynamic", "int8-static", "fp16")
 
@@ -127,18 +128,11 @@ def quantize_attack(
         inputs_of = (lambda x: x.half()) if mode == "fp16" else (lambda x: x)
         served_accuracy = accuracy(_Cast(served, inputs_of), owner_test)
         restored = dequantize_into(released, served, calibration[:8])
-        report = verify(restored, key, data=owner_test, trigger=trigger, rule=rule, reference=released)
         rows.append(
             {
                 "mode": mode,
                 "served_accuracy": served_accuracy,
-                "dequantized_accuracy": accuracy(restored, owner_test),
-                "signature_detection": report.signature_detection,
-                "signature_p_value": format_p_value(report.signature_p_value, report.signature_log10_p_value),
-                "passport_aware_accuracy": report.passport_aware_accuracy,
-                "trigger_accuracy": report.trigger_accuracy,
-                "alignment_used": (report.alignment or {}).get("used"),
-                "verified": report.verified,
+                **owner_row(restored, key, owner_test, released, trigger, rule),
             }
         )
     return {
