@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .certificate import Certificate
+from .errors import ConfigError
 from .key import OwnerKey
 from .verify import VerdictRule, evidence_of, format_p_value, verify
 
@@ -123,6 +124,8 @@ def dispute(
 ) -> DisputeResult:
     """Decide which claimant owns ``suspect`` (see the module docstring); the order of claims does not matter.
     ``data`` adds each full verification to the rows, for the record; it does not decide."""
+    if first.name == second.name:
+        raise ConfigError(f"both claims are named {first.name!r}; give each claimant its own name")
     claims = {first.name: first, second.name: second}
     notes, rows, shows = [], [], {}
     for claim, other in ((first, second), (second, first)):
