@@ -48,7 +48,8 @@ def _pct(value) -> str:
 
 def _reprotection(released, key, certificate, attacker, data, epochs_grid, record) -> list[str]:
     rows = [
-        "| thief's passports | epochs | lr | thief's accuracy | owner's bits | owner's triggers | owner's proof "
+        "| thief's passports | epochs | lr | thief's accuracy | owner's bits | owner's triggers "
+        "| owner's proof "
         "shows | full verification (record) | dispute |",
         "|---|---:|---:|---:|---|---:|---|---|---|",
     ]
@@ -66,7 +67,8 @@ def _reprotection(released, key, certificate, attacker, data, epochs_grid, recor
                 rows.append(
                     f"| {passports} | {epochs} | {lr} | {_pct(row['attacker_accuracy'])} | "
                     f"{_pct(row['owner_signature_detection'])}, p = {row['owner_signature_p_value']} | "
-                    f"{_pct(row['owner_trigger_accuracy'])} | {'yes' if row['owner_proof_shows'] else '**no**'} | "
+                    f"{_pct(row['owner_trigger_accuracy'])} | "
+                    f"{'yes' if row['owner_proof_shows'] else '**no**'} | "
                     f"{full} | **{row['dispute_winner']}** |"
                 )
                 print(rows[-1], flush=True)
@@ -130,7 +132,8 @@ def _robustness(released, key, data, attacker, example, epochs, record) -> list[
             "dummy neurons + permute/flip/rescale",
             f"+{row['share']:.0%} channels ({row['channels_added']})",
             row["attacker_accuracy"],
-            f"key order: not verifiable (widths differ); with --reference: {row['removed_dummy']} dummy removed, "
+            "key order: not verifiable (widths differ); with --reference: "
+            f"{row['removed_dummy']} dummy removed, "
             f"{row['merged_split']} split merged, detection {_pct(row['signature_detection'])}, "
             f"p = {row['signature_p_value']}",
             "**verified**" if row["verified"] else "not verified",
@@ -144,7 +147,8 @@ def _robustness(released, key, data, attacker, example, epochs, record) -> list[
             "quantization",
             row["mode"],
             row["served_accuracy"],
-            f"dequantized, aligned: detection {_pct(row['signature_detection'])}, p = {row['signature_p_value']}, "
+            f"dequantized, aligned: detection {_pct(row['signature_detection'])}, "
+            f"p = {row['signature_p_value']}, "
             f"passport-aware {_pct(row['passport_aware_accuracy'])}",
             "**verified**" if row["verified"] else "not verified",
         )
@@ -159,7 +163,8 @@ def _robustness(released, key, data, attacker, example, epochs, record) -> list[
         f"white-box: detection {_pct(row['signature_detection'])}, p = {row['signature_p_value']}; triggers: "
         f"{row.get('trigger_matches', '-')} (release {_pct(row.get('released_trigger_accuracy'))}), "
         f"p = {row.get('trigger_p_value', '-')}",
-        f"white-box {'**verified (false positive)**' if row['white_box_verified'] else 'not verified (expected)'}; "
+        "white-box "
+        f"{'**verified (false positive)**' if row['white_box_verified'] else 'not verified (expected)'}; "
         f"black-box {'**verified**' if row.get('black_box_verified') else 'not verified'}",
     )
     for name, result in (
@@ -210,7 +215,8 @@ def _robustness(released, key, data, attacker, example, epochs, record) -> list[
             name,
             "**boundary**",
             None,
-            f"last verified: {result['last_verified']} (attacker {_pct(result['attacker_accuracy_at_last_verified'])}); "
+            f"last verified: {result['last_verified']} "
+            f"(attacker {_pct(result['attacker_accuracy_at_last_verified'])}); "
             f"first not verified: {result['first_not_verified']} "
             f"(attacker {_pct(result['attacker_accuracy_at_first_not_verified'])}); proof still shows up to "
             f"{result['last_proof_shows']}",
@@ -256,8 +262,9 @@ def main() -> None:
             "SECURITY.md", "reprotection", header + "\n".join(reprotection) + "\n\n" + "\n".join(forged)
         )
         header = (
-            f"Command: `python benchmarks/battery.py --docs` ({machine('cpu')}; owner as above; attacker: half "
-            f"the training split; fine-pruning and the combined chain fine-tune {args.attack_epochs} epochs at "
+            f"Command: `python benchmarks/battery.py --docs` ({machine('cpu')}; owner as above; "
+            "attacker: half the training split; fine-pruning and the combined chain fine-tune "
+            f"{args.attack_epochs} epochs at "
             "lr 0.01 after pruning; verification with the owner's test split and the owner's release as "
             "--reference).\n\n"
         )

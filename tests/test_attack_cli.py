@@ -75,7 +75,8 @@ def test_reprotection_claim_loses_the_dispute_in_folders_with_apostrophes_and_sp
 
 def test_widened_suspect_needs_the_reference_and_verifies_with_it(owner, tmp_path, capsys):
     out = tmp_path / "wide"
-    assert main(["attack", "dummy-neurons", "--model", str(owner / "released"), "--key", str(owner / "owner-key"),
+    assert main(["attack", "dummy-neurons", "--model", str(owner / "released"),
+                 "--key", str(owner / "owner-key"),
                  "--out", str(out), "--rates", "0.5"]) == 0
     capsys.readouterr()
     verify = ["verify", "--model", str(out / "model"), "--key", str(owner / "owner-key")]
@@ -96,6 +97,7 @@ def reversed_claims(claims: list[str]) -> list[str]:
         (["finetune", "--share", "0"], "attacker data share 0.0 must be in (0, 1]"),
         (["sneeze"], "unknown attack 'sneeze'"),
         (["combined", "--steps", "prune,sneeze"], "unknown combined step 'sneeze'"),
+        (["fine-prune", "--rates", "0.2,half"], "--rates '0.2,half' must be comma-separated float values"),
     ],
 )
 def test_bad_attack_options_are_one_line(owner, tmp_path, capsys, args, message):

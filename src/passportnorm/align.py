@@ -106,9 +106,11 @@ def align_to_reference(
         producer, norm = modules[pair.producer], modules[pair.norm]
         ours, theirs = _rows(producer.weight), _rows(ref_modules[pair.producer].weight)
         if ours.shape != theirs.shape:
-            raise OwnerKeyError(f"cannot align {pair.producer!r}: the suspect's weights are {tuple(ours.shape)}, the "
-                                f"reference's {tuple(theirs.shape)} (after removing the channels narrow.py can prove "
-                                "function-free or split); the reference must be the owner's release of this model")
+            raise OwnerKeyError(
+                f"cannot align {pair.producer!r}: the suspect's weights are {tuple(ours.shape)}, the "
+                f"reference's {tuple(theirs.shape)} (after removing the channels narrow.py can prove "
+                "function-free or split); the reference must be the owner's release of this model"
+            )
         directions = None
         if pair.norm in keyed and exclude_passport_directions:
             parts = key.layer_tensors(pair.norm)

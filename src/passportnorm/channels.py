@@ -19,7 +19,8 @@ from torch import nn
 from .pairing import Pair, trace_graph
 
 __all__ = ["Chain", "PER_CHANNEL_NORMS", "chains_and_trace_error", "consumer_columns", "flip_channels",
-           "norm_tensors", "permutable_chains", "permute_consumer_inputs", "resize_module", "set_consumer_columns"]
+           "norm_tensors", "permutable_chains", "permute_consumer_inputs", "resize_module",
+           "set_consumer_columns"]
 
 _CHANNEL_WISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Identity,
@@ -153,7 +154,8 @@ def resize_module(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     widths, and update its width attributes to match; the module keeps its class and hooks."""
     for name, value in tensors.items():
         if name in module._parameters:
-            module._parameters[name] = nn.Parameter(value.clone(), requires_grad=module._parameters[name].requires_grad)
+            trainable = module._parameters[name].requires_grad
+            module._parameters[name] = nn.Parameter(value.clone(), requires_grad=trainable)
         elif name in module._buffers:
             module._buffers[name] = value.clone()
     weight = tensors.get("weight", tensors.get("running_mean"))

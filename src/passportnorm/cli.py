@@ -245,7 +245,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EXIT_CODES["attack"],
     )
     attack.add_argument(
-        "name", help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge, reprotect, quantize, distill, fine-prune, dummy-neurons, combined"
+        "name",
+        help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge, reprotect, quantize, "
+        "distill, fine-prune, dummy-neurons, combined",
     )
     attack.add_argument("--model", required=True, help="released-model folder")
     attack.add_argument(
@@ -270,7 +272,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     attack.add_argument(
         "--rates",
-        help="prune, fine-prune: comma-separated shares in [0, 1); dummy-neurons: shares of channels added (default 0.1,0.5)"
+        help="prune, fine-prune: comma-separated shares in [0, 1); dummy-neurons: shares of channels added "
+        "(default 0.1,0.5)",
     )
     attack.add_argument(
         "--steps",
@@ -287,18 +290,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     attack.add_argument("--forge-signature", help="forge: the forger's text")
     attack.add_argument(
-        "--passports", choices=["random", "shuffle", "image"], help="reprotect: the thief's passports (default random)"
+        "--passports",
+        choices=["random", "shuffle", "image"],
+        help="reprotect: the thief's passports (default random)",
     )
     attack.add_argument(
         "--quantize",
-        help="quantize: comma-separated modes of int8-dynamic, int8-static, fp16 (default all; model/ holds the last)",
+        help="quantize: comma-separated modes of int8-dynamic, int8-static, fp16 (default all; model/ holds "
+        "the last)",
     )
     attack.add_argument(
-        "--lr", type=float, help="reprotect, fine-prune: the attacker's learning rate (default 0.01; distill 0.05)"
+        "--lr",
+        type=float,
+        help="reprotect, fine-prune: the attacker's learning rate (default 0.01; distill 0.05)",
     )
     attack.add_argument(
         "--certificate",
-        help="reprotect: the owner's published certificate, for the dispute (default: certificate.json next to the key)",
+        help="reprotect: the owner's published certificate, for the dispute (default: certificate.json next "
+        "to the key)",
     )
     attack.add_argument(
         "--arch", help="the model code the folder names when it is your own (file.py:factory)"
@@ -410,8 +419,11 @@ def _parser() -> argparse.ArgumentParser:
         "--rounds", type=int, default=5, help="interleaved rounds of the step timings (medians)"
     )
     bench.add_argument("--steps", type=int, default=5, help="steps timed per variant per round")
-    bench.add_argument("--processes", default="1,2",
-                       help="process counts for the torchrun scaling runs, comma-separated; empty: none")
+    bench.add_argument(
+        "--processes",
+        default="1,2",
+        help="process counts for the torchrun scaling runs, comma-separated; empty: none",
+    )
     bench.add_argument("--out", default="runs/bench", help="folder for bench.json")
 
     demo = commands.add_parser(

@@ -67,7 +67,8 @@ class DisputeResult:
             full = {True: "yes", False: "no", None: "-"}[row["verified"]]
             lines.append(
                 f"| {row['claimant']} | {row['model']} | {'**yes**' if row['shows'] else 'no'} | "
-                f"{row['detection']:.1%} | {row['p_value']} | {triggers} | {row['trigger_p_value'] or '-'} | {full} |"
+                f"{row['detection']:.1%} | {row['p_value']} | {triggers} | "
+                f"{row['trigger_p_value'] or '-'} | {full} |"
             )
         lines += ["", f"**Decision: {self.winner or 'no owner proven'}**, by: {self.decided_by}"]
         lines += [f"- {note}" for note in self.notes]

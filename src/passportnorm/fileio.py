@@ -131,8 +131,10 @@ def read_folder_manifest(
     """
     manifest_path = folder / manifest_name
     if folder.is_file():
-        raise error(f"{folder} is a file, not {what}: pass the folder with {manifest_name} and {tensors_name} "
-                    "(single files such as .pt pickles are never loaded: they can run code)")
+        raise error(
+            f"{folder} is a file, not {what}: pass the folder with {manifest_name} and {tensors_name} "
+            "(single files such as .pt pickles are never loaded: they can run code)"
+        )
     if not folder.is_dir():
         raise error(f"{folder} does not exist; pass the folder that holds {what}")
     for path in (manifest_path, folder / tensors_name):

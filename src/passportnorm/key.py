@@ -374,9 +374,9 @@ def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:
             )
         if norm_channels(norm) != layer["channels"]:
             raise OwnerKeyError(
-                f"the key is for another architecture: {norm_path!r} has {norm_channels(norm)} channels, the key expects "
-                f"{layer['channels']}; if the suspect was widened (dummy or split channels), pass the owner's release "
-                "as --reference to align it"
+                f"the key is for another architecture: {norm_path!r} has {norm_channels(norm)} channels, "
+                f"the key expects {layer['channels']}; if the suspect was widened (dummy or split channels), "
+                "pass the owner's release as --reference to align it"
             )
         parts = key.layer_tensors(norm_path)
         kind = layer.get("branch", PassportAwareBranch.branch_kind)

@@ -7,7 +7,8 @@ them). Where a suspect's producer has more output channels than the reference's,
 channels reach one consumer (channels.py), this removes exactly those two kinds and nothing else:
 
 - a channel whose consumer weights are all zero, or whose norm outputs exactly zero (a filter
-  and affine zeroed by fine-pruning; activations map 0 to 0), is dropped (layers are narrowed last to first, so
+  and affine zeroed by fine-pruning; activations map 0 to 0), is dropped (layers are narrowed
+  last to first, so
   a channel read only by the next layer's dummies is dropped once they are), never more than the
   surplus over the reference's width: a pruned model has unread channels of its own;
 - two channels of a per-channel norm whose effective maps ``gamma * (W x + b - mean) / sigma +

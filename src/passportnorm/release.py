@@ -67,9 +67,15 @@ def _reshape(model: nn.Module, state: dict[str, Any], paths: list[str], meta_pat
     modules = dict(model.named_modules())
     for path in paths:
         if path not in modules:
-            raise ModelFileError(f"{meta_path} lists reshaped module {path!r}, which {type(model).__name__} lacks")
+            raise ModelFileError(
+                f"{meta_path} lists reshaped module {path!r}, which {type(model).__name__} lacks"
+            )
         prefix = f"{path}." if path else ""
-        local = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+        local = {
+            k[len(prefix) :]: v
+            for k, v in state.items()
+            if k.startswith(prefix) and "." not in k[len(prefix) :]
+        }
         resize_module(modules[path], local)
 
 

@@ -161,7 +161,9 @@ class VerificationReport:
             if narrowed:
                 removed = sum(n["dummy"] for n in narrowed.values())
                 merged = sum(n["merged"] for n in narrowed.values())
-                left = [f"{path} ({n['not_narrowed']})" for path, n in narrowed.items() if n.get("not_narrowed")]
+                left = [
+                    f"{path} ({n['not_narrowed']})" for path, n in narrowed.items() if n.get("not_narrowed")
+                ]
                 rows.append(
                     (
                         "structure undone before alignment",

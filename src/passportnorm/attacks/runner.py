@@ -22,7 +22,22 @@ from ..fileio import write_json_atomic, write_text_atomic
 from ..key import OwnerKey
 from ..release import load_released, save_released
 
-ATTACKS = ("finetune", "transfer", "prune", "obfuscate", "ambiguity1", "ambiguity2", "erb", "forge", "reprotect", "quantize", "distill", "fine-prune", "dummy-neurons", "combined")
+ATTACKS = (
+    "finetune",
+    "transfer",
+    "prune",
+    "obfuscate",
+    "ambiguity1",
+    "ambiguity2",
+    "erb",
+    "forge",
+    "reprotect",
+    "quantize",
+    "distill",
+    "fine-prune",
+    "dummy-neurons",
+    "combined",
+)
 
 
 def attacker_split(train, share: float, seed: int) -> Subset:
@@ -60,6 +75,16 @@ def _table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _listed(options: dict[str, Any], name: str, default: str, kind: type = float) -> list:
+    """A comma-separated option as a list (``default`` when not given); a bad entry is one line."""
+    text = str(options.get(name) or default)
+    try:
+        return [kind(part.strip()) for part in text.split(",")]
+    except ValueError:
+        flag = "--" + name.replace("_", "-")
+        raise ConfigError(f"{flag} {text!r} must be comma-separated {kind.__name__} values") from None
+
+
 def _default_transfer_target(dataset: str, task: str) -> str:
     """Another shipped dataset of the same kind: digits for images, shapes or digit clouds for point clouds."""
     if task == "pointcloud":
@@ -78,7 +103,11 @@ def _reprotect(released, key, key_dir, attacker, data, options, out: Path, rule)
     path = Path(given) if given else Path(key_dir).parent / "certificate.json"
     certificate = Certificate.load(path) if given or path.is_file() else None
     return reprotect_attack(
-        released, key, certificate, attacker, data,
+        released,
+        key,
+        certificate,
+        attacker,
+        data,
         passports=options.get("passports") or "random",
         epochs=int(options.get("epochs") or 2),
         lr=float(options.get("lr") or 0.01),
@@ -199,9 +228,7 @@ def run_attack(
         model, rows = result.pop("model"), result["rows"]
         meta = dict(meta, model_config=dict(meta["model_config"], num_classes=count))
     elif name == "prune":
-        rates = [
-            float(r) for r in str(options.get("rates") or "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9").split(",")
-        ]
+        rates = _listed(options, "rates", "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
         result = prune_sweep(released, key, data.test, rates=rates, trigger=trigger, rule=rule)
         rows = result["rows"]
         from .prune import prune_model
@@ -231,7 +258,7 @@ def run_attack(
         forged_key = result.pop("forged_key")
         rows = [{k: v for k, v in result.items() if k not in ("attack", "threat_model")}]
     elif name == "ambiguity2":
-        flips = [float(f) for f in str(options.get("flips") or "0,0.1,0.25,0.5").split(",")]
+        flips = _listed(options, "flips", "0,0.1,0.25,0.5")
         rows, result = [], {}
         for flip in flips:
             result = ambiguity_two(
@@ -268,34 +295,66 @@ def run_attack(
     elif name == "quantize":
         from .quantize import quantize_attack
 
-        modes = tuple(m.strip() for m in str(options.get("quantize") or "int8-dynamic,int8-static,fp16").split(","))
-        result = quantize_attack(released, key, data.test, attacker.dataset.tensors[0][attacker.indices[:256]],
-                                 modes=modes, trigger=trigger, rule=rule)
+        modes = tuple(_listed(options, "quantize", "int8-dynamic,int8-static,fp16", str))
+        result = quantize_attack(
+            released,
+            key,
+            data.test,
+            attacker.dataset.tensors[0][attacker.indices[:256]],
+            modes=modes,
+            trigger=trigger,
+            rule=rule,
+        )
         model, rows = result.pop("model"), result["rows"]
         result["model_is"] = f"the {modes[-1]} model dequantized into the original architecture"
     elif name == "combined":
         from .combined import combined_attack
 
-        steps = tuple(s.strip() for s in str(options.get("steps") or "prune,finetune,dummy-neurons,obfuscate").split(","))
-        rates = [float(r) for r in str(options.get("rates") or "0.3,0.5,0.7,0.9").split(",")]
-        result = combined_attack(released, key, attacker, data.test, example, steps=steps, rates=rates, epochs=epochs,
-                                 lr=float(options.get("lr") or 0.01), seed=seed, trigger=trigger, rule=rule)
+        steps = tuple(_listed(options, "steps", "prune,finetune,dummy-neurons,obfuscate", str))
+        rates = _listed(options, "rates", "0.3,0.5,0.7,0.9")
+        result = combined_attack(
+            released,
+            key,
+            attacker,
+            data.test,
+            example,
+            steps=steps,
+            rates=rates,
+            epochs=epochs,
+            lr=float(options.get("lr") or 0.01),
+            seed=seed,
+            trigger=trigger,
+            rule=rule,
+        )
         model, rows = result.pop("model"), result["rows"]
         result["model_is"] = f"the chain's result at pruning share {rates[-1]} (verify it with --reference)"
     elif name == "dummy-neurons":
         from .dummy import dummy_neuron_attack
 
-        shares = tuple(float(r) for r in str(options.get("rates") or "0.1,0.5").split(","))
-        result = dummy_neuron_attack(released, key, data.test, example, shares=shares, seed=seed,
-                                     trigger=trigger, rule=rule)
+        shares = tuple(_listed(options, "rates", "0.1,0.5"))
+        result = dummy_neuron_attack(
+            released, key, data.test, example, shares=shares, seed=seed, trigger=trigger, rule=rule
+        )
         model, rows = result.pop("model"), result["rows"]
-        result["model_is"] = f"the model widened by {shares[-1]:.0%} and obfuscated (verify it with --reference)"
+        result["model_is"] = (
+            f"the model widened by {shares[-1]:.0%} and obfuscated (verify it with --reference)"
+        )
     elif name == "fine-prune":
         from .fineprune import fine_prune
 
-        rates = [float(r) for r in str(options.get("rates") or "0.2,0.4,0.6,0.8").split(",")]
-        result = fine_prune(released, key, attacker, data.test, rates=rates, epochs=epochs,
-                            lr=float(options.get("lr") or 0.01), seed=seed, trigger=trigger, rule=rule)
+        rates = _listed(options, "rates", "0.2,0.4,0.6,0.8")
+        result = fine_prune(
+            released,
+            key,
+            attacker,
+            data.test,
+            rates=rates,
+            epochs=epochs,
+            lr=float(options.get("lr") or 0.01),
+            seed=seed,
+            trigger=trigger,
+            rule=rule,
+        )
         model, rows = result.pop("model"), result["rows"]
         result["model_is"] = f"the model pruned at {rates[-1]} and fine-tuned"
     elif name == "distill":
@@ -304,9 +363,19 @@ def run_attack(
 
         arch = meta["arch"]
         fresh = zoo.build(arch, trust_code=options.get("arch") == arch, **meta.get("model_config", {}))
-        result = distill_attack(released, fresh, key, attacker, data.test, arch=arch,
-                                epochs=int(options.get("epochs") or 10), lr=float(options.get("lr") or 0.05),
-                                seed=seed, rule=rule, checkpoint=out / "checkpoint.pt")
+        result = distill_attack(
+            released,
+            fresh,
+            key,
+            attacker,
+            data.test,
+            arch=arch,
+            epochs=int(options.get("epochs") or 10),
+            lr=float(options.get("lr") or 0.05),
+            seed=seed,
+            rule=rule,
+            checkpoint=out / "checkpoint.pt",
+        )
         model, rows = result.pop("model"), result["rows"]
     elif name == "reprotect":
         result = _reprotect(released, key, key_dir, attacker, data, options, out, rule)
@@ -338,7 +407,9 @@ def run_attack(
 
     if model is not None:
         shapes = {k: v.shape for k, v in released.state_dict().items()}
-        reshaped = sorted({k.rpartition(".")[0] for k, v in model.state_dict().items() if shapes.get(k) != v.shape})
+        reshaped = sorted(
+            {k.rpartition(".")[0] for k, v in model.state_dict().items() if shapes.get(k) != v.shape}
+        )
         save_released(
             model.eval(),
             out / "model",
