@@ -27,10 +27,8 @@ def test_quantized_copy_still_verifies_with_the_reference(owner, mode):
 def test_static_int8_folds_the_norms_and_alignment_undoes_the_scaling(owner):
     data, released, key = owner
     served = quantize(released, "int8-static", data.train.tensors[0][:64])
-    folded = [layer["norm"] for layer in key.layers if layer["norm"] not in dict(served.named_modules())]
-    assert folded == [
-        layer["norm"] for layer in key.layers
-    ]  # every protected norm is gone from the int8 model
+    folded = [layer.norm for layer in key.layers if layer.norm not in dict(served.named_modules())]
+    assert folded == [layer.norm for layer in key.layers]  # every protected norm is gone from the int8 model
     restored = dequantize_into(released, served, data.train.tensors[0][:8])
     outputs = served(data.test.tensors[0][:64]).argmax(1), restored(data.test.tensors[0][:64]).argmax(1)
     assert (outputs[0] == outputs[1]).float().mean() > 0.95  # the same model, up to activation rounding

@@ -4,6 +4,7 @@ PointNet shows why: with the xyz norms skipped, the input T-Net (protected) turn
 differently in the two forwards, so the embedding norm after it sees two input distributions.
 """
 
+import dataclasses
 import warnings
 
 import pytest
@@ -84,14 +85,14 @@ def test_key_carries_aware_statistics_and_old_keys_still_attach(tmp_path):
     protected.eval()
     extract_key(protected).save(tmp_path / "key")
     key = OwnerKey.load(tmp_path / "key")
-    assert {layer["norm"] for layer in key.statistics_layers} == SKIPPED
+    assert {layer.norm for layer in key.statistics_layers} == SKIPPED
     rebuilt = attach_key(pn.strip(protected), key).eval()
     assert set(statistics_layers(rebuilt)) == SKIPPED
     with pn.passport_mode(rebuilt), pn.passport_mode(protected):
         assert torch.equal(rebuilt(x), protected(x))
     # a key written before aware statistics existed: branches only, shared statistics as before
     old = OwnerKey({k: v for k, v in key.tensors.items() if k.split(".branch_norm.")[0] not in SKIPPED},
-                   {k: v for k, v in key.manifest.items() if k != "statistics_layers"})
+                   dataclasses.replace(key.manifest, statistics_layers=()))
     assert not statistics_layers(attach_key(pn.strip(protected), old))
 
 
@@ -103,8 +104,10 @@ def test_key_statistics_for_another_architecture_name_the_layer(tmp_path):
     with pytest.raises(OwnerKeyError, match=r"'embed\.1' is a BatchNorm1d with 3 channels, the key expects a BatchNorm1d with \d+$"):
         attach_key(suspect, key)
     # a consistent (re-hashed) key whose statistics entry does not match its tensors
-    entries = [dict(e, channels=7) if e["norm"] == "embed.1" else e for e in key.statistics_layers]
-    OwnerKey(key.tensors, dict(key.manifest, statistics_layers=entries)).save(tmp_path / "key")
+    entries = tuple(
+        dataclasses.replace(e, channels=7) if e.norm == "embed.1" else e for e in key.statistics_layers
+    )
+    OwnerKey(key.tensors, dataclasses.replace(key.manifest, statistics_layers=entries)).save(tmp_path / "key")
     with pytest.raises(OwnerKeyError, match=r"statistics layer 'embed\.1' has no branch_norm\.running_mean of 7 channels"):
         OwnerKey.load(tmp_path / "key")
 

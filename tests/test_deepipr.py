@@ -87,7 +87,7 @@ def test_deepipr_v2_key_round_trip_and_verify(tmp_path):
     x = torch.randn(4, 1, 12, 12)
     model = _train(protect_deepipr(PlainCNN(), x, scheme="v2", signature="k", signature_mode="text", seed=0))
     key = extract_key(model)
-    assert {layer["branch"] for layer in key.layers} == {"deepipr-v2"}
+    assert {layer.branch for layer in key.layers} == {"deepipr-v2"}
     key.save(tmp_path / "key")
     loaded = OwnerKey.load(tmp_path / "key")
     released = strip(model)

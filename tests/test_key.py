@@ -92,6 +92,39 @@ def test_damaged_keys_are_one_line_errors(owner, damage, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda m: m["layers"][0].update(channels="8"), r"layers\[0\]\.channels must be int, got '8'"),
+        (lambda m: m["layers"][1].pop("producer"), r"layers\[1\]\.producer is missing"),
+        (lambda m: m["layers"][0].update(passport_shape=[1, 0]), r"layers\[0\]\.passport_shape must be a"),
+        (lambda m: m["signature"].update(mode="rot13"), r"signature\.mode must be 'hash' or 'text', got"),
+        (lambda m: m["trigger"].update(count=True), r"trigger\.count must be int, got True"),
+        (lambda m: m.update(statistics_layers={}), r"statistics_layers must be list"),
+    ],
+)
+def test_a_malformed_manifest_names_the_field(owner, edit, message):
+    *_, tmp = owner
+    path = tmp / "key" / "key.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(OwnerKeyError, match=message) as info:
+        OwnerKey.load(tmp / "key")
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def test_the_manifest_is_typed_and_written_back_as_read(owner):
+    *_, key, _, tmp = owner
+    loaded = OwnerKey.load(tmp / "key")
+    assert loaded.manifest == key.manifest  # the typed records compare equal after a round trip
+    layer = loaded.layers[0]
+    assert isinstance(layer.channels, int) and layer.passport_shape == tuple(key.layers[0].passport_shape)
+    written = json.loads((tmp / "key" / "key.json").read_text())
+    del written["sha256_key"], written["sha256_tensors"]
+    assert loaded.manifest.to_dict() == written == key.manifest.to_dict()
+
+
 def test_a_pickle_posing_as_key_is_never_loaded(owner, monkeypatch):
     *_, tmp = owner
     folder = tmp / "key"

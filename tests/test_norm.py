@@ -157,3 +157,44 @@ def test_copy_and_pickle_work_right_after_a_passport_forward():
     torch.save(protected, buffer)  # whole-module pickling, for users who do it with their own models
     sign_loss(protected).backward()  # the original's cached graph is intact
     assert out.shape == (2, 10)
+
+
+def test_the_public_branch_api_writes_only_what_it_is_asked_to():
+    model = protect(PlainCNN(), torch.randn(2, 1, 12, 12), passports="random", seed=0)
+    layer = next(iter(protected_layers(model).values()))
+    gamma = torch.randn(layer.passport_gamma.shape)
+    beta_before = layer.passport_beta.clone()
+    layer.set_passports(gamma=gamma.flatten())  # any layout with the right number of values
+    assert torch.equal(layer.passport_gamma, gamma) and torch.equal(layer.passport_beta, beta_before)
+    with pytest.raises(ValueError, match="a passport of 3 values"):
+        layer.set_passports(beta=torch.ones(3))
+    flipped = -layer.signature.clone()
+    layer.set_signature(flipped.float())
+    assert torch.equal(layer.signature, flipped) and layer.signature.dtype == torch.int8
+    for bad in (torch.ones(layer.channels + 1), torch.zeros(layer.channels)):
+        with pytest.raises(ValueError, match=f"a signature is {layer.channels} values of"):
+            layer.set_signature(bad)
+
+
+def test_fit_affine_makes_the_branch_apply_the_norms_affine():
+    model = protect(PlainCNN(), torch.randn(2, 1, 12, 12), passports="random", seed=0)
+    for layer in protected_layers(model).values():
+        target = torch.randn(2, layer.channels)
+        gap = layer.fit_affine(target[0], target[1])
+        gamma, beta = layer.affine(layer.passport_responses())
+        assert gap < 1e-4 and torch.allclose(torch.stack([gamma, beta]), target, atol=1e-4)
+        first, second = layer.mlp[0].weight, layer.mlp[2].weight
+        assert torch.isclose(first.norm(), second.norm(), rtol=1e-4)  # the gain is shared
+
+
+def test_key_tensors_round_trip_and_refuse_another_shape():
+    model = protect(PlainCNN(), torch.randn(2, 1, 12, 12), passports="random", seed=0)
+    other = protect(PlainCNN(), torch.randn(2, 1, 12, 12), passports="random", seed=1)
+    (layer, twin) = (next(iter(protected_layers(m).values())) for m in (model, other))
+    parts = layer.key_tensors()
+    assert {"passport_gamma", "signature", "mlp.0.weight"} <= set(parts) and "weight" not in parts
+    twin.load_trained(parts)
+    assert torch.equal(twin.mlp[2].weight, layer.mlp[2].weight)
+    assert not torch.equal(twin.passport_gamma, layer.passport_gamma)  # only the trained part moves
+    with pytest.raises(ValueError, match=r"the key's tensors mlp\.0\.weight do not fit a branch of \d+"):
+        twin.load_trained({**parts, "mlp.0.weight": torch.ones(1, 1)})

@@ -18,6 +18,7 @@ from passportnorm import zoo
 from passportnorm.cli import main
 from passportnorm.data import load_dataset
 from passportnorm.key import OwnerKey
+from passportnorm.key_manifest import SecretSeed
 from passportnorm.protect import protected_layers
 
 RUN = ["--dataset", "digits", "--arch", "small_cnn", "--width", "1.0", "--epochs", "1", "--batch-size", "32",
@@ -47,7 +48,7 @@ def _regenerate(out, seed: int) -> torch.Tensor:
 
 def _key_passport(out) -> torch.Tensor:
     key = OwnerKey.load(out / "owner-key")
-    return key.layer_tensors(key.layers[0]["norm"])["passport_gamma"]
+    return key.layer_tensors(key.layers[0].norm)["passport_gamma"]
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +76,14 @@ def test_the_same_attack_succeeds_when_the_secret_seed_is_known(runs):
 def test_default_runs_draw_their_secret_from_the_os_and_say_where_it_came_from(runs):
     default, again, fixed = runs["default"], runs["default-again"], runs["fixed"]
     assert not torch.equal(_key_passport(default), _key_passport(again))  # same public settings, other secrets
-    seed = OwnerKey.load(default / "owner-key").manifest["secret_seed"]
-    assert seed["source"] == "os-csprng" and int(seed["value"]).bit_length() > 64
+    seed = OwnerKey.load(default / "owner-key").manifest.secret_seed
+    assert seed.source == "os-csprng" and int(seed.value).bit_length() > 64
     for name in PUBLIC:
         path = default / name
-        assert not path.is_file() or seed["value"] not in path.read_text(), name
+        assert not path.is_file() or seed.value not in path.read_text(), name
     assert "OS CSPRNG" in json.loads((default / "metrics.json").read_text())["seeds"]["secret_seed"]
     fixed_key = OwnerKey.load(fixed / "owner-key").manifest
-    assert fixed_key["secret_seed"] == {"source": "user", "value": "7"}
+    assert fixed_key.secret_seed == SecretSeed(source="user", value="7")
     assert "given by the user" in json.loads((fixed / "metrics.json").read_text())["seeds"]["secret_seed"]
     assert "secret_seed" not in json.loads((fixed / "metrics.json").read_text())["settings"]
 

@@ -57,8 +57,8 @@ def test_owner_claim_states_its_strength(digits_owner):
 
 def test_a_key_with_edited_bits_is_rejected_not_an_error(digits_owner):
     data, released, key = digits_owner
-    edited = OwnerKey({k: v.clone() for k, v in key.tensors.items()}, copy.deepcopy(key.manifest))
-    first = key.layers[0]["norm"]
+    edited = OwnerKey({k: v.clone() for k, v in key.tensors.items()}, key.manifest)
+    first = key.layers[0].norm
     edited.tensors[f"{first}.signature"][:5] *= -1
     report = verify(released, edited, data=data.test)
     assert not report.verified and not report.bits_follow_from_passports

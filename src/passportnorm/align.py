@@ -68,7 +68,7 @@ def without_directions(rows: torch.Tensor, directions: torch.Tensor | None) -> t
 def pairs_to_align(reference: nn.Module, key: "OwnerKey", example_input: Any = None) -> list[Pair]:
     """Every producer/norm pair of the reference when an example input lets us find them (an
     obfuscator may scramble unprotected layers too), else the key's layers."""
-    pairs = [Pair(l["norm"], l["producer"], l["norm_type"], l["producer_type"], int(l["channels"])) for l in key.layers]
+    pairs = [Pair(l.norm, l.producer, l.norm_type, l.producer_type, l.channels) for l in key.layers]
     if example_input is not None:
         device = next((p.device for p in reference.parameters()), torch.device("cpu"))
         found = find_pairs(reference, example_input.to(device)).pairs
@@ -99,7 +99,7 @@ def align_to_reference(
                 raise OwnerKeyError(f"cannot align: module {path!r} is missing from the suspect or the reference")
     found_chains, trace_error = chains_and_trace_error(model, pairs)
     chains = {chain.pair.norm: chain for chain in found_chains}
-    keyed = {layer["norm"] for layer in key.layers}
+    keyed = {layer.norm for layer in key.layers}
     report: dict[str, Any] = {"confidence": {}, "permuted": 0, "flipped": 0, "trace_error": trace_error,
                               "passport_directions_excluded": exclude_passport_directions, "too_narrow": []}
     for pair in pairs:

@@ -69,6 +69,12 @@ class BranchStatistics(nn.Module):
     def tensors(self) -> dict[str, Tensor]:
         return dict(self._buffers)
 
+    @torch.no_grad()
+    def copy_from(self, norm: nn.Module) -> None:
+        """Take ``norm``'s current running statistics (a branch that starts as the trained norm)."""
+        for name, value in self._buffers.items():
+            value.copy_(getattr(norm, name))
+
 
 class Branch(nn.Module, ABC):
     """What an attached branch shares: the norm it belongs to (referenced, not a child) and its mode.
@@ -95,6 +101,30 @@ class Branch(nn.Module, ABC):
     @abstractmethod
     def substitutes(self) -> dict[str, Tensor]:
         """Tensors the passport-aware forward uses in place of the norm's own, by name."""
+
+    # the state an owner key stores (and gives back) for this branch, by state-dict name prefix
+    key_prefixes: tuple[str, ...] = ("branch_norm.",)
+    # the part of it that is learned or tracked, whose names and shapes depend on the branch kind
+    trained_prefixes: tuple[str, ...] = ("branch_norm.",)
+
+    def key_tensors(self) -> dict[str, Tensor]:
+        """The branch's secret state (detached CPU copies), keyed by state-dict name: what a key holds."""
+        return {
+            name: value.detach().cpu().clone()
+            for name, value in self.state_dict().items()
+            if name.startswith(self.key_prefixes)
+        }
+
+    def load_trained(self, parts: dict[str, Tensor]) -> None:
+        """Load the learned/tracked part of a key's ``parts``; ValueError when names or shapes differ."""
+        keyed = {k: v for k, v in parts.items() if k.startswith(self.trained_prefixes)}
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(self.trained_prefixes)}
+        if set(keyed) != set(own) or any(tuple(keyed[k].shape) != tuple(own[k].shape) for k in own):
+            wrong = sorted(set(keyed) ^ set(own)) or [k for k in own if keyed[k].shape != own[k].shape]
+            raise ValueError(
+                f"the key's tensors {', '.join(wrong)} do not fit a branch of {self.channels} channels"
+            )
+        self.load_state_dict({**self.state_dict(), **keyed})
 
 
 class AwareStatistics(Branch):

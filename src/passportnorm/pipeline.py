@@ -414,10 +414,10 @@ def run_verify(
     cert = Certificate.load(certificate) if certificate is not None else None
     data = calibration = None
     if use_data:
-        name = dataset or key.manifest.get("config", {}).get("dataset") or meta.get("dataset")
+        name = dataset or key.config.get("dataset") or meta.get("dataset")
         if name is None:
             raise ConfigError("no dataset recorded in the key or model; pass --dataset (or --no-data)")
-        config = key.manifest.get("config", {})
+        config = key.config
         data_dir = data_dir or config.get("data_dir")
         splits = _recorded_dataset(name, data_dir, config)
         data, calibration = (
@@ -469,7 +469,7 @@ def run_dispute(
         ]
     data = None
     if use_data:
-        config = parsed[0].key.manifest.get("config", {})
+        config = parsed[0].key.config
         name = dataset or config.get("dataset")
         if name is None:
             raise ConfigError("no dataset recorded in the first key; pass --dataset (or --no-data)")

@@ -175,27 +175,10 @@ def move_filters(branch: Any, headroom: float) -> float:
 def warm_start(model: nn.Module) -> dict[str, float]:
     """Start every passport-aware branch of ``model`` as its trained norm; returns, per layer, the
     largest gap left between the branch's affine and the norm's (0 up to rounding where the MLP's
-    hidden width is 2 or more). The solved output layer can carry a gain of ~100 (small ``g``,
-    norm weights near 1); shared evenly by both layers, it no longer makes a from-scratch
-    learning rate diverge (ResNet18 x0.25 on digits at 0.05 did)."""
+    hidden width is 2 or more)."""
     gaps = {}
     for path, branch in protected_layers(model).items():
         norm = branch.norm
-        hidden = branch.mlp[1](branch.mlp[0](branch.passport_responses()))  # (2, H): g and b, hidden
-        target = torch.stack([norm.weight, norm.bias])  # (2, C): what the released norm applies
-        # minimum-norm W2 with hidden @ W2.T = target: the smallest output layer that reproduces the norm
-        solution = torch.linalg.pinv(hidden.double()) @ target.double()
-        branch.mlp[2].weight.copy_(solution.T.to(branch.mlp[2].weight.dtype))
-        _balance(branch.mlp[0].weight, branch.mlp[2].weight)
-        for name, value in branch.branch_norm.tensors().items():
-            value.copy_(getattr(norm, name))
-        gaps[path] = float((branch.mlp(branch.passport_responses()) - target).abs().max())
+        gaps[path] = branch.fit_affine(norm.weight, norm.bias)
+        branch.branch_norm.copy_from(norm)
     return gaps
-
-
-def _balance(first: Tensor, second: Tensor) -> None:
-    """Move gain from the second bias-free layer to the first (LeakyReLU between is positively
-    homogeneous, so the MLP's function is unchanged) until both have the same norm."""
-    factor = (second.norm() / first.norm().clamp_min(1e-12)).sqrt()
-    first.mul_(factor)
-    second.div_(factor)

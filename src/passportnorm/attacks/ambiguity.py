@@ -14,7 +14,6 @@ owner's (cosine similarity above zero is penalised). The model stays frozen.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -83,15 +82,15 @@ def ambiguity_one(
     passports = []
     with torch.no_grad():
         for layer in layers:
-            for tensor in (layer.passport_gamma, layer.passport_beta):
-                tensor.copy_(torch.rand(tensor.shape, generator=gen) * 2 - 1)
-                passports.append(tensor)
+            shape = layer.passport_gamma.shape
+            layer.set_passports(*(torch.rand(shape, generator=gen) * 2 - 1 for _ in range(2)))
+            passports += [layer.passport_gamma, layer.passport_beta]
     with passport_mode(suspect):
         before = accuracy(suspect, owner_test)
     _optimise(suspect, passports, attacker_data, epochs, lr, seed, lambda: 0.0)
     with torch.no_grad():
         for layer in layers:  # the claim: whatever signs the forged passports give
-            layer.signature.copy_(torch.where(layer.passport_responses()[0] > 0, 1, -1).to(layer.signature.dtype))
+            layer.set_signature(torch.where(layer.passport_responses()[0] > 0, 1, -1))
     claim = _claim(released, suspect, owner_test, rule)
     report = claim["report"]
     return {
@@ -124,14 +123,13 @@ def forge_flipped_signature(
         for layer in layers:
             owner_bits.append(layer.signature.clone())
             flips = torch.rand(layer.channels, generator=gen) < flip
-            layer.signature.copy_(torch.where(flips, -layer.signature, layer.signature))
-            for tensor in (layer.passport_gamma, layer.passport_beta):
-                owner_passports.append(tensor.clone())
-                tensor.add_(noise * torch.randn(tensor.shape, generator=gen))
-                forged_passports.append(tensor)
-            for linear in (m for m in layer.mlp.modules() if isinstance(m, nn.Linear)):
-                nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=gen)
-                mlp_weights.append(linear.weight)
+            layer.set_signature(torch.where(flips, -layer.signature, layer.signature))
+            owner = [layer.passport_gamma.clone(), layer.passport_beta.clone()]
+            layer.set_passports(*(p + noise * torch.randn(p.shape, generator=gen) for p in owner))
+            owner_passports += owner
+            forged_passports += [layer.passport_gamma, layer.passport_beta]
+            layer.reset_mlp(gen)
+            mlp_weights += [m.weight for m in layer.mlp.modules() if isinstance(m, nn.Linear)]
 
     def cosine(a: Tensor, b: Tensor) -> Tensor:
         return F.cosine_similarity(a.flatten(), b.flatten(), dim=0)

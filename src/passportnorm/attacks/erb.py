@@ -92,9 +92,9 @@ def erb_attack(
         parameter.requires_grad_(False)
     branches: dict[str, ERBBranch] = {}
     for layer in key.layers:
-        branch = ERBBranch(model.get_submodule(layer["norm"]), mode, gen)
-        model.set_submodule(layer["norm"], branch)
-        branches[layer["norm"]] = branch
+        branch = ERBBranch(model.get_submodule(layer.norm), mode, gen)
+        model.set_submodule(layer.norm, branch)
+        branches[layer.norm] = branch
     targets = {path: torch.where(torch.rand(b.gamma.numel(), generator=gen) < 0.5, -1.0, 1.0) for path, b in branches.items()}
     trainable = [p for b in branches.values() for p in b.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=lr)
@@ -108,7 +108,7 @@ def erb_attack(
             optimizer.step()
     with torch.no_grad():
         forged = torch.cat([torch.sign(b.affine()[0]) for b in branches.values()])
-    owner = torch.cat([key.layer_tensors(layer["norm"])["signature"].float() for layer in key.layers])
+    owner = torch.cat([key.layer_tensors(layer.norm)["signature"].float() for layer in key.layers])
     target = torch.cat(list(targets.values()))
     # Against hash-bound signatures the claim's bits must be the hash of the forger's identity and
     # of what stands in for passports (the trained gamma/beta vectors): compare the signs reached

@@ -17,7 +17,6 @@ import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -63,20 +62,6 @@ def _min_norm_solution(matrix: Tensor, wanted: Tensor) -> Tensor:
     return x.to(matrix.dtype)
 
 
-@torch.no_grad()
-def _fit_mlp(
-    layer: PassportAwareBranch, g: Tensor, b: Tensor, gamma: Tensor, beta: Tensor, generator: torch.Generator
-) -> float:
-    """First layer random, second solved by least squares so MLP(g) = gamma, MLP(b) = beta; returns the residual."""
-    first, second = layer.mlp[0], layer.mlp[2]
-    nn.init.kaiming_uniform_(first.weight, a=math.sqrt(5), generator=generator)
-    hidden = F.leaky_relu(torch.stack([g, b]) @ first.weight.T)  # (2, H)
-    targets = torch.stack([gamma, beta])  # (2, C)
-    solution = torch.linalg.lstsq(hidden, targets).solution  # (H, C): hidden @ solution = targets
-    second.weight.copy_(solution.T)
-    return float((layer.mlp(torch.stack([g, b])) - targets).abs().max())
-
-
 def _solve_passports(
     shell: nn.Module,
     matrices: dict[str, Tensor],
@@ -89,8 +74,11 @@ def _solve_passports(
     for path, layer in protected_layers(shell).items():
         matrix = matrices[path]
         beta_signs = torch.where(torch.rand(layer.channels, generator=generator) < 0.5, -1.0, 1.0)
-        for tensor, signs in ((layer.passport_gamma, targets[path]), (layer.passport_beta, beta_signs)):
-            tensor.copy_(_min_norm_solution(matrix, scale * signs.to(matrix.dtype)).reshape(tensor.shape))
+        gamma, beta = (
+            _min_norm_solution(matrix, scale * signs.to(matrix.dtype))
+            for signs in (targets[path], beta_signs)
+        )
+        layer.set_passports(gamma, beta)
 
 
 def _hash_bits_of(shell: nn.Module, identity: str) -> dict[str, Tensor]:
@@ -175,10 +163,9 @@ def forge_key(
                     {p: (l.passport_gamma.clone(), l.passport_beta.clone()) for p, l in layers.items()},
                 )
         for path, (gamma, beta) in best[1].items():
-            layers[path].passport_gamma.copy_(gamma)
-            layers[path].passport_beta.copy_(beta)
+            layers[path].set_passports(gamma, beta)
         for path, bits in _hash_bits_of(shell, identity).items():  # an honest hash-bound claim
-            layers[path].signature.copy_(bits)
+            layers[path].set_signature(bits)
         info.update(hash_rounds=rounds, agreement_per_round=history, best_agreement=best[0])
     else:
         _solve_passports(
@@ -191,14 +178,12 @@ def forge_key(
             # the claim is the signs the float32 passports actually give (any rounding casualty is re-claimed)
             reached = torch.where(g > 0, 1, -1).to(layer.signature.dtype)
             reclaimed[path] = int((reached != layer.signature).sum())
-            layer.signature.copy_(reached)
+            layer.set_signature(reached)
         norm = layer.norm
         beta0 = norm.bias if norm.bias is not None else torch.zeros_like(norm.weight)
-        residuals[path] = _fit_mlp(layer, g, b, norm.weight.detach(), beta0.detach(), generator)
-        if getattr(layer.branch_norm, "running_mean", None) is not None:
-            layer.branch_norm.running_mean.copy_(norm.running_mean)
-            layer.branch_norm.running_var.copy_(norm.running_var)
-            layer.branch_norm.num_batches_tracked.copy_(norm.num_batches_tracked)
+        layer.reset_mlp(generator)  # first layer random, second solved: MLP(g) = gamma, MLP(b) = beta
+        residuals[path] = layer.fit_affine(norm.weight.detach(), beta0.detach())
+        layer.branch_norm.copy_from(norm)
     key = extract_key(shell, config={"forged": True})
     left_out = sorted(set(matrices) - set(full_rank))
     return key, {
@@ -231,14 +216,12 @@ def forge_attack(
     forged_report = verify(released, forged, data=owner_test, rule=rule)
     owner_report = verify(released, owner_key, data=owner_test, rule=rule)
     # how different the forged claim is from the owner's: bits, over the layers both keys cover
-    owner_bits = torch.cat(
-        [owner_key.layer_tensors(layer["norm"])["signature"] for layer in owner_key.layers]
-    )
+    owner_bits = torch.cat([owner_key.layer_tensors(layer.norm)["signature"] for layer in owner_key.layers])
     forged_bits = torch.cat(
         [
-            forged.layer_tensors(layer["norm"])["signature"]
+            forged.layer_tensors(layer.norm)["signature"]
             for layer in forged.layers
-            if any(o["norm"] == layer["norm"] for o in owner_key.layers)
+            if any(o.norm == layer.norm for o in owner_key.layers)
         ]
     )
     dissimilarity = (

@@ -141,7 +141,7 @@ def run_attack(
         model_dir, trusted_arch=options.get("arch")
     )  # user code runs only when named
     released.eval()
-    config = key.manifest.get("config", {})
+    config = key.config
     seed = int(options.get("seed", 0))
     dataset = options.get("dataset") or config.get("dataset") or meta.get("dataset")
     if dataset is None:

@@ -34,6 +34,7 @@ from ..attach import attach_branch, detach_branch
 from ..aware_statistics import BranchStatistics
 from ..branch import PassportAwareBranch, register_branch_kind
 from ..errors import ConfigError
+from ..key_manifest import KeyLayer
 from ..protect import protect, protected_layers, strip
 
 __all__ = ["SCHEMES", "DeepIPRBranch", "protect_deepipr", "release_deepipr"]
@@ -102,7 +103,7 @@ class DeepIPRBranch(PassportAwareBranch):
 
 
 def _from_key(
-    norm: nn.Module, producer: nn.Module, parts: dict[str, Tensor], layer: dict[str, Any]
+    norm: nn.Module, producer: nn.Module, parts: dict[str, Tensor], layer: KeyLayer
 ) -> DeepIPRBranch:
     return DeepIPRBranch(
         norm,
@@ -110,12 +111,12 @@ def _from_key(
         parts["passport_gamma"],
         parts["passport_beta"],
         parts["signature"],
-        scheme=layer["branch"].split("-", 1)[1],
-        producer_path=layer["producer"],
+        scheme=layer.branch.split("-", 1)[1],
+        producer_path=layer.producer,
         message_bits=int(parts.get("message_bits", torch.tensor(0))),
         message_offset=int(parts.get("message_offset", torch.tensor(0))),
-        alpha=layer.get("alpha", 0.1),
-        margin=layer.get("margin", 0.1),
+        alpha=layer.alpha,
+        margin=layer.margin,
     )
 
 
