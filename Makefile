@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)" "$(TORCHVISION)"
-	$(PY) -m pip install --quiet -e ".[test,zoo]"
+	$(PY) -m pip install --quiet -e ".[test,zoo,serve]"
 	touch $(STAMP)
 
 BIN := $(VENV)/bin

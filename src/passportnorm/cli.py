@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, PassportNormError
+from .cli_remote import add_remote_commands, run_serve, run_verify_remote
 
 _HELP = {
     "dataset": "images: mnist5k, digits (shipped), cifar10, cifar100, imagefolder (one folder per "
@@ -384,6 +385,8 @@ def _parser() -> argparse.ArgumentParser:
         "--out", default="runs/compare", help="output folder; a rerun resumes and skips finished runs"
     )
 
+    add_remote_commands(commands)
+
     look = commands.add_parser(
         "inspect", help="which norm layers of a zoo model can be protected, and why not"
     )
@@ -567,6 +570,10 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(args)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "serve":
+            return run_serve(args)
+        if args.command == "verify-remote":
+            return run_verify_remote(args)
         if args.command == "attack":
             from .attacks.runner import run_attack
 

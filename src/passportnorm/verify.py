@@ -40,6 +40,7 @@ __all__ = [
     "verify",
     "verify_attached",
     "verify_blackbox",
+    "blackbox_report",
     "evidence_of",
     "binomial_p_value",
     "binomial_log10_p_value",
@@ -386,7 +387,12 @@ def _fill_trigger(
     answers = []
     for start in range(0, len(trigger), 256):
         answers.append(torch.as_tensor(predict(trigger.inputs[start : start + 256].to(device))).cpu())
-    matches = int((torch.cat(answers) == trigger.labels.cpu()).sum())
+    fill_trigger_answers(report, torch.cat(answers), trigger)
+
+
+def fill_trigger_answers(report: VerificationReport, answers: Tensor, trigger: TriggerSet) -> None:
+    """The trigger evidence of ``answers`` (one label per trigger, however they were obtained)."""
+    matches = int((answers.cpu() == trigger.labels.cpu()).sum())
     report.trigger_count = len(trigger)
     report.trigger_matches = matches
     report.trigger_accuracy = matches / len(trigger)
@@ -404,5 +410,15 @@ def verify_blackbox(
     """Black-box check: ``predict(inputs) -> labels`` from any served model, against the trigger set."""
     report = VerificationReport(verified=False, rule=rule.describe())
     _fill_trigger(report, predict, trigger, torch.device(device))
+    _decide(report, rule)
+    return report
+
+
+def blackbox_report(
+    answers: Tensor, trigger: TriggerSet, rule: VerdictRule = VerdictRule()
+) -> VerificationReport:
+    """The black-box verdict on labels already collected (from a server, a log): same rule as verify."""
+    report = VerificationReport(verified=False, rule=rule.describe())
+    fill_trigger_answers(report, answers, trigger)
     _decide(report, rule)
     return report

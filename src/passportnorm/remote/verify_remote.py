@@ -1,0 +1,177 @@
+"""Verify a model behind an HTTP API with the owner key's trigger set, and a control beside it.
+
+The triggers go to the endpoint in batches; so does a control of as many fresh inputs drawn
+like the triggers, scored against the same owner labels. A copy of the owner's model answers
+the triggers with the owner's labels far beyond chance and the control near chance; a model
+that merely favours some classes answers both alike. The verdict is ``verify``'s black-box
+rule on the triggers; the control is reported beside it. Every request and response is kept
+in ``requests.jsonl`` (hashes of both), and an interrupted run resumes from it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..data.triggers import TriggerSet, generate_triggers
+from ..errors import ConfigError
+from ..fileio import write_json_atomic
+from ..key import OwnerKey
+from ..verdict import VerdictRule, binomial_log10_p_value, binomial_p_value, format_p_value
+from ..verify import blackbox_report
+from .evidence_log import EvidenceLog
+from .protocols import load_protocol
+from .transport import Endpoint, TransportOptions
+
+__all__ = ["RemoteOptions", "control_inputs", "verify_remote"]
+
+CONTROL_SEED_OFFSET = 1_000_003  # the control's seed: the trigger seed plus this (fresh, reproducible)
+LOG_NAME = "requests.jsonl"
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    url: str
+    key: str
+    out: str
+    model: str = "passportnorm"
+    protocol: str = "v2"
+    template: str | None = None
+    batch_size: int = 16
+    resume: bool = False
+    overwrite: bool = False
+    transport: TransportOptions = field(default_factory=TransportOptions)
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"--url {self.url!r} must start with http:// or https://")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues the run in --out and --overwrite discards it: pass one")
+
+
+def control_inputs(trigger: TriggerSet) -> tuple[Tensor, str]:
+    """As many fresh inputs drawn like the triggers: the same generator with another seed, or, for
+    triggers from a folder, Gaussian noise with the triggers' per-channel mean and spread."""
+    match = re.fullmatch(r"generated:(\w+):(\d+):seed(\d+)", trigger.source)
+    shape = tuple(trigger.inputs.shape[1:])
+    if match:
+        kind, seed = match.group(1), int(match.group(3)) + CONTROL_SEED_OFFSET
+        fresh = generate_triggers(len(trigger), shape, trigger.num_classes, seed=seed, kind=kind)
+        return fresh.inputs, f"generated:{kind}:{len(trigger)}:seed{seed}"
+    dims = [0] + list(range(2, trigger.inputs.dim()))
+    mean, std = trigger.inputs.mean(dim=dims, keepdim=True), trigger.inputs.std(dim=dims, keepdim=True)
+    noise = torch.randn(trigger.inputs.shape, generator=torch.Generator().manual_seed(CONTROL_SEED_OFFSET))
+    return mean + std * noise, "noise matched to the triggers' per-channel mean and std"
+
+
+def _answers(endpoint: Endpoint, name: str, inputs: Tensor, batch_size: int) -> Tensor:
+    labels: list[int] = []
+    total = len(inputs)
+    for start in range(0, total, batch_size):
+        stop = min(total, start + batch_size)
+        labels += endpoint.labels(f"{name}:{start}-{stop}", inputs[start:stop])
+        print(
+            f"{name}: {stop}/{total} answered ({endpoint.requests_sent} requests sent)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return torch.tensor(labels)
+
+
+def _prepare_out(options: RemoteOptions) -> Path:
+    out = Path(options.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; name a folder")
+    if (out / LOG_NAME).exists() and not (options.resume or options.overwrite):
+        raise ConfigError(
+            f"{out} holds an earlier remote verification; pass --resume to continue it or --overwrite "
+            "to redo it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def verify_remote(options: RemoteOptions, rule: VerdictRule = VerdictRule()) -> dict[str, Any]:
+    """Query the endpoint, decide, and write result.json, result.md and requests.jsonl to ``out``."""
+    key = OwnerKey.load(options.key)
+    trigger = key.trigger
+    if trigger is None:
+        raise ConfigError(
+            f"the key in {options.key} has no trigger set; black-box verification needs one "
+            "(protect with --trigger noise, the default)"
+        )
+    protocol = load_protocol(options.protocol, options.model, options.template)
+    out = _prepare_out(options)
+    control, control_source = control_inputs(trigger)
+    header = {
+        "url": options.url.rstrip("/"),
+        "model": options.model,
+        "protocol": options.protocol,
+        "template": options.template,
+        "key_sha256": key.digest(),
+        "batch_size": options.batch_size,
+        "control": control_source,
+    }
+    log = EvidenceLog(out / LOG_NAME, header, resume=options.resume)
+    endpoint = Endpoint(options.url, protocol, log, options.transport)
+    try:
+        trigger_answers = _answers(endpoint, "trigger", trigger.inputs, options.batch_size)
+        control_answers = _answers(endpoint, "control", control, options.batch_size)
+    finally:
+        endpoint.close()
+    report = blackbox_report(trigger_answers, trigger, rule)
+    matches = int((control_answers == trigger.labels).sum())
+    chance = 1.0 / trigger.num_classes
+    result = {
+        "verified": report.verified,
+        "endpoint": header,
+        "report": report.to_dict(),
+        "control": {
+            "count": len(control),
+            "matches": matches,
+            "accuracy_on_owner_labels": matches / len(control),
+            "p_value": binomial_p_value(matches, len(control), chance),
+            "log10_p_value": binomial_log10_p_value(matches, len(control), chance),
+            "source": control_source,
+        },
+        "requests_sent_this_run": endpoint.requests_sent,
+        "log": {"path": str(out / LOG_NAME), "sha256": log.digest()},
+        "transport": asdict(options.transport),
+    }
+    write_json_atomic(out / "result.json", result)
+    (out / "result.md").write_text(remote_markdown(result))
+    return result
+
+
+def remote_markdown(result: dict[str, Any]) -> str:
+    report, control, endpoint = result["report"], result["control"], result["endpoint"]
+    trigger_p = format_p_value(report["trigger_p_value"], report["trigger_log10_p_value"])
+    control_p = format_p_value(control["p_value"], control["log10_p_value"])
+    rows = [
+        ("verdict", "**VERIFIED**" if result["verified"] else "**NOT VERIFIED**"),
+        ("rule", report["rule"]),
+        ("endpoint", f"{endpoint['url']} (model {endpoint['model']!r}, protocol {endpoint['protocol']})"),
+        (
+            "triggers answered with the owner's labels",
+            f"{report['trigger_matches']}/{report['trigger_count']} ({report['trigger_accuracy']:.1%}; "
+            f"chance {report['trigger_chance']:.3g} each)",
+        ),
+        ("P(that many by chance)", trigger_p),
+        (
+            "control (fresh inputs drawn like the triggers) on the owner's labels",
+            f"{control['matches']}/{control['count']} ({control['accuracy_on_owner_labels']:.1%}), "
+            f"p = {control_p}",
+        ),
+        ("evidence log", f"{result['log']['path']} (SHA-256 {result['log']['sha256']})"),
+    ]
+    lines = ["## Remote verification", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
+    lines += [f"- {reason}" for reason in report["reasons"]]
+    return "\n".join(lines) + "\n"
