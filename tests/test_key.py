@@ -181,3 +181,16 @@ def test_certificate_commits_to_key_and_release(owner):
     (tmp / "bad.json").write_text("[]")
     with pytest.raises(CertificateError, match="is not a passportnorm certificate"):
         Certificate.load(tmp / "bad.json")
+
+
+def test_a_key_of_another_scheme_is_one_line(owner, capsys):
+    import dataclasses
+
+    from passportnorm.cli import main
+
+    *_, key, _, tmp = owner
+    layers = tuple(dataclasses.replace(layer, branch="uchida-2017") for layer in key.layers)
+    OwnerKey(key.tensors, dataclasses.replace(key.manifest, layers=layers)).save(tmp / "other")
+    assert main(["verify", "--model", str(tmp / "released"), "--key", str(tmp / "other"), "--no-data"]) == 2
+    err = capsys.readouterr().err
+    assert "uses branch kind 'uchida-2017', which this version cannot rebuild" in err and err.count("\n") == 1
