@@ -115,3 +115,11 @@ def test_key_for_another_model_is_one_line(owner, tmp_path, capsys):
                  "--out", str(tmp_path / "x"), "--rates", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "the key is for another architecture" in err and err.count("\n") == 1
+
+
+def test_training_attacks_show_one_line_per_epoch_without_a_terminal(owner, tmp_path, capsys):
+    """Output captured (not a terminal, so no progress bar): each finished epoch is still one line."""
+    assert main(["attack", "finetune", "--model", str(owner / "released"), "--key", str(owner / "owner-key"),
+                 "--out", str(tmp_path / "ft"), "--epochs", "2", "--mode", "ftal"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip().startswith("epoch")]
+    assert [line.split(",")[0].split()[-1] for line in lines] == ["1", "2"], lines

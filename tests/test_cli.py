@@ -60,3 +60,23 @@ def test_help_shows_defaults_exit_codes_and_only_what_a_command_uses(capsys):
     with _pytest.raises(SystemExit):
         main(["verify", "--help"])
     assert "exit codes: 0 verified; 1 not verified" in " ".join(capsys.readouterr().out.split())
+
+
+def test_every_help_describes_every_option_its_default_and_the_exit_codes():
+    import argparse
+
+    from passportnorm.cli import _parser
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in commands.choices.items():
+        text = parser.format_help()
+        assert "exit codes: 0" in text, name
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                described = (action.help or "").split("(default")[0].strip()
+                assert described, f"{name} {action.option_strings[0]} has no description"
+        if name == "protect":
+            assert "(default: '(c) passportnorm owner')" in " ".join(text.split())  # the default identity
+    train = commands.choices["train"].format_help()
+    for flag in ("--signature", "--passports", "--trigger", "--schedule", "--weak-layers", "--secret-seed"):
+        assert flag not in train, f"train lists {flag}, which only protect reads"

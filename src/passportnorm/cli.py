@@ -22,9 +22,16 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, PassportNormError
+from .cli_help import finish_help
 from .cli_remote import add_remote_commands, run_serve, run_verify_remote
 
 _HELP = {
+    "epochs": "training epochs",
+    "batch_size": "examples per step",
+    "lr": "SGD learning rate; 0 picks the task's: 0.05 for images, 0.01 for point clouds, a fifth of "
+    "that with --weights (retrofit)",
+    "trigger_count": "how many trigger inputs the owner's trigger set has",
+    "triggers_per_batch": "trigger inputs mixed into every training batch",
     "dataset": "images: mnist5k, digits (shipped), cifar10, cifar100, imagefolder (one folder per "
     "class; needs --data-dir); "
     "point clouds: mnist5k-points, shapes3d (shipped), modelnet40 (needs --data-dir)",
@@ -107,6 +114,8 @@ _EXIT_CODES = {
     "certify": "exit codes: 0 certificate written; 1 refused, the pair does not verify (reasons printed); 2 bad input",
     "dispute": "exit codes: 0 an owner is decided; 1 no owner proven; 2 bad input",
     "attack": "exit codes: 0 attack run and its evidence written; 2 bad input",
+    "demo": "exit codes: 0 the message reads back intact and strip gives the original model; 1 one of them "
+    "failed; 2 bad input",
 }
 
 
@@ -441,6 +450,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     demo.add_argument("--signature", default="(c) passportnorm demo", help="owner text to embed")
     demo.add_argument("--passports", default="shuffle", choices=["random", "image", "shuffle"])
+    finish_help(commands, _EXIT_CODES)
     return parser
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from .cli_help import HelpWithDefaults
 from .errors import ConfigError
 
 __all__ = ["add_remote_commands", "run_serve", "run_verify_remote"]
@@ -15,15 +16,6 @@ EXIT_CODES = {
     "verify-remote": "exit codes: 0 verified; 1 not verified (the reasons are printed); 2 bad input or an "
     "endpoint that kept failing (one line; rerun with --resume to continue from the answered batches)",
 }
-
-
-class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where there is one (not for required options or off switches)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False) or action.default is argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -43,7 +35,7 @@ def add_remote_commands(commands: Any) -> None:
         "serve",
         help="serve a released model over the Open Inference Protocol (KServe v2); needs the 'serve' extra",
         epilog=EXIT_CODES["serve"],
-        formatter_class=_HelpWithDefaults,
+        formatter_class=HelpWithDefaults,
     )
     serve.add_argument("folder", help="released-model folder (model.json + model.safetensors)")
     serve.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
@@ -64,7 +56,7 @@ def add_remote_commands(commands: Any) -> None:
         help="verify a model behind an HTTP API with the key's trigger set (black-box); "
         "needs the 'serve' extra",
         epilog=EXIT_CODES["verify-remote"],
-        formatter_class=_HelpWithDefaults,
+        formatter_class=HelpWithDefaults,
     )
     remote.add_argument("--url", required=True, help="the server's base address, e.g. http://host:8080")
     remote.add_argument("--key", required=True, help="owner-key folder (its trigger set is sent)")

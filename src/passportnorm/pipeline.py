@@ -42,6 +42,7 @@ from .dispute import Claim, DisputeResult, dispute
 from .data.triggers import TriggerSet, generate_triggers, load_trigger_folder, TRIGGER_KINDS
 from .device import resolve_device
 from .errors import CertificateError, ConfigError, PassportWarning
+from .progress import print_epoch
 from .fileio import write_json_atomic, write_text_atomic
 from .key import OwnerKey, extract_key
 from .protect import capacity, protect, strip
@@ -205,14 +206,6 @@ def _model_config(opts: RunOptions, data) -> dict[str, Any]:
     }
 
 
-def _print_epoch(row: dict[str, Any]) -> None:
-    """One line per finished epoch, flushed: a terminal keeps it on screen, a log or CI shows progress."""
-    print(
-        "  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
-        flush=True,
-    )
-
-
 def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
     device = resolve_device(opts.device)
     world = join_world(device)
@@ -292,7 +285,7 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
         + (f", {capacity(model)} signature bits, {opts.schedule} schedule" if protected else "")
     )
     start = time.perf_counter()
-    trainer.fit(resume=opts.resume, on_epoch=_print_epoch)
+    trainer.fit(resume=opts.resume, on_epoch=print_epoch)
     if (
         world is not None and not world.main
     ):  # rank 0 releases, keys and reports; this rank exits with its verdict

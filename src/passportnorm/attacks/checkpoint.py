@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..progress import print_epoch
 
 
 def resume_state(path: str | Path | None, model: nn.Module, optimizer: torch.optim.Optimizer, rows: list) -> tuple[list, int]:
@@ -28,3 +31,5 @@ def save_state(path: str | Path | None, model: nn.Module, optimizer: torch.optim
     payload: dict[str, Any] = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rows": rows, "epoch": epoch}
     torch.save(payload, tmp)
     os.replace(tmp, path)
+    if rows and isinstance(rows[-1], dict):  # a checkpointed attack is a CLI job: show where it is
+        print_epoch(rows[-1], sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from ..data.triggers import generate_triggers
 from ..dispute import Claim, dispute
 from ..evaluation import accuracy
 from ..key import OwnerKey, extract_key
+from ..progress import print_epoch
 from ..protect import protect, strip
 from ..train import TrainConfig, Trainer
 from ..verify import VerdictRule, evidence_of, format_p_value, verify
@@ -64,8 +66,10 @@ def reprotect(
     trigger = generate_triggers(20, data.input_shape, data.num_classes, seed=seed + 1, kind=trigger_kind)
     config = TrainConfig(epochs=epochs, lr=lr, seed=seed)
     trainer = Trainer(thief, split, config, trigger=trigger, out_dir=checkpoints)
-    with contextlib.redirect_stderr(io.StringIO()):
-        trainer.fit(resume=checkpoints is not None and (Path(checkpoints) / "checkpoint.pt").is_file())
+    resume = checkpoints is not None and (Path(checkpoints) / "checkpoint.pt").is_file()
+    shown = (lambda row: print_epoch(row, sys.stderr)) if checkpoints is not None else None  # the CLI job
+    with contextlib.redirect_stderr(io.StringIO()):  # no progress bar: one line per epoch instead
+        trainer.fit(resume=resume, on_epoch=shown)
     key = extract_key(thief, trigger=trigger)
     return strip(thief).eval(), key
 

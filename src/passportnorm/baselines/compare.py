@@ -24,6 +24,7 @@ import torch
 from .. import zoo
 from ..attacks.ambiguity import forge_flipped_signature
 from ..attacks.runner import attacker_split
+from ..progress import print_epoch
 from ..data import load_dataset
 from ..device import resolve_device
 from ..errors import ConfigError
@@ -120,7 +121,9 @@ def _one_run(opts: CompareOptions, scheme: str, seed: int, data, device: torch.d
         model = protect_deepipr(model, example, scheme=scheme.split("-")[1], **options)
     train_config = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, schedule=_SCHEDULE[scheme], seed=seed)
     trainer = Trainer(model, data, train_config, out_dir=out, device=device)
-    trainer.fit(resume=(out / "checkpoint.pt").is_file())
+    trainer.fit(
+        resume=(out / "checkpoint.pt").is_file(), on_epoch=lambda row: print_epoch({"run": out.name, **row})
+    )
     model = trainer.model.cpu().eval()
     test = data.test
     result: dict[str, Any] = {"scheme": scheme, "seed": seed, "history": trainer.history,
