@@ -192,6 +192,11 @@ def test_the_server_answers_bad_requests_with_a_clear_4xx(folders):
             assert answer.status_code == status and message in answer.json()["error"], (body, answer.text)
         answer = client.post("/v2/models/passportnorm/infer", content=b"not json")
         assert answer.status_code == 400 and "malformed request" in answer.json()["error"]
+        form = {"content-type": "application/x-www-form-urlencoded"}  # what curl -d sends
+        answer = client.post(
+            "/v2/models/passportnorm/infer", content=json.dumps({"inputs": [good]}), headers=form
+        )
+        assert answer.status_code == 200, answer.text
         answer = client.post("/v2/models/passportnorm/infer", json={"inputs": [good], "id": "r1"})
         assert answer.json()["id"] == "r1" and [o["name"] for o in answer.json()["outputs"]] == [
             "logits",

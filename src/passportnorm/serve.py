@@ -8,8 +8,10 @@ answer ``{"error": "..."}`` naming what is wrong, as the protocol asks. FastAPI 
 ``serve`` extra: ``pip install 'passportnorm[serve]'``.
 """
 
-from __future__ import annotations
+# no ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations (Request,
+# imported inside build_app so that the extra stays optional) as objects, not strings
 
+import json
 import math
 import threading
 from dataclasses import dataclass
@@ -126,6 +128,7 @@ def build_app(served: ServedModel) -> Any:
     """The FastAPI application speaking the Open Inference Protocol for ``served``."""
     require_serving()
     from fastapi import FastAPI, Request
+    from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
 
     app = FastAPI(title="passportnorm serve", version=__version__)
@@ -160,10 +163,19 @@ def build_app(served: ServedModel) -> Any:
         return _known(name) or {"name": name, "ready": True}
 
     @app.post("/v2/models/{name}/infer")
-    def infer(name: str, body: dict[str, Any]) -> Any:
+    async def infer(name: str, request: Request) -> Any:
         unknown = _known(name)
         if unknown is not None:
             return unknown
+        try:  # read as JSON whatever the content type says (curl -d sends form-encoded by default)
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "malformed request: the body is not JSON")
+        if not isinstance(body, dict):
+            return _error(400, "malformed request: the body must be a JSON object with 'inputs'")
+        return await run_in_threadpool(_answer, body)
+
+    def _answer(body: dict[str, Any]) -> Any:
         inputs = body.get("inputs")
         if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
             return _error(400, f"send exactly one input tensor named {INPUT_NAME!r} in 'inputs'")
