@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from .cli_help import HelpWithDefaults
@@ -135,7 +136,5 @@ def run_verify_remote(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        from pathlib import Path
-
         print((Path(args.out) / "result.md").read_text())
     return 0 if result["verified"] else 1

@@ -10,7 +10,7 @@ was written, so keys from earlier releases of the same format keep their digests
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
 from .errors import OwnerKeyError
@@ -59,6 +59,16 @@ def _records(data: dict[str, Any], name: str, where: str, default: Any = _REQUIR
     return entries
 
 
+_PLAIN_TYPES = {"str": str, "int": int}
+_Record = TypeVar("_Record")
+
+
+def _read_plain(cls: type[_Record], data: dict[str, Any], where: str) -> _Record:
+    """A record whose fields are all required strings or integers, each checked by ``_take``."""
+    checked = {f.name: _take(data, f.name, _PLAIN_TYPES[str(f.type)], where) for f in fields(cls)}
+    return cls(**checked)
+
+
 @dataclass(frozen=True)
 class KeyLayer:
     """One protected norm: where it is, what it is, and how its branch was built."""
@@ -102,14 +112,6 @@ class StatisticsLayer:
     norm_type: str
     channels: int
 
-    @classmethod
-    def read(cls, data: dict[str, Any], where: str) -> "StatisticsLayer":
-        return cls(
-            _take(data, "norm", str, where),
-            _take(data, "norm_type", str, where),
-            _take(data, "channels", int, where),
-        )
-
 
 @dataclass(frozen=True)
 class SignatureEntry:
@@ -148,14 +150,6 @@ class TriggerEntry:
     num_classes: int
     source: str
 
-    @classmethod
-    def read(cls, data: dict[str, Any], where: str) -> "TriggerEntry":
-        return cls(
-            _take(data, "count", int, where),
-            _take(data, "num_classes", int, where),
-            _take(data, "source", str, where),
-        )
-
 
 @dataclass(frozen=True)
 class SecretSeed:
@@ -163,10 +157,6 @@ class SecretSeed:
 
     source: str
     value: str
-
-    @classmethod
-    def read(cls, data: dict[str, Any], where: str) -> "SecretSeed":
-        return cls(_take(data, "source", str, where), _take(data, "value", str, where))
 
 
 @dataclass(frozen=True)
@@ -200,12 +190,14 @@ class KeyManifest:
             signature=SignatureEntry.read(_take(data, "signature", dict, where), f"{where}: signature"),
             sha256_released_weights=_take(data, "sha256_released_weights", str, where),
             statistics_layers=tuple(
-                StatisticsLayer.read(entry, f"{where}: statistics_layers[{i}]")
+                _read_plain(StatisticsLayer, entry, f"{where}: statistics_layers[{i}]")
                 for i, entry in enumerate(_records(data, "statistics_layers", where, []))
             ),
-            trigger=TriggerEntry.read(trigger, f"{where}: trigger") if trigger else None,
+            trigger=_read_plain(TriggerEntry, trigger, f"{where}: trigger") if trigger else None,
             seeds=_take(data, "seeds", dict, where, {}),
-            secret_seed=SecretSeed.read(secret_seed, f"{where}: secret_seed") if secret_seed else None,
+            secret_seed=_read_plain(SecretSeed, secret_seed, f"{where}: secret_seed")
+            if secret_seed
+            else None,
             config=_take(data, "config", dict, where, {}),
             format=_take(data, "format", str, where),
             version=_take(data, "version", int, where),

@@ -129,13 +129,8 @@ def build_app(served: ServedModel) -> Any:
     require_serving()
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
-    from fastapi.exceptions import RequestValidationError
 
     app = FastAPI(title="passportnorm serve", version=__version__)
-
-    @app.exception_handler(RequestValidationError)
-    def _invalid(request: Request, exc: RequestValidationError) -> Any:
-        return _error(400, f"malformed request: {exc.errors()[0].get('msg', 'invalid body')}")
 
     def _known(name: str) -> Any:
         if name != served.name:

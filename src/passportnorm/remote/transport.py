@@ -107,9 +107,8 @@ class Endpoint:
             return outcome, None
         try:
             outcome["labels"] = self.protocol.labels(response.json(), count)
-        except (ValueError, json.JSONDecodeError) as error:
+        except ValueError as error:  # JSONDecodeError included
             outcome["error"] = f"the answer does not fit the {self.protocol.name} protocol: {error}"
-            return outcome, None
         return outcome, None
 
     def _respect_rate(self) -> None:
