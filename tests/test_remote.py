@@ -18,10 +18,12 @@ import passportnorm as pn  # noqa: E402
 from passportnorm import zoo  # noqa: E402
 from passportnorm.cli import main  # noqa: E402
 from passportnorm.data import load_dataset  # noqa: E402
+from passportnorm.data.pixels import PixelScale, encode_png  # noqa: E402
 from passportnorm.data.triggers import generate_triggers  # noqa: E402
 from passportnorm.key import extract_key  # noqa: E402
 from passportnorm.release import save_released  # noqa: E402
 from passportnorm.remote import RemoteError, RemoteOptions, TransportOptions, verify_remote  # noqa: E402
+from passportnorm.remote.protocols import TorchServeProtocol  # noqa: E402
 from passportnorm.serve import BackgroundServer, build_app, served_release  # noqa: E402
 from passportnorm.train import TrainConfig, Trainer  # noqa: E402
 
@@ -48,6 +50,7 @@ def folders(tmp_path_factory):
         )
     Trainer(protected, data, TrainConfig(epochs=6, batch_size=32), trigger=triggers).fit()
     extract_key(protected, trigger=triggers).save(root / "owner-key")
+    extract_key(protected).save(root / "key-without-triggers")
     save_released(pn.strip(protected).eval(), root / "owner", "small_cnn", CONFIG, dataset="digits")
     plain = zoo.build("small_cnn", **CONFIG)
     Trainer(plain, data, TrainConfig(epochs=3, batch_size=32)).fit()
@@ -259,3 +262,114 @@ def test_bad_remote_input_is_one_line(folders, tmp_path, capsys, argv, message):
     assert main(argv + (["--out", str(tmp_path / "o")] if argv[0] == "verify-remote" else [])) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+def test_torchserve_images_verify_the_owner_and_not_the_plain_model(folders, tmp_path):
+    """Each trigger travels as an 8-bit PNG to /predictions/{name}; the server's handler normalises it."""
+    for name, expected in (("owner", True), ("plain", False)):
+        with BackgroundServer(build_app(served_release(str(folders / name)))) as url:
+            result = _verify(url, folders, tmp_path / name, protocol="torchserve", dataset="digits")
+        assert result["verified"] is expected, result["report"]["reasons"]
+        assert result["endpoint"]["batch_size"] == 1 and result["requests_sent_this_run"] == 60
+        assert 0.1 < result["encoding"]["clipped_share"] < 0.5  # N(0, 1) noise: |z| > 1 is clipped
+        assert "8-bit PNG" in (tmp_path / name / "result.md").read_text()
+
+
+def test_the_predictions_endpoint_answers_like_torchserve(folders):
+    served = served_release(str(folders / "owner"))
+    image = served.pixels.to_pixels(torch.zeros(1, 8, 8))[0]
+    with BackgroundServer(build_app(served)) as url, httpx.Client(base_url=url) as client:
+        assert client.get("/ping").json() == {"status": "Healthy"}
+        answer = client.post("/predictions/passportnorm", content=encode_png(image)).json()
+        assert len(answer) == 5 and all(k.isdigit() for k in answer) and 0 < sum(answer.values()) <= 1.0001
+        expected = served.infer(served.pixels.to_inputs(image).unsqueeze(0)).argmax(1).item()
+        assert max(answer, key=answer.get) == str(expected)
+        wrong = client.post(
+            "/predictions/passportnorm", content=encode_png(torch.zeros(1, 9, 8, dtype=torch.uint8))
+        )
+        assert wrong.status_code == 400 and "takes 8x8" in wrong.json()["error"]
+        text = client.post("/predictions/passportnorm", content=b"<html>")
+        assert text.status_code == 400 and "not an image" in text.json()["error"]
+
+
+def test_pixels_round_trip_the_datasets_normalisation():
+    scale = PixelScale.of(lambda x: (x - 0.1307) / 0.3081, (1, 4, 4))
+    pixels = torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8)
+    inputs = scale.to_inputs(pixels)
+    assert torch.allclose(inputs, (pixels / 255 - 0.1307) / 0.3081, atol=1e-6)
+    back, clipped = scale.to_pixels(inputs)
+    assert torch.equal(back, pixels) and clipped == 0.0
+    assert scale.to_pixels(torch.full((1, 1, 2, 2), 10.0))[1] == 1.0
+
+
+@pytest.mark.parametrize(
+    "answer,label",
+    [({"3": 0.7, "1": 0.2}, 3), ([{"4": 0.9}], 4), (7, 7), ({"label": 2}, 2), ([0.1, 0.8, 0.1], 1)],
+)
+def test_torchserve_answers_in_the_shapes_handlers_write(answer, label):
+    assert TorchServeProtocol("m", PixelScale.of(lambda x: x, (1, 2, 2))).labels(answer, 1) == [label]
+
+
+def test_torchserve_answers_naming_classes_are_refused_with_the_fix():
+    protocol = TorchServeProtocol("m", PixelScale.of(lambda x: x, (1, 2, 2)))
+    with pytest.raises(ValueError, match="names classes .'cat'., not indices"):
+        protocol.labels({"cat": 0.9, "dog": 0.1}, 1)
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _answering(body, content_type=b"application/json", delay=0.0):
+    """An ASGI app answering every request with ``body`` (after ``delay`` seconds)."""
+    import asyncio
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(delay)
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]}
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+LABELS_OF_8 = json.dumps({"outputs": [{"name": "label", "data": [0] * 8}]}).encode()
+
+
+@pytest.mark.parametrize(
+    "app,message",
+    [
+        (None, "ConnectError"),  # nothing listens: refused
+        (_answering(b"<html><body>Login</body></html>", b"text/html"), "answered text/html, not JSON"),
+        (
+            _answering(json.dumps({"outputs": [{"name": "label", "data": [1, 2, 3]}]}).encode()),
+            "hold 8 labels",
+        ),
+        (_answering(LABELS_OF_8, delay=2.0), "ReadTimeout"),
+        (_answering(LABELS_OF_8.replace(b"[0, 0", b"[57, 0")), "answered class 57"),
+    ],
+    ids=["refused", "html", "wrong-shape", "timeout", "outside-classes"],
+)
+def test_a_bad_endpoint_is_one_line_naming_it_and_leaves_no_result(folders, tmp_path, capsys, app, message):
+    out = tmp_path / "out"
+    args = ["verify-remote", "--key", str(folders / "owner-key"), "--out", str(out), "--batch-size", "8"]
+    args += ["--timeout", "0.5", "--retries", "1", "--backoff", "0.01"]
+    if app is None:
+        assert main(args + ["--url", f"http://127.0.0.1:{_free_port()}"]) == 2
+    else:
+        with BackgroundServer(app) as url:
+            assert main(args + ["--url", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "http://127.0.0.1:" in err and "\n" not in err, err
+    assert not (out / "result.json").exists() and not (out / "result.md").exists()
+
+
+def test_a_key_without_triggers_cannot_verify_remotely(folders, tmp_path, capsys):
+    key = str(folders / "key-without-triggers")
+    assert main(["verify-remote", "--url", "http://127.0.0.1:1", "--key", key, "--out", str(tmp_path)]) == 2
+    assert "has no trigger set" in capsys.readouterr().err

@@ -30,6 +30,7 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def add_remote_commands(commands: Any) -> None:
+    from .remote.protocols import PROTOCOLS
     from .serve import DEFAULT_MODEL_NAME
 
     serve = commands.add_parser(
@@ -62,8 +63,18 @@ def add_remote_commands(commands: Any) -> None:
     remote.add_argument("--url", required=True, help="the server's base address, e.g. http://host:8080")
     remote.add_argument("--key", required=True, help="owner-key folder (its trigger set is sent)")
     remote.add_argument("--model", default=DEFAULT_MODEL_NAME, help="the model's name on the server")
-    remote.add_argument("--protocol", default="v2", choices=["v2", "template"], help="how to talk to it")
+    remote.add_argument(
+        "--protocol",
+        default="v2",
+        choices=sorted(PROTOCOLS),
+        help="how to talk to it: v2 (Open Inference Protocol), torchserve (/predictions with PNG images), "
+        "template (a JSON API described by --template)",
+    )
     remote.add_argument("--template", help="JSON file describing a custom API (with --protocol template)")
+    remote.add_argument(
+        "--dataset", help="the key's dataset (torchserve: its normalisation; default: as the key records it)"
+    )
+    remote.add_argument("--data-dir", help="that dataset's folder, for datasets read from disk")
     remote.add_argument(
         "--out", default="runs/verify-remote", help="folder for result.json/.md and requests.jsonl"
     )
@@ -125,6 +136,8 @@ def run_verify_remote(args: argparse.Namespace) -> int:
         model=args.model,
         protocol=args.protocol,
         template=args.template,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
         batch_size=args.batch_size,
         resume=args.resume,
         overwrite=args.overwrite,

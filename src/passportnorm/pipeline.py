@@ -26,7 +26,7 @@ import torch
 
 from . import zoo
 from .certificate import Certificate
-from .data import DatasetSplits, dataset_task, load_dataset
+from .data import DatasetSplits, dataset_task, load_dataset, load_recorded_dataset
 from .data.registry import first_inputs
 from .distributed import (
     World,
@@ -174,17 +174,6 @@ def _load(opts: RunOptions) -> DatasetSplits:
     return hold_out(data, opts.holdout, opts.seed)
 
 
-def _recorded_dataset(name: str, data_dir: str | None, config: dict[str, Any]) -> DatasetSplits:
-    """The dataset a key or release was made on, as its config recorded it (seed, points, image size)."""
-    return load_dataset(
-        name,
-        data_dir,
-        seed=config.get("seed", 0),
-        points=config.get("points") or None,
-        image_size=config.get("image_size") or None,
-    )
-
-
 def _trigger(opts: RunOptions, data, secret: int) -> TriggerSet | None:
     """The owner's trigger set: generated from the secret seed (never the public one), or a folder."""
     if opts.trigger in ("none", "", None):
@@ -319,6 +308,8 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
         model_config,
         dataset=opts.dataset,
         seed=opts.seed,
+        points=opts.points,
+        image_size=opts.image_size,
         initial_weights_sha256=weights_sha256,
         signature_bits=capacity(model) if protected else 0,
     )
@@ -412,7 +403,7 @@ def run_verify(
             raise ConfigError("no dataset recorded in the key or model; pass --dataset (or --no-data)")
         config = key.config
         data_dir = data_dir or config.get("data_dir")
-        splits = _recorded_dataset(name, data_dir, config)
+        splits = load_recorded_dataset(name, data_dir, config)
         data, calibration = (
             splits.test,
             splits.train,
@@ -466,5 +457,5 @@ def run_dispute(
         name = dataset or config.get("dataset")
         if name is None:
             raise ConfigError("no dataset recorded in the first key; pass --dataset (or --no-data)")
-        data = _recorded_dataset(name, data_dir or config.get("data_dir"), config).test
+        data = load_recorded_dataset(name, data_dir or config.get("data_dir"), config).test
     return dispute(suspect, parsed[0], parsed[1], data=data)

@@ -3,9 +3,11 @@
 Owners serve their release to try black-box verification end to end; the tests serve one as the
 suspect. The protocol: ``GET /v2/health/live|ready``, ``GET /v2``, ``GET /v2/models/{name}[/ready]``
 and ``POST /v2/models/{name}/infer`` with named tensors (input ``input``, FP32, ``[N, *shape]``;
-outputs ``logits`` FP32 ``[N, classes]`` and ``label`` INT64 ``[N]``). Malformed requests get a 4xx
-answer ``{"error": "..."}`` naming what is wrong, as the protocol asks. FastAPI and uvicorn are the
-``serve`` extra: ``pip install 'passportnorm[serve]'``.
+outputs ``logits`` FP32 ``[N, classes]`` and ``label`` INT64 ``[N]``). Image models also answer as
+TorchServe's image classifier does: ``POST /predictions/{name}`` with PNG or JPEG bytes, normalised
+with the recorded dataset's mean and std, answered ``{"class index": probability}`` for the top 5;
+``GET /ping``. Malformed requests get a 4xx answer ``{"error": "..."}`` naming what is wrong.
+FastAPI and uvicorn are the ``serve`` extra: ``pip install 'passportnorm[serve]'``.
 """
 
 # no ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations (Request,
@@ -21,12 +23,14 @@ import torch
 from torch import nn
 
 from . import __version__
+from .data.pixels import PixelScale, decode_image
 from .errors import ConfigError
 
 __all__ = ["DEFAULT_MODEL_NAME", "ServedModel", "build_app", "require_serving"]
 
 DEFAULT_MODEL_NAME = "passportnorm"
 INPUT_NAME = "input"
+TOP_CLASSES = 5  # /predictions answers the most probable classes, as TorchServe's image classifier
 _DTYPES = {"FP32": torch.float32, "FP64": torch.float64, "FP16": torch.float16}
 
 
@@ -52,6 +56,7 @@ class ServedModel:
     num_classes: int
     max_batch: int = 256
     sha256_weights: str | None = None
+    pixels: PixelScale | None = None  # how images become inputs; None: no /predictions (not images)
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -99,6 +104,15 @@ class ServedModel:
             return torch.tensor(flat, dtype=_DTYPES[datatype]).reshape(shape).float()
         except (TypeError, ValueError):
             raise ValueError(f"input {INPUT_NAME!r} holds values that are not numbers") from None
+
+    def image_input(self, data: bytes) -> torch.Tensor:
+        """One encoded image as a batch of one model input; ValueError (a 400 answer) if it does not fit."""
+        if self.pixels is None:
+            raise ValueError(
+                "this server takes no images: its inputs are not images, or it was started with "
+                "--input-shape instead of the recorded dataset (use /v2/models/{name}/infer)"
+            )
+        return self.pixels.to_inputs(decode_image(data, self.input_shape)).unsqueeze(0)
 
     def _shape_text(self) -> str:
         return ", ".join(str(s) for s in self.input_shape)
@@ -209,6 +223,23 @@ def build_app(served: ServedModel) -> Any:
             answer["id"] = body["id"]
         return answer
 
+    @app.get("/ping")
+    def ping() -> dict[str, str]:
+        return {"status": "Healthy"}
+
+    @app.post("/predictions/{name}")
+    async def predictions(name: str, request: Request) -> Any:
+        unknown = _known(name)
+        if unknown is not None:
+            return unknown
+        try:
+            image = served.image_input(await request.body())
+        except ValueError as error:
+            return _error(400, str(error))
+        probabilities = (await run_in_threadpool(served.infer, image))[0].softmax(0)
+        top = probabilities.topk(min(TOP_CLASSES, len(probabilities)))
+        return {str(int(c)): float(p) for p, c in zip(top.values, top.indices)}
+
     return app
 
 
@@ -222,20 +253,24 @@ def served_release(
     max_batch: int = 256,
 ) -> ServedModel:
     """A released-model folder ready to serve; the input shape comes from the dataset it records."""
-    from .data import load_dataset
+    from .data import load_recorded_dataset
     from .release import load_released
 
     model, meta = load_released(folder, trusted_arch=arch)
+    pixels = None
     if input_shape is None:
         dataset = meta.get("dataset")
         if dataset is None:
             raise ConfigError(f"{folder}/model.json records no dataset; pass --input-shape C,H,W")
-        input_shape = tuple(load_dataset(dataset, data_dir=data_dir or meta.get("data_dir")).input_shape)
+        splits = load_recorded_dataset(dataset, data_dir or meta.get("data_dir"), meta)
+        input_shape = tuple(splits.input_shape)
+        if splits.normalize is not None:
+            pixels = PixelScale.of(splits.normalize, input_shape)
     model = model.to(device).eval()
     with torch.no_grad():
         probe = model(torch.zeros(1, *input_shape, device=device))
     return ServedModel(
-        model, name, tuple(input_shape), int(probe.shape[-1]), max_batch, meta.get("sha256_weights")
+        model, name, tuple(input_shape), int(probe.shape[-1]), max_batch, meta.get("sha256_weights"), pixels
     )
 
 

@@ -135,6 +135,7 @@ def load_image_folder(data_dir: str | Path | None, seed: int = 0, image_size: in
         ImageFolder(val, classes, image_size, train=False, seed=seed),
         len(classes),
         (3, image_size, image_size),
+        normalize=lambda x: (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1),
     )
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "dataset_task",
     "first_inputs",
     "load_dataset",
+    "load_recorded_dataset",
 ]
 
 
@@ -96,6 +97,17 @@ def load_dataset(
             f"dataset {name!r} has a fixed image size; --image-size applies to --dataset imagefolder"
         )
     return _LOADERS[name](data_dir=data_dir, seed=seed)
+
+
+def load_recorded_dataset(name: str, data_dir: str | Path | None, config: dict[str, Any]) -> DatasetSplits:
+    """The dataset a key or release was made on, as its config recorded it (seed, points, image size)."""
+    return load_dataset(
+        name,
+        data_dir,
+        seed=config.get("seed", 0),
+        points=config.get("points") or None,
+        image_size=config.get("image_size") or None,
+    )
 
 
 def first_inputs(dataset: Any, count: int) -> Any:

@@ -1,8 +1,9 @@
 """How a batch of inputs becomes a request, and a response becomes labels, for each kind of API.
 
 ``v2``: the Open Inference Protocol (KServe v2, Triton, MLServer, ``passportnorm serve``).
+``torchserve``: TorchServe's ``POST /predictions/{name}`` with one encoded image per request.
 ``template``: a user's JSON file describing any other JSON API (see :class:`TemplateProtocol`).
-Both are registered in ``PROTOCOLS`` by name; ``load_protocol`` builds one from the CLI's options.
+All are registered in ``PROTOCOLS`` by name; ``load_protocol`` builds one from the CLI's options.
 """
 
 from __future__ import annotations
@@ -16,9 +17,18 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from ..data.pixels import PixelScale, encode_png
 from ..errors import ConfigError
 
-__all__ = ["PROTOCOLS", "Protocol", "Request", "TemplateProtocol", "V2Protocol", "load_protocol"]
+__all__ = [
+    "PROTOCOLS",
+    "Protocol",
+    "Request",
+    "TemplateProtocol",
+    "TorchServeProtocol",
+    "V2Protocol",
+    "load_protocol",
+]
 
 PROTOCOLS: dict[str, Callable[..., "Protocol"]] = {}
 
@@ -35,13 +45,18 @@ def register_protocol(name: str) -> Callable[[type], type]:
 class Request:
     method: str
     path: str  # appended to the endpoint's base URL
-    body: Any  # JSON-serialisable
+    body: Any  # JSON-serialisable, or bytes sent as they are
+    content_type: str = "application/json"
+
+    def content(self) -> bytes:
+        return self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
 
 
 class Protocol(ABC):
     """Encodes a batch ``(N, *shape)`` into one request and reads ``N`` labels from its JSON answer."""
 
     name: str
+    inputs_per_request: int | None = None  # None: any batch; else the most one request carries
 
     @abstractmethod
     def request(self, inputs: Tensor) -> Request: ...
@@ -49,6 +64,10 @@ class Protocol(ABC):
     @abstractmethod
     def labels(self, answer: Any, count: int) -> list[int]:
         """``count`` integer labels; ValueError naming what is missing or malformed."""
+
+    def encoding(self, inputs: Tensor) -> dict[str, Any]:
+        """How the inputs travel, for the report: what the suspect saw of them."""
+        return {"format": "32-bit floats in JSON (exact)"}
 
 
 @register_protocol("v2")
@@ -81,6 +100,61 @@ class V2Protocol(Protocol):
         if scores.numel() == 0 or scores.numel() % count:
             raise ValueError(f"output {first.get('name')!r} has {scores.numel()} values for {count} inputs")
         return scores.reshape(count, -1).argmax(1).tolist()
+
+
+@register_protocol("torchserve")
+class TorchServeProtocol(Protocol):
+    """TorchServe: each input as PNG bytes to ``/predictions/{model}``; the server's handler normalises.
+
+    The answer is read as TorchServe's image classifier writes it, ``{"class": probability, ...}``
+    (the most probable class taken; classes must be indices, not names), or as a bare class index,
+    ``{"label": index}``, or a list of scores. Inputs are turned back into 8-bit pixels with the
+    dataset's normalisation (:class:`PixelScale`); ``clipped`` is the share of values that did not fit.
+    """
+
+    name = "torchserve"
+    inputs_per_request = 1
+
+    def __init__(self, model: str, pixels: PixelScale):
+        self.model, self.pixels = model, pixels
+
+    def request(self, inputs: Tensor) -> Request:
+        if len(inputs) != 1:
+            raise ValueError(f"TorchServe takes one image per request, got a batch of {len(inputs)}")
+        image, _ = self.pixels.to_pixels(inputs[0].cpu())
+        return Request("POST", f"/predictions/{self.model}", encode_png(image), "image/png")
+
+    def encoding(self, inputs: Tensor) -> dict[str, Any]:
+        clipped = self.pixels.to_pixels(inputs.cpu())[1]
+        return {"format": "8-bit PNG images (the dataset's normalisation undone)", "clipped_share": clipped}
+
+    def labels(self, answer: Any, count: int) -> list[int]:
+        if isinstance(answer, list) and len(answer) == 1 and not _is_number(answer[0]):
+            answer = answer[0]  # some handlers wrap the one answer in a list
+        if isinstance(answer, dict) and "label" in answer:
+            answer = answer["label"]
+        if isinstance(answer, bool) or not isinstance(answer, (int, dict, list)):
+            raise ValueError(f"expected class probabilities, a class index or scores, got {answer!r:.80}")
+        if isinstance(answer, int):
+            return [answer]
+        if isinstance(answer, list):
+            if not answer or not all(_is_number(v) for v in answer):
+                raise ValueError(f"expected a list of scores, got {answer!r:.80}")
+            return [max(range(len(answer)), key=answer.__getitem__)]
+        if not answer or not all(_is_number(v) for v in answer.values()):
+            raise ValueError(f"expected {{class: probability}}, got {answer!r:.80}")
+        best = max(answer, key=answer.__getitem__)
+        try:
+            return [int(best)]
+        except ValueError:
+            raise ValueError(
+                f"the answer names classes ({best!r}), not indices: serve without index_to_name.json, "
+                "or use --protocol template with a 'labels' path"
+            ) from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _integers(values: Any, count: int, what: str) -> list[int]:
@@ -205,8 +279,11 @@ def _follow(value: Any, steps: list[str | int]) -> Any:
     return value
 
 
-def load_protocol(name: str, model: str, template: str | None) -> Protocol:
-    """The protocol the CLI names; one ConfigError line when it is unknown or lacks its template."""
+def load_protocol(
+    name: str, model: str, template: str | None, pixels: Callable[[], PixelScale] | None = None
+) -> Protocol:
+    """The protocol the CLI names; one ConfigError line when it is unknown or lacks its template.
+    ``pixels`` gives the dataset's pixel scale, asked for only by protocols that send images."""
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown --protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
     if name == "template":
@@ -215,4 +292,8 @@ def load_protocol(name: str, model: str, template: str | None) -> Protocol:
         return TemplateProtocol.load(template)
     if template:
         raise ConfigError(f"--template is read only with --protocol template, not {name!r}")
+    if name == "torchserve":
+        if pixels is None:
+            raise ConfigError("--protocol torchserve needs the key's dataset to turn triggers into images")
+        return TorchServeProtocol(model, pixels())
     return PROTOCOLS[name](model)

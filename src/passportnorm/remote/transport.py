@@ -8,7 +8,6 @@ stop at once with the server's message. Every attempt goes to the evidence log.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from torch import Tensor
 
 from ..errors import PassportNormError
 from .evidence_log import EvidenceLog, sha256_bytes
-from .protocols import Protocol
+from .protocols import Protocol, Request
 
 __all__ = ["Endpoint", "RemoteError", "TransportOptions"]
 
@@ -64,9 +63,9 @@ class Endpoint:
         if batch in self.log.answered:
             return self.log.answered[batch]
         request = self.protocol.request(inputs)
-        body = json.dumps(request.body).encode()
+        body = request.content()
         for attempt in range(self.options.retries + 1):
-            outcome, wait = self._attempt(request.method, request.path, body, len(inputs))
+            outcome, wait = self._attempt(request, body, len(inputs))
             self.log.attempt(batch, attempt, body, outcome)
             if outcome.get("labels") is not None:
                 return outcome["labels"]
@@ -79,9 +78,7 @@ class Endpoint:
             f"(last: {outcome['error']}); rerun the same command to resume from the answered batches"
         )
 
-    def _attempt(
-        self, method: str, path: str, body: bytes, count: int
-    ) -> tuple[dict[str, Any], float | None]:
+    def _attempt(self, request: Request, body: bytes, count: int) -> tuple[dict[str, Any], float | None]:
         """(what to log, how long to wait before retrying: None = do not retry, 0 = the backoff)."""
         import httpx
 
@@ -89,7 +86,10 @@ class Endpoint:
         started = time.monotonic()
         try:
             response = self._client.request(
-                method, self.url + path, content=body, headers={"content-type": "application/json"}
+                request.method,
+                self.url + request.path,
+                content=body,
+                headers={"content-type": request.content_type},
             )
         except httpx.HTTPError as error:
             return {"error": f"{type(error).__name__}: {error}"[:300], "elapsed_s": _since(started)}, 0.0
@@ -106,8 +106,14 @@ class Endpoint:
                 return outcome, _retry_after(response)
             return outcome, None
         try:
-            outcome["labels"] = self.protocol.labels(response.json(), count)
-        except ValueError as error:  # JSONDecodeError included
+            answer = response.json()
+        except ValueError:
+            kind = response.headers.get("content-type", "no content type")
+            outcome["error"] = f"answered {kind}, not JSON: {response.text[:80]!r}"
+            return outcome, None
+        try:
+            outcome["labels"] = self.protocol.labels(answer, count)
+        except ValueError as error:
             outcome["error"] = f"the answer does not fit the {self.protocol.name} protocol: {error}"
         return outcome, None
 

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data import load_recorded_dataset
+from ..data.pixels import PixelScale
 from ..data.triggers import TriggerSet, generate_triggers
 from ..errors import ConfigError
 from ..fileio import write_json_atomic
@@ -27,12 +29,13 @@ from ..verdict import VerdictRule, binomial_log10_p_value, binomial_p_value, for
 from ..verify import blackbox_report
 from .evidence_log import EvidenceLog
 from .protocols import load_protocol
-from .transport import Endpoint, TransportOptions
+from .transport import Endpoint, RemoteError, TransportOptions
 
 __all__ = ["RemoteOptions", "control_inputs", "verify_remote"]
 
 CONTROL_SEED_OFFSET = 1_000_003  # the control's seed: the trigger seed plus this (fresh, reproducible)
 LOG_NAME = "requests.jsonl"
+RESULT_NAMES = ("result.json", "result.md")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class RemoteOptions:
     model: str = "passportnorm"
     protocol: str = "v2"
     template: str | None = None
+    dataset: str | None = None  # the key's dataset (default: as the key records it), for protocols
+    data_dir: str | None = None  # that send images (torchserve): how pixels become inputs
     batch_size: int = 16
     resume: bool = False
     overwrite: bool = False
@@ -72,12 +77,19 @@ def control_inputs(trigger: TriggerSet) -> tuple[Tensor, str]:
     return mean + std * noise, "noise matched to the triggers' per-channel mean and std"
 
 
-def _answers(endpoint: Endpoint, name: str, inputs: Tensor, batch_size: int) -> Tensor:
+def _answers(endpoint: Endpoint, name: str, inputs: Tensor, batch_size: int, classes: int) -> Tensor:
     labels: list[int] = []
     total = len(inputs)
     for start in range(0, total, batch_size):
         stop = min(total, start + batch_size)
-        labels += endpoint.labels(f"{name}:{start}-{stop}", inputs[start:stop])
+        answered = endpoint.labels(f"{name}:{start}-{stop}", inputs[start:stop])
+        outside = [label for label in answered if not 0 <= label < classes]
+        if outside:
+            raise RemoteError(
+                f"{endpoint.url} answered class {outside[0]} for {name} inputs {start}-{stop}; the key's "
+                f"classes are 0-{classes - 1}: is this the model the key protects (check --model)?"
+            )
+        labels += answered
         print(
             f"{name}: {stop}/{total} answered ({endpoint.requests_sent} requests sent)",
             file=sys.stderr,
@@ -96,6 +108,8 @@ def _prepare_out(options: RemoteOptions) -> Path:
             "to redo it"
         )
     out.mkdir(parents=True, exist_ok=True)
+    for stale in RESULT_NAMES:  # a result stands only beside the log it was decided from
+        (out / stale).unlink(missing_ok=True)
     return out
 
 
@@ -108,23 +122,24 @@ def verify_remote(options: RemoteOptions, rule: VerdictRule = VerdictRule()) -> 
             f"the key in {options.key} has no trigger set; black-box verification needs one "
             "(protect with --trigger noise, the default)"
         )
-    protocol = load_protocol(options.protocol, options.model, options.template)
+    protocol = load_protocol(options.protocol, options.model, options.template, lambda: _pixels(key, options))
     out = _prepare_out(options)
     control, control_source = control_inputs(trigger)
+    batch_size = min(options.batch_size, protocol.inputs_per_request or options.batch_size)
     header = {
         "url": options.url.rstrip("/"),
         "model": options.model,
         "protocol": options.protocol,
         "template": options.template,
         "key_sha256": key.digest(),
-        "batch_size": options.batch_size,
+        "batch_size": batch_size,
         "control": control_source,
     }
     log = EvidenceLog(out / LOG_NAME, header, resume=options.resume)
     endpoint = Endpoint(options.url, protocol, log, options.transport)
     try:
-        trigger_answers = _answers(endpoint, "trigger", trigger.inputs, options.batch_size)
-        control_answers = _answers(endpoint, "control", control, options.batch_size)
+        trigger_answers = _answers(endpoint, "trigger", trigger.inputs, batch_size, trigger.num_classes)
+        control_answers = _answers(endpoint, "control", control, batch_size, trigger.num_classes)
     finally:
         endpoint.close()
     report = blackbox_report(trigger_answers, trigger, rule)
@@ -142,6 +157,7 @@ def verify_remote(options: RemoteOptions, rule: VerdictRule = VerdictRule()) -> 
             "log10_p_value": binomial_log10_p_value(matches, len(control), chance),
             "source": control_source,
         },
+        "encoding": protocol.encoding(torch.cat([trigger.inputs, control])),
         "requests_sent_this_run": endpoint.requests_sent,
         "log": {"path": str(out / LOG_NAME), "sha256": log.digest()},
         "transport": asdict(options.transport),
@@ -149,6 +165,20 @@ def verify_remote(options: RemoteOptions, rule: VerdictRule = VerdictRule()) -> 
     write_json_atomic(out / "result.json", result)
     (out / "result.md").write_text(remote_markdown(result))
     return result
+
+
+def _pixels(key: OwnerKey, options: RemoteOptions) -> PixelScale:
+    """How the key's dataset turns pixels into inputs, to send the triggers as images."""
+    name = options.dataset or key.config.get("dataset")
+    if name is None:
+        raise ConfigError(
+            f"the key in {options.key} records no dataset, needed to turn its triggers into images; "
+            "pass --dataset NAME"
+        )
+    splits = load_recorded_dataset(name, options.data_dir or key.config.get("data_dir"), key.config)
+    if splits.normalize is None or splits.task != "image":
+        raise ConfigError(f"dataset {name!r} does not hold images; --protocol torchserve sends images")
+    return PixelScale.of(splits.normalize, splits.input_shape)
 
 
 def remote_markdown(result: dict[str, Any]) -> str:
@@ -170,8 +200,18 @@ def remote_markdown(result: dict[str, Any]) -> str:
             f"{control['matches']}/{control['count']} ({control['accuracy_on_owner_labels']:.1%}), "
             f"p = {control_p}",
         ),
+        ("inputs sent as", _encoding_text(result["encoding"])),
         ("evidence log", f"{result['log']['path']} (SHA-256 {result['log']['sha256']})"),
     ]
     lines = ["## Remote verification", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
     lines += [f"- {reason}" for reason in report["reasons"]]
     return "\n".join(lines) + "\n"
+
+
+def _encoding_text(encoding: dict[str, Any]) -> str:
+    text = encoding["format"]
+    if "clipped_share" in encoding:
+        text += (
+            f"; {encoding['clipped_share']:.1%} of the values fell outside the pixel range and were clipped"
+        )
+    return text
