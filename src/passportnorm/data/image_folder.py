@@ -135,8 +135,13 @@ def load_image_folder(data_dir: str | Path | None, seed: int = 0, image_size: in
         ImageFolder(val, classes, image_size, train=False, seed=seed),
         len(classes),
         (3, image_size, image_size),
-        normalize=lambda x: (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1),
+        normalize=imagenet_normalize,
     )
+
+
+def imagenet_normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1], channels first, as the models see them (ImageNet's mean and std)."""
+    return (pixels - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
 def _split(samples: list[tuple[Path, int]], classes: int, seed: int) -> tuple[list, list]:
