@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from html_pages import assert_self_contained
 from passportnorm.cli import main
 
 TINY = ["--dataset", "digits", "--arch", "small_cnn", "--width", "1.0", "--epochs", "3", "--batch-size", "32", "--secret-seed", "0",
@@ -69,8 +70,11 @@ def test_reprotection_claim_loses_the_dispute_in_folders_with_apostrophes_and_sp
     assert main(["dispute", "--suspect", str(bob / "model"), *claims, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["winner"] == "Alice's run", result["decided_by"]
-    assert main(["dispute", "--suspect", str(bob / "model"), *reversed_claims(claims), "--no-data"]) == 0
+    page = tmp_path / "dispute.html"
+    assert main(["dispute", "--suspect", str(bob / "model"), *reversed_claims(claims), "--no-data",
+                 "--html", str(page)]) == 0
     assert "**Decision: Alice's run**" in capsys.readouterr().out
+    assert_self_contained(page.read_text(), "Decision: Alice's run", plots=1)
 
 
 def test_widened_suspect_needs_the_reference_and_verifies_with_it(owner, tmp_path, capsys):

@@ -15,6 +15,7 @@ pytest.importorskip("fastapi", reason="the 'serve' extra (fastapi, uvicorn, http
 httpx = pytest.importorskip("httpx", reason="the 'serve' extra (fastapi, uvicorn, httpx) is not installed")
 
 import passportnorm as pn  # noqa: E402
+from html_pages import assert_self_contained, check_in_chromium, chromium  # noqa: E402
 from passportnorm import zoo  # noqa: E402
 from passportnorm.cli import main  # noqa: E402
 from passportnorm.data import load_dataset  # noqa: E402
@@ -233,8 +234,12 @@ def test_cli_serve_and_verify_remote(folders, tmp_path, capsys):
             "--out",
             str(tmp_path / "v"),
         ]
-        assert main(args) == 0
+        assert main([*args, "--html", str(tmp_path / "remote.html")]) == 0
         assert "**VERIFIED**" in capsys.readouterr().out
+        page = (tmp_path / "remote.html").read_text()
+        assert_self_contained(page, "VERIFIED", plots=1)
+        assert "same probability for fresh inputs drawn like the triggers" in page  # the control's meaning
+        assert (tmp_path / "v" / "result.json").is_file() and "requests.jsonl" in page
         assert main(args) == 2  # the folder holds a finished run: one line, nothing lost
         assert "pass --resume" in capsys.readouterr().err
     finally:
@@ -373,3 +378,13 @@ def test_a_key_without_triggers_cannot_verify_remotely(folders, tmp_path, capsys
     key = str(folders / "key-without-triggers")
     assert main(["verify-remote", "--url", "http://127.0.0.1:1", "--key", key, "--out", str(tmp_path)]) == 2
     assert "has no trigger set" in capsys.readouterr().err
+
+
+def test_the_remote_page_renders_in_headless_chromium(folders, tmp_path):
+    from passportnorm.evidence_report import remote_page
+
+    chromium()  # skips here, before any work, where no browser is installed
+    with BackgroundServer(build_app(served_release(str(folders / "plain")))) as url:
+        result = _verify(url, folders, tmp_path / "out")
+    (tmp_path / "remote.html").write_text(remote_page(result, str(folders / "owner-key")))
+    check_in_chromium(tmp_path / "remote.html", "NOT VERIFIED", "no", tmp_path)

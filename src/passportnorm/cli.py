@@ -248,6 +248,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--device", default="auto")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write a self-contained HTML evidence report (plots inline) to FILE",
+    )
 
     attack = commands.add_parser(
         "attack",
@@ -260,6 +265,11 @@ def _parser() -> argparse.ArgumentParser:
         "distill, fine-prune, dummy-neurons, combined",
     )
     attack.add_argument("--model", required=True, help="released-model folder")
+    attack.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write a self-contained HTML evidence report (plots inline) to FILE",
+    )
     attack.add_argument(
         "--key",
         required=True,
@@ -362,6 +372,11 @@ def _parser() -> argparse.ArgumentParser:
     fight.add_argument("--no-data", action="store_true", help="signatures only")
     fight.add_argument("--arch", help="the model code the folders name when it is your own (file.py:factory)")
     fight.add_argument("--json", action="store_true")
+    fight.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write a self-contained HTML evidence report (plots inline) to FILE",
+    )
 
     versus = commands.add_parser(
         "compare", help="train plain, DeepIPR V1/V2 and passport-aware normalization side by side"
@@ -512,6 +527,10 @@ def _verify(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.to_markdown(f"Verification of {args.model} with {args.key}"))
+    if args.html:
+        from .evidence_report import verify_page, write_page
+
+        write_page(args.html, verify_page(report, args.model, args.key, args.certificate, args.argv))
     return 0 if report.verified else 1
 
 
@@ -565,6 +584,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, for reports to reproduce
     try:
         if args.command == "protect":
             from .pipeline import run_protect
@@ -613,6 +633,10 @@ def main(argv: list[str] | None = None) -> int:
             }
             result = run_attack(args.name, args.model, args.key, args.out, **options)
             print((Path(args.out) / "result.md").read_text())
+            if args.html and result:
+                from .evidence_report import attack_page, write_page
+
+                write_page(args.html, attack_page(result, args.out, args.model, args.key, args.argv))
             return 0 if result else 2
         if args.command == "certify":
             return _certify(args)
@@ -630,6 +654,10 @@ def main(argv: list[str] | None = None) -> int:
                 arch=args.arch,
             )
             print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_markdown())
+            if args.html:
+                from .evidence_report import dispute_page, write_page
+
+                write_page(args.html, dispute_page(result, args.suspect, args.claim, args.argv))
             return 0 if result.winner else 1
         if args.command == "compare":
             from .baselines.compare import CompareOptions, run_compare

@@ -95,6 +95,11 @@ def add_remote_commands(commands: Any) -> None:
     remote.add_argument("--overwrite", action="store_true", help="discard the run in --out and start afresh")
     remote.add_argument("--max-trigger-p-value", type=float, default=1e-6, help="black-box threshold")
     remote.add_argument("--json", action="store_true", help="print the result as JSON")
+    remote.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write a self-contained HTML evidence report (plots inline) to FILE",
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -150,4 +155,8 @@ def run_verify_remote(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print((Path(args.out) / "result.md").read_text())
+    if args.html:
+        from .evidence_report import remote_page, write_page
+
+        write_page(args.html, remote_page(result, args.key, args.argv))
     return 0 if result["verified"] else 1
