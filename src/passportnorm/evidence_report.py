@@ -154,7 +154,9 @@ def remote_page(result: dict[str, Any], key: str, argv: Sequence[str] | None = N
         ),
     )
     page.section(
-        "The verdict and its rule", paragraph(f"Rule: {report['rule']}"), *map(paragraph, report["reasons"])
+        "The verdict and its rule",
+        paragraph(f"Rule (a remote check has no weights: only its black-box part applies): {report['rule']}"),
+        *map(paragraph, report["reasons"]),
     )
     rows = [
         _p_row("trigger", report["trigger_p_value"], report["trigger_log10_p_value"]),
