@@ -19,9 +19,11 @@ from passportnorm.cli import main
 
 RUN = ["protect", "--dataset", "digits", "--arch", "small_cnn", "--width", "1.0", "--norm", "gn", "--epochs", "1",
        "--batch-size", "32", "--trigger-count", "20", "--secret-seed", "3", "--signature", "(c) ddp"]
-# float sums in another order: measured 2.7e-6 after this epoch. The training is chaotic at lr 0.05: one
-# process with 1 thread against 2 threads already differs by 3e-4 after it, and by 0.17 after two epochs,
-# so the comparison is one epoch (whose cosine schedule ends at lr 0), with both sides on one thread
+# The comparison runs at lr 0.01, where one epoch is not chaotic: float sums in another order (a
+# gradient all-reduced over two half batches) then differ by 6e-8 after it, measured on an AMD EPYC.
+# At lr 0.05 the same training amplifies that rounding noise to 1e-2 on this CPU (it was 3e-6 on the
+# machine these tests were first written on), so at 0.05 only the verdict is compared.
+EXACT = [*RUN, "--lr", "0.01"]
 TOLERANCE = 2e-5
 
 
@@ -68,10 +70,11 @@ def runs(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank runs: kernels with other thread counts sum in another order
     try:
-        assert main([*RUN, "--out", str(root / "one")]) == 0
+        assert main([*EXACT, "--out", str(root / "one")]) in (0, 1)  # one epoch at lr 0.01: may not verify
     finally:
         torch.set_num_threads(threads)
-    assert _torchrun([*RUN, "--out", str(root / "two")]) == [0, 0]
+    assert len(set(_torchrun([*EXACT, "--out", str(root / "two")]))) == 1
+    assert _torchrun([*RUN, "--out", str(root / "verified")]) == [0, 0]
     return root
 
 
@@ -80,7 +83,7 @@ def test_two_processes_train_what_one_process_trains(runs):
     assert one.keys() == two.keys()
     worst = max(float((one[k].float() - two[k].float()).abs().max()) for k in one)
     assert worst < TOLERANCE, worst
-    metrics = json.loads((runs / "two" / "metrics.json").read_text())
+    metrics = json.loads((runs / "verified" / "metrics.json").read_text())
     assert metrics["environment"]["processes"] == 2 and metrics["verified"]
 
 
