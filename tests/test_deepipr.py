@@ -140,3 +140,53 @@ def test_compare_reads_cifar_from_a_folder_with_the_papers_placement(tmp_path):
     runs = {r["scheme"]: r for r in summary["runs"]}
     assert set(runs) == {"plain", "deepipr-v2", "pan"}
     assert runs["pan"]["signature_bits"] == runs["deepipr-v2"]["signature_bits"] == sum(round(c * 0.125) for c in (384, 256, 256))
+
+
+def _one_layer(scheme, norm):
+    """conv(1 -> 1, 3x3, padding 1) -> norm with a DeepIPR branch; weights and passports all ones."""
+    from passportnorm.attach import attach_branch
+
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=True)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.bias.fill_(5.0)  # left out of the passport response (bias-free)
+    ones = torch.ones(1, 1, 3, 3)
+    branch = DeepIPRBranch(norm, conv, ones, -ones, torch.ones(1), scheme=scheme, producer_path="conv")
+    attach_branch(norm, branch)
+    return conv, norm, branch
+
+
+@pytest.mark.parametrize("scheme", ["v1", "v2"])
+@pytest.mark.parametrize("kind", ["bn", "gn"])
+def test_scale_and_bias_are_the_producers_mean_response_to_each_passport(scheme, kind):
+    """By hand: a 3x3 all-ones filter over a 3x3 all-ones passport with padding 1 sums 4 ones at the
+    corners, 6 at the edges and 9 in the centre: mean (4*4 + 4*6 + 9) / 9 = 49/9; the beta passport
+    (all -1) gives -49/9. No MLP, no bias: these are the norm's scale and shift."""
+    norm = torch.nn.BatchNorm2d(1) if kind == "bn" else torch.nn.GroupNorm(1, 1)
+    _, norm, branch = _one_layer(scheme, norm)
+    substitutes = branch.substitutes()
+    assert torch.allclose(substitutes["weight"], torch.tensor([49 / 9]))
+    assert torch.allclose(substitutes["bias"], torch.tensor([-49 / 9]))
+    x = torch.randn(4, 1, 5, 5)
+    norm.eval()
+    normalised = (
+        F.batch_norm(x, norm.running_mean, norm.running_var, eps=norm.eps)
+        if kind == "bn"
+        else F.group_norm(x, 1, eps=norm.eps)
+    )
+    with passport_mode(norm):
+        assert torch.allclose(norm(x), normalised * 49 / 9 - 49 / 9, atol=1e-5)
+    if scheme == "v1":  # no learnable affine of its own: the passport one is used in every forward
+        assert norm.weight is None and norm.bias is None
+        assert torch.allclose(norm(x), normalised * 49 / 9 - 49 / 9, atol=1e-5)
+    else:  # the public branch: the norm's own affine (1, 0 at initialisation)
+        assert torch.allclose(norm(x), normalised, atol=1e-5)
+
+
+def test_a_batch_of_passports_is_averaged_over_the_batch_too():
+    conv = torch.nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=False)
+    passports = torch.randn(4, 2, 6, 6)
+    expected = F.conv2d(passports, conv.weight, None, stride=2, padding=1).mean(dim=(0, 2, 3))
+    norm = torch.nn.GroupNorm(1, 3)
+    branch = DeepIPRBranch(norm, conv, passports, passports, torch.ones(3), scheme="v2", producer_path="conv")
+    assert torch.allclose(branch.passport_responses(), torch.stack([expected, expected]), atol=1e-5)

@@ -90,6 +90,14 @@ class DeepIPRBranch(PassportAwareBranch):
             norm.register_parameter("weight", None)
             norm.register_parameter("bias", None)
 
+    def passport_responses(self) -> Tensor:
+        """``(2, C)``: ``g`` and ``b``, each averaged over its passport batch too, as the authors do
+        (their passports may hold several samples; ours default to one, where this is the same)."""
+        with torch.autocast(device_type=self.passport_gamma.device.type, enabled=False):
+            return torch.stack(
+                [self.responses_of(passports).mean(0) for passports in (self.passport_gamma, self.passport_beta)]
+            )
+
     @property
     def passport_mode(self) -> bool:
         return self.scheme == "v1" or self._passport_mode
