@@ -104,39 +104,44 @@ def markdown(rows: list[dict], owner: Path, plain: Path) -> str:
     lines = [
         f"### Black-box verification against `passportnorm serve` on this machine ({machine('cpu')})",
         "",
-        f"Owner: `{owner}` (`passportnorm protect` defaults: ResNet18 x0.25 on mnist5k, 50 noise triggers); "
-        f"plain: `{plain}` (`passportnorm train`, same defaults). Each row: `verify-remote` sends the key's 50 "
-        "triggers and 50 control inputs to a local server; time is the whole verification, requests included.",
+        f"Owner: `{owner}` (`passportnorm protect` defaults: ResNet18 x0.25 on mnist5k, "
+        f"50 noise triggers); plain: `{plain}` (`passportnorm train`, same defaults). Each row: "
+        "`verify-remote` sends the key's 50 triggers and 50 control inputs to a local server; "
+        "time is the whole verification, requests included.",
         "",
-        "| model | protocol | inputs/request | verdict | triggers (owner's labels) | trigger p-value | control "
-        "| values clipped | requests | time | per request | triggers needed at this accuracy for p <= 2^-128 |",
+        "| model | protocol | inputs/request | verdict | triggers (owner's labels) | trigger p-value "
+        "| control | values clipped | requests | time | per request "
+        "| triggers needed at this accuracy for p <= 2^-128 |",
         "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         accuracy = row["trigger_matches"] / row["trigger_count"]
         needed = triggers_needed(accuracy, row["chance"])
         clipped = "-" if row["clipped_share"] is None else f"{row['clipped_share']:.1%}"
+        verdict = "verified" if row["verified"] else "not verified"
+        per_request = 1000 * row["wall_s"] / row["requests"]
         lines.append(
-            f"| {row['model']} | {row['protocol']} | {row['inputs_per_request']} | "
-            f"{'verified' if row['verified'] else 'not verified'} | {row['trigger_matches']}/{row['trigger_count']} "
-            f"| 10^{row['trigger_log10_p']:.1f} | {row['control_matches']}/{row['trigger_count']} | {clipped} | "
-            f"{row['requests']} | {row['wall_s']:.2f} s | {1000 * row['wall_s'] / row['requests']:.1f} ms | "
-            f"{needed if needed is not None else 'never (at chance)'} |"
+            f"| {row['model']} | {row['protocol']} | {row['inputs_per_request']} | {verdict} "
+            f"| {row['trigger_matches']}/{row['trigger_count']} | 10^{row['trigger_log10_p']:.1f} "
+            f"| {row['control_matches']}/{row['trigger_count']} | {clipped} | {row['requests']} "
+            f"| {row['wall_s']:.2f} s | {per_request:.1f} ms "
+            f"| {needed if needed is not None else 'never (at chance)'} |"
         )
     owner_v2 = next(r for r in rows if r["model"] == "owner" and r["protocol"] == "v2")
     accuracy = owner_v2["trigger_matches"] / owner_v2["trigger_count"]
     needed = triggers_needed(accuracy, owner_v2["chance"])
+    log10_p = owner_v2["trigger_log10_p"]
     lines += [
         "",
-        f"At the default owner's measured trigger accuracy ({accuracy:.0%}, chance {owner_v2['chance']:.0%}), "
-        f"p <= 2^-128 needs {needed} triggers answered that way (the key's "
-        f"{owner_v2['trigger_count']} reach 10^{owner_v2['trigger_log10_p']:.1f}, about "
-        f"2^{owner_v2['trigger_log10_p'] / math.log10(2):.0f}), i.e. {needed} trigger queries plus as many for the "
-        "control. Asking the same trigger twice adds no evidence, so a larger bar means a larger trigger set "
-        "(`protect --trigger-count N`). "
-        "The verdict rule asks for p <= 1e-6 by default, which 50 triggers meet with room to spare; 2^-128 is "
-        "the bar of the white-box signature. TorchServe's protocol sends each trigger as an 8-bit image: "
-        "noise triggers are clipped to the pixel range on the way, which costs answers (see the clipped column).",
+        f"At the default owner's measured trigger accuracy ({accuracy:.0%}, chance "
+        f"{owner_v2['chance']:.0%}), p <= 2^-128 needs {needed} triggers answered that way (the key's "
+        f"{owner_v2['trigger_count']} reach 10^{log10_p:.1f}, about 2^{log10_p / math.log10(2):.0f}), "
+        f"i.e. {needed} trigger queries plus as many for the control. Asking the same trigger twice "
+        "adds no evidence, so a larger bar means a larger trigger set (`protect --trigger-count N`). "
+        "The verdict rule asks for p <= 1e-6 by default, which 50 triggers meet with room to spare; "
+        "2^-128 is the bar of the white-box signature. TorchServe's protocol sends each trigger as an "
+        "8-bit image: noise triggers are clipped to the pixel range on the way, which costs answers "
+        "(see the clipped column).",
     ]
     return "\n".join(lines)
 
