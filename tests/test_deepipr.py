@@ -190,3 +190,13 @@ def test_a_batch_of_passports_is_averaged_over_the_batch_too():
     norm = torch.nn.GroupNorm(1, 3)
     branch = DeepIPRBranch(norm, conv, passports, passports, torch.ones(3), scheme="v2", producer_path="conv")
     assert torch.allclose(branch.passport_responses(), torch.stack([expected, expected]), atol=1e-5)
+
+
+def test_deepipr_v2_can_run_on_groupnorm_as_its_authors_did(tmp_path):
+    out = tmp_path / "cmp"
+    options = CompareOptions(dataset="digits", arch="small_cnn", width=1.0, schemes=("deepipr-v2",), seeds=(0,),
+                             epochs=1, forge_epochs=1, deepipr_v2_norm="gn", out=str(out))
+    run = run_compare(options)["runs"][0]
+    assert run["norm"] == "gn" and run["signature_detection"] > 0.9 and run["released_architecture_is_plain"]
+    with pytest.raises(ConfigError, match="--deepipr-v2-norm 'ln' is not a norm"):
+        CompareOptions(deepipr_v2_norm="ln").validate()

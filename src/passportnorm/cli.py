@@ -386,7 +386,11 @@ def _parser() -> argparse.ArgumentParser:
     versus.add_argument("--points", type=int, help="points per cloud (point-cloud datasets)")
     versus.add_argument("--arch", default="resnet18", help="zoo model (alexnet and resnet18 are the paper's)")
     versus.add_argument("--width", type=float, default=0.25)
-    versus.add_argument("--norm", default="bn")
+    versus.add_argument("--norm", default="bn", help="norm of every model: bn, gn or in")
+    versus.add_argument(
+        "--deepipr-v2-norm",
+        help="norm of the DeepIPR V2 models only: gn as its authors ran V2 (default: --norm)",
+    )
     versus.add_argument(
         "--schemes",
         default="plain,deepipr-v1,deepipr-v2,pan",
@@ -670,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
                     arch=args.arch,
                     width=args.width,
                     norm=args.norm,
+                    deepipr_v2_norm=args.deepipr_v2_norm,
                     schemes=tuple(s.strip() for s in args.schemes.split(",") if s.strip()),
                     seeds=tuple(range(args.seeds)),
                     epochs=args.epochs,

@@ -25,6 +25,7 @@ from .. import zoo
 from ..attacks.ambiguity import forge_flipped_signature
 from ..attacks.runner import attacker_split
 from ..progress import print_epoch
+from ..zoo.norms import NORM_KINDS
 from ..data import load_dataset
 from ..device import resolve_device
 from ..errors import ConfigError
@@ -57,6 +58,7 @@ class CompareOptions:
     arch: str = "resnet18"
     width: float = 0.25
     norm: str = "bn"
+    deepipr_v2_norm: str | None = None  # V2's norm when not --norm: its authors ran V2 with GroupNorm
     schemes: tuple[str, ...] = COMPARE_SCHEMES
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 8
@@ -82,6 +84,9 @@ class CompareOptions:
                               f"not {self.arch!r}; use --placement all")
         if not self.seeds:
             raise ConfigError("compare needs at least one seed")
+        for flag, norm in (("--norm", self.norm), ("--deepipr-v2-norm", self.deepipr_v2_norm)):
+            if norm is not None and norm not in NORM_KINDS:
+                raise ConfigError(f"{flag} {norm!r} is not a norm; choose one of {', '.join(NORM_KINDS)}")
 
 
 def _inference_ratio(released: torch.nn.Module, plain: torch.nn.Module, batch: torch.Tensor, rounds: int = 5, reps: int = 5) -> float:
@@ -109,7 +114,8 @@ def _released_size(model: torch.nn.Module) -> tuple[int, int]:
 
 def _one_run(opts: CompareOptions, scheme: str, seed: int, data, device: torch.device) -> dict[str, Any]:
     out = Path(opts.out) / f"{scheme}-seed{seed}"
-    config = {"in_channels": data.input_shape[0], "num_classes": data.num_classes, "width": opts.width, "norm": opts.norm}
+    norm = opts.deepipr_v2_norm if scheme == "deepipr-v2" and opts.deepipr_v2_norm else opts.norm
+    config = {"in_channels": data.input_shape[0], "num_classes": data.num_classes, "width": opts.width, "norm": norm}
     torch.manual_seed(seed)
     model = zoo.build(opts.arch, **config)
     example = data.train.tensors[0][:16]
@@ -126,7 +132,7 @@ def _one_run(opts: CompareOptions, scheme: str, seed: int, data, device: torch.d
     )
     model = trainer.model.cpu().eval()
     test = data.test
-    result: dict[str, Any] = {"scheme": scheme, "seed": seed, "history": trainer.history,
+    result: dict[str, Any] = {"scheme": scheme, "seed": seed, "norm": norm, "history": trainer.history,
                               "seconds_per_epoch": statistics.mean(r["seconds"] for r in trainer.history)}
     if scheme == "plain":
         released = model
