@@ -194,8 +194,8 @@ def test_a_batch_of_passports_is_averaged_over_the_batch_too():
 
 def test_deepipr_v2_can_run_on_groupnorm_as_its_authors_did(tmp_path):
     out = tmp_path / "cmp"
-    options = CompareOptions(dataset="digits", arch="small_cnn", width=1.0, schemes=("deepipr-v2",), seeds=(0,),
-                             epochs=1, forge_epochs=1, deepipr_v2_norm="gn", out=str(out))
+    options = CompareOptions(dataset="digits", arch="small_cnn", width=1.0, schemes=("deepipr-v2",),
+                             seeds=(0,), epochs=1, forge_epochs=1, deepipr_v2_norm="gn", out=str(out))
     run = run_compare(options)["runs"][0]
     assert run["norm"] == "gn" and run["signature_detection"] > 0.9 and run["released_architecture_is_plain"]
     with pytest.raises(ConfigError, match="--deepipr-v2-norm 'ln' is not a norm"):

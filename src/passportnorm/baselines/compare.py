@@ -115,7 +115,8 @@ def _released_size(model: torch.nn.Module) -> tuple[int, int]:
 def _one_run(opts: CompareOptions, scheme: str, seed: int, data, device: torch.device) -> dict[str, Any]:
     out = Path(opts.out) / f"{scheme}-seed{seed}"
     norm = opts.deepipr_v2_norm if scheme == "deepipr-v2" and opts.deepipr_v2_norm else opts.norm
-    config = {"in_channels": data.input_shape[0], "num_classes": data.num_classes, "width": opts.width, "norm": norm}
+    config = {"in_channels": data.input_shape[0], "num_classes": data.num_classes, "width": opts.width,
+              "norm": norm}
     torch.manual_seed(seed)
     model = zoo.build(opts.arch, **config)
     example = data.train.tensors[0][:16]
