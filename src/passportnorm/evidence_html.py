@@ -156,9 +156,10 @@ def bar_chart(
         if horizontal:
             axis.invert_yaxis()
         if lines:
-            axis.legend(
-                loc="upper center", bbox_to_anchor=(0.5, -0.32 if horizontal else -0.35), ncol=2, fontsize=8
-            )
+            from matplotlib.transforms import offset_copy
+
+            below = offset_copy(axis.transAxes, fig=figure, y=-32 if horizontal else -75, units="points")
+            axis.legend(loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below, ncol=2, fontsize=8)
         axis.set_title(title)
         figure.tight_layout()
         buffer = io.StringIO()
