@@ -196,8 +196,9 @@ def dispute_page(
         "What was checked, and why it proves something",
         paragraph(
             "Each claimant's proof (hash-bound signature bits, trigger answers) is looked for in the suspect "
-            "and in the other claimant's release. Certificates order the claims in time; evidence that already "
-            "shows up in the earlier release cannot prove that the earlier claimant took from the later one."
+            "and in the other claimant's release. Certificates order the claims in time; evidence that "
+            "already shows up in the earlier release cannot prove that the earlier claimant took from the "
+            "later one."
         ),
         paragraph(f"Decided by: {result.decided_by}"),
         *map(paragraph, result.notes),
@@ -239,9 +240,9 @@ def attack_page(
         "What was done, and why it matters",
         paragraph(f"Threat model: {result.get('threat_model', '')}"),
         paragraph(
-            "The attacker changes the model, or makes a rival claim, the way this threat model allows; the owner's "
-            "evidence is then measured on what the attacker leaves. A protection holds when the owner still proves "
-            "ownership, or when the attack costs the attacker the model's accuracy."
+            "The attacker changes the model, or makes a rival claim, the way this threat model allows; "
+            "the owner's evidence is then measured on what the attacker leaves. A protection holds when "
+            "the owner still proves ownership, or when the attack costs the attacker the model's accuracy."
         ),
     )
     plots = [png_image(out / name, name) for name in result.get("plots", []) if (out / name).is_file()]

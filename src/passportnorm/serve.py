@@ -263,9 +263,7 @@ def served_release(
         if dataset is None:
             raise ConfigError(f"{folder}/model.json records no dataset; pass --input-shape C,H,W")
         splits = load_recorded_dataset(dataset, data_dir or meta.get("data_dir"), meta)
-        input_shape = tuple(splits.input_shape)
-        if splits.normalize is not None:
-            pixels = PixelScale.of(splits.normalize, input_shape)
+        input_shape, pixels = tuple(splits.input_shape), PixelScale.of_dataset(splits)
     model = model.to(device).eval()
     with torch.no_grad():
         probe = model(torch.zeros(1, *input_shape, device=device))

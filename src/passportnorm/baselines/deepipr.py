@@ -94,9 +94,8 @@ class DeepIPRBranch(PassportAwareBranch):
         """``(2, C)``: ``g`` and ``b``, each averaged over its passport batch too, as the authors do
         (their passports may hold several samples; ours default to one, where this is the same)."""
         with torch.autocast(device_type=self.passport_gamma.device.type, enabled=False):
-            return torch.stack(
-                [self.responses_of(passports).mean(0) for passports in (self.passport_gamma, self.passport_beta)]
-            )
+            passports = (self.passport_gamma, self.passport_beta)
+            return torch.stack([self.responses_of(batch).mean(0) for batch in passports])
 
     @property
     def passport_mode(self) -> bool:

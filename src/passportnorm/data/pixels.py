@@ -36,6 +36,13 @@ class PixelScale:
             raise ValueError("the dataset's normalisation maps every pixel value to the same input")
         return cls(shift=-zero / gain, gain=gain)
 
+    @classmethod
+    def of_dataset(cls, splits: Any) -> "PixelScale | None":
+        """The scale of a loaded dataset (DatasetSplits); None when its inputs are not images."""
+        if splits.normalize is None or splits.task != "image":
+            return None
+        return cls.of(splits.normalize, tuple(splits.input_shape))
+
     def to_pixels(self, inputs: Tensor) -> tuple[Tensor, float]:
         """8-bit images (uint8, same shape) and the share of values clipping had to change."""
         pixels = inputs / self.gain + self.shift

@@ -176,9 +176,10 @@ def _pixels(key: OwnerKey, options: RemoteOptions) -> PixelScale:
             "pass --dataset NAME"
         )
     splits = load_recorded_dataset(name, options.data_dir or key.config.get("data_dir"), key.config)
-    if splits.normalize is None or splits.task != "image":
+    scale = PixelScale.of_dataset(splits)
+    if scale is None:
         raise ConfigError(f"dataset {name!r} does not hold images; --protocol torchserve sends images")
-    return PixelScale.of(splits.normalize, splits.input_shape)
+    return scale
 
 
 def remote_markdown(result: dict[str, Any]) -> str:
