@@ -1,6 +1,7 @@
 """DeepIPR baseline layers keep their own promises, and `compare` runs end to end."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ import torch.nn.functional as F
 
 from passportnorm import passport_mode, protected_layers, sign_loss, signature_detection, strip, zoo
 from passportnorm.baselines import DeepIPRBranch, protect_deepipr, release_deepipr
-from passportnorm.baselines.compare import CompareOptions, run_compare
+from passportnorm.baselines.compare import CompareOptions, run_compare, scheme_recipe
+from passportnorm.baselines.deepipr import DeepIPRPassports
 from passportnorm.cli import main
 from passportnorm.errors import ConfigError
 from passportnorm.key import OwnerKey, attach_key, extract_key
@@ -192,11 +194,63 @@ def test_a_batch_of_passports_is_averaged_over_the_batch_too():
     assert torch.allclose(branch.passport_responses(), torch.stack([expected, expected]), atol=1e-5)
 
 
-def test_deepipr_v2_can_run_on_groupnorm_as_its_authors_did(tmp_path):
+def test_deepipr_passports_take_channels_round_robin_from_the_images():
+    """Channel k comes from image k mod N, at a channel of that image not used before; an RGB
+    input takes one whole image; nothing is rescaled (the authors' passports)."""
+    images, channels = 3, 8
+    # value = 100 * image + channel, so every passport channel says where it came from
+    acts = (100 * torch.arange(images).view(-1, 1, 1, 1) + torch.arange(channels).view(1, -1, 1, 1)).float()
+    acts = acts.expand(images, channels, 2, 2).clone()
+    gamma, beta = DeepIPRPassports(inputs=acts).generate(acts, 1, torch.Generator().manual_seed(0))
+    for passport in (gamma, beta):
+        origin = passport[0, :, 0, 0].long()
+        assert passport.shape == (1, channels, 2, 2)
+        assert (origin // 100).tolist() == [k % images for k in range(channels)]
+        for image in range(images):
+            used = [int(c) for c in origin[origin // 100 == image] % 100]
+            assert len(used) == len(set(used))  # no channel of an image is taken twice
+    assert not torch.equal(gamma, beta)
+    rgb = torch.stack([torch.full((3, 4, 4), float(i)) for i in range(images)])
+    whole, _ = DeepIPRPassports(inputs=rgb).generate(rgb, 1, torch.Generator().manual_seed(1))
+    assert whole.shape == (1, 3, 4, 4) and whole.unique().numel() == 1
+    assert DeepIPRPassports().fit_to(acts, acts, 0.01).equal(acts)
+
+
+def test_compare_trains_deepipr_as_its_authors_did(tmp_path):
+    """By default: V2 on GroupNorm and V1 on BatchNorm, SGD 0.01 with x0.1 at half and three
+    quarters of training, passports from the seed's trained plain model (trained first, even when
+    plain is not asked for); the recipe of every row is recorded and printed."""
     out = tmp_path / "cmp"
-    options = CompareOptions(dataset="digits", arch="small_cnn", width=1.0, schemes=("deepipr-v2",),
-                             seeds=(0,), epochs=1, forge_epochs=1, deepipr_v2_norm="gn", out=str(out))
-    run = run_compare(options)["runs"][0]
-    assert run["norm"] == "gn" and run["signature_detection"] > 0.9 and run["released_architecture_is_plain"]
-    with pytest.raises(ConfigError, match="--deepipr-v2-norm 'ln' is not a norm"):
-        CompareOptions(deepipr_v2_norm="ln").validate()
+    options = CompareOptions(dataset="digits", arch="small_cnn", width=1.0, schemes=("deepipr-v2", "pan"),
+                             seeds=(0,), epochs=4, forge_epochs=1, out=str(out))
+    summary = run_compare(options)
+    runs = {r["scheme"]: r for r in summary["runs"]}
+    assert (out / "plain-seed0" / "model.safetensors").is_file()
+    v2 = runs["deepipr-v2"]
+    assert v2["norm"] == "gn" and v2["recipe"]["passports"] == "pretrained" and v2["released_architecture_is_plain"]
+    assert v2["recipe"]["lr_milestones"] == [2, 3] and v2["recipe"]["weight_decay"] == 1e-4
+    # the rate at the end of each epoch: x0.1 once 2 epochs are done, again after 3
+    assert [round(r["lr"], 6) for r in v2["history"]] == [0.01, 0.001, 0.0001, 0.0001]
+    assert runs["pan"]["norm"] == "bn" and runs["pan"]["recipe"]["passports"] == "shuffle"
+    assert "| plain |" not in summary["table"]  # trained for its passports, not asked for in the table
+    assert "**deepipr-v2**: SGD lr 0.01 momentum 0.9, weight decay 0.0001, x0.1 at epochs 2, 3; batch 64, 4 epochs; norm gn; joint steps; pretrained passports" in summary["table"]
+    assert "**pan**: SGD lr 0.05 momentum 0.9, weight decay 0.0005, cosine decay to 0" in summary["table"]
+    shared = CompareOptions(deepipr="shared", schemes=("deepipr-v1",))
+    assert scheme_recipe(shared, "deepipr-v1")["lr"] == 0.05 and scheme_recipe(shared, "deepipr-v1")["passports"] == "shuffle"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(recipes={"deepipr-v2": {"norm": "ln"}}), "deepipr-v2: norm 'ln' is not a norm"),
+        (dict(recipes={"pan": {"momentun": 0.9}}), "recipes.pan: unknown setting 'momentun'"),
+        (dict(recipes={"v2": {}}), "recipes: 'v2' is not a scheme"),
+        (dict(recipes={"pan": {"passports": "mine"}}), "pan: passports 'mine'; choose random, image, shuffle, pretrained"),
+        (dict(recipes={"pan": {"lr_schedule": "multistep", "lr_milestones": [6, 4]}}), "needs increasing lr_milestones"),
+        (dict(recipes={"pan": {"optimizer": "adamw"}}), "unknown optimizer 'adamw'"),
+        (dict(deepipr="theirs"), "--deepipr 'theirs': choose authors or shared"),
+    ],
+)
+def test_compare_recipes_are_checked_before_training(options, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        CompareOptions(**options).validate()

@@ -144,26 +144,37 @@ def _add_run_options(parser: argparse.ArgumentParser, protected: bool = True) ->
         )
 
 
-def _run_options(args: argparse.Namespace):
+def _read_config(name: str) -> dict:
+    """A YAML mapping of option: value (dashes read as underscores); one line naming the file if not."""
     import yaml
 
+    path = Path(name)
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read config {path}: {error}") from error
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config {path} must be a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in loaded.items()}
+
+
+def _run_options(args: argparse.Namespace):
     from .pipeline import RunOptions
 
-    values = {}
-    if args.config:
-        path = Path(args.config)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"cannot read config {path}: {error}") from error
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config {path} must be a mapping of option: value")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values = _read_config(args.config) if args.config else {}
     for spec in fields(RunOptions):
         given = getattr(args, spec.name, None)
         if given is not None:
             values[spec.name] = given
     return RunOptions.from_mapping(values)
+
+
+def _compare_options(args: argparse.Namespace, options: type):
+    """CompareOptions from ``--config`` (YAML) with the flags given on the command line on top."""
+    values = _read_config(args.config) if args.config else {}
+    given = {name: getattr(args, name, None) for name in options.__dataclass_fields__}
+    values.update({k: v for k, v in given.items() if v is not None})
+    return options.from_mapping(values)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -381,36 +392,38 @@ def _parser() -> argparse.ArgumentParser:
     versus = commands.add_parser(
         "compare", help="train plain, DeepIPR V1/V2 and passport-aware normalization side by side"
     )
-    versus.add_argument("--dataset", default="mnist5k")
+    versus.add_argument(
+        "--config", help="YAML file of compare options (configs/paper/*.yaml); flags given here win"
+    )
+    versus.add_argument("--dataset", help="default mnist5k")
     versus.add_argument("--data-dir")
     versus.add_argument("--points", type=int, help="points per cloud (point-cloud datasets)")
-    versus.add_argument("--arch", default="resnet18", help="zoo model (alexnet and resnet18 are the paper's)")
-    versus.add_argument("--width", type=float, default=0.25)
-    versus.add_argument("--norm", default="bn", help="norm of every model: bn, gn or in")
+    versus.add_argument("--arch", help="zoo model (alexnet and resnet18 are the paper's); default resnet18")
+    versus.add_argument("--width", type=float, help="default 0.25")
+    versus.add_argument("--norm", help="norm of every model but DeepIPR's own choice: bn (default), gn or in")
     versus.add_argument(
-        "--deepipr-v2-norm",
-        help="norm of the DeepIPR V2 models only: gn as its authors ran V2 (default: --norm)",
+        "--deepipr",
+        choices=("authors", "shared"),
+        help="authors (default): DeepIPR with its authors' recipe (SGD 0.01, wd 1e-4, x0.1 at 1/2 and 3/4), "
+        "V2 on GroupNorm, passports from the trained plain model; shared: the recipe, norm and passports "
+        "of the other rows",
     )
     versus.add_argument(
-        "--schemes",
-        default="plain,deepipr-v1,deepipr-v2,pan",
-        help="comma-separated: plain, deepipr-v1, deepipr-v2, pan",
+        "--schemes", help="comma-separated: plain, deepipr-v1, deepipr-v2, pan (default: all)"
     )
-    versus.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
-    versus.add_argument("--epochs", type=int, default=8)
-    versus.add_argument("--batch-size", type=int, default=64)
-    versus.add_argument("--lr", type=float, default=0.05)
+    versus.add_argument("--seeds", type=int, help="number of seeds (0, 1, ...); default 3")
+    versus.add_argument("--epochs", type=int, help="default 8")
+    versus.add_argument("--batch-size", type=int, help="default 64")
+    versus.add_argument("--lr", type=float, help="the shared recipe's SGD rate (default 0.05, cosine decay)")
     versus.add_argument(
-        "--placement",
-        default="all",
-        help="all (every norm) or deepipr (AlexNet's last 3 convs, ResNet18's layer4)",
+        "--placement", help="all (every norm, default) or deepipr (AlexNet's last 3 convs, ResNet18's layer4)"
     )
     versus.add_argument(
-        "--forge-epochs", type=int, default=3, help="epochs of the ambiguity II forgery per run"
+        "--forge-epochs", type=int, help="epochs of the ambiguity II forgery per run (default 3)"
     )
-    versus.add_argument("--device", default="auto")
+    versus.add_argument("--device", help="auto (default), cpu, cuda")
     versus.add_argument(
-        "--out", default="runs/compare", help="output folder; a rerun resumes and skips finished runs"
+        "--out", help="output folder (default runs/compare); a rerun resumes and skips finished runs"
     )
 
     add_remote_commands(commands)
@@ -666,26 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             from .baselines.compare import CompareOptions, run_compare
 
-            summary = run_compare(
-                CompareOptions(
-                    dataset=args.dataset,
-                    data_dir=args.data_dir,
-                    points=args.points,
-                    arch=args.arch,
-                    width=args.width,
-                    norm=args.norm,
-                    deepipr_v2_norm=args.deepipr_v2_norm,
-                    schemes=tuple(s.strip() for s in args.schemes.split(",") if s.strip()),
-                    seeds=tuple(range(args.seeds)),
-                    epochs=args.epochs,
-                    batch_size=args.batch_size,
-                    lr=args.lr,
-                    placement=args.placement,
-                    forge_epochs=args.forge_epochs,
-                    device=args.device,
-                    out=args.out,
-                )
-            )
+            summary = run_compare(_compare_options(args, CompareOptions))
             print(summary["table"])
             return 0
         if args.command == "demo":

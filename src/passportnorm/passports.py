@@ -39,6 +39,7 @@ from .errors import PassportError
 __all__ = [
     "PassportGenerator",
     "RandomPassports",
+    "ActivationPassports",
     "ImagePassports",
     "ShufflePassports",
     "calibrated_copy",
@@ -125,7 +126,7 @@ class RandomPassports(PassportGenerator):
         return draws[0:1].clone(), draws[1:2].clone()
 
 
-class _ActivationPassports(PassportGenerator):
+class ActivationPassports(PassportGenerator):
     """Shared by the kinds built from real activations: where those activations come from."""
 
     def __init__(self, inputs: Any = None, model: nn.Module | None = None):
@@ -178,7 +179,7 @@ class _ActivationPassports(PassportGenerator):
         return count
 
 
-class ImagePassports(_ActivationPassports):
+class ImagePassports(ActivationPassports):
     """Activations of two distinct real inputs (chosen with the seed) at the producer's input.
 
     ``inputs``: real inputs (default: ``protect``'s ``example_input``, which then needs a batch
@@ -194,7 +195,7 @@ class ImagePassports(_ActivationPassports):
         return activations[first : first + 1].clone(), activations[second : second + 1].clone()
 
 
-class ShufflePassports(_ActivationPassports):
+class ShufflePassports(ActivationPassports):
     """Each channel copied from a random input's activation at a random (permuted) channel."""
 
     name = "shuffle"

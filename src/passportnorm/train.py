@@ -50,6 +50,10 @@ __all__ = ["TrainConfig", "Trainer"]
 # code, and DeepIPR V2); aware: passport-aware steps only (DeepIPR V1, whose model has no free branch)
 SCHEDULES = ("alternate", "joint", "aware", "interleave")
 AWARE_OPTIMIZERS = ("shared", "separate")
+# the published recipes: SGD with cosine decay (ours), with MultiStepLR (DeepIPR's and the PAN paper's image
+# runs), Adam with StepLR (the PAN paper's PointNet)
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("cosine", "multistep", "step")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of the forwards
 
 
@@ -65,6 +69,11 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # or "adam" (momentum unused)
+    lr_schedule: str = "cosine"  # cosine to zero; multistep: x lr_gamma at lr_milestones; step: every lr_step
+    lr_milestones: tuple[int, ...] = ()  # epochs (multistep)
+    lr_step: int = 0  # epochs (step)
+    lr_gamma: float = 0.1
     schedule: str = "alternate"
     ratio: float = 0.5
     sign_weight: float = 1.0
@@ -74,6 +83,9 @@ class TrainConfig:
     precision: str = (
         "fp32"  # bf16/fp16: forwards under autocast (fp16 with a GradScaler); passport responses stay fp32
     )
+
+    def __post_init__(self) -> None:
+        self.lr_milestones = tuple(int(m) for m in self.lr_milestones)  # a YAML list compares as the tuple
 
     def validate(self, device: torch.device | None = None) -> None:
         if self.schedule not in SCHEDULES:
@@ -92,6 +104,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        self._validate_recipe()
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
         if self.precision == "fp16" and device is not None and device.type != "cuda":
@@ -99,6 +112,26 @@ class TrainConfig:
                 f"--precision fp16 needs a CUDA device (this run is on {device}); on a CPU use "
                 "--precision bf16, which needs no loss scaling"
             )
+
+
+    def _validate_recipe(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
+        if self.optimizer == "adam" and self.aware_optimizer == "separate":
+            raise ConfigError(
+                "aware_optimizer 'separate' is an SGD state; use optimizer sgd or aware_optimizer shared"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}; choose {', '.join(LR_SCHEDULES)}")
+        milestones = list(self.lr_milestones)  # none: a constant rate, as the authors' code without steps
+        if milestones != sorted(set(milestones)) or any(m < 1 for m in milestones):
+            raise ConfigError(
+                f"lr_schedule multistep needs increasing lr_milestones (epochs >= 1), got {milestones}"
+            )
+        if self.lr_schedule == "step" and self.lr_step < 1:
+            raise ConfigError(f"lr_schedule step needs lr_step >= 1 (epochs), got {self.lr_step}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
 
 
 @dataclass
@@ -142,15 +175,13 @@ class Trainer:
         self.protected = is_protected(model)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
-        self.optimizer = torch.optim.SGD(
-            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-        self.scheduler = self._cosine(self.optimizer)
+        self.optimizer = self._optimizer(model)
+        self.scheduler = self._lr_schedule(self.optimizer)
         self.aware_optimizer = self.aware_scheduler = None
         separate = config.aware_optimizer == "separate"
         if self.protected and config.schedule in ("alternate", "interleave") and separate:
             self.aware_optimizer = self._branch_decayed_sgd(model)
-            self.aware_scheduler = self._cosine(self.aware_optimizer)
+            self.aware_scheduler = self._lr_schedule(self.aware_optimizer)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self._state = _StepState()
@@ -164,10 +195,23 @@ class Trainer:
         dtype = PRECISIONS[self.config.precision]
         return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None)
 
-    def _cosine(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=self.config.epochs * self.steps_per_epoch
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        config = self.config
+        if config.optimizer == "adam":
+            return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
+
+    def _lr_schedule(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """Stepped once per optimisation step, so epochs given in the recipe become step counts."""
+        config, steps = self.config, self.steps_per_epoch
+        if config.lr_schedule == "multistep":
+            milestones = [epoch * steps for epoch in config.lr_milestones]
+            return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_gamma)
+        if config.lr_schedule == "step":
+            return torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step * steps, gamma=config.lr_gamma)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps)
 
     def _branch_decayed_sgd(self, model: nn.Module) -> torch.optim.SGD:
         """SGD for passport-aware steps: weight decay on the branch MLPs only (the free steps decay the rest)."""

@@ -15,7 +15,7 @@ import copy
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,16 @@ from ..data import load_dataset
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..evaluation import accuracy
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import save_tensors, write_json_atomic, write_text_atomic
 from ..key import attach_key, extract_key
+from ..passports import _KINDS as PASSPORT_KINDS
 from ..protect import passport_mode, protect, strip
 from ..train import TrainConfig, Trainer
 from ..verify import verify, verify_attached
-from .deepipr import protect_deepipr, release_deepipr
+from ..weights import load_weights
+from .deepipr import DeepIPRPassports, protect_deepipr, release_deepipr
 
-__all__ = ["COMPARE_SCHEMES", "PLACEMENTS", "CompareOptions", "run_compare", "compare_table"]
+__all__ = ["COMPARE_SCHEMES", "PLACEMENTS", "CompareOptions", "run_compare", "compare_table", "scheme_recipe"]
 
 COMPARE_SCHEMES = ("plain", "deepipr-v1", "deepipr-v2", "pan")
 # how each scheme trains, as published: pan alternates (the paper), DeepIPR V2 backpropagates
@@ -48,6 +50,41 @@ PLACEMENTS = {
     "all": {},
     "deepipr": {"alexnet": ["features.9", "features.12", "features.15"], "resnet18": ["layer4.*"]},
 }
+# what a scheme's recipe sets: the optimiser and its schedule (TrainConfig's names), the training
+# schedule of the two branches, the norm of every layer, and the passports
+OPTIMISER_FIELDS = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "lr_schedule",
+    "lr_milestones",
+    "lr_step",
+    "lr_gamma",
+)
+RECIPE_FIELDS = (*OPTIMISER_FIELDS, "schedule", "norm", "passports")
+# DeepIPR's shuffle passports (DeepIPRPassports) from the seed's trained plain model and held-out images
+PRETRAINED = "pretrained"
+PLAIN_WEIGHTS = "model.safetensors"
+DEEPIPR_RECIPES = ("authors", "shared")
+
+
+def authors_deepipr_recipe(scheme: str, epochs: int) -> dict[str, Any]:
+    """DeepIPR as its authors train it (kamwoh/DeepIPR): SGD 0.01, momentum 0.9, weight decay 1e-4,
+    the rate x0.1 at half and three quarters of training (their 100 and 150 of 200 epochs), V2 on
+    GroupNorm and V1 on BatchNorm, passports from a pretrained plain model."""
+    milestones = tuple(sorted({m for m in (epochs // 2, epochs * 3 // 4) if 0 < m < epochs}))
+    return {
+        "optimizer": "sgd",
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "lr_schedule": "multistep",
+        "lr_milestones": milestones,
+        "lr_gamma": 0.1,
+        "norm": "gn" if scheme == "deepipr-v2" else "bn",
+        "passports": PRETRAINED,
+    }
 
 
 @dataclass
@@ -58,14 +95,16 @@ class CompareOptions:
     arch: str = "resnet18"
     width: float = 0.25
     norm: str = "bn"
-    deepipr_v2_norm: str | None = None  # V2's norm when not --norm: its authors ran V2 with GroupNorm
     schemes: tuple[str, ...] = COMPARE_SCHEMES
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 8
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float = 0.05  # the shared recipe: SGD with momentum 0.9, weight decay 5e-4, cosine decay
+    deepipr: str = "authors"  # DeepIPR's own recipe, norms and passports; "shared": the shared ones
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)  # per scheme, replaces the above
     placement: str = "all"
     passports: str = "shuffle"
+    passport_images: int = 20  # held-out test inputs that pretrained passports are built from
     signature: str = "(c) passportnorm owner"
     flip: float = 0.1
     forge_epochs: int = 3
@@ -73,23 +112,127 @@ class CompareOptions:
     device: str = "auto"
     out: str = "runs/compare"
 
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> "CompareOptions":
+        """Options from a config file or flags: ``seeds`` may be a count, ``schemes`` a comma list."""
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(
+                f"unknown compare option {unknown[0]!r}; known: {', '.join(cls.__dataclass_fields__)}"
+            )
+        if isinstance(values.get("seeds"), int):
+            values["seeds"] = tuple(range(values["seeds"]))
+        if isinstance(values.get("schemes"), str):
+            values["schemes"] = tuple(s.strip() for s in values["schemes"].split(",") if s.strip())
+        for name in ("seeds", "schemes"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
     def validate(self) -> None:
         unknown = [s for s in self.schemes if s not in COMPARE_SCHEMES]
         if unknown or not self.schemes:
-            raise ConfigError(f"unknown scheme {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(COMPARE_SCHEMES)}")
+            raise ConfigError(
+                f"unknown scheme {unknown[0] if unknown else '(none)'!r}; "
+                f"choose from {', '.join(COMPARE_SCHEMES)}"
+            )
         if self.placement not in PLACEMENTS:
             raise ConfigError(f"unknown placement {self.placement!r}; choose {' or '.join(PLACEMENTS)}")
         if self.placement != "all" and self.arch not in PLACEMENTS[self.placement]:
-            raise ConfigError(f"placement {self.placement!r} is defined for {', '.join(PLACEMENTS[self.placement])}, "
-                              f"not {self.arch!r}; use --placement all")
+            raise ConfigError(
+                f"placement {self.placement!r} is defined for {', '.join(PLACEMENTS[self.placement])}, "
+                f"not {self.arch!r}; use --placement all"
+            )
         if not self.seeds:
             raise ConfigError("compare needs at least one seed")
-        for flag, norm in (("--norm", self.norm), ("--deepipr-v2-norm", self.deepipr_v2_norm)):
-            if norm is not None and norm not in NORM_KINDS:
-                raise ConfigError(f"{flag} {norm!r} is not a norm; choose one of {', '.join(NORM_KINDS)}")
+        if self.deepipr not in DEEPIPR_RECIPES:
+            raise ConfigError(f"--deepipr {self.deepipr!r}: choose {' or '.join(DEEPIPR_RECIPES)}")
+        self._validate_recipes()
+
+    def _validate_recipes(self) -> None:
+        for scheme, recipe in self.recipes.items():
+            if scheme not in COMPARE_SCHEMES or not isinstance(recipe, dict):
+                raise ConfigError(
+                    f"recipes: {scheme!r} is not a scheme with a mapping of settings; "
+                    f"schemes are {', '.join(COMPARE_SCHEMES)}"
+                )
+            unknown = sorted(set(recipe) - set(RECIPE_FIELDS))
+            if unknown:
+                raise ConfigError(
+                    f"recipes.{scheme}: unknown setting {unknown[0]!r}; known: {', '.join(RECIPE_FIELDS)}"
+                )
+        for scheme in self.schemes:
+            recipe = scheme_recipe(self, scheme)
+            if recipe["norm"] not in NORM_KINDS:
+                raise ConfigError(
+                    f"{scheme}: norm {recipe['norm']!r} is not a norm; choose one of {', '.join(NORM_KINDS)}"
+                )
+            if recipe["passports"] not in (*PASSPORT_KINDS, PRETRAINED):
+                raise ConfigError(
+                    f"{scheme}: passports {recipe['passports']!r}; choose "
+                    f"{', '.join((*PASSPORT_KINDS, PRETRAINED))}"
+                )
+            _train_config(self, scheme, 0).validate()
 
 
-def _inference_ratio(released: torch.nn.Module, plain: torch.nn.Module, batch: torch.Tensor, rounds: int = 5, reps: int = 5) -> float:
+def scheme_recipe(opts: CompareOptions, scheme: str) -> dict[str, Any]:
+    """Everything that decides how ``scheme`` trains: the shared recipe, DeepIPR's own where
+    ``opts.deepipr`` is "authors", then what ``opts.recipes`` sets for the scheme."""
+    recipe: dict[str, Any] = {
+        "optimizer": "sgd",
+        "lr": opts.lr,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lr_schedule": "cosine",
+        "lr_milestones": (),
+        "lr_step": 0,
+        "lr_gamma": 0.1,
+        "schedule": _SCHEDULE[scheme],
+        "norm": opts.norm,
+        "passports": opts.passports,
+    }
+    if scheme.startswith("deepipr") and opts.deepipr == "authors":
+        recipe.update(authors_deepipr_recipe(scheme, opts.epochs))
+    recipe.update(opts.recipes.get(scheme, {}))
+    recipe["lr_milestones"] = tuple(recipe["lr_milestones"])
+    return recipe
+
+
+def describe_recipe(scheme: str, recipe: dict[str, Any], epochs: int, batch_size: int) -> str:
+    """One line a reader can rerun from: optimiser, rate schedule, branch schedule, norm, passports."""
+    optimiser = (
+        f"SGD lr {recipe['lr']:g} momentum {recipe['momentum']:g}"
+        if recipe["optimizer"] == "sgd"
+        else f"Adam lr {recipe['lr']:g}"
+    )
+    milestones = ", ".join(map(str, recipe["lr_milestones"]))
+    rate = {
+        "cosine": "cosine decay to 0",
+        "multistep": f"x{recipe['lr_gamma']:g} at epochs {milestones or '(none)'}",
+        "step": f"x{recipe['lr_gamma']:g} every {recipe['lr_step']} epochs",
+    }[recipe["lr_schedule"]]
+    branches = "" if scheme == "plain" else f"; {recipe['schedule']} steps; {recipe['passports']} passports"
+    return (
+        f"{optimiser}, weight decay {recipe['weight_decay']:g}, {rate}; batch {batch_size}, {epochs} epochs; "
+        f"norm {recipe['norm']}{branches}"
+    )
+
+
+def _train_config(opts: CompareOptions, scheme: str, seed: int) -> TrainConfig:
+    recipe = scheme_recipe(opts, scheme)
+    return TrainConfig(
+        epochs=opts.epochs,
+        batch_size=opts.batch_size,
+        seed=seed,
+        schedule=recipe["schedule"],
+        **{name: recipe[name] for name in OPTIMISER_FIELDS},
+    )
+
+
+def _inference_ratio(
+    released: torch.nn.Module, plain: torch.nn.Module, batch: torch.Tensor, rounds: int = 5, reps: int = 5
+) -> float:
     """Median forward time of ``released`` over that of an untrained plain model of the same
     architecture (speed does not depend on the weights), interleaved round by round."""
     times = {"released": [], "plain": []}
@@ -112,31 +255,67 @@ def _released_size(model: torch.nn.Module) -> tuple[int, int]:
     return parameters, stored
 
 
+def _passports(opts: CompareOptions, recipe: dict[str, Any], seed: int, data, config: dict[str, Any]):
+    """The scheme's passports: a kind by name, or DeepIPR's from this seed's trained plain model run
+    on ``passport_images`` held-out test inputs drawn with the seed (the authors draw 20)."""
+    if recipe["passports"] != PRETRAINED:
+        return recipe["passports"]
+    weights = Path(opts.out) / f"plain-seed{seed}" / PLAIN_WEIGHTS
+    if not weights.is_file():
+        raise ConfigError(
+            f"pretrained passports need the plain run's {weights}; delete {weights.parent} to retrain it"
+        )
+    pretrained = zoo.build(opts.arch, **{**config, "norm": scheme_recipe(opts, "plain")["norm"]})
+    load_weights(pretrained, weights)
+    test_inputs = data.test.tensors[0]
+    picks = torch.randperm(len(test_inputs), generator=torch.Generator().manual_seed(seed))[
+        : opts.passport_images
+    ]
+    return DeepIPRPassports(inputs=test_inputs[picks], model=pretrained.eval())
+
+
 def _one_run(opts: CompareOptions, scheme: str, seed: int, data, device: torch.device) -> dict[str, Any]:
     out = Path(opts.out) / f"{scheme}-seed{seed}"
-    norm = opts.deepipr_v2_norm if scheme == "deepipr-v2" and opts.deepipr_v2_norm else opts.norm
-    config = {"in_channels": data.input_shape[0], "num_classes": data.num_classes, "width": opts.width,
-              "norm": norm}
+    recipe = scheme_recipe(opts, scheme)
+    config = {
+        "in_channels": data.input_shape[0],
+        "num_classes": data.num_classes,
+        "width": opts.width,
+        "norm": recipe["norm"],
+    }
     torch.manual_seed(seed)
     model = zoo.build(opts.arch, **config)
     example = data.train.tensors[0][:16]
     include = PLACEMENTS[opts.placement].get(opts.arch)
-    options = dict(signature=opts.signature, passports=opts.passports, seed=seed, include=include, weak_layers="skip")
+    options = dict(
+        signature=opts.signature,
+        passports=_passports(opts, recipe, seed, data, config),
+        seed=seed,
+        include=include,
+        weak_layers="skip",
+    )
     if scheme == "pan":
         model = protect(model, example, **options)
     elif scheme.startswith("deepipr"):
         model = protect_deepipr(model, example, scheme=scheme.split("-")[1], **options)
-    train_config = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, schedule=_SCHEDULE[scheme], seed=seed)
-    trainer = Trainer(model, data, train_config, out_dir=out, device=device)
+    trainer = Trainer(model, data, _train_config(opts, scheme, seed), out_dir=out, device=device)
     trainer.fit(
         resume=(out / "checkpoint.pt").is_file(), on_epoch=lambda row: print_epoch({"run": out.name, **row})
     )
     model = trainer.model.cpu().eval()
     test = data.test
-    result: dict[str, Any] = {"scheme": scheme, "seed": seed, "norm": norm, "history": trainer.history,
-                              "seconds_per_epoch": statistics.mean(r["seconds"] for r in trainer.history)}
+    result: dict[str, Any] = {
+        "scheme": scheme,
+        "seed": seed,
+        "norm": recipe["norm"],
+        "history": trainer.history,
+        "recipe": {**recipe, "lr_milestones": list(recipe["lr_milestones"])},
+        "recipe_text": describe_recipe(scheme, recipe, opts.epochs, opts.batch_size),
+        "seconds_per_epoch": statistics.mean(r["seconds"] for r in trainer.history),
+    }
     if scheme == "plain":
         released = model
+        save_tensors(model.state_dict(), out / PLAIN_WEIGHTS)  # DeepIPR's pretrained passports come from it
     elif scheme == "deepipr-v1":
         released = release_deepipr(model)
         # V1 ships its passports inside the model, so the model itself is what gets verified
@@ -149,10 +328,16 @@ def _one_run(opts: CompareOptions, scheme: str, seed: int, data, device: torch.d
         suspect = attach_key(released, key)
     result["released_accuracy"] = accuracy(released, test)
     if scheme != "plain":
-        result.update(verification_accuracy=report.passport_aware_accuracy, signature_detection=report.signature_detection,
-                      verified=report.verified, signature_bits=report.signature_bits)
+        result.update(
+            verification_accuracy=report.passport_aware_accuracy,
+            signature_detection=report.signature_detection,
+            verified=report.verified,
+            signature_bits=report.signature_bits,
+        )
         attacker = attacker_split(data.train, opts.attacker_share, seed)
-        forged = forge_flipped_signature(suspect, attacker, flip=opts.flip, epochs=opts.forge_epochs, seed=seed)
+        forged = forge_flipped_signature(
+            suspect, attacker, flip=opts.flip, epochs=opts.forge_epochs, seed=seed
+        )
         with passport_mode(suspect):
             result["forged_accuracy"] = accuracy(suspect, test)
         result["forged_target_detection"] = forged["target_detection"]
@@ -160,10 +345,9 @@ def _one_run(opts: CompareOptions, scheme: str, seed: int, data, device: torch.d
     plain_twin = zoo.build(opts.arch, **config)
     result["plain_parameters"], result["plain_stored_values"] = _released_size(plain_twin)
     result["inference_ratio"] = _inference_ratio(released, plain_twin, test.tensors[0][:256])
-    result["released_architecture_is_plain"] = (
-        [type(m).__name__ for m in released.modules()] == [type(m).__name__ for m in plain_twin.modules()]
-        and list(released.state_dict()) == list(plain_twin.state_dict())
-    )
+    result["released_architecture_is_plain"] = [type(m).__name__ for m in released.modules()] == [
+        type(m).__name__ for m in plain_twin.modules()
+    ] and list(released.state_dict()) == list(plain_twin.state_dict())
     write_json_atomic(out / "result.json", result)
     return result
 
@@ -175,7 +359,7 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     for seed in opts.seeds:
         data = load_dataset(opts.dataset, opts.data_dir, seed=seed, points=opts.points)
-        for scheme in opts.schemes:
+        for scheme in _run_order(opts):
             done = Path(opts.out) / f"{scheme}-seed{seed}" / "result.json"
             if done.is_file():
                 runs.append(json.loads(done.read_text()))
@@ -183,11 +367,29 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
                 continue
             print(f"{scheme}, seed {seed} ...", flush=True)
             runs.append(_one_run(opts, scheme, seed, data, device))
-    table = compare_table(runs, opts.schemes)
+    table = compare_table(runs, opts.schemes) + "\n\n" + recipes_text(opts)
     summary = {"options": {k: v for k, v in asdict(opts).items()}, "runs": runs, "table": table}
     write_json_atomic(Path(opts.out) / "compare.json", summary)
     write_text_atomic(Path(opts.out) / "compare.md", table + "\n")
     return summary
+
+
+def _run_order(opts: CompareOptions) -> list[str]:
+    """The requested schemes, plain first and added when pretrained passports need its model."""
+    pretrained = any(scheme_recipe(opts, s)["passports"] == PRETRAINED for s in opts.schemes)
+    return ["plain"] * ("plain" in opts.schemes or pretrained) + [s for s in opts.schemes if s != "plain"]
+
+
+def recipes_text(opts: CompareOptions) -> str:
+    """The recipe of each row, one line per scheme, for the table's reader."""
+    return (
+        "Recipes: "
+        + "; ".join(
+            f"**{s}**: {describe_recipe(s, scheme_recipe(opts, s), opts.epochs, opts.batch_size)}"
+            for s in opts.schemes
+        )
+        + "."
+    )
 
 
 def _stat(values: list[float], scale: float = 100.0, digits: int = 2, suffix: str = "%") -> str:
@@ -204,8 +406,9 @@ def compare_table(runs: list[dict[str, Any]], schemes: tuple[str, ...]) -> str:
     """One markdown row per scheme: means +- standard deviations over seeds; ratios to plain per seed."""
     plain = {r["seed"]: r for r in runs if r["scheme"] == "plain"}
     lines = [
-        "| scheme | released acc | verification acc (owner's passports) | signature detection | forged passports acc "
-        "(ambiguity II, 10% flipped) | train s/epoch vs plain | released parameters vs plain | stored values vs plain | "
+        "| scheme | released acc | verification acc (owner's passports) | signature detection | "
+        "forged passports acc (ambiguity II, 10% flipped) | train s/epoch vs plain | "
+        "released parameters vs plain | stored values vs plain | "
         "inference vs plain | released = plain architecture |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -213,10 +416,13 @@ def compare_table(runs: list[dict[str, Any]], schemes: tuple[str, ...]) -> str:
         rows = [r for r in runs if r["scheme"] == scheme]
         if not rows:
             continue
-        time_ratio = [r["seconds_per_epoch"] / plain[r["seed"]]["seconds_per_epoch"] for r in rows if r["seed"] in plain]
+        time_ratio = [
+            r["seconds_per_epoch"] / plain[r["seed"]]["seconds_per_epoch"] for r in rows if r["seed"] in plain
+        ]
         lines.append(
             f"| {scheme} | {_stat([r['released_accuracy'] for r in rows])} | "
-            f"{_stat([r.get('verification_accuracy') for r in rows])} | {_stat([r.get('signature_detection') for r in rows])} | "
+            f"{_stat([r.get('verification_accuracy') for r in rows])} | "
+            f"{_stat([r.get('signature_detection') for r in rows])} | "
             f"{_stat([r.get('forged_accuracy') for r in rows])} | {_stat(time_ratio, 1, 2, 'x')} | "
             f"{_stat([r['parameters'] / r['plain_parameters'] for r in rows], 1, 3, 'x')} | "
             f"{_stat([r['stored_values'] / r['plain_stored_values'] for r in rows], 1, 3, 'x')} | "

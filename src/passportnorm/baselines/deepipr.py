@@ -35,9 +35,10 @@ from ..aware_statistics import BranchStatistics
 from ..branch import PassportAwareBranch, register_branch_kind
 from ..errors import ConfigError
 from ..key_manifest import KeyLayer
+from ..passports import ActivationPassports
 from ..protect import protect, protected_layers, strip
 
-__all__ = ["SCHEMES", "DeepIPRBranch", "protect_deepipr", "release_deepipr"]
+__all__ = ["SCHEMES", "DeepIPRBranch", "DeepIPRPassports", "protect_deepipr", "release_deepipr"]
 
 SCHEMES = ("v1", "v2")
 
@@ -107,6 +108,40 @@ class DeepIPRBranch(PassportAwareBranch):
 
     def extra_repr(self) -> str:
         return f"scheme={self.scheme}, " + super().extra_repr()
+
+
+class DeepIPRPassports(ActivationPassports):
+    """DeepIPR's ``shuffle`` passports, as its authors build them from a pretrained plain model.
+
+    ``inputs`` (the authors draw 20 held-out images) run through ``model`` (pretrained, plain);
+    passport channel ``k`` is copied from image ``k mod N`` at a random channel of that image not
+    used before, so the images take turns; a 3-channel input (an RGB first layer) takes one
+    whole image instead. The passports keep the activations' own scale (the authors rescale
+    nothing), unlike the library's activation passports, which start at random passports' scale.
+    """
+
+    name = "deepipr"
+
+    def generate(self, activations, channel_dim, generator):
+        count = self._need_several(activations, self.name)
+        by_channel = activations.movedim(channel_dim, 1)
+        channels = by_channel.shape[1]
+        passports = []
+        for _ in range(2):
+            if channels == 3:
+                pick = int(torch.randint(0, count, (1,), generator=generator))
+                mixed = by_channel[pick : pick + 1]
+            else:
+                images = torch.arange(channels) % count
+                turn = torch.arange(channels) // count  # how often image k mod N was used before
+                unused = torch.stack([torch.randperm(channels, generator=generator) for _ in range(count)])
+                sources = unused[images, turn]
+                mixed = by_channel[images.to(activations.device), sources.to(activations.device)].unsqueeze(0)
+            passports.append(mixed.movedim(1, channel_dim).contiguous())
+        return passports[0], passports[1]
+
+    def fit_to(self, passport: Tensor, responses: Tensor, target: float) -> Tensor:
+        return passport.clone()
 
 
 def _from_key(
