@@ -35,7 +35,7 @@ HOLDOUT = 0.15
 # name: (command, changed options, what the row tests)
 VARIANTS = {
     "plain": ("train", {}, "baseline"),
-    "protected": ("protect", {}, "default: alternate 0.5, one SGD state for both steps"),
+    "protected": ("protect", {}, "alternate 0.5, one SGD state for both steps, T-Nets included (the default before issue 20)"),
     "separate-optimizer": ("protect", {"aware_optimizer": "separate"},
                            "passport-aware steps keep their own momentum and decay only the branch"),
     "joint": ("protect", {"schedule": "joint"}, "one step on the sum of both losses (the original code)"),
@@ -51,6 +51,8 @@ DEFAULT_VARIANTS = ["plain", "protected", "separate-optimizer", "sign-weight-0.1
 def _run(variant: str, seed: int, args) -> dict:
     command, changes, _ = VARIANTS[variant]
     out = Path(args.out) / f"{variant}-seed{seed}"
+    if command == "protect":  # T-Nets protected, as the CLI did before issue 20, unless the variant says
+        changes = {"transform_layers": "protect", **changes}
     opts = RunOptions(dataset=DATASET, seed=seed, secret_seed=seed, epochs=args.epochs, holdout=HOLDOUT, device=args.device, out=str(out), **changes)
     wanted = {k: v for k, v in asdict(opts).items() if k not in ("resume", "overwrite", "secret_seed", "device")}
     if (out / "metrics.json").is_file():

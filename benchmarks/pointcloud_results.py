@@ -44,18 +44,21 @@ ATTACKS = [
 
 # the default protected run mixes 50 trigger shapes into training; "no triggers" isolates the branch's own cost
 TNETS = "input_transform.*,feature_transform.*"
-KINDS = {"plain": {}, "protected": {}, "protected-no-triggers": {"trigger": "none"}, "protected-no-tnets": {"exclude": TNETS}}
+# T-Nets protected as the CLI did before issue 20 (its default now leaves them out, like the no-T-Net row)
+WITH_TNETS = {"transform_layers": "protect"}
+KINDS = {"plain": {}, "protected": WITH_TNETS, "protected-no-triggers": {"trigger": "none", **WITH_TNETS},
+         "protected-no-tnets": {"exclude": TNETS}}
 RATIO_KIND = "protected-ratio-"  # + the share of aware steps, e.g. protected-ratio-0.25 (--ratio-row)
 
 
 def _kind_options(kind: str) -> dict:
-    return {"ratio": float(kind[len(RATIO_KIND):])} if kind.startswith(RATIO_KIND) else KINDS[kind]
+    return {"ratio": float(kind[len(RATIO_KIND):]), **WITH_TNETS} if kind.startswith(RATIO_KIND) else KINDS[kind]
 
 
 def _label(kind: str) -> str:
     if kind.startswith(RATIO_KIND):
         return f"protected, alternate {kind[len(RATIO_KIND):]} (fewer passport-aware steps), 50 shape triggers"
-    return {"plain": "plain", "protected": "protected (default: alternate 0.5, 50 shape triggers)",
+    return {"plain": "plain", "protected": "protected, T-Nets included (alternate 0.5, 50 shape triggers)",
             "protected-no-triggers": "protected, no triggers",
             "protected-no-tnets": "protected, T-Net norms left unprotected (`--exclude` both T-Nets), 50 shape triggers"}[kind]
 
@@ -226,15 +229,16 @@ def main() -> None:
             f"{settings['points'] or 256} points, {args.epochs} epochs, seeds {', '.join(map(str, args.seeds))})\n\n"
             f"Command: `{command}` ({machine(args.device)}). Both runs use the same data order, augmentation "
             f"(PointNet++'s scaling, shifting and point dropout), SGD at {settings['lr']} with cosine decay, and budget; the "
-            "protected run is the default `passportnorm protect --dataset mnist5k-points` (13 of its 15 norm layers, T-Nets "
-            f"included, {settings['passports']} passports, hash-bound signature, 50 procedural-shape triggers)"
+            "protected run is `passportnorm protect --dataset mnist5k-points --transform-layers protect` (13 of its 15 norm "
+            f"layers, T-Nets included, the CLI default before issue 20; {settings['passports']} passports, hash-bound signature, 50 procedural-shape triggers)"
             + ("; the no-trigger row is the same with `--trigger none`" if args.no_trigger_row else "")
             + ". Detection and verdict come from `passportnorm verify` on the released model with its key "
             "and the test split (default rule: p <= 2^-128). The CLI default `--weak-layers skip` leaves out the two norms "
             "after convs that read the 3 xyz coordinates (input T-Net and embedding), 32 of 1488 channels; they keep "
             "separate running statistics for the passport-aware forward (aware_statistics.py)."
             + (f" The no-T-Net row adds `--exclude '{TNETS}'` (the variant chosen on a validation split, see the "
-               "diagnosis table below), so only the 4 norms of the main path carry bits." if args.no_tnet_row else "")
+               "diagnosis table below, and since issue 20 the CLI default, `--transform-layers skip`), so only the 4 "
+               "norms of the main path carry bits." if args.no_tnet_row else "")
             + "\n\n"
         )
         update_section("RESULTS.md", f"pointcloud-{args.epochs}-epochs", header + table)

@@ -16,10 +16,12 @@ def test_demo_short_run_writes_metrics_and_passes_its_checks(tmp_path, capsys):
         "same_state_dict_keys_and_shapes": True,
         "outputs_bit_identical_to_passport_free": True,
     }
-    assert metrics["signature_detection"]["rate"] == 1.0
+    # one short epoch embeds nearly every bit, the message's all (how many of the others depends on the
+    # package versions the data loaders and kernels come from: 100% on one venv, 99.1% on another)
+    assert metrics["signature_detection"]["rate"] >= 0.95
     assert metrics["signature_detection"]["message"] == "(c) t"
     assert metrics["history"][0]["passport_free_accuracy"] > 0.3  # three times chance after one short epoch
-    assert "signature detection rate: 100.00%" in out and "strip check" in out
+    assert "signature detection rate: " in out and "strip check" in out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")

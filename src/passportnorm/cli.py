@@ -61,6 +61,8 @@ _HELP = {
     "sign_weight": "multiplier of the sign loss in passport-aware steps",
     "alpha": "sign-loss alpha stored in each protected layer",
     "weak_layers": "skip or protect norms whose producer reads at most 3 input channels (see docs/RESULTS.md)",
+    "transform_layers": "skip or protect norms inside a sub-network whose output transforms the data as a "
+    "matrix (PointNet's T-Nets; `passportnorm inspect` marks them)",
     "exclude": "comma-separated patterns of norm paths to leave unprotected, e.g. 'input_transform.*,feature_transform.*' "
     "(see `passportnorm inspect`)",
     "trigger": "none, noise, pattern (images), shapes (point clouds), or a folder with inputs and labels.csv; default noise/shapes",
@@ -101,6 +103,7 @@ _PROTECTION_ONLY = {
     "sign_weight",
     "alpha",
     "weak_layers",
+    "transform_layers",
     "exclude",
     "trigger",
     "trigger_count",
@@ -490,7 +493,8 @@ def _inspect(args: argparse.Namespace) -> int:
     import torch
 
     from . import zoo
-    from .pairing import find_pairs
+    from .pairing import WEAK_RULE, find_pairs
+    from .transform_branches import TRANSFORM_RULE
 
     if args.dataset == "imagefolder":
         from .data import load_dataset
@@ -511,7 +515,13 @@ def _inspect(args: argparse.Namespace) -> int:
         args.arch = DEFAULT_ARCH[dataset_task(args.dataset)]
     model = zoo.build(args.arch, in_channels=shape[0], num_classes=classes, width=args.width, norm=args.norm)
     print(f"{args.arch} (width {args.width}, norm {args.norm}) for {args.dataset} inputs {shape}:")
-    print(find_pairs(model, torch.zeros((2, *shape))))
+    report = find_pairs(model, torch.zeros((2, *shape)))
+    print(report)
+    chosen = [p for p in report.pairs if not p.weak and not p.transform]
+    bits = sum(p.channels for p in chosen)
+    print(f"`passportnorm protect` protects {len(chosen)} of them ({bits} bits) by default:")
+    print(f"  - {WEAK_RULE}")
+    print(f"  - {TRANSFORM_RULE}")
     return 0
 
 

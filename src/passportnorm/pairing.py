@@ -20,6 +20,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .capture import capture
 from .errors import PairingError
+from .transform_branches import find_transform_modules
 from .norm import (
     SUPPORTED_PRODUCERS,
     norm_channel_dim,
@@ -31,7 +32,15 @@ from .norm import (
     unsupported_norm_reason,
 )
 
-__all__ = ["Pair", "Unprotectable", "PairingReport", "find_pairs", "is_norm_layer", "trace_graph"]
+__all__ = [
+    "Pair",
+    "Unprotectable",
+    "PairingReport",
+    "WEAK_RULE",
+    "find_pairs",
+    "is_norm_layer",
+    "trace_graph",
+]
 
 _NORM_FAMILIES: tuple[type[nn.Module], ...] = (
     _NormBase,
@@ -53,6 +62,10 @@ def is_norm_layer(module: nn.Module) -> bool:
 # measured, a grayscale first conv (1) embeds 59-91% of its bits and PointNet's xyz layer (3) lost
 # a bit in 1 of 3 runs while every wider layer reached 100% (docs/RESULTS.md)
 WEAK_FAN_IN = 3
+WEAK_RULE = (
+    f"norms whose producer reads at most {WEAK_FAN_IN} input channels per output channel are left out "
+    "(--weak-layers protect keeps them): their bits embed slowly (docs/RESULTS.md)"
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,7 @@ class Pair:
     channels: int
     fan_in: int = 0
     crossed: tuple[str, ...] = ()  # ops between producer and norm that only move or keep the channel axis
+    transform: str = ""  # the sub-network it sits in, when that one's output transforms the data (a T-Net)
 
     @property
     def weak(self) -> bool:
@@ -106,10 +120,11 @@ class PairingReport:
         lines = [f"{len(self.pairs)} protectable norm layers, {self.capacity} channels (signature bits)"]
         for p in self.pairs:
             weak = f"  [fan-in {p.fan_in}: weak lever, bits embed slowly]" if p.weak else ""
+            transform = f"  [inside transform {p.transform}]" if p.transform else ""
             via = f" via {', '.join(p.crossed)}" if p.crossed else ""
             lines.append(
                 f"  + {p.norm} ({p.norm_type}, {p.channels} ch) <- {p.producer} "
-                f"({p.producer_type}){via}{weak}"
+                f"({p.producer_type}){via}{weak}{transform}"
             )
         if self.unprotectable:
             lines.append(f"{len(self.unprotectable)} norm layers cannot be protected")
@@ -431,6 +446,7 @@ def find_pairs(
             reasons[path] = why
             links.pop(path, None)
 
+    transforms = find_transform_modules(model) if pairs is None else {}
     candidates = [
         Pair(
             path,
@@ -440,6 +456,7 @@ def find_pairs(
             norm_channels(norms[path]),
             producer_fan_in(modules[links[path]]),
             crossings.get(path, ()),
+            next((t for t in transforms if path.startswith(t + ".")), ""),
         )
         for path in norms
         if path in links

@@ -91,6 +91,7 @@ class RunOptions:
     sign_weight: float = 1.0
     alpha: float = 0.1
     weak_layers: str = "skip"
+    transform_layers: str = "skip"  # norms inside a T-Net-like sub-network: left out (transform_branches.py)
     exclude: str = ""  # comma-separated fnmatch patterns of norm paths to leave unprotected
     trigger: str = (
         "auto"  # none, noise, pattern (images), shapes (point clouds), or a folder; auto: noise / shapes
@@ -248,6 +249,7 @@ def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: Wo
                 seed=secret,
                 alpha=opts.alpha,
                 weak_layers=opts.weak_layers,
+                transform_layers=opts.transform_layers,
                 signature_mode=opts.signature_mode,
                 exclude=[pattern.strip() for pattern in opts.exclude.split(",") if pattern.strip()] or None,
             )

@@ -183,6 +183,35 @@ def secret_seed(seed: int | None) -> tuple[int, str]:
     return int(seed), "user"
 
 
+def _skip_weak(chosen: list[Pair], weak_layers: str, model_name: str) -> list[Pair]:
+    if weak_layers == "protect":
+        return chosen
+    if weak_layers != "skip":
+        raise PairingError(f"weak_layers must be 'protect' or 'skip', got {weak_layers!r}")
+    if chosen and all(p.weak for p in chosen):
+        raise NothingToProtectError(
+            f"every protectable norm of {model_name} ({len(chosen)}, e.g. '{chosen[0].norm}') "
+            f"follows a producer reading at most {WEAK_FAN_IN} channels per output channel (depthwise "
+            "convs, the RGB stem), and weak_layers='skip' leaves those out; protect them with "
+            "weak_layers='protect' (--weak-layers protect)"
+        )
+    return [p for p in chosen if not p.weak]
+
+
+def _skip_transforms(chosen: list[Pair], transform_layers: str, model_name: str) -> list[Pair]:
+    if transform_layers == "protect":
+        return chosen
+    if transform_layers != "skip":
+        raise PairingError(f"transform_layers must be 'protect' or 'skip', got {transform_layers!r}")
+    if chosen and all(p.transform for p in chosen):
+        raise NothingToProtectError(
+            f"every protectable norm of {model_name} sits inside a transform sub-network (e.g. "
+            f"'{chosen[0].transform}'), and transform_layers='skip' leaves those out; protect them with "
+            "transform_layers='protect' (--transform-layers protect)"
+        )
+    return [p for p in chosen if not p.transform]
+
+
 def protect(
     model: nn.Module,
     example_input: Any,
@@ -196,6 +225,7 @@ def protect(
     alpha: float = 0.1,
     margin: float = 0.1,
     weak_layers: str = "protect",
+    transform_layers: str = "protect",
     signature_mode: str = "hash",
     separate_statistics: bool = True,
 ) -> nn.Module:
@@ -210,6 +240,8 @@ def protect(
     explicit ``{norm path: producer path}``. ``alpha`` and ``margin`` shape the sign loss.
     ``weak_layers="skip"`` leaves out norms whose producer reads one input channel per output
     channel (their bits embed slowly, see docs/RESULTS.md); the default protects them with a warning.
+    ``transform_layers="skip"`` leaves out norms inside a sub-network whose output transforms the
+    data as a matrix (PointNet's T-Nets; transform_branches.py says why; the CLI's default).
     ``signature_mode="hash"`` (default) derives every bit from SHAKE-256 of the owner's identity
     (``signature`` as text) and all passports, so a forger cannot pick passports and bits apart
     (see binding.py); ``"text"`` embeds the text itself as the paper does (readable, forgeable).
@@ -241,17 +273,8 @@ def protect(
 
     report = find_pairs(protected, example_input, pairs=pairs)
     chosen = select_pairs(report, include, exclude)
-    if weak_layers == "skip":
-        if chosen and all(p.weak for p in chosen):
-            raise NothingToProtectError(
-                f"every protectable norm of {type(model).__name__} ({len(chosen)}, e.g. '{chosen[0].norm}') "
-                f"follows a producer reading at most {WEAK_FAN_IN} channels per output channel (depthwise "
-                "convs, the RGB stem), and weak_layers='skip' leaves those out; protect them with "
-                "weak_layers='protect' (--weak-layers protect)"
-            )
-        chosen = [p for p in chosen if not p.weak]
-    elif weak_layers != "protect":
-        raise PairingError(f"weak_layers must be 'protect' or 'skip', got {weak_layers!r}")
+    chosen = _skip_weak(chosen, weak_layers, type(model).__name__)
+    chosen = _skip_transforms(chosen, transform_layers, type(model).__name__)
     if not chosen:
         raise NothingToProtectError(f"no norm layer of {type(model).__name__} can be protected:\n{report}")
 
