@@ -51,8 +51,8 @@ DEFAULT_VARIANTS = ["plain", "protected", "separate-optimizer", "sign-weight-0.1
 def _run(variant: str, seed: int, args) -> dict:
     command, changes, _ = VARIANTS[variant]
     out = Path(args.out) / f"{variant}-seed{seed}"
-    if command == "protect":  # T-Nets protected, as the CLI did before issue 20, unless the variant says
-        changes = {"transform_layers": "protect", **changes}
+    if command == "protect":  # the CLI's defaults before issue 20 (T-Nets protected, 2 triggers per batch)
+        changes = {"transform_layers": "protect", "triggers_per_batch": 2, **changes}
     opts = RunOptions(dataset=DATASET, seed=seed, secret_seed=seed, epochs=args.epochs, holdout=HOLDOUT, device=args.device, out=str(out), **changes)
     wanted = {k: v for k, v in asdict(opts).items() if k not in ("resume", "overwrite", "secret_seed", "device")}
     if (out / "metrics.json").is_file():

@@ -25,8 +25,11 @@ def protected_clouds(tmp_path_factory):
 def test_the_dataset_implies_the_task_model_and_triggers():
     resolved = resolve_task(RunOptions(dataset="shapes3d"))
     assert (resolved.task, resolved.arch, resolved.trigger) == ("pointcloud", "pointnet", "shapes")
+    assert (resolved.triggers_per_batch, resolved.transform_layers) == (8, "skip")  # shapes are learned slowly
     resolved = resolve_task(RunOptions(dataset="mnist5k"))
     assert (resolved.task, resolved.arch, resolved.trigger) == ("image", "resnet18", "noise")
+    assert resolved.triggers_per_batch == 2
+    assert resolve_task(RunOptions(dataset="shapes3d", triggers_per_batch=3)).triggers_per_batch == 3
 
 
 def test_protect_writes_a_verified_point_cloud_release(protected_clouds):

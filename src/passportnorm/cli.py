@@ -31,7 +31,8 @@ _HELP = {
     "lr": "SGD learning rate; 0 picks the task's: 0.05 for images, 0.01 for point clouds, a fifth of "
     "that with --weights (retrofit)",
     "trigger_count": "how many trigger inputs the owner's trigger set has",
-    "triggers_per_batch": "trigger inputs mixed into every training batch",
+    "triggers_per_batch": "trigger inputs mixed into every training batch; 0 picks the task's: 2 for images, "
+    "8 for point clouds",
     "dataset": "images: mnist5k, digits (shipped), cifar10, cifar100, imagefolder (one folder per "
     "class; needs --data-dir); "
     "point clouds: mnist5k-points, shapes3d (shipped), modelnet40 (needs --data-dir)",
