@@ -254,3 +254,14 @@ def test_compare_trains_deepipr_as_its_authors_did(tmp_path):
 def test_compare_recipes_are_checked_before_training(options, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         CompareOptions(**options).validate()
+
+
+def test_a_finished_run_is_reused_only_with_the_same_recipe(tmp_path):
+    options = dict(dataset="digits", arch="small_cnn", width=1.0, schemes=("plain",), seeds=(0,), epochs=1,
+                   out=str(tmp_path))
+    run_compare(CompareOptions(**options))
+    assert run_compare(CompareOptions(**options))["runs"][0]["scheme"] == "plain"  # reused as it is
+    with pytest.raises(ConfigError, match=r"plain-seed0 was trained with other settings \(lr\); give another --out"):
+        run_compare(CompareOptions(**options, lr=0.02))
+    with pytest.raises(ConfigError, match=r"other settings \(epochs\)"):
+        run_compare(CompareOptions(**{**options, "epochs": 2}))

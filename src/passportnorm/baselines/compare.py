@@ -362,7 +362,7 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
         for scheme in _run_order(opts):
             done = Path(opts.out) / f"{scheme}-seed{seed}" / "result.json"
             if done.is_file():
-                runs.append(json.loads(done.read_text()))
+                runs.append(_finished(opts, scheme, done))
                 print(f"{scheme}, seed {seed}: finished earlier ({done})", flush=True)
                 continue
             print(f"{scheme}, seed {seed} ...", flush=True)
@@ -372,6 +372,21 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
     write_json_atomic(Path(opts.out) / "compare.json", summary)
     write_text_atomic(Path(opts.out) / "compare.md", table + "\n")
     return summary
+
+
+def _finished(opts: CompareOptions, scheme: str, path: Path) -> dict[str, Any]:
+    """A finished run, reused only when it was trained as this comparison would train it."""
+    run = json.loads(path.read_text())
+    recipe = scheme_recipe(opts, scheme)
+    wanted = {**recipe, "lr_milestones": list(recipe["lr_milestones"]), "epochs": opts.epochs}
+    found = {**run.get("recipe", {}), "epochs": len(run.get("history", []))}
+    changed = sorted(k for k in wanted if found.get(k) != wanted[k])
+    if changed:
+        raise ConfigError(
+            f"{path.parent} was trained with other settings ({', '.join(changed)}); give another --out or "
+            "delete that folder to retrain it"
+        )
+    return run
 
 
 def _run_order(opts: CompareOptions) -> list[str]:
