@@ -62,3 +62,11 @@ def test_decode_shows_damage():
     bits = Signature.from_text("AB").bits.clone()
     bits[0] = 1  # 'A' = 0x41 -> 0xC1, not valid UTF-8 on its own
     assert "\ufffd" in Signature.decode_text(bits)
+
+
+def test_one_reading_of_bits_a_zero_response_matches_no_bit():
+    from passportnorm.signature import claimed_bits, read_bits
+
+    responses = torch.tensor([0.3, -2.0, 0.0, 1e-30])
+    assert read_bits(responses).tolist() == [1, -1, 0, 1] and read_bits(responses).dtype == torch.int8
+    assert claimed_bits(responses).tolist() == [1, -1, 1, 1]  # a claim needs +-1; its zero bit still reads 0

@@ -27,6 +27,7 @@ from torch.nn.utils import skip_init
 from .aware_statistics import Branch, BranchStatistics
 from .errors import NoPassportForwardError
 from .norm import SUPPORTED_PRODUCERS, norm_channels, producer_responses
+from .signature import read_bits
 
 __all__ = ["BRANCH_KINDS", "PassportAwareBranch", "register_branch_kind"]
 
@@ -229,7 +230,7 @@ class PassportAwareBranch(Branch):
     @torch.no_grad()
     def extracted_bits(self) -> Tensor:
         """``sign(g)`` as int8 +-1 (0 stays 0), read from the producer weights and passports alone."""
-        return torch.sign(self.passport_responses()[0]).to(torch.int8)
+        return read_bits(self.passport_responses()[0])
 
     def __getstate__(self) -> dict:
         # The cached g carries an autograd graph, which can be neither copied nor pickled.

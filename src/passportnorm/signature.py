@@ -13,7 +13,21 @@ from torch import Tensor
 
 from .errors import SignatureCapacityError, SignatureError
 
-__all__ = ["Signature", "bits_to_bytes", "bytes_to_bits"]
+__all__ = ["Signature", "bits_to_bytes", "bytes_to_bits", "claimed_bits", "read_bits"]
+
+
+def read_bits(responses: Tensor) -> Tensor:
+    """The bits passport responses ``g`` spell, everywhere a signature is read (verification and the
+    attacks alike): ``sign(g)`` as int8 +-1, and 0 for an exactly zero response, which matches
+    neither bit, so no party gains a bit from a channel that says nothing."""
+    return torch.sign(responses).to(torch.int8)
+
+
+def claimed_bits(responses: Tensor) -> Tensor:
+    """A signature a claimant sets from responses (every bit +-1): ``read_bits``, a zero written
+    as +1; that bit still reads 0 and matches nothing."""
+    bits = read_bits(responses)
+    return torch.where(bits == 0, torch.ones_like(bits), bits)
 
 
 def bytes_to_bits(data: bytes) -> Tensor:

@@ -26,6 +26,7 @@ from ..evaluation import accuracy
 from ..key import OwnerKey, attach_key, extract_key
 from ..branch import PassportAwareBranch
 from ..protect import passport_mode, protected_layers
+from ..signature import claimed_bits
 from ..verify import VerdictRule, verify
 
 THREAT_I = (
@@ -90,7 +91,7 @@ def ambiguity_one(
     _optimise(suspect, passports, attacker_data, epochs, lr, seed, lambda: 0.0)
     with torch.no_grad():
         for layer in layers:  # the claim: whatever signs the forged passports give
-            layer.set_signature(torch.where(layer.passport_responses()[0] > 0, 1, -1))
+            layer.set_signature(claimed_bits(layer.passport_responses()[0]))
     claim = _claim(released, suspect, owner_test, rule)
     report = claim["report"]
     return {
@@ -142,7 +143,7 @@ def forge_flipped_signature(
     _optimise(suspect, forged_passports + mlp_weights, attacker_data, epochs, lr, seed, extra)
     target = torch.cat([layer.signature.cpu() for layer in layers])
     with torch.no_grad():
-        reached = torch.cat([torch.where(layer.passport_responses()[0] > 0, 1, -1).cpu() for layer in layers])
+        reached = torch.cat([layer.extracted_bits().cpu() for layer in layers])
         similarity = float(sum(cosine(p, o) for p, o in zip(forged_passports, owner_passports)) / len(owner_passports))
     owner = torch.cat(owner_bits).cpu()
     return {

@@ -25,6 +25,7 @@ from ..binding import SECURITY_BITS, hash_bound_bits, required_matches
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
+from ..signature import read_bits
 from ..norm import affine_free_copy, norm_channel_dim, norm_channels
 
 THREAT_MODEL = (
@@ -107,7 +108,7 @@ def erb_attack(
             loss.backward()
             optimizer.step()
     with torch.no_grad():
-        forged = torch.cat([torch.sign(b.affine()[0]) for b in branches.values()])
+        forged = torch.cat([read_bits(b.affine()[0]) for b in branches.values()])
     owner = torch.cat([key.layer_tensors(layer.norm)["signature"].float() for layer in key.layers])
     target = torch.cat(list(targets.values()))
     # Against hash-bound signatures the claim's bits must be the hash of the forger's identity and

@@ -26,7 +26,7 @@ from ..branch import PassportAwareBranch
 from ..pairing import find_pairs
 from ..binding import hash_bound_bits
 from ..protect import protect, protected_layers
-from ..signature import Signature
+from ..signature import Signature, claimed_bits
 from ..verify import VerdictRule, verify
 
 THREAT_MODEL = (
@@ -154,7 +154,7 @@ def forge_key(
         for _ in range(rounds):
             _solve_passports(shell, matrices, targets, response_scale, generator)
             targets = _hash_bits_of(shell, identity)  # what these passports must now spell
-            reached = torch.cat([torch.where(l.passport_responses()[0] > 0, 1, -1) for l in layers.values()])
+            reached = torch.cat([layer.extracted_bits() for layer in layers.values()])
             agreement = float((reached == torch.cat(list(targets.values()))).float().mean())
             history.append(agreement)
             if agreement > best[0]:
@@ -176,7 +176,7 @@ def forge_key(
         g, b = layer.passport_responses()
         if signature_mode == "text":
             # the claim is the signs the float32 passports actually give (any rounding casualty is re-claimed)
-            reached = torch.where(g > 0, 1, -1).to(layer.signature.dtype)
+            reached = claimed_bits(g).to(layer.signature.dtype)
             reclaimed[path] = int((reached != layer.signature).sum())
             layer.set_signature(reached)
         norm = layer.norm
