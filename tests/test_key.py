@@ -1,7 +1,9 @@
 """Owner key, certificate and released-model files: round trips, corruption, pickles, mismatches."""
 
+import copy
 import json
 import pickle
+import shutil
 import warnings
 
 import pytest
@@ -18,8 +20,10 @@ from passportnorm.release import load_released, save_released
 CONFIG = {"in_channels": 1, "num_classes": 10, "width": 0.125, "norm": "bn"}
 
 
-@pytest.fixture()
-def owner(tmp_path):
+@pytest.fixture(scope="module")
+def _built(tmp_path_factory):
+    """Protected once per module (the protect, the key and the files): each test gets its own copies."""
+    folder = tmp_path_factory.mktemp("owner")
     torch.manual_seed(0)
     model = zoo.build("resnet18", **CONFIG)
     x = torch.randn(4, 1, 16, 16)
@@ -32,9 +36,17 @@ def owner(tmp_path):
     triggers = generate_triggers(5, (1, 16, 16), 10, seed=1)
     key = extract_key(protected, config={"dataset": "none"}, trigger=triggers)
     released = pn.strip(protected)
-    key.save(tmp_path / "key")
-    save_released(released, tmp_path / "released", "resnet18", CONFIG)
-    return protected, released, key, x, tmp_path
+    key.save(folder / "key")
+    save_released(released, folder / "released", "resnet18", CONFIG)
+    return protected, released, key, x, folder
+
+
+@pytest.fixture()
+def owner(_built, tmp_path):
+    protected, released, key, x, folder = _built
+    for name in ("key", "released"):
+        shutil.copytree(folder / name, tmp_path / name)
+    return copy.deepcopy(protected), copy.deepcopy(released), copy.deepcopy(key), x.clone(), tmp_path
 
 
 def test_key_round_trip_restores_the_exact_branch(owner):
@@ -173,7 +185,9 @@ def test_certificate_commits_to_key_and_release(owner):
     assert loaded == cert and loaded.created_utc.endswith("+00:00")
     loaded.check_key(key)
     assert loaded.matches_released(released)
-    tuned = zoo.build("resnet18", **CONFIG)
+    tuned = copy.deepcopy(released)
+    with torch.no_grad():
+        tuned.linear.bias[0] += 1e-3  # one weight moved a little: no longer the certified release
     assert not loaded.matches_released(tuned)
     other_key = extract_key(pn.protect(zoo.build("resnet18", **CONFIG), torch.randn(2, 1, 16, 16), seed=9))
     with pytest.raises(CertificateError, match="it is not the certified key"):
