@@ -35,5 +35,5 @@ def test_ambiguity_two_reports_target_owner_and_passport_distance(owner, flip):
     # unit-RMS passports with noise 0.1 start at cosine ~0.995; the push must move them further
     assert result["mean_cosine_to_owner_passports"] < 0.996, "noise and the push must move the passports"
     assert result["forged_verified"] == (result["released_accuracy"] - result["forged_accuracy"] <= 0.10)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"flip share 1.5 must be in \[0, 1\]"):
         ambiguity_two(released, key, attacker, data.test, flip=1.5)

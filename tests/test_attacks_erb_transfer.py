@@ -32,7 +32,7 @@ def test_erb_attack_trains_only_its_branches(owner, mode):
     assert result["forged_accuracy"] > 0.15 and 0.0 <= result["bit_dissimilarity_to_owner"] <= 1.0
     assert torch.equal(forged.features[0].weight, released.features[0].weight), "the model stays frozen"
     assert sum(isinstance(m, ERBBranch) for m in forged.modules()) == len(key.layers)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="unknown ERB mode 'xerb'; choose cerb or ierb"):
         erb_attack(released, key, attacker, data.test, mode="xerb")
 
 

@@ -112,7 +112,7 @@ def test_promise3_passport_mode_switches_branches_without_new_forward_arguments(
 
 def test_passport_mode_restores_after_an_exception():
     protected = protect(PlainCNN(), torch.randn(2, 1, 12, 12))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="boom"):
         with passport_mode(protected):
             raise RuntimeError("boom")
     assert not any(layer.passport_mode for layer in protected_layers(protected).values())
@@ -195,9 +195,9 @@ def test_misuse_raises_specific_errors_that_say_what_to_do():
     with pytest.raises(NotProtectedError, match="passport mode"):
         with passport_mode(model):
             pass
-    with pytest.raises(NotProtectedError):
+    with pytest.raises(NotProtectedError, match="has no passport-aware branches, so it cannot .*protect\\(model"):
         signature_detection(model)
-    with pytest.raises(NotProtectedError):
+    with pytest.raises(NotProtectedError, match="has no passport-aware branches"):
         sign_loss(model)
 
 

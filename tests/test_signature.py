@@ -28,7 +28,7 @@ def test_from_bytes_and_bits():
 
 @pytest.mark.parametrize("bad", [torch.tensor([1, 0, -1]), torch.tensor([[1, -1]]), torch.tensor([0.5])])
 def test_from_bits_rejects_non_sign_vectors(bad):
-    with pytest.raises(SignatureError):
+    with pytest.raises(SignatureError, match="signature bits must (be a 1-D vector|all be \\+1 or -1)"):
         Signature.from_bits(bad)
 
 

@@ -125,5 +125,5 @@ def test_certificate_is_checked_before_anything_else(trained):
     assert report.certificate["suspect is the certified release, bit for bit"] is True
     assert verify(independent, key, certificate=cert).certificate["suspect is the certified release, bit for bit"] is False
     other = extract_key(pn.protect(zoo.build("small_cnn", width=0.5), data.train.tensors[0][:8], seed=5))
-    with pytest.raises(CertificateError):
+    with pytest.raises(CertificateError, match="it is not the certified key"):
         verify(released, other, certificate=cert)
