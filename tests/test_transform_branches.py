@@ -16,28 +16,26 @@ from passportnorm.transform_branches import find_transform_modules
 from models import TransformerBlockNet
 
 
-class Warp(nn.Module):
-    """A small spatial transformer: predicts a 4x4 matrix from pooled features (Linear + BatchNorm)."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 16)
-        self.norm = nn.BatchNorm1d(16)
-
-    def forward(self, x):
-        return self.norm(self.fc(x.mean(dim=2))).view(-1, 4, 4)
-
-
 class Gate(nn.Module):
-    """Same shape of sub-network, but its output scales the data elementwise: not a matrix transform."""
+    """Pooled features -> Linear -> BatchNorm; its output scales the data elementwise: not a transform."""
 
-    def __init__(self):
+    def __init__(self, outputs: int = 4):
         super().__init__()
-        self.fc = nn.Linear(4, 4)
-        self.norm = nn.BatchNorm1d(4)
+        self.fc = nn.Linear(4, outputs)
+        self.norm = nn.BatchNorm1d(outputs)
 
     def forward(self, x):
         return self.norm(self.fc(x.mean(dim=2)))
+
+
+class Warp(Gate):
+    """The same sub-network predicting a 4x4 matrix: a small spatial transformer."""
+
+    def __init__(self):
+        super().__init__(outputs=16)
+
+    def forward(self, x):
+        return super().forward(x).view(-1, 4, 4)
 
 
 class Net(nn.Module):

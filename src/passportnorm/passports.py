@@ -168,6 +168,18 @@ class ActivationPassports(PassportGenerator):
         rms = float(responses.pow(2).mean().sqrt())
         return passport * (target / rms) if rms > 0 else passport.clone()
 
+    def mixed(self, activations: Tensor, channel_dim: int, choose) -> tuple[Tensor, Tensor]:
+        """Two passports whose channel ``k`` is ``activations[images[k], sources[k]]``, with
+        ``images, sources = choose(count, channels)`` drawn afresh for each passport."""
+        count = self._need_several(activations, self.name)
+        by_channel = activations.movedim(channel_dim, 1)
+        passports = []
+        for _ in range(2):
+            images, sources = choose(count, by_channel.shape[1])
+            mixed = by_channel[images.to(activations.device), sources.to(activations.device)].unsqueeze(0)
+            passports.append(mixed.movedim(1, channel_dim).contiguous())
+        return passports[0], passports[1]
+
     @staticmethod
     def _need_several(activations: Tensor, kind: str) -> int:
         count = activations.shape[0]
@@ -201,16 +213,11 @@ class ShufflePassports(ActivationPassports):
     name = "shuffle"
 
     def generate(self, activations, channel_dim, generator):
-        count = self._need_several(activations, self.name)
-        by_channel = activations.movedim(channel_dim, 1)
-        channels = by_channel.shape[1]
-        passports = []
-        for _ in range(2):
-            images = torch.randint(0, count, (channels,), generator=generator).to(activations.device)
-            sources = torch.randperm(channels, generator=generator).to(activations.device)
-            mixed = by_channel[images, sources].unsqueeze(0)
-            passports.append(mixed.movedim(1, channel_dim).contiguous())
-        return passports[0], passports[1]
+        def choose(count: int, channels: int) -> tuple[Tensor, Tensor]:
+            images = torch.randint(0, count, (channels,), generator=generator)
+            return images, torch.randperm(channels, generator=generator)
+
+        return self.mixed(activations, channel_dim, choose)
 
 
 _KINDS = {"random": RandomPassports, "image": ImagePassports, "shuffle": ShufflePassports}

@@ -11,6 +11,7 @@ import copy
 import fnmatch
 import secrets
 import warnings
+from operator import attrgetter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -183,33 +184,26 @@ def secret_seed(seed: int | None) -> tuple[int, str]:
     return int(seed), "user"
 
 
-def _skip_weak(chosen: list[Pair], weak_layers: str, model_name: str) -> list[Pair]:
-    if weak_layers == "protect":
+def _leave_out(chosen: list[Pair], policy: str, option: str, flagged, why: str, model: str) -> list[Pair]:
+    """The pairs a layer policy keeps: all with "protect", those not ``flagged`` (truthy) with "skip"."""
+    if policy == "protect":
         return chosen
-    if weak_layers != "skip":
-        raise PairingError(f"weak_layers must be 'protect' or 'skip', got {weak_layers!r}")
-    if chosen and all(p.weak for p in chosen):
+    if policy != "skip":
+        raise PairingError(f"{option} must be 'protect' or 'skip', got {policy!r}")
+    if chosen and all(flagged(p) for p in chosen):
+        flag = "--" + option.replace("_", "-")
         raise NothingToProtectError(
-            f"every protectable norm of {model_name} ({len(chosen)}, e.g. '{chosen[0].norm}') "
-            f"follows a producer reading at most {WEAK_FAN_IN} channels per output channel (depthwise "
-            "convs, the RGB stem), and weak_layers='skip' leaves those out; protect them with "
-            "weak_layers='protect' (--weak-layers protect)"
+            f"every protectable norm of {model} ({len(chosen)}, e.g. '{chosen[0].norm}') {why}, and "
+            f"{option}='skip' leaves those out; protect them with {option}='protect' ({flag} protect)"
         )
-    return [p for p in chosen if not p.weak]
+    return [p for p in chosen if not flagged(p)]
 
 
-def _skip_transforms(chosen: list[Pair], transform_layers: str, model_name: str) -> list[Pair]:
-    if transform_layers == "protect":
-        return chosen
-    if transform_layers != "skip":
-        raise PairingError(f"transform_layers must be 'protect' or 'skip', got {transform_layers!r}")
-    if chosen and all(p.transform for p in chosen):
-        raise NothingToProtectError(
-            f"every protectable norm of {model_name} sits inside a transform sub-network (e.g. "
-            f"'{chosen[0].transform}'), and transform_layers='skip' leaves those out; protect them with "
-            "transform_layers='protect' (--transform-layers protect)"
-        )
-    return [p for p in chosen if not p.transform]
+_WEAK = (
+    f"follows a producer reading at most {WEAK_FAN_IN} channels per output channel "
+    "(depthwise convs, the RGB stem)"
+)
+_TRANSFORM = "sits inside a sub-network whose output transforms the data as a matrix (a T-Net)"
 
 
 def protect(
@@ -273,8 +267,10 @@ def protect(
 
     report = find_pairs(protected, example_input, pairs=pairs)
     chosen = select_pairs(report, include, exclude)
-    chosen = _skip_weak(chosen, weak_layers, type(model).__name__)
-    chosen = _skip_transforms(chosen, transform_layers, type(model).__name__)
+    name = type(model).__name__
+    chosen = _leave_out(chosen, weak_layers, "weak_layers", attrgetter("weak"), _WEAK, name)
+    in_transform = attrgetter("transform")
+    chosen = _leave_out(chosen, transform_layers, "transform_layers", in_transform, _TRANSFORM, name)
     if not chosen:
         raise NothingToProtectError(f"no norm layer of {type(model).__name__} can be protected:\n{report}")
 

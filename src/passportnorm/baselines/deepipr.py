@@ -123,22 +123,16 @@ class DeepIPRPassports(ActivationPassports):
     name = "deepipr"
 
     def generate(self, activations, channel_dim, generator):
-        count = self._need_several(activations, self.name)
-        by_channel = activations.movedim(channel_dim, 1)
-        channels = by_channel.shape[1]
-        passports = []
-        for _ in range(2):
-            if channels == 3:
+        def choose(count: int, channels: int) -> tuple[Tensor, Tensor]:
+            if channels == 3:  # one whole image
                 pick = int(torch.randint(0, count, (1,), generator=generator))
-                mixed = by_channel[pick : pick + 1]
-            else:
-                images = torch.arange(channels) % count
-                turn = torch.arange(channels) // count  # how often image k mod N was used before
-                unused = torch.stack([torch.randperm(channels, generator=generator) for _ in range(count)])
-                sources = unused[images, turn]
-                mixed = by_channel[images.to(activations.device), sources.to(activations.device)].unsqueeze(0)
-            passports.append(mixed.movedim(1, channel_dim).contiguous())
-        return passports[0], passports[1]
+                return torch.full((3,), pick), torch.arange(3)
+            images = torch.arange(channels) % count
+            turn = torch.arange(channels) // count  # how often image k mod N was used before
+            unused = torch.stack([torch.randperm(channels, generator=generator) for _ in range(count)])
+            return images, unused[images, turn]
+
+        return self.mixed(activations, channel_dim, choose)
 
     def fit_to(self, passport: Tensor, responses: Tensor, target: float) -> Tensor:
         return passport.clone()
