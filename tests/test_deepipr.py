@@ -265,3 +265,15 @@ def test_a_finished_run_is_reused_only_with_the_same_recipe(tmp_path):
         run_compare(CompareOptions(**options, lr=0.02))
     with pytest.raises(ConfigError, match=r"other settings \(epochs\)"):
         run_compare(CompareOptions(**{**options, "epochs": 2}))
+
+
+def test_every_alexnet_passport_block_is_a_bias_free_conv_norm_relu():
+    """DeepIPR's PassportBlock: conv (no bias) -> norm -> ReLU, on AlexNet's last 3 convs (its placement)."""
+    from passportnorm.baselines.compare import PLACEMENTS
+
+    features = zoo.build("alexnet", in_channels=3, num_classes=10, width=0.25).features
+    for path in PLACEMENTS["deepipr"]["alexnet"]:
+        index = int(path.split(".")[1])
+        conv, norm, relu = features[index - 1], features[index], features[index + 1]
+        assert isinstance(conv, torch.nn.Conv2d) and conv.bias is None
+        assert isinstance(norm, torch.nn.BatchNorm2d) and isinstance(relu, torch.nn.ReLU)
