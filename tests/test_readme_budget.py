@@ -1,6 +1,7 @@
 """The README's `protect` commands, run as written at their default budget, end verified (slow:
 `make test-slow`; about 3 minutes each on 2 CPU cores). The point-cloud command must also give
-black-box evidence: its trigger answers must meet the black-box threshold (p < 1e-6) with room."""
+black-box evidence: its trigger answers must meet the black-box threshold (p < 1e-6) with room:
+the README states 10^-27 to 10^-37 (two seeds); the test asks for 10^-15."""
 
 import json
 import re
@@ -47,4 +48,4 @@ def test_readme_protect_command_ends_verified_at_its_default_budget(argv, tmp_pa
     verification = json.loads((out / "metrics.json").read_text())["verification"]
     assert verification["verified"] and verification["signature_detection"] >= 0.99
     if "mnist5k-points" in argv:  # what the README states the point-cloud default reaches
-        assert verification["trigger_log10_p_value"] <= -10, verification["trigger_matches"]
+        assert verification["trigger_log10_p_value"] <= -15, verification["trigger_matches"]

@@ -136,8 +136,8 @@ def _train_config(opts: RunOptions) -> TrainConfig:
 DEFAULT_ARCH = {"image": "resnet18", "pointcloud": "pointnet"}
 DEFAULT_TRIGGER = {"image": "noise", "pointcloud": "shapes"}
 DEFAULT_LR = {"image": 0.05, "pointcloud": 0.01}
-# shapes are learned more slowly than noise images: at 8 epochs PointNet answered 24/50 of them with 2 per
-# batch and 34/50 with 8 (black-box p 1e-11 -> 1e-22; benchmarks/pointcloud_defaults.py)
+# shapes are learned more slowly than noise images: at 8 epochs PointNet answered 21-27 of 50 with 2 per
+# batch and 38-44 with 8 (black-box p 10^-8..10^-14 -> 10^-27..10^-37; benchmarks/pointcloud_defaults.py)
 DEFAULT_TRIGGERS_PER_BATCH = {"image": 2, "pointcloud": 8}
 RETROFIT_LR_DIVISOR = 5  # from --weights: fine-tune at a fifth of the from-scratch rate (retrofit.py)
 
