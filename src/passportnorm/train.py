@@ -113,7 +113,6 @@ class TrainConfig:
                 "--precision bf16, which needs no loss scaling"
             )
 
-
     def _validate_recipe(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
