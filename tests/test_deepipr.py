@@ -1,5 +1,6 @@
 """DeepIPR baseline layers keep their own promises, and `compare` runs end to end."""
 
+import importlib.util
 import json
 import re
 
@@ -277,3 +278,19 @@ def test_every_alexnet_passport_block_is_a_bias_free_conv_norm_relu():
         conv, norm, relu = features[index - 1], features[index], features[index + 1]
         assert isinstance(conv, torch.nn.Conv2d) and conv.bias is None
         assert isinstance(norm, torch.nn.BatchNorm2d) and isinstance(relu, torch.nn.ReLU)
+
+
+def test_a_hub_model_that_keeps_its_norms_is_refused_before_training(tmp_path):
+    """tv:/timm: models keep their BatchNorms, so DeepIPR V2 cannot run 'on GroupNorm' there: say so."""
+    if importlib.util.find_spec("timm") is None:  # find_spec: a plain import fails beside the CPU torch wheel
+        pytest.skip("needs the zoo extra (timm): pip install 'passportnorm[zoo]'")
+    options = CompareOptions(dataset="digits", arch="timm:resnet10t", width=1.0, schemes=("deepipr-v2",), seeds=(0,),
+                             epochs=1, out=str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=r"timm:resnet10t keeps its own norms \(BatchNorm2d\), so deepipr-v2's norm 'gn'"):
+        run_compare(options)
+    assert not (tmp_path / "out").exists()
+    shared = CompareOptions(**{**options.__dict__, "recipes": {"deepipr-v2": {"norm": "bn"}}})
+    from passportnorm.baselines.compare import _check_norms
+    from passportnorm.data import load_dataset
+
+    _check_norms(shared, load_dataset("digits", seed=0))  # bn is what it has: accepted

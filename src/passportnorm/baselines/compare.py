@@ -359,6 +359,8 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     for seed in opts.seeds:
         data = load_dataset(opts.dataset, opts.data_dir, seed=seed, points=opts.points)
+        if seed == opts.seeds[0]:
+            _check_norms(opts, data)
         for scheme in _run_order(opts):
             done = Path(opts.out) / f"{scheme}-seed{seed}" / "result.json"
             if done.is_file():
@@ -387,6 +389,29 @@ def _finished(opts: CompareOptions, scheme: str, path: Path) -> dict[str, Any]:
             "delete that folder to retrain it"
         )
     return run
+
+
+_NORM_CLASSES = {
+    "bn": torch.nn.modules.batchnorm._BatchNorm,
+    "gn": torch.nn.GroupNorm,
+    "in": torch.nn.modules.instancenorm._InstanceNorm,
+}
+
+
+def _check_norms(opts: CompareOptions, data) -> None:
+    """Every scheme's model really has the norm its recipe names: torchvision, timm and the user's
+    own models keep their own norms, so a recipe's ``norm`` cannot change them."""
+    config = {"in_channels": data.input_shape[0], "num_classes": data.num_classes, "width": opts.width}
+    for scheme in _run_order(opts):
+        norm = scheme_recipe(opts, scheme)["norm"]
+        model = zoo.build(opts.arch, **config, norm=norm)
+        kinds = {type(m).__name__ for m in model.modules() if isinstance(m, tuple(_NORM_CLASSES.values()))}
+        if kinds and not any(isinstance(m, _NORM_CLASSES[norm]) for m in model.modules()):
+            raise ConfigError(
+                f"{opts.arch} keeps its own norms ({', '.join(sorted(kinds))}), so {scheme}'s norm {norm!r} "
+                f"cannot apply; use a zoo model (resnet18, alexnet) or set recipes.{scheme}.norm (or "
+                "--deepipr shared)"
+            )
 
 
 def _run_order(opts: CompareOptions) -> list[str]:
