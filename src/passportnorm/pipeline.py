@@ -143,8 +143,8 @@ RETROFIT_LR_DIVISOR = 5  # from --weights: fine-tune at a fifth of the from-scra
 
 
 def resolve_task(opts: RunOptions) -> RunOptions:
-    """Fill in ``task``, ``arch``, ``trigger``, ``schedule``, ``lr`` and ``triggers_per_batch`` left on auto (from ``--weights``:
-    the retrofit recipe), and refuse a model that cannot read the data."""
+    """Fill in ``task``, ``arch``, ``trigger``, ``schedule``, ``lr`` and ``triggers_per_batch`` left on
+    auto (from ``--weights``: the retrofit recipe), and refuse a model that cannot read the data."""
     task = dataset_task(opts.dataset)
     if opts.task not in ("auto", task):
         raise ConfigError(
@@ -164,7 +164,9 @@ def resolve_task(opts: RunOptions) -> RunOptions:
     schedule = ("interleave" if retrofit else "alternate") if opts.schedule == "auto" else opts.schedule
     lr = opts.lr or DEFAULT_LR[task] / (RETROFIT_LR_DIVISOR if retrofit else 1)
     per_batch = opts.triggers_per_batch or DEFAULT_TRIGGERS_PER_BATCH[task]
-    return replace(opts, task=task, arch=arch, trigger=trigger, schedule=schedule, lr=lr, triggers_per_batch=per_batch)
+    return replace(
+        opts, task=task, arch=arch, trigger=trigger, schedule=schedule, lr=lr, triggers_per_batch=per_batch
+    )
 
 
 def _load(opts: RunOptions) -> DatasetSplits:
