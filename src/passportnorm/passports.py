@@ -44,6 +44,7 @@ __all__ = [
     "ShufflePassports",
     "calibrated_copy",
     "make_passport_generator",
+    "PASSPORT_KINDS",
 ]
 
 
@@ -221,6 +222,7 @@ class ShufflePassports(ActivationPassports):
 
 
 _KINDS = {"random": RandomPassports, "image": ImagePassports, "shuffle": ShufflePassports}
+PASSPORT_KINDS = tuple(_KINDS)  # the names make_passport_generator accepts
 
 
 def make_passport_generator(spec: "str | PassportGenerator") -> PassportGenerator:

@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..fileio import save_tensors, write_json_atomic, write_text_atomic
 from ..key import attach_key, extract_key
-from ..passports import _KINDS as PASSPORT_KINDS
+from ..passports import PASSPORT_KINDS
 from ..protect import passport_mode, protect, strip
 from ..train import TrainConfig, Trainer
 from ..verify import verify, verify_attached
@@ -179,19 +179,9 @@ class CompareOptions:
 def scheme_recipe(opts: CompareOptions, scheme: str) -> dict[str, Any]:
     """Everything that decides how ``scheme`` trains: the shared recipe, DeepIPR's own where
     ``opts.deepipr`` is "authors", then what ``opts.recipes`` sets for the scheme."""
-    recipe: dict[str, Any] = {
-        "optimizer": "sgd",
-        "lr": opts.lr,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "lr_schedule": "cosine",
-        "lr_milestones": (),
-        "lr_step": 0,
-        "lr_gamma": 0.1,
-        "schedule": _SCHEDULE[scheme],
-        "norm": opts.norm,
-        "passports": opts.passports,
-    }
+    shared = TrainConfig(lr=opts.lr)  # the CLI's optimiser: SGD, momentum 0.9, weight decay 5e-4, cosine
+    recipe: dict[str, Any] = {name: getattr(shared, name) for name in OPTIMISER_FIELDS}
+    recipe.update(schedule=_SCHEDULE[scheme], norm=opts.norm, passports=opts.passports)
     if scheme.startswith("deepipr") and opts.deepipr == "authors":
         recipe.update(authors_deepipr_recipe(scheme, opts.epochs))
     recipe.update(opts.recipes.get(scheme, {}))
@@ -255,7 +245,7 @@ def _released_size(model: torch.nn.Module) -> tuple[int, int]:
     return parameters, stored
 
 
-def _passports(opts: CompareOptions, recipe: dict[str, Any], seed: int, data, config: dict[str, Any]):
+def _passports(opts: CompareOptions, recipe: dict[str, Any], seed: int, data):
     """The scheme's passports: a kind by name, or DeepIPR's from this seed's trained plain model run
     on ``passport_images`` held-out test inputs drawn with the seed (the authors draw 20)."""
     if recipe["passports"] != PRETRAINED:
@@ -265,7 +255,7 @@ def _passports(opts: CompareOptions, recipe: dict[str, Any], seed: int, data, co
         raise ConfigError(
             f"pretrained passports need the plain run's {weights}; delete {weights.parent} to retrain it"
         )
-    pretrained = zoo.build(opts.arch, **{**config, "norm": scheme_recipe(opts, "plain")["norm"]})
+    pretrained = zoo.build(opts.arch, **_model_config(opts, data, scheme_recipe(opts, "plain")["norm"]))
     load_weights(pretrained, weights)
     test_inputs = data.test.tensors[0]
     picks = torch.randperm(len(test_inputs), generator=torch.Generator().manual_seed(seed))[
@@ -277,19 +267,14 @@ def _passports(opts: CompareOptions, recipe: dict[str, Any], seed: int, data, co
 def _one_run(opts: CompareOptions, scheme: str, seed: int, data, device: torch.device) -> dict[str, Any]:
     out = Path(opts.out) / f"{scheme}-seed{seed}"
     recipe = scheme_recipe(opts, scheme)
-    config = {
-        "in_channels": data.input_shape[0],
-        "num_classes": data.num_classes,
-        "width": opts.width,
-        "norm": recipe["norm"],
-    }
+    config = _model_config(opts, data, recipe["norm"])
     torch.manual_seed(seed)
     model = zoo.build(opts.arch, **config)
     example = data.train.tensors[0][:16]
     include = PLACEMENTS[opts.placement].get(opts.arch)
     options = dict(
         signature=opts.signature,
-        passports=_passports(opts, recipe, seed, data, config),
+        passports=_passports(opts, recipe, seed, data),
         seed=seed,
         include=include,
         weak_layers="skip",
@@ -309,7 +294,7 @@ def _one_run(opts: CompareOptions, scheme: str, seed: int, data, device: torch.d
         "seed": seed,
         "norm": recipe["norm"],
         "history": trainer.history,
-        "recipe": {**recipe, "lr_milestones": list(recipe["lr_milestones"])},
+        "recipe": _as_recorded(recipe),
         "recipe_text": describe_recipe(scheme, recipe, opts.epochs, opts.batch_size),
         "seconds_per_epoch": statistics.mean(r["seconds"] for r in trainer.history),
     }
@@ -376,11 +361,21 @@ def run_compare(opts: CompareOptions) -> dict[str, Any]:
     return summary
 
 
+def _model_config(opts: CompareOptions, data, norm: str) -> dict[str, Any]:
+    shape = {"in_channels": data.input_shape[0], "num_classes": data.num_classes}
+    return {**shape, "width": opts.width, "norm": norm}
+
+
+def _as_recorded(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe as result.json holds it (JSON has lists, not tuples)."""
+    return {**recipe, "lr_milestones": list(recipe["lr_milestones"])}
+
+
 def _finished(opts: CompareOptions, scheme: str, path: Path) -> dict[str, Any]:
     """A finished run, reused only when it was trained as this comparison would train it."""
     run = json.loads(path.read_text())
     recipe = scheme_recipe(opts, scheme)
-    wanted = {**recipe, "lr_milestones": list(recipe["lr_milestones"]), "epochs": opts.epochs}
+    wanted = {**_as_recorded(recipe), "epochs": opts.epochs}
     found = {**run.get("recipe", {}), "epochs": len(run.get("history", []))}
     changed = sorted(k for k in wanted if found.get(k) != wanted[k])
     if changed:
@@ -401,10 +396,9 @@ _NORM_CLASSES = {
 def _check_norms(opts: CompareOptions, data) -> None:
     """Every scheme's model really has the norm its recipe names: torchvision, timm and the user's
     own models keep their own norms, so a recipe's ``norm`` cannot change them."""
-    config = {"in_channels": data.input_shape[0], "num_classes": data.num_classes, "width": opts.width}
     for scheme in _run_order(opts):
         norm = scheme_recipe(opts, scheme)["norm"]
-        model = zoo.build(opts.arch, **config, norm=norm)
+        model = zoo.build(opts.arch, **_model_config(opts, data, norm))
         kinds = {type(m).__name__ for m in model.modules() if isinstance(m, tuple(_NORM_CLASSES.values()))}
         if kinds and not any(isinstance(m, _NORM_CLASSES[norm]) for m in model.modules()):
             raise ConfigError(
