@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import machine, update_section  # noqa: E402
 from robustness import summarise  # noqa: E402
 
-from passportnorm.attacks.runner import run_attack  # noqa: E402
+from passportnorm.attacks.runner import record, run_attack  # noqa: E402
 from passportnorm.pipeline import RunOptions, run_protect, run_train, run_verify  # noqa: E402
 
 DATASET = "mnist5k-points"
@@ -127,7 +127,8 @@ def _attack_table(kind: str, owner_metrics: dict, args) -> str:
         else:
             shutil.rmtree(target, ignore_errors=True)
             with contextlib.redirect_stdout(io.StringIO()):
-                result = run_attack(name, owner / "released", owner / "owner-key", target, **{"epochs": args.attack_epochs, **options})
+                settings = {"epochs": args.attack_epochs, **options}
+                result = record(run_attack(name, owner / "released", owner / "owner-key", target, **settings), settings)
         rows = summarise(label, result)
         lines += [row + f" {_recalibrated(target, owner, args.device) if name == 'finetune' else '-'} |" for row in rows]
     return "\n".join(lines)

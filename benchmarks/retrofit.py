@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import machine, update_section  # noqa: E402
 
-from passportnorm.attacks.runner import run_attack  # noqa: E402
+from passportnorm.attacks.runner import record, run_attack  # noqa: E402
 from passportnorm.pipeline import RunOptions, run_protect, run_train  # noqa: E402
 
 ATTACKS = [
@@ -139,9 +139,8 @@ def _attacks(owner: Path, out: Path, epochs: int) -> dict[str, Any]:
     for name, options, label in ATTACKS:
         shutil.rmtree(out / label, ignore_errors=True)
         with contextlib.redirect_stdout(io.StringIO()):
-            result = run_attack(
-                name, owner / "released", owner / "owner-key", out / label, epochs=epochs, **options
-            )
+            settings = {"epochs": epochs, **options}
+            result = record(run_attack(name, owner / "released", owner / "owner-key", out / label, **settings), settings)
         if name == "prune":
             rows[label] = {
                 "highest_rate_still_verified": result["highest_rate_still_verified"],

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import DOCS, update_section  # noqa: E402
 
-from passportnorm.attacks.runner import run_attack  # noqa: E402
+from passportnorm.attacks.runner import record, run_attack  # noqa: E402
 from passportnorm.pipeline import RunOptions, run_protect  # noqa: E402
 from passportnorm.verify import format_p_value  # noqa: E402
 
@@ -113,7 +113,8 @@ def main() -> None:
         print(f"{label} ...", flush=True)
         shutil.rmtree(out / label, ignore_errors=True)  # a fresh attack, not a resume of an older run
         with contextlib.redirect_stdout(io.StringIO()):
-            result = run_attack(name, owner / "released", owner / "owner-key", out / label, **{"epochs": args.epochs, **options})
+            settings = {"epochs": args.epochs, **options}
+            result = record(run_attack(name, owner / "released", owner / "owner-key", out / label, **settings), settings)
         lines += summarise(label, result)
         threats[result["attack"]] = result["threat_model"]
         for plot in result["plots"]:

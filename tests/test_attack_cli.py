@@ -90,6 +90,14 @@ def test_widened_suspect_needs_the_reference_and_verifies_with_it(owner, tmp_pat
     assert main([*verify, "--reference", str(owner / "released")]) == 0
 
 
+def exit_code(argv: list[str]) -> int:
+    """main's exit code, also where argparse refuses the arguments (it exits)."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return int(stop.code)
+
+
 def reversed_claims(claims: list[str]) -> list[str]:
     return claims[4:] + claims[:4]
 
@@ -99,13 +107,15 @@ def reversed_claims(claims: list[str]) -> list[str]:
     [
         (["prune", "--rates", "0,1.5"], "pruning rate 1.5 must be in [0, 1)"),
         (["finetune", "--share", "0"], "attacker data share 0.0 must be in (0, 1]"),
-        (["sneeze"], "unknown attack 'sneeze'"),
+        (["sneeze"], "invalid choice: 'sneeze'"),
         (["combined", "--steps", "prune,sneeze"], "unknown combined step 'sneeze'"),
         (["fine-prune", "--rates", "0.2,half"], "--rates '0.2,half' must be comma-separated float values"),
+        (["prune", "--mode", "ftal"], "unrecognized arguments: --mode ftal"),
+        (["finetune", "--mode", "ftxx"], "invalid choice: 'ftxx'"),
     ],
 )
 def test_bad_attack_options_are_one_line(owner, tmp_path, capsys, args, message):
-    code = main(["attack", args[0], "--model", str(owner / "released"), "--key", str(owner / "owner-key"),
+    code = exit_code(["attack", args[0], "--model", str(owner / "released"), "--key", str(owner / "owner-key"),
                  "--out", str(tmp_path / "x"), *args[1:]])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
@@ -127,3 +137,30 @@ def test_training_attacks_show_one_line_per_epoch_without_a_terminal(owner, tmp_
                  "--out", str(tmp_path / "ft"), "--epochs", "2", "--mode", "ftal"]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip().startswith("epoch")]
     assert [line.split(",")[0].split()[-1] for line in lines] == ["1", "2"], lines
+
+
+def test_the_library_refuses_what_the_attack_does_not_take_before_loading_anything(tmp_path):
+    from passportnorm.attacks.runner import run_attack
+    from passportnorm.errors import ConfigError
+
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ConfigError, match="unknown attack 'sneeze'; choose one of .*finetune"):
+        run_attack("sneeze", missing, missing, tmp_path / "x")
+    with pytest.raises(ConfigError, match="attack 'prune' takes no --mode; its options: --rates"):
+        run_attack("prune", missing, missing, tmp_path / "x", mode="ftal")
+    with pytest.raises(ConfigError, match="--flips 'half' must be comma-separated float values"):
+        run_attack("ambiguity2", missing, missing, tmp_path / "x", flips="half")
+    assert not (tmp_path / "x").exists()
+
+
+def test_each_attack_declares_its_options_once_and_the_cli_offers_exactly_those(capsys):
+    from passportnorm.attacks.registry import ATTACKS, COMMON_OPTIONS
+
+    assert len(ATTACKS.names()) == 14
+    for name in ATTACKS.names():
+        with pytest.raises(SystemExit):
+            main(["attack", name, "--help"])
+        flags = {word.rstrip(",") for word in capsys.readouterr().out.split() if word.startswith("--")}
+        declared = {option.flag for option in ATTACKS[name].all_options()}
+        assert declared | {"--model", "--key", "--out", "--html", "--help"} == flags, name
+        assert {option.flag for option in COMMON_OPTIONS} <= declared

@@ -17,13 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, NoReturn
 
 from . import __version__
 from .errors import ConfigError, PassportNormError
+from .cli_attack import add_attack_command, run_attack_command
 from .cli_help import finish_help
-from .cli_remote import add_remote_commands, run_serve, run_verify_remote
+from .cli_remote import add_serve_command, add_verify_remote_command, run_serve, run_verify_remote
 
 _HELP = {
     "epochs": "training epochs",
@@ -117,10 +120,21 @@ _EXIT_CODES = {
     "verify": "exit codes: 0 verified; 1 not verified (the reasons are printed); 2 bad input (one line naming it)",
     "certify": "exit codes: 0 certificate written; 1 refused, the pair does not verify (reasons printed); 2 bad input",
     "dispute": "exit codes: 0 an owner is decided; 1 no owner proven; 2 bad input",
-    "attack": "exit codes: 0 attack run and its evidence written; 2 bad input",
     "demo": "exit codes: 0 the message reads back intact and strip gives the original model; 1 one of them "
     "failed; 2 bad input",
 }
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """Bad arguments are one line on stderr and exit code 2, like every other bad input; flags are
+    never abbreviated (``attack prune --mode`` would otherwise be read as ``--model``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _default_text(spec) -> str:
@@ -181,18 +195,15 @@ def _compare_options(args: argparse.Namespace, options: type):
     return options.from_mapping(values)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="passportnorm", description="Passport-aware normalization for model ownership"
-    )
-    parser.add_argument("--version", action="version", version=f"passportnorm {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_protect(commands: Any) -> None:
     _add_run_options(
         commands.add_parser(
             "protect", help="train a protected model and release it with a key", epilog=_EXIT_CODES["protect"]
         )
     )
+
+
+def _add_train(commands: Any) -> None:
     _add_run_options(
         commands.add_parser(
             "train", help="train the same model without protection (baseline)", epilog=_EXIT_CODES["train"]
@@ -200,6 +211,8 @@ def _parser() -> argparse.ArgumentParser:
         protected=False,
     )
 
+
+def _add_verify(commands: Any) -> None:
     check = commands.add_parser(
         "verify", help="verify a released model with an owner key", epilog=_EXIT_CODES["verify"]
     )
@@ -269,90 +282,8 @@ def _parser() -> argparse.ArgumentParser:
         help="also write a self-contained HTML evidence report (plots inline) to FILE",
     )
 
-    attack = commands.add_parser(
-        "attack",
-        help="run one attack on a released model and check it with the owner's key",
-        epilog=_EXIT_CODES["attack"],
-    )
-    attack.add_argument(
-        "name",
-        help="finetune, transfer, prune, obfuscate, ambiguity1, ambiguity2, erb, forge, reprotect, quantize, "
-        "distill, fine-prune, dummy-neurons, combined",
-    )
-    attack.add_argument("--model", required=True, help="released-model folder")
-    attack.add_argument(
-        "--html",
-        metavar="FILE",
-        help="also write a self-contained HTML evidence report (plots inline) to FILE",
-    )
-    attack.add_argument(
-        "--key",
-        required=True,
-        help="the owner's key folder (the attacker never uses it unless the threat model says so)",
-    )
-    attack.add_argument(
-        "--out", required=True, help="output folder: result.json, result.md, plots, model/ or forged-key/"
-    )
-    attack.add_argument("--dataset", help="default: the one recorded in the key")
-    attack.add_argument("--data-dir")
-    attack.add_argument(
-        "--share",
-        type=float,
-        help="attacker's share of the training split (default 0.5; 0.1 for erb/ambiguity)",
-    )
-    attack.add_argument("--epochs", type=int, help="attack epochs (default 5; reprotect 2, distill 10)")
-    attack.add_argument("--seed", type=int, default=0)
-    attack.add_argument(
-        "--mode", choices=["ftll", "ftal", "rtll", "rtal"], help="finetune mode (default ftal)"
-    )
-    attack.add_argument(
-        "--rates",
-        help="prune, fine-prune: comma-separated shares in [0, 1); dummy-neurons: shares of channels added "
-        "(default 0.1,0.5)",
-    )
-    attack.add_argument(
-        "--steps",
-        help="combined: the chain, comma-separated, of prune, fine-prune, finetune, quantize, dummy-neurons, "
-        "obfuscate (default prune,finetune,dummy-neurons,obfuscate; --rates sets the pruning share)",
-    )
-    attack.add_argument("--flips", help="ambiguity2: comma-separated shares of flipped bits")
-    attack.add_argument("--erb-mode", choices=["cerb", "ierb"])
-    attack.add_argument(
-        "--target-dataset", help="transfer: the new task (default digits; shapes3d for point clouds)"
-    )
-    attack.add_argument(
-        "--target-classes", help="transfer: a class split of the owner's dataset, e.g. 5,6,7,8,9"
-    )
-    attack.add_argument("--forge-signature", help="forge: the forger's text")
-    attack.add_argument(
-        "--passports",
-        choices=["random", "shuffle", "image"],
-        help="reprotect: the thief's passports (default random)",
-    )
-    attack.add_argument(
-        "--quantize",
-        help="quantize: comma-separated modes of int8-dynamic, int8-static, fp16 (default all; model/ holds "
-        "the last)",
-    )
-    attack.add_argument(
-        "--lr",
-        type=float,
-        help="reprotect, fine-prune: the attacker's learning rate (default 0.01; distill 0.05)",
-    )
-    attack.add_argument(
-        "--certificate",
-        help="reprotect: the owner's published certificate, for the dispute (default: certificate.json next "
-        "to the key)",
-    )
-    attack.add_argument(
-        "--arch", help="the model code the folder names when it is your own (file.py:factory)"
-    )
-    attack.add_argument(
-        "--allow-text-signatures",
-        action="store_true",
-        help="judge with the paper's rule, which accepts text signatures (needed for text-mode keys)",
-    )
 
+def _add_certify(commands: Any) -> None:
     cert = commands.add_parser(
         "certify",
         help="issue the public certificate of a key and its released model (UTC time now)",
@@ -368,6 +299,8 @@ def _parser() -> argparse.ArgumentParser:
     cert.add_argument("--no-data", action="store_true", help="check the signature only before certifying")
     cert.add_argument("--arch", help="the model code the folder names when it is your own (file.py:factory)")
 
+
+def _add_dispute(commands: Any) -> None:
     fight = commands.add_parser(
         "dispute",
         help="decide between two ownership claims on a suspect model",
@@ -393,6 +326,8 @@ def _parser() -> argparse.ArgumentParser:
         help="also write a self-contained HTML evidence report (plots inline) to FILE",
     )
 
+
+def _add_compare(commands: Any) -> None:
     versus = commands.add_parser(
         "compare", help="train plain, DeepIPR V1/V2 and passport-aware normalization side by side"
     )
@@ -430,8 +365,8 @@ def _parser() -> argparse.ArgumentParser:
         "--out", help="output folder (default runs/compare); a rerun resumes and skips finished runs"
     )
 
-    add_remote_commands(commands)
 
+def _add_inspect(commands: Any) -> None:
     look = commands.add_parser(
         "inspect", help="which norm layers of a zoo model can be protected, and why not"
     )
@@ -450,6 +385,8 @@ def _parser() -> argparse.ArgumentParser:
     look.add_argument("--data-dir", help="the image folder, for --dataset imagefolder")
     look.add_argument("--image-size", type=int, default=64, help="crop size for --dataset imagefolder")
 
+
+def _add_bench(commands: Any) -> None:
     bench = commands.add_parser(
         "bench",
         help="what protection costs: each figure as a ratio to a plain model measured in the same process",
@@ -474,6 +411,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--out", default="runs/bench", help="folder for bench.json")
 
+
+def _add_demo(commands: Any) -> None:
     demo = commands.add_parser(
         "demo", help="quick core demonstration: protect a small CNN on MNIST-5k, read the signature, strip"
     )
@@ -486,6 +425,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     demo.add_argument("--signature", default="(c) passportnorm demo", help="owner text to embed")
     demo.add_argument("--passports", default="shuffle", choices=["random", "image", "shuffle"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _OneLineErrors(prog="passportnorm", description="Passport-aware normalization for model ownership")
+    parser.add_argument("--version", action="version", version=f"passportnorm {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS.values():
+        command.add(commands)
     finish_help(commands, _EXIT_CODES)
     return parser
 
@@ -610,108 +557,95 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _protect(args: argparse.Namespace) -> int:
+    from .pipeline import run_protect
+
+    return 0 if run_protect(_run_options(args))["verified"] else 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .pipeline import run_train
+
+    run_train(_run_options(args))
+    return 0
+
+
+def _dispute(args: argparse.Namespace) -> int:
+    from .pipeline import run_dispute
+
+    result = run_dispute(
+        args.suspect,
+        args.claim,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        use_data=not args.no_data,
+        arch=args.arch,
+    )
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_markdown())
+    if args.html:
+        from .evidence_report import dispute_page, write_page
+
+        write_page(args.html, dispute_page(result, args.suspect, args.claim, args.argv))
+    return 0 if result.winner else 1
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .baselines.compare import CompareOptions, run_compare
+
+    print(run_compare(_compare_options(args, CompareOptions))["table"])
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    metrics = run_demo(
+        out=args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        signature=args.signature,
+        width=args.width,
+        passports=args.passports,
+    )
+    # success: the released model is the original architecture and computes what the
+    # free branch computes, and the owner's message reads back from the weights intact
+    strip_ok = all(metrics["strip"].values())
+    return 0 if strip_ok and metrics["signature_detection"]["message"] == args.signature else 1
+
+
+@dataclass(frozen=True)
+class Command:
+    """A sub-command: what adds its parser, and what runs it (returns the exit code)."""
+
+    add: Callable[[Any], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# the order of `passportnorm --help`
+COMMANDS = {
+    "protect": Command(_add_protect, _protect),
+    "train": Command(_add_train, _train),
+    "verify": Command(_add_verify, _verify),
+    "attack": Command(add_attack_command, run_attack_command),
+    "certify": Command(_add_certify, _certify),
+    "dispute": Command(_add_dispute, _dispute),
+    "compare": Command(_add_compare, _compare),
+    "serve": Command(add_serve_command, run_serve),
+    "verify-remote": Command(add_verify_remote_command, run_verify_remote),
+    "inspect": Command(_add_inspect, _inspect),
+    "bench": Command(_add_bench, _bench),
+    "demo": Command(_add_demo, _demo),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, for reports to reproduce
     try:
-        if args.command == "protect":
-            from .pipeline import run_protect
-
-            metrics = run_protect(_run_options(args))
-            return 0 if metrics["verified"] else 1
-        if args.command == "train":
-            from .pipeline import run_train
-
-            run_train(_run_options(args))
-            return 0
-        if args.command == "verify":
-            return _verify(args)
-        if args.command == "inspect":
-            return _inspect(args)
-        if args.command == "serve":
-            return run_serve(args)
-        if args.command == "verify-remote":
-            return run_verify_remote(args)
-        if args.command == "attack":
-            from .attacks.runner import run_attack
-
-            options = {
-                k: getattr(args, k)
-                for k in (
-                    "dataset",
-                    "data_dir",
-                    "share",
-                    "epochs",
-                    "seed",
-                    "mode",
-                    "rates",
-                    "flips",
-                    "erb_mode",
-                    "target_dataset",
-                    "target_classes",
-                    "forge_signature",
-                    "passports",
-                    "quantize",
-                    "steps",
-                    "lr",
-                    "certificate",
-                    "allow_text_signatures",
-                    "arch",
-                )
-            }
-            result = run_attack(args.name, args.model, args.key, args.out, **options)
-            print((Path(args.out) / "result.md").read_text())
-            if args.html and result:
-                from .evidence_report import attack_page, write_page
-
-                write_page(args.html, attack_page(result, args.out, args.model, args.key, args.argv))
-            return 0 if result else 2
-        if args.command == "certify":
-            return _certify(args)
-        if args.command == "bench":
-            return _bench(args)
-        if args.command == "dispute":
-            from .pipeline import run_dispute
-
-            result = run_dispute(
-                args.suspect,
-                args.claim,
-                dataset=args.dataset,
-                data_dir=args.data_dir,
-                use_data=not args.no_data,
-                arch=args.arch,
-            )
-            print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_markdown())
-            if args.html:
-                from .evidence_report import dispute_page, write_page
-
-                write_page(args.html, dispute_page(result, args.suspect, args.claim, args.argv))
-            return 0 if result.winner else 1
-        if args.command == "compare":
-            from .baselines.compare import CompareOptions, run_compare
-
-            summary = run_compare(_compare_options(args, CompareOptions))
-            print(summary["table"])
-            return 0
-        if args.command == "demo":
-            from .demo import run_demo
-
-            metrics = run_demo(
-                out=args.out,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                seed=args.seed,
-                device=args.device,
-                signature=args.signature,
-                width=args.width,
-                passports=args.passports,
-            )
-            # success: the released model is the original architecture and computes what the
-            # free branch computes, and the owner's message reads back from the weights intact
-            strip_ok = all(metrics["strip"].values())
-            message_ok = metrics["signature_detection"]["message"] == args.signature
-            return 0 if strip_ok and message_ok else 1
+        return COMMANDS[args.command].run(args)
     except PassportNormError as error:
         print(f"passportnorm: error: {error}", file=sys.stderr)
         return 2
@@ -720,7 +654,6 @@ def main(argv: list[str] | None = None) -> int:
             "passportnorm: interrupted; rerun with --resume to continue from the last epoch", file=sys.stderr
         )
         return 130
-    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

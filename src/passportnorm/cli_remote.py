@@ -10,7 +10,7 @@ from typing import Any
 from .cli_help import HelpWithDefaults
 from .errors import ConfigError
 
-__all__ = ["add_remote_commands", "run_serve", "run_verify_remote"]
+__all__ = ["add_serve_command", "add_verify_remote_command", "run_serve", "run_verify_remote"]
 
 EXIT_CODES = {
     "serve": "exit codes: 0 stopped cleanly (Ctrl-C); 2 bad input (one line naming it)",
@@ -29,8 +29,7 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def add_remote_commands(commands: Any) -> None:
-    from .remote.protocols import PROTOCOLS
+def add_serve_command(commands: Any) -> None:
     from .serve import DEFAULT_MODEL_NAME
 
     serve = commands.add_parser(
@@ -52,6 +51,11 @@ def add_remote_commands(commands: Any) -> None:
         "--arch", help="your own model code the folder names (file.py:factory), trusted to run"
     )
     serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+
+
+def add_verify_remote_command(commands: Any) -> None:
+    from .remote.protocols import PROTOCOLS
+    from .serve import DEFAULT_MODEL_NAME
 
     remote = commands.add_parser(
         "verify-remote",

@@ -217,133 +217,200 @@ def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:
         leave_world(world)
 
 
-def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: World | None) -> dict[str, Any]:
-    opts = resolve_task(opts)
-    out = Path(opts.out)
-    _train_config(opts).validate(device)  # every training option checked before anything is written
-    check_batch(opts.batch_size, world)
+@dataclass
+class _Run:
+    """One ``protect`` or ``train`` run as its steps fill it in."""
+
+    opts: RunOptions
+    protected: bool
+    device: torch.device
+    world: World | None
+    data: Any = None
+    model_config: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+    weights_sha256: str | None = None
+    synced: dict[str, Any] = field(default_factory=dict)
+    trigger: TriggerSet | None = None
+    seed_source: str | None = None
+    retrofitted: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.opts.out)
+
+    @property
+    def main(self) -> bool:
+        """Whether this process releases, keys and reports (rank 0, or the only one)."""
+        return self.world is None or self.world.main
+
+
+def _build(run: _Run) -> None:
+    """Every option checked before anything is written; then the run folder, the data and the model."""
+    opts = run.opts
+    _train_config(opts).validate(run.device)
+    check_batch(opts.batch_size, run.world)
     if opts.sync_bn:
-        check_sync_bn(world, device)
-    if world is None or world.main:
-        prepare_run_folder(out, resume=opts.resume, overwrite=opts.overwrite)
-    data = _load(opts)
+        check_sync_bn(run.world, run.device)
+    if run.main:
+        prepare_run_folder(run.out, resume=opts.resume, overwrite=opts.overwrite)
+    run.data = _load(opts)
     torch.manual_seed(opts.seed)
-    model_config = _model_config(opts, data)
-    model = zoo.build(opts.arch, trust_code=True, **model_config)  # the user named this --arch
-    weights_sha256 = load_weights(model, opts.weights) if opts.weights else None
-    model = model.to(device)
-    synced = to_sync_batchnorm(model) if opts.sync_bn else {}
-    # a trigger set is owner evidence that lives in the key; plain training has no key, so no triggers
-    trigger, notes, seed_source, prepared = None, [], None, None
-    if protected:
-        secret, seed_source = (
-            run_secret_seed(out, opts.secret_seed, resume=opts.resume)
-            if world is None or world.main
-            else (None, None)
-        )
-        if world is not None:  # drawn once: every rank must build the same passports and branches
-            secret = world.broadcast_int(secret)
-        trigger = _trigger(opts, data, secret)
-        example = first_inputs(data.train, 16).to(device)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", PassportWarning)
-            model = protect(
-                model,
-                example,
-                signature=opts.signature,
-                passports=opts.passports,
-                seed=secret,
-                alpha=opts.alpha,
-                weak_layers=opts.weak_layers,
-                transform_layers=opts.transform_layers,
-                signature_mode=opts.signature_mode,
-                exclude=[pattern.strip() for pattern in opts.exclude.split(",") if pattern.strip()] or None,
-            )
-        if opts.weights:  # a trained model: signature embedded and branches started as its norms
-            began = time.perf_counter()
-            prepared = retrofit(model, example) | {"seconds": time.perf_counter() - began}
-            print(describe_retrofit(prepared))
-        # protect() saw a given seed; record where the run's seed really came from
-        model.passportnorm_secret_seed["source"] = seed_source
-        if not opts.resume and (world is None or world.main):
-            keep_secret_seed(out, secret, seed_source)
-        notes = [str(w.message) for w in caught]
-        for note in notes:
-            print(f"note: {note}")
-    checkpoints = secret_folder(out) if protected else out
-    trainer = Trainer(
-        model, data, _train_config(opts), trigger=trigger, out_dir=checkpoints, device=device, world=world
+    run.model_config = _model_config(opts, run.data)
+    model = zoo.build(opts.arch, trust_code=True, **run.model_config)  # the user named this --arch
+    run.weights_sha256 = load_weights(model, opts.weights) if opts.weights else None
+    run.model = model.to(run.device)
+    run.synced = to_sync_batchnorm(run.model) if opts.sync_bn else {}
+
+
+def _protect_model(run: _Run) -> None:
+    """The run's secret seed (drawn once, shared by every rank), its trigger set, and the branches;
+    from ``--weights`` the signature is embedded in the trained weights first (retrofit)."""
+    opts, world = run.opts, run.world
+    secret, run.seed_source = (
+        run_secret_seed(run.out, opts.secret_seed, resume=opts.resume) if run.main else (None, None)
     )
-    what = "protected" if protected else "plain"
+    if world is not None:  # every rank must build the same passports and branches
+        secret = world.broadcast_int(secret)
+    run.trigger = _trigger(opts, run.data, secret)
+    example = first_inputs(run.data.train, 16).to(run.device)
+    exclude = [pattern.strip() for pattern in opts.exclude.split(",") if pattern.strip()] or None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PassportWarning)
+        run.model = protect(
+            run.model,
+            example,
+            signature=opts.signature,
+            passports=opts.passports,
+            seed=secret,
+            alpha=opts.alpha,
+            weak_layers=opts.weak_layers,
+            transform_layers=opts.transform_layers,
+            signature_mode=opts.signature_mode,
+            exclude=exclude,
+        )
+    if opts.weights:
+        began = time.perf_counter()
+        run.retrofitted = retrofit(run.model, example) | {"seconds": time.perf_counter() - began}
+        print(describe_retrofit(run.retrofitted))
+    run.model.passportnorm_secret_seed["source"] = run.seed_source  # protect() saw a given seed
+    if not opts.resume and run.main:
+        keep_secret_seed(run.out, secret, run.seed_source)
+    run.notes = [str(w.message) for w in caught]
+    for note in run.notes:
+        print(f"note: {note}")
+
+
+def _fit(run: _Run) -> tuple[Trainer, float]:
+    """Train (resumable from the checkpoint); the trainer and the seconds it took."""
+    opts = run.opts
+    checkpoints = secret_folder(run.out) if run.protected else run.out
+    trainer = Trainer(
+        run.model,
+        run.data,
+        _train_config(opts),
+        trigger=run.trigger,
+        out_dir=checkpoints,
+        device=run.device,
+        world=run.world,
+    )
     print(
-        f"{what} {opts.arch} (width {opts.width}, {opts.norm}) on {opts.dataset} "
-        f"({len(data.train)} train / {len(data.test)} test), {opts.epochs} epochs on {device}"
-        + (f" x {world.size} processes" if world is not None else "")
-        + (f", {capacity(model)} signature bits, {opts.schedule} schedule" if protected else "")
+        f"{'protected' if run.protected else 'plain'} {opts.arch} (width {opts.width}, {opts.norm}) on "
+        f"{opts.dataset} ({len(run.data.train)} train / {len(run.data.test)} test), {opts.epochs} epochs on "
+        f"{run.device}"
+        + (f" x {run.world.size} processes" if run.world is not None else "")
+        + (f", {capacity(run.model)} signature bits, {opts.schedule} schedule" if run.protected else "")
     )
     start = time.perf_counter()
     trainer.fit(resume=opts.resume, on_epoch=print_epoch)
-    if (
-        world is not None and not world.main
-    ):  # rank 0 releases, keys and reports; this rank exits with its verdict
-        return {"history": trainer.history} | (
-            {"verified": bool(world.broadcast_int(None))} if protected else {}
-        )
-    restore_batchnorm(model, synced)
-    released = strip(model) if protected else model
-    settings = {k: v for k, v in asdict(opts).items() if k not in ("resume", "overwrite", "secret_seed")}
-    metrics: dict[str, Any] = {
-        "command": "protect" if protected else "train",
+    return trainer, time.perf_counter() - start
+
+
+def _metrics(run: _Run, history: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """What metrics.json records; the secret seed itself stays in owner-key/ and secret/, only where it
+    came from is public."""
+    settings = {k: v for k, v in asdict(run.opts).items() if k not in ("resume", "overwrite", "secret_seed")}
+    secret = {"secret_seed": SEED_SOURCES[run.seed_source]} if run.protected else {}
+    return {
+        "command": "protect" if run.protected else "train",
         "settings": settings,
-        # the secret seed itself stays in owner-key/ and secret/; only where it came from is public
-        "seeds": {"seed": opts.seed} | ({"secret_seed": SEED_SOURCES[seed_source]} if protected else {}),
-        "history": trainer.history,
-        "train_seconds": time.perf_counter() - start,
-        "notes": notes,
-        **({"retrofit": prepared} if prepared is not None else {}),
+        "seeds": {"seed": run.opts.seed} | secret,
+        "history": history,
+        "train_seconds": seconds,
+        "notes": run.notes,
+        **({"retrofit": run.retrofitted} if run.retrofitted is not None else {}),
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "device": str(device),
-            "processes": world.size if world is not None else 1,
+            "device": str(run.device),
+            "processes": run.world.size if run.world is not None else 1,
         },
     }
+
+
+def _release(run: _Run) -> torch.nn.Module:
+    """The released model (branches stripped) written to ``released/``."""
+    opts = run.opts
+    restore_batchnorm(run.model, run.synced)
+    released = strip(run.model) if run.protected else run.model
     released.eval()
     save_released(
         released.cpu(),
-        out / "released",
+        run.out / "released",
         opts.arch,
-        model_config,
+        run.model_config,
         dataset=opts.dataset,
         seed=opts.seed,
         points=opts.points,
         image_size=opts.image_size,
-        initial_weights_sha256=weights_sha256,
-        signature_bits=capacity(model) if protected else 0,
+        initial_weights_sha256=run.weights_sha256,
+        signature_bits=capacity(run.model) if run.protected else 0,
     )
-    verification = None
-    if protected:
-        secret_config = settings | {"model_config": model_config, "secret_seed": opts.secret_seed}
-        key = extract_key(model.cpu(), config=secret_config, seeds=metrics["seeds"], trigger=trigger)
-        key.save(out / "owner-key")
-        report = verify(released.cpu(), key, data=data.test, trigger=key.trigger)
-        metrics["verification"] = report.to_dict()
-        metrics["verified"] = report.verified
-        verification = report.to_markdown("Verification of the released model with the owner key")
-        _certify_if_verified(key, released.cpu(), out / "certificate.json", report.verified)
-    if protected and world is not None:
-        world.broadcast_int(int(metrics["verified"]))
-    write_history_csv(out / "history.csv", trainer.history)
+    return released
+
+
+def _key_and_certificate(run: _Run, released: torch.nn.Module, metrics: dict[str, Any]) -> str:
+    """The owner key, the release verified with it on the test split, and the certificate when it
+    verifies; the verification as markdown."""
+    config = metrics["settings"] | {"model_config": run.model_config, "secret_seed": run.opts.secret_seed}
+    key = extract_key(run.model.cpu(), config=config, seeds=metrics["seeds"], trigger=run.trigger)
+    key.save(run.out / "owner-key")
+    report = verify(released.cpu(), key, data=run.data.test, trigger=key.trigger)
+    metrics["verification"] = report.to_dict()
+    metrics["verified"] = report.verified
+    _certify_if_verified(key, released.cpu(), run.out / "certificate.json", report.verified)
+    return report.to_markdown("Verification of the released model with the owner key")
+
+
+def _report(run: _Run, metrics: dict[str, Any], verification: str | None) -> None:
+    """history.csv, metrics.json and report.md, and what the run wrote, on stdout."""
+    out = run.out
+    write_history_csv(out / "history.csv", metrics["history"])
     write_json_atomic(out / "metrics.json", metrics)
     write_text_atomic(out / "report.md", run_report_markdown(metrics, verification))
-    print(
-        f"wrote {out}/released/"
-        + (f", {out}/owner-key/ and {out}/secret/ (keep both secret)" if protected else "")
-    )
+    secrets_written = f", {out}/owner-key/ and {out}/secret/ (keep both secret)" if run.protected else ""
+    print(f"wrote {out}/released/" + secrets_written)
     if verification:
         print(verification)
-    if protected:
-        print(_protect_outcome(metrics, opts, out))
+    if run.protected:
+        print(_protect_outcome(metrics, run.opts, out))
+
+
+def _train_in(opts: RunOptions, protected: bool, device: torch.device, world: World | None) -> dict[str, Any]:
+    run = _Run(resolve_task(opts), protected, device, world)
+    _build(run)
+    if protected:  # plain training has no key, so no trigger set (owner evidence that lives in the key)
+        _protect_model(run)
+    trainer, seconds = _fit(run)
+    if not run.main:  # rank 0 releases, keys and reports; this rank exits with its verdict
+        verdict = {"verified": bool(world.broadcast_int(None))} if protected and world else {}
+        return {"history": trainer.history} | verdict
+    metrics = _metrics(run, trainer.history, seconds)
+    released = _release(run)
+    verification = _key_and_certificate(run, released, metrics) if protected else None
+    if protected and world is not None:
+        world.broadcast_int(int(metrics["verified"]))
+    _report(run, metrics, verification)
     return metrics
 
 

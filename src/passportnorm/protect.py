@@ -14,8 +14,9 @@ import warnings
 from operator import attrgetter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -49,9 +50,14 @@ __all__ = [
     "capacity",
     "sign_loss",
     "select_pairs",
+    "ProtectOptions",
+    "LAYER_POLICIES",
     "RESPONSE_LIMIT",
     "response_outliers",
 ]
+
+LayerPolicy = Literal["protect", "skip"]
+SignatureMode = Literal["hash", "text"]
 
 # passport responses are O(1) by construction (unit-scale passports through initialised weights);
 # beyond this the MLP saturates and the sign loss dwarfs the task loss (issue 16: NaN in 6 steps)
@@ -184,12 +190,71 @@ def secret_seed(seed: int | None) -> tuple[int, str]:
     return int(seed), "user"
 
 
+LAYER_POLICIES = ("protect", "skip")
+
+
+@dataclass(frozen=True)
+class ProtectOptions:
+    """``protect``'s settings, checked before any work (see ``protect`` for what each means)."""
+
+    signature: Signature | str | bytes | Tensor | None = None
+    passports: str | PassportGenerator = "random"
+    seed: int | None = None
+    include: Sequence[str] | None = None
+    exclude: Sequence[str] | None = None
+    pairs: Mapping[str, str] | None = None
+    alpha: float = 0.1
+    margin: float = 0.1
+    weak_layers: LayerPolicy = "protect"
+    transform_layers: LayerPolicy = "protect"
+    signature_mode: SignatureMode = "hash"
+    separate_statistics: bool = True
+
+    def validate(self) -> PassportGenerator:
+        """One typed error naming the option; the passport generator the options name."""
+        if self.signature_mode not in SIGNATURE_MODES:
+            raise SignatureError(
+                f"signature_mode must be one of {', '.join(SIGNATURE_MODES)}, got {self.signature_mode!r}"
+            )
+        if self.signature_mode == "hash" and not (self.signature is None or isinstance(self.signature, str)):
+            raise SignatureError(
+                "hash-bound signatures take the owner's identity as text (signature='(c) Alice'); "
+                "pass signature_mode='text' to embed bytes or bits as they are"
+            )
+        for option in ("weak_layers", "transform_layers"):
+            if getattr(self, option) not in LAYER_POLICIES:
+                raise PairingError(f"{option} must be 'protect' or 'skip', got {getattr(self, option)!r}")
+        return make_passport_generator(self.passports)
+
+
+@dataclass(frozen=True)
+class BitPlan:
+    """Every protected channel's signature bit and where each layer's slice starts, and the seeds of
+    the secret draws (passports, branch MLPs)."""
+
+    message: Signature
+    bits: Tensor
+    starts: dict[str, int]
+    seed: int
+    seed_source: str
+    passport_seed: int
+    mlp_seed: int
+
+    @property
+    def total(self) -> int:
+        return len(self.bits)
+
+    def layer_bits(self, pair: Pair) -> tuple[Tensor, int, int]:
+        """The pair's bits, how many of them carry the message, and the message offset they start at."""
+        start = self.starts[pair.norm]
+        in_message = min(pair.channels, max(0, self.message.num_bits - start))
+        return self.bits[start : start + pair.channels], in_message, start if in_message else 0
+
+
 def _leave_out(chosen: list[Pair], policy: str, option: str, flagged, why: str, model: str) -> list[Pair]:
     """The pairs a layer policy keeps: all with "protect", those not ``flagged`` (truthy) with "skip"."""
     if policy == "protect":
         return chosen
-    if policy != "skip":
-        raise PairingError(f"{option} must be 'protect' or 'skip', got {policy!r}")
     if chosen and all(flagged(p) for p in chosen):
         flag = "--" + option.replace("_", "-")
         raise NothingToProtectError(
@@ -206,6 +271,115 @@ _WEAK = (
 _TRANSFORM = "sits inside a sub-network whose output transforms the data as a matrix (a T-Net)"
 
 
+def _refuse_protected(model: nn.Module) -> None:
+    if is_protected(model):
+        paths = ", ".join(protected_layers(model))
+        raise AlreadyProtectedError(
+            f"{type(model).__name__} already carries passport-aware branches ({paths}); protect the "
+            "original model, or passportnorm.strip(model) first to get the released model back"
+        )
+
+
+def _choose_pairs(model: nn.Module, example_input: Any, options: ProtectOptions) -> list[Pair]:
+    """The (norm, producer) pairs to protect: traced or given, filtered by patterns and layer policies."""
+    report = find_pairs(model, example_input, pairs=options.pairs)
+    chosen = select_pairs(report, options.include, options.exclude)
+    name = type(model).__name__
+    chosen = _leave_out(chosen, options.weak_layers, "weak_layers", attrgetter("weak"), _WEAK, name)
+    in_transform = attrgetter("transform")
+    chosen = _leave_out(chosen, options.transform_layers, "transform_layers", in_transform, _TRANSFORM, name)
+    if not chosen:
+        raise NothingToProtectError(f"no norm layer of {name} can be protected:\n{report}")
+    return chosen
+
+
+def _plan_bits(chosen: list[Pair], options: ProtectOptions) -> BitPlan:
+    """The secret seed, the signature bits of every channel (message first) and the layout."""
+    message = Signature.coerce(options.signature if options.signature_mode == "text" else None)
+    seed, source = secret_seed(options.seed)
+    bit_seed, passport_seed, mlp_seed = _seeds(seed, 3)
+    bits = message.fill(sum(p.channels for p in chosen), bit_seed)
+    return BitPlan(message, bits, _bit_layout(chosen), seed, source, passport_seed, mlp_seed)
+
+
+def _warn_weak(chosen: list[Pair]) -> None:
+    weak = [p.norm for p in chosen if p.weak]
+    if weak:
+        warnings.warn(
+            f"{', '.join(weak)}: the producer reads at most {WEAK_FAN_IN} input channels per output channel "
+            "(grayscale, RGB or xyz inputs, depthwise convs), so the passport response has that few degrees of "
+            "freedom and these signature bits embed slowly (docs/RESULTS.md); the owner's message goes to the "
+            "other layers first, and weak_layers='skip' leaves them out",
+            PassportWarning,
+            stacklevel=3,
+        )
+
+
+def _draw_passports(
+    model: nn.Module,
+    protected: nn.Module,
+    example_input: Any,
+    chosen: list[Pair],
+    generator: PassportGenerator,
+    plan: BitPlan,
+    margin: float,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Each pair's (gamma, beta) passports, drawn from the producers' real inputs and scaled so their
+    responses start where the sign loss can move them."""
+    producer_paths = sorted({p.producer for p in chosen})
+    captured = capture(protected, example_input, producer_paths).inputs
+    activations = generator.activations(model, example_input, producer_paths, captured)
+    rng = torch.Generator().manual_seed(plan.passport_seed)
+    modules = dict(protected.named_modules())
+    drawn = {}
+    for pair in chosen:
+        producer, acts = modules[pair.producer], activations[pair.producer]
+        with torch.no_grad():
+            responses = partial(producer_responses, producer, producer.weight, channels=pair.channels)
+            scale = margin if pair.weak else _uniform_response_scale(responses, acts)
+            gamma, beta = (
+                generator.fit_to(passport, responses(passport), scale)
+                for passport in generator.generate(acts, producer_channel_dim(producer, acts.dim()), rng)
+            )
+        drawn[pair.norm] = (gamma, beta)
+    return drawn
+
+
+def _attach_branches(
+    protected: nn.Module,
+    chosen: list[Pair],
+    passports: dict[str, tuple[Tensor, Tensor]],
+    plan: BitPlan,
+    options: ProtectOptions,
+) -> None:
+    """A passport-aware branch on every chosen norm; a second set of statistics on every other norm
+    that keeps running statistics (unless ``separate_statistics`` is off)."""
+    chosen_norms = {p.norm for p in chosen}
+    unprotected = [
+        path for path, m in protected.named_modules() if path not in chosen_norms and needs_aware_statistics(m)
+    ]
+    modules = dict(protected.named_modules())
+    mlp_rng = torch.Generator().manual_seed(plan.mlp_seed)
+    for pair in chosen:
+        layer_bits, in_message, offset = plan.layer_bits(pair)
+        branch = PassportAwareBranch(
+            modules[pair.norm],
+            modules[pair.producer],
+            *passports[pair.norm],
+            layer_bits,
+            producer_path=pair.producer,
+            message_bits=in_message,
+            message_offset=offset,
+            alpha=options.alpha,
+            margin=options.margin,
+            generator=mlp_rng,
+        )
+        attach_branch(modules[pair.norm], branch)
+    if options.separate_statistics:
+        for path in unprotected:
+            attach_branch(modules[path], AwareStatistics(modules[path]))
+
+
 def protect(
     model: nn.Module,
     example_input: Any,
@@ -218,9 +392,9 @@ def protect(
     *,
     alpha: float = 0.1,
     margin: float = 0.1,
-    weak_layers: str = "protect",
-    transform_layers: str = "protect",
-    signature_mode: str = "hash",
+    weak_layers: LayerPolicy = "protect",
+    transform_layers: LayerPolicy = "protect",
+    signature_mode: SignatureMode = "hash",
     separate_statistics: bool = True,
 ) -> nn.Module:
     """A copy of ``model`` whose paired norm layers carry passport-aware branches.
@@ -229,8 +403,8 @@ def protect(
     and ``shuffle`` passports, real activations. ``signature`` is the owner's message (text,
     bytes, +-1 bits); channels beyond it get random bits from ``seed``, which also fixes the
     passports and the branch MLPs. ``seed=None`` (default) draws a secret seed from the operating
-    system's CSPRNG; a given seed makes the call repeatable (experiments) and is marked so in the key. ``include``
-    and ``exclude`` are fnmatch patterns over norm paths; ``pairs`` replaces tracing by
+    system's CSPRNG; a given seed makes the call repeatable (experiments) and is marked so in the key.
+    ``include`` and ``exclude`` are fnmatch patterns over norm paths; ``pairs`` replaces tracing by
     explicit ``{norm path: producer path}``. ``alpha`` and ``margin`` shape the sign loss.
     ``weak_layers="skip"`` leaves out norms whose producer reads one input channel per output
     channel (their bits embed slowly, see docs/RESULTS.md); the default protects them with a warning.
@@ -245,105 +419,30 @@ def protect(
     The input model is left alone, and until the copy is trained its passport-free outputs
     equal the input model's bit for bit.
     """
-    if is_protected(model):
-        paths = ", ".join(protected_layers(model))
-        raise AlreadyProtectedError(
-            f"{type(model).__name__} already carries passport-aware branches ({paths}); protect the "
-            "original model, or passportnorm.strip(model) first to get the released model back"
-        )
-    if signature_mode not in SIGNATURE_MODES:
-        raise SignatureError(
-            f"signature_mode must be one of {', '.join(SIGNATURE_MODES)}, got {signature_mode!r}"
-        )
-    if signature_mode == "hash" and not (signature is None or isinstance(signature, str)):
-        raise SignatureError(
-            "hash-bound signatures take the owner's identity as text (signature='(c) Alice'); "
-            "pass signature_mode='text' to embed bytes or bits as they are"
-        )
-    identity = signature or ""
-    message = Signature.coerce(signature if signature_mode == "text" else None)
-    generator = make_passport_generator(passports)
+    options = ProtectOptions(
+        signature, passports, seed, include, exclude, pairs, alpha, margin,
+        weak_layers, transform_layers, signature_mode, separate_statistics,
+    )  # fmt: skip
+    generator = options.validate()
+    _refuse_protected(model)
     protected = copy.deepcopy(model)
-
-    report = find_pairs(protected, example_input, pairs=pairs)
-    chosen = select_pairs(report, include, exclude)
-    name = type(model).__name__
-    chosen = _leave_out(chosen, weak_layers, "weak_layers", attrgetter("weak"), _WEAK, name)
-    in_transform = attrgetter("transform")
-    chosen = _leave_out(chosen, transform_layers, "transform_layers", in_transform, _TRANSFORM, name)
-    if not chosen:
-        raise NothingToProtectError(f"no norm layer of {type(model).__name__} can be protected:\n{report}")
-
-    total = sum(p.channels for p in chosen)
-    seed_value, seed_source = secret_seed(seed)
-    bit_seed, passport_seed, mlp_seed = _seeds(seed_value, 3)
-    bits = message.fill(total, bit_seed)
-    starts = _bit_layout(chosen)
-    weak = [p.norm for p in chosen if p.weak]
-    if weak:
-        warnings.warn(
-            f"{', '.join(weak)}: the producer reads at most {WEAK_FAN_IN} input channels per output channel "
-            "(grayscale, RGB or xyz inputs, depthwise convs), so the passport response has that few degrees of "
-            "freedom and these signature bits embed slowly (docs/RESULTS.md); the owner's message goes to the "
-            "other layers first, and weak_layers='skip' leaves them out",
-            PassportWarning,
-            stacklevel=2,
-        )
-
-    chosen_norms = {p.norm for p in chosen}
-    unprotected = [
-        path
-        for path, m in protected.named_modules()
-        if path not in chosen_norms and needs_aware_statistics(m)
-    ]
-    producer_paths = sorted({p.producer for p in chosen})
-    captured = capture(protected, example_input, producer_paths).inputs
-    activations = generator.activations(model, example_input, producer_paths, captured)
-    passport_rng = torch.Generator().manual_seed(passport_seed)
-    mlp_rng = torch.Generator().manual_seed(mlp_seed)
-
-    modules = dict(protected.named_modules())
-    for pair in chosen:
-        producer = modules[pair.producer]
-        acts = activations[pair.producer]
-        with torch.no_grad():
-            responses = partial(producer_responses, producer, producer.weight, channels=pair.channels)
-            scale = margin if pair.weak else _uniform_response_scale(responses, acts)
-            gamma_passport, beta_passport = (
-                generator.fit_to(passport, responses(passport), scale)
-                for passport in generator.generate(
-                    acts, producer_channel_dim(producer, acts.dim()), passport_rng
-                )
-            )
-        start = starts[pair.norm]
-        layer_bits = bits[start : start + pair.channels]
-        in_message = min(pair.channels, max(0, message.num_bits - start))
-        branch = PassportAwareBranch(
-            modules[pair.norm],
-            producer,
-            gamma_passport,
-            beta_passport,
-            layer_bits,
-            producer_path=pair.producer,
-            message_bits=in_message,
-            message_offset=start if in_message else 0,
-            alpha=alpha,
-            margin=margin,
-            generator=mlp_rng,
-        )
-        attach_branch(modules[pair.norm], branch)
-    if separate_statistics:
-        for path in unprotected:
-            attach_branch(modules[path], AwareStatistics(modules[path]))
+    chosen = _choose_pairs(protected, example_input, options)
+    plan = _plan_bits(chosen, options)
+    _warn_weak(chosen)
+    drawn = _draw_passports(model, protected, example_input, chosen, generator, plan, margin)
+    _attach_branches(protected, chosen, drawn, plan, options)
     if signature_mode == "hash":
-        _bind_to_hash(protected, identity, total)
+        _bind_to_hash(protected, signature or "", plan.total)
     _warn_about_outliers(protected)
-    protected.passportnorm_signature = {
-        "mode": signature_mode,
-        "identity": identity if signature_mode == "hash" else None,
-    }
-    protected.passportnorm_secret_seed = {"value": seed_value, "source": seed_source}
+    _stamp(protected, options, plan)
     return protected
+
+
+def _stamp(protected: nn.Module, options: ProtectOptions, plan: BitPlan) -> None:
+    """What extract_key records: the signature's mode and identity, and the secret seed's source."""
+    hashed = options.signature_mode == "hash"
+    protected.passportnorm_signature = {"mode": options.signature_mode, "identity": (options.signature or "") if hashed else None}
+    protected.passportnorm_secret_seed = {"value": plan.seed, "source": plan.seed_source}
 
 
 def _bind_to_hash(protected: nn.Module, identity: str, total: int) -> None:

@@ -28,6 +28,7 @@ from ..branch import PassportAwareBranch
 from ..protect import passport_mode, protected_layers
 from ..signature import claimed_bits
 from ..verify import VerdictRule, verify
+from .registry import AttackContext, AttackResult, Option, Plot, register_attack
 
 THREAT_I = (
     "attacker: released weights, the owner's MLPs and branch statistics (not the passports), and a share of the "
@@ -171,3 +172,62 @@ def ambiguity_two(
         "forged_verified": claim["report"].verified,
         "forged_key": claim["forged_key"],
     }
+
+
+def _as_row(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k not in ("attack", "threat_model")}
+
+
+@register_attack(
+    "ambiguity1", "train passports of one's own for the released model, signature random", share=0.1
+)
+def run_ambiguity_one(context: AttackContext) -> AttackResult:
+    report = ambiguity_one(
+        context.released,
+        context.key,
+        context.attacker,
+        context.data.test,
+        epochs=context.epochs,
+        seed=context.seed,
+        rule=context.rule,
+    )
+    forged_key = report.pop("forged_key")
+    return AttackResult.of(report, [_as_row(report)], forged_key=forged_key)
+
+
+@register_attack(
+    "ambiguity2",
+    "train passports for a target signature: the owner's with a share of its bits flipped",
+    options=(
+        Option("flips", "comma-separated shares of the owner's bits flipped", float, [0, 0.1, 0.25, 0.5], listed=True),
+    ),
+    share=0.1,
+)
+def run_ambiguity_two(context: AttackContext) -> AttackResult:
+    flips, rows, threat = context.settings["flips"], [], ""
+    forged_key = None
+    for flip in flips:
+        report = ambiguity_two(
+            context.released,
+            context.key,
+            context.attacker,
+            context.data.test,
+            flip=flip,
+            epochs=context.epochs,
+            seed=context.seed,
+            rule=context.rule,
+        )
+        forged_key, threat = report.pop("forged_key"), report["threat_model"]
+        rows.append(_as_row(report))
+    curve = Plot(
+        "ambiguity2.png",
+        flips,
+        {
+            "forged accuracy": [r["forged_accuracy"] for r in rows],
+            "target signature detection": [r["target_detection"] for r in rows],
+            "bit dissimilarity to owner": [r["bit_dissimilarity_to_owner"] for r in rows],
+        },
+        "share of the owner's bits flipped in the target",
+        "ambiguity II",
+    )
+    return AttackResult("ambiguity2", threat, rows, forged_key=forged_key, plots=[curve])

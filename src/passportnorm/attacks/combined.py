@@ -28,6 +28,7 @@ from .finetune import finetune
 from .obfuscate import obfuscate
 from .prune import prune_model
 from .quantize import dequantize_into, quantize
+from .registry import AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
     "attacker: released weights, architecture and labelled task data (a held-out share); no key. "
@@ -121,3 +122,38 @@ def combined_attack(
         **boundary(rows),
         "model": model,
     }
+
+
+@register_attack(
+    "combined",
+    "a chain of attacks, each on the last one's result",
+    options=(
+        Option(
+            "steps",
+            "the chain, comma-separated, of " + ", ".join(COMBINED_STEPS),
+            str,
+            ["prune", "finetune", "dummy-neurons", "obfuscate"],
+            listed=True,
+        ),
+        Option("rates", "comma-separated pruning shares, one chain each", float, [0.3, 0.5, 0.7, 0.9], listed=True),
+        Option("lr", "the attacker's learning rate", float, 0.01),
+    ),
+)
+def run_combined(context: AttackContext) -> AttackResult:
+    rates = context.settings["rates"]
+    report = combined_attack(
+        context.released,
+        context.key,
+        context.attacker,
+        context.data.test,
+        context.example,
+        steps=tuple(context.settings["steps"]),
+        rates=rates,
+        epochs=context.epochs,
+        lr=context.settings["lr"],
+        seed=context.seed,
+        trigger=context.trigger,
+        rule=context.rule,
+    )
+    model_is = f"the chain's result at pruning share {rates[-1]} (verify it with --reference)"
+    return AttackResult.of(report, model=report.pop("model"), model_is=model_is)

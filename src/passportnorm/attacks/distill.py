@@ -24,6 +24,7 @@ from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..verify import VerdictRule, format_p_value, verify, verify_blackbox
 from .checkpoint import resume_state, save_state
+from .registry import AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
     "attacker: queries to the released model and unlabelled task inputs (a held-out share); no key. "
@@ -106,3 +107,31 @@ def distill_attack(
         "rows": [row],
         "model": student,
     }
+
+
+@register_attack(
+    "distill",
+    "train a fresh model of the same architecture on the released model's outputs",
+    options=(Option("lr", "the student's learning rate", float, 0.05),),
+    epochs=10,
+)
+def run_distill(context: AttackContext) -> AttackResult:
+    from .. import zoo
+
+    arch = context.meta["arch"]
+    trusted = context.settings["arch"] == arch
+    fresh = zoo.build(arch, trust_code=trusted, **context.meta.get("model_config", {}))
+    report = distill_attack(
+        context.released,
+        fresh,
+        context.key,
+        context.attacker,
+        context.data.test,
+        arch=arch,
+        epochs=context.epochs,
+        lr=context.settings["lr"],
+        seed=context.seed,
+        rule=context.rule,
+        checkpoint=context.out / "checkpoint.pt",
+    )
+    return AttackResult.of(report, model=report.pop("model"))

@@ -38,6 +38,7 @@ from ..key import OwnerKey
 from ..pairing import find_pairs
 from ..verify import VerdictRule, format_p_value, verify
 from .obfuscate import max_output_difference, obfuscate
+from .registry import AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
     "attacker: released weights and architecture; no data, no key. Action: adds {share} more channels "
@@ -147,3 +148,24 @@ def dummy_neuron_attack(
         "rows": rows,
         "model": model,
     }
+
+
+@register_attack(
+    "dummy-neurons",
+    "widen layers with channels that change nothing, then obfuscate",
+    options=(Option("rates", "comma-separated shares of channels added", float, [0.1, 0.5], listed=True),),
+)
+def run_dummy_neurons(context: AttackContext) -> AttackResult:
+    shares = tuple(context.settings["rates"])
+    report = dummy_neuron_attack(
+        context.released,
+        context.key,
+        context.data.test,
+        context.example,
+        shares=shares,
+        seed=context.seed,
+        trigger=context.trigger,
+        rule=context.rule,
+    )
+    model_is = f"the model widened by {shares[-1]:.0%} and obfuscated (verify it with --reference)"
+    return AttackResult.of(report, model=report.pop("model"), model_is=model_is)

@@ -27,6 +27,7 @@ from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..signature import read_bits
 from ..norm import affine_free_copy, norm_channel_dim, norm_channels
+from .registry import AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
     "attacker: released weights, architecture and {share:.0%} of the task data; no key. Action: each protected "
@@ -129,3 +130,24 @@ def erb_attack(
         "hash_bound_claim_passes": (forged == bound).sum().item() >= required_matches(len(forged), 2.0 ** -SECURITY_BITS),
         "model_with_forged_branch": model,
     }
+
+
+@register_attack(
+    "erb",
+    "forge a passport branch from the released norms (Chen et al.'s ERB)",
+    options=(Option("erb_mode", "cerb (the released norms' statistics) or ierb (fresh ones)", default="cerb", choices=ERB_MODES),),
+    share=0.1,
+)
+def run_erb(context: AttackContext) -> AttackResult:
+    report = erb_attack(
+        context.released,
+        context.key,
+        context.attacker,
+        context.data.test,
+        mode=context.settings["erb_mode"],
+        share=context.share,
+        epochs=context.epochs,
+        seed=context.seed,
+    )
+    report.pop("model_with_forged_branch")
+    return AttackResult.of(report, [{k: v for k, v in report.items() if k not in ("attack", "threat_model")}])

@@ -27,6 +27,7 @@ from ..pairing import Pair, find_pairs
 from ..verify import VerdictRule
 from .evidence import boundary, owner_row
 from .finetune import finetune
+from .registry import AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
     "attacker: released weights, architecture and labelled task data (a held-out share); no key. "
@@ -134,3 +135,29 @@ def fine_prune(
         **boundary(rows),
         "model": model,
     }
+
+
+@register_attack(
+    "fine-prune",
+    "prune the channels least active on the attacker's data, then fine-tune (Liu et al.)",
+    options=(
+        Option("rates", "comma-separated shares of channels pruned, each in [0, 1)", float, [0.2, 0.4, 0.6, 0.8], listed=True),
+        Option("lr", "the attacker's learning rate", float, 0.01),
+    ),
+)
+def run_fine_prune(context: AttackContext) -> AttackResult:
+    rates = context.settings["rates"]
+    report = fine_prune(
+        context.released,
+        context.key,
+        context.attacker,
+        context.data.test,
+        rates=rates,
+        epochs=context.epochs,
+        lr=context.settings["lr"],
+        seed=context.seed,
+        trigger=context.trigger,
+        rule=context.rule,
+    )
+    model_is = f"the model pruned at {rates[-1]} and fine-tuned"
+    return AttackResult.of(report, model=report.pop("model"), model_is=model_is)

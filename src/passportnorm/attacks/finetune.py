@@ -23,6 +23,7 @@ from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..verify import VerdictRule, verify
 from .checkpoint import resume_state, save_state
+from .registry import AttackContext, AttackResult, Option, Plot, register_attack
 
 FINETUNE_MODES = ("ftll", "ftal", "rtll", "rtal")
 
@@ -118,3 +119,37 @@ def finetune(
         "verified_after": rows[-1]["verified"],
         "model": model,
     }
+
+
+@register_attack(
+    "finetune",
+    "fine-tune the released model on the attacker's data (Adi et al.: FTLL, FTAL, RTLL, RTAL)",
+    options=(Option("mode", "which layers are reset and trained", default="ftal", choices=FINETUNE_MODES),),
+)
+def run_finetune(context: AttackContext) -> AttackResult:
+    mode = context.settings["mode"]
+    report = finetune(
+        context.released,
+        context.key,
+        context.attacker,
+        context.data.test,
+        mode=mode,
+        epochs=context.epochs,
+        seed=context.seed,
+        trigger=context.trigger,
+        rule=context.rule,
+        checkpoint=context.out / "checkpoint.pt",
+    )
+    model, rows = report.pop("model"), report["rows"]
+    curve = Plot(
+        "finetune.png",
+        [r["epoch"] for r in rows],
+        {
+            "attacker accuracy": [r["attacker_accuracy"] for r in rows],
+            "signature detection": [r["signature_detection"] for r in rows],
+            "passport-aware accuracy": [r["passport_aware_accuracy"] for r in rows],
+        },
+        "epoch",
+        f"fine-tuning ({mode.upper()})",
+    )
+    return AttackResult.of(report, model=model, plots=[curve])

@@ -28,6 +28,7 @@ from ..binding import hash_bound_bits
 from ..protect import protect, protected_layers
 from ..signature import Signature, claimed_bits
 from ..verify import VerdictRule, verify
+from .registry import AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
     "forger: released weights and architecture; no data, no key. Action: solve for passports whose "
@@ -238,3 +239,33 @@ def forge_attack(
         **info,
         "forged_key": forged,
     }
+
+
+@register_attack(
+    "forge",
+    "solve passports that spell the forger's own signature in the released weights",
+    options=(Option("forge_signature", "the forger's text", default="(c) Mallory"),),
+)
+def run_forge(context: AttackContext) -> AttackResult:
+    report = forge_attack(
+        context.released,
+        context.key,
+        context.data.test,
+        context.example,
+        signature=context.settings["forge_signature"],
+        seed=context.seed,
+        rule=context.rule,
+    )
+    forged_key = report.pop("forged_key")
+    row = {
+        "forged_verified": report["forged_verified"],
+        "forged_decoded_text": report["forged_decoded_text"],
+        "forged_signature_detection": report["forged"]["signature_detection"],
+        "forged_passport_aware_accuracy": report["forged"]["passport_aware_accuracy"],
+        "released_accuracy": report["forged"]["passport_free_accuracy"],
+        "bit_dissimilarity_to_owner": report["bit_dissimilarity_to_owner"],
+        "signature_mode": report["signature_mode"],
+        "hash_rounds": report.get("hash_rounds"),
+        "best_agreement": report.get("best_agreement"),
+    }
+    return AttackResult.of(report, [row], forged_key=forged_key)

@@ -36,6 +36,7 @@ from ..channels import (
 )
 from ..pairing import find_pairs
 from ..verify import VerdictRule, verify
+from .registry import AttackContext, AttackResult, register_attack
 
 THREAT_MODEL = (
     "attacker: released weights and architecture; no data, no key. Action: function-preserving "
@@ -149,3 +150,18 @@ def obfuscation_attack(
         "rows": rows,
         "model": models["all three"],
     }
+
+
+@register_attack("obfuscate", "permute, sign-flip and rescale channels so the function stays the same")
+def run_obfuscation(context: AttackContext) -> AttackResult:
+    report = obfuscation_attack(
+        context.released,
+        context.key,
+        context.data.test,
+        context.example,
+        seed=context.seed,
+        trigger=context.trigger,
+        rule=context.rule,
+    )
+    rows = [{k: v for k, v in r.items() if k != "layers_skipped"} for r in report["rows"]]
+    return AttackResult.of(report, rows, model=report.pop("model"))

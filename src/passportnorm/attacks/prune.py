@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..verify import VerdictRule, verify
+from .registry import AttackContext, AttackResult, Option, Plot, register_attack
 
 THREAT_MODEL = (
     "attacker: released weights and architecture; no data, no key. Action: global L1 pruning of "
@@ -73,3 +74,38 @@ def prune_sweep(
             break
         held = row["rate"]
     return {"attack": "prune", "threat_model": THREAT_MODEL, "rows": rows, "highest_rate_still_verified": held}
+
+
+@register_attack(
+    "prune",
+    "global magnitude pruning of conv/linear weights, swept over rates",
+    options=(
+        Option(
+            "rates",
+            "comma-separated shares of weights pruned, each in [0, 1); model/ holds the last",
+            float,
+            [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+            listed=True,
+        ),
+    ),
+)
+def run_prune(context: AttackContext) -> AttackResult:
+    rates = context.settings["rates"]
+    report = prune_sweep(
+        context.released, context.key, context.data.test, rates=rates, trigger=context.trigger, rule=context.rule
+    )
+    rows = report["rows"]
+    model = prune_model(context.released, rates[-1])
+    curve = Plot(
+        "prune.png",
+        [r["rate"] for r in rows],
+        {
+            "attacker accuracy": [r["attacker_accuracy"] for r in rows],
+            "passport-aware accuracy": [r["passport_aware_accuracy"] for r in rows],
+            "trigger accuracy": [r["trigger_accuracy"] for r in rows],
+            "signature detection": [r["signature_detection"] for r in rows],
+        },
+        "share of conv/linear weights pruned",
+        "global magnitude pruning",
+    )
+    return AttackResult.of(report, model=model, plots=[curve])

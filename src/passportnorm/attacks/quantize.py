@@ -34,6 +34,7 @@ from ..key import OwnerKey
 from ..pairing import find_pairs
 from ..verify import VerdictRule
 from .evidence import owner_row
+from .registry import AttackContext, AttackResult, Option, register_attack
 
 QUANTIZE_MODES = ("int8-dynamic", "int8-static", "fp16")
 
@@ -152,3 +153,32 @@ class _Cast(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.cast(x)).float()
+
+
+@register_attack(
+    "quantize",
+    "quantize the released model (int8 dynamic, int8 static, fp16) and dequantize it back",
+    options=(
+        Option(
+            "quantize",
+            "comma-separated modes of int8-dynamic, int8-static, fp16; model/ holds the last",
+            str,
+            list(QUANTIZE_MODES),
+            listed=True,
+        ),
+    ),
+)
+def run_quantize(context: AttackContext) -> AttackResult:
+    modes = tuple(context.settings["quantize"])
+    attacker = context.attacker
+    report = quantize_attack(
+        context.released,
+        context.key,
+        context.data.test,
+        attacker.dataset.tensors[0][attacker.indices[:256]],
+        modes=modes,
+        trigger=context.trigger,
+        rule=context.rule,
+    )
+    model_is = f"the {modes[-1]} model dequantized into the original architecture"
+    return AttackResult.of(report, model=report.pop("model"), model_is=model_is)

@@ -32,6 +32,7 @@ from ..progress import print_epoch
 from ..protect import protect, strip
 from ..train import TrainConfig, Trainer
 from ..verify import VerdictRule, evidence_of, format_p_value, verify
+from .registry import AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
     "thief: released weights, architecture and labelled task data (a held-out share); no key. "
@@ -127,3 +128,41 @@ def reprotect_attack(
         "thief_key": thief_key,
         "thief_certificate": certificate,
     }
+
+
+@register_attack(
+    "reprotect",
+    "protect the stolen model with the thief's own passports, certify it and claim it (decided by dispute)",
+    options=(
+        Option("passports", "the thief's passports", default="random", choices=("random", "shuffle", "image")),
+        Option("lr", "the thief's learning rate", float, 0.01),
+        Option(
+            "certificate",
+            "the owner's published certificate, for the dispute (default: certificate.json next to the key)",
+        ),
+    ),
+    epochs=2,
+)
+def run_reprotect(context: AttackContext) -> AttackResult:
+    from ..pipeline import DEFAULT_TRIGGER
+
+    given = context.settings["certificate"]
+    path = Path(given) if given else context.key_dir.parent / "certificate.json"
+    certificate = Certificate.load(path) if given or path.is_file() else None
+    report = reprotect_attack(
+        context.released,
+        context.key,
+        certificate,
+        context.attacker,
+        context.data,
+        passports=context.settings["passports"],
+        epochs=context.epochs,
+        lr=context.settings["lr"],
+        seed=context.seed + 77,
+        trigger_kind=DEFAULT_TRIGGER[context.data.task],
+        rule=context.rule,
+        checkpoints=context.out / "thief-checkpoints",
+    )
+    model = report.pop("model")
+    claim = (report.pop("thief_key"), report.pop("thief_certificate"))
+    return AttackResult.of(report, model=model, thief_claim=claim)

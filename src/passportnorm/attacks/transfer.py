@@ -22,6 +22,7 @@ from ..key import OwnerKey
 from ..verify import VerdictRule, verify
 from .checkpoint import resume_state, save_state
 from .finetune import last_layer
+from .registry import AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
     "attacker: released weights and labelled data of another task ({task}); no key. Action: new {classes}-way head, "
@@ -88,3 +89,46 @@ def transfer(
 
 
 __all__ = ["class_split", "transfer"]
+
+
+def default_transfer_target(dataset: str, task: str) -> str:
+    """Another shipped dataset of the same kind: digits for images, shapes or digit clouds for point clouds."""
+    if task == "pointcloud":
+        return "mnist5k-points" if dataset == "shapes3d" else "shapes3d"
+    return "digits"
+
+
+@register_attack(
+    "transfer",
+    "re-train the released model's head for another task (transfer learning)",
+    options=(
+        Option("target_dataset", "the new task (default digits; shapes3d for point clouds)"),
+        Option("target_classes", "a class split of the owner's dataset instead, e.g. 5,6,7,8,9", int, listed=True),
+    ),
+)
+def run_transfer(context: AttackContext) -> AttackResult:
+    from ..data import load_dataset
+
+    data, keep = context.data, context.settings["target_classes"]
+    if keep:
+        train, test, count = class_split(data.train, keep), class_split(data.test, keep), len(keep)
+        task = f"{context.dataset} classes {','.join(map(str, keep))}"
+    else:
+        name = context.settings["target_dataset"] or default_transfer_target(context.dataset, data.task)
+        points = context.points if data.task == "pointcloud" else None
+        target = load_dataset(name, seed=context.seed, points=points)
+        train, test, count = target.train, target.test, target.num_classes
+        task = f"{context.dataset} -> {target.name}"
+    report = transfer(
+        context.released,
+        context.key,
+        train,
+        test,
+        num_classes=count,
+        task=task,
+        epochs=context.epochs,
+        seed=context.seed,
+        rule=context.rule,
+        checkpoint=context.out / "checkpoint.pt",
+    )
+    return AttackResult.of(report, model=report.pop("model"), num_classes=count)
