@@ -28,7 +28,6 @@ from .passports import ImagePassports, PassportGenerator, RandomPassports, Shuff
 from .protect import capacity, is_protected, passport_mode, protect, protected_layers, sign_loss, statistics_layers, strip
 from .schedule import PassportSchedule
 from .signature import Signature
-from . import baselines  # noqa: F401,E402  (registers the DeepIPR branch kinds, so keys of those schemes load)
 
 __version__ = "0.1.0"
 

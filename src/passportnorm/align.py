@@ -31,7 +31,7 @@ from torch import nn
 
 from .channels import PER_CHANNEL_NORMS, chains_and_trace_error, permute_consumer_inputs
 from .errors import OwnerKeyError
-from .norm import producer_responses
+from .norm import along, producer_responses
 from .pairing import Pair, find_pairs
 
 if TYPE_CHECKING:
@@ -134,8 +134,7 @@ def align_to_reference(
         device = producer.weight.device
         order, sign, scale = order.to(device), sign.to(device), scale.to(device)
         factor = (sign / scale).to(producer.weight.dtype)
-        shape = (-1, *[1] * (producer.weight.dim() - 1))
-        producer.weight.copy_(producer.weight[order] * factor.view(shape))
+        producer.weight.copy_(producer.weight[order] * along(factor, producer.weight.dim()))
         if producer.bias is not None:
             producer.bias.copy_(producer.bias[order] * factor)
         if norm.weight is not None:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .signature import bytes_to_bits
 
-__all__ = ["DOMAIN", "SIGNATURE_MODES", "SECURITY_BITS", "bits_follow_from_passports", "canonical_passport_bytes",
+__all__ = ["DOMAIN", "SIGNATURE_MODES", "SECURITY_BITS", "bits_follow_from_passports", "canonical_passport_bytes", "hash_bits_by_layer",
            "hash_bound_bits",
            "required_matches", "log10_forgery_chance"]
 
@@ -52,6 +52,12 @@ def hash_bound_bits(identity: str, layers: Sequence[tuple[str, Tensor, Tensor]],
     shake.update(struct.pack("<I", len(text)) + text)
     shake.update(canonical_passport_bytes(layers))
     return bytes_to_bits(shake.digest(math.ceil(total_bits / 8)))[:total_bits].to(torch.int8)
+
+
+def hash_bits_by_layer(identity: str, layers: Sequence[tuple[str, Tensor, Tensor]], channels: Sequence[int]) -> dict[str, Tensor]:
+    """The hash-bound bits of ``layers`` (name, gamma, beta; key order) cut into each layer's ``channels``."""
+    bits = hash_bound_bits(identity, layers, sum(channels))
+    return {name: part for (name, _, _), part in zip(layers, torch.split(bits, list(channels)))}
 
 
 def bits_follow_from_passports(identity: str, layers: Sequence[tuple[str, Tensor, Tensor]], bits: Tensor) -> bool:

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from .aware_statistics import Branch, BranchStatistics
-from .errors import NoPassportForwardError
+from .errors import NoPassportForwardError, OwnerKeyError
+from .registry import Registry
 from .norm import SUPPORTED_PRODUCERS, norm_channels, producer_responses
 from .signature import read_bits
 
@@ -46,14 +47,16 @@ def _branch_mlp(channels: int, generator: torch.Generator, like: Tensor) -> nn.S
     return mlp.to(device=like.device, dtype=like.dtype)
 
 
-# branch kind -> factory(norm, producer, key tensors, key layer entry), so keys can rebuild branches
-# of other schemes (the baselines register theirs) without this module importing them
-BRANCH_KINDS: dict[str, Any] = {}
+# branch kind -> factory(norm, producer, key tensors, key layer entry): how attach_key rebuilds a
+# layer whose key entry says ``"branch": kind``; the baselines register theirs next to their code
+BRANCH_KINDS: Registry[Any] = Registry(
+    "branch kind", modules=("passportnorm.key", "passportnorm.baselines.deepipr"), error=OwnerKeyError
+)
 
 
-def register_branch_kind(kind: str, factory: Any) -> None:
-    """Let ``attach_key`` rebuild layers whose key entry says ``"branch": kind`` with ``factory``."""
-    BRANCH_KINDS[kind] = factory
+def register_branch_kind(kind: str) -> Any:
+    """``@register_branch_kind("deepipr-v1")`` above the factory that rebuilds such a layer from a key."""
+    return BRANCH_KINDS.register(kind)
 
 
 class PassportAwareBranch(Branch):

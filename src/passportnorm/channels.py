@@ -16,6 +16,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from .norm import along
 from .pairing import Pair, trace_graph
 
 __all__ = ["Chain", "PER_CHANNEL_NORMS", "chains_and_trace_error", "consumer_columns", "flip_channels",
@@ -121,7 +122,7 @@ def flip_channels(producer: nn.Module, norm: nn.Module, sign: torch.Tensor) -> N
     """Multiply each output channel of ``producer`` by ``sign`` (+1 or -1) and undo it in its
     per-channel ``norm`` (weight and running mean): the same function, each channel's response
     to any input negated where ``sign`` is -1."""
-    producer.weight.mul_(sign.view(-1, *[1] * (producer.weight.dim() - 1)).to(producer.weight))
+    producer.weight.mul_(along(sign, producer.weight.dim()).to(producer.weight))
     if producer.bias is not None:
         producer.bias.mul_(sign.to(producer.bias))
     norm.weight.mul_(sign.to(norm.weight))

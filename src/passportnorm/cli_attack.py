@@ -63,7 +63,7 @@ def add_attack_command(commands: Any) -> None:
         epilog=EXIT_CODES,
     )
     attacks = parser.add_subparsers(dest="name", required=True, metavar="NAME")
-    for name in ATTACKS.names():
+    for name in sorted(ATTACKS.names()):
         _add_attack(attacks, ATTACKS[name])
 
 

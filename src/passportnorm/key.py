@@ -34,7 +34,7 @@ from .attach import attach_branch, branch_of, original_class
 from .key_manifest import KEY_FORMAT, KEY_VERSION, KeyLayer, KeyManifest, SecretSeed, SignatureEntry
 from .key_manifest import StatisticsLayer, TriggerEntry
 from .aware_statistics import AwareStatistics, needs_aware_statistics
-from .branch import BRANCH_KINDS, PassportAwareBranch
+from .branch import BRANCH_KINDS, PassportAwareBranch, register_branch_kind
 from .norm import SUPPORTED_PRODUCERS, norm_channels, unsupported_norm_reason
 from .protect import _require_protected, statistics_layers, strip
 from .release import released_fingerprint
@@ -343,11 +343,11 @@ def _checked_pair(modules: dict[str, nn.Module], layer: KeyLayer) -> tuple[nn.Mo
     return norm, producer
 
 
-def _rebuilt_branch(
-    norm: nn.Module, producer: nn.Module, layer: KeyLayer, parts: dict[str, Tensor]
-) -> nn.Module:
-    if layer.branch == PassportAwareBranch.branch_kind:
-        return PassportAwareBranch(
+@register_branch_kind(PassportAwareBranch.branch_kind)
+def _passport_aware_from_key(
+    norm: nn.Module, producer: nn.Module, parts: dict[str, Tensor], layer: KeyLayer
+) -> PassportAwareBranch:
+    return PassportAwareBranch(
             norm,
             producer,
             parts["passport_gamma"],
@@ -359,11 +359,16 @@ def _rebuilt_branch(
             alpha=layer.alpha,
             margin=layer.margin,
         )
-    if layer.branch in BRANCH_KINDS:
-        return BRANCH_KINDS[layer.branch](norm, producer, parts, layer)
-    raise OwnerKeyError(
-        f"the key's layer {layer.norm!r} uses branch kind {layer.branch!r}, which this version cannot rebuild"
-    )
+
+
+def _rebuilt_branch(
+    norm: nn.Module, producer: nn.Module, layer: KeyLayer, parts: dict[str, Tensor]
+) -> nn.Module:
+    if layer.branch not in BRANCH_KINDS:
+        raise OwnerKeyError(
+            f"the key's layer {layer.norm!r} uses branch kind {layer.branch!r}, which this version cannot rebuild"
+        )
+    return BRANCH_KINDS[layer.branch](norm, producer, parts, layer)
 
 
 def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:

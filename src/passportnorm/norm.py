@@ -18,6 +18,7 @@ __all__ = [
     "SUPPORTED_NORMS",
     "SUPPORTED_PRODUCERS",
     "affine_free_copy",
+    "along",
     "norm_channel_dim",
     "norm_channels",
     "observed_channel_dim",
@@ -83,6 +84,14 @@ def norm_channels(norm: nn.Module) -> int:
     if isinstance(norm, nn.GroupNorm):
         return int(norm.num_channels)
     return int(norm.num_features)
+
+
+def along(values: Tensor, ndim: int, dim: int = 0) -> Tensor:
+    """One value per channel shaped to broadcast over a tensor of ``ndim`` dimensions whose channels
+    lie on ``dim`` (0: a producer's weight, by output channel)."""
+    shape = [1] * ndim
+    shape[dim] = -1
+    return values.reshape(shape)
 
 
 def norm_channel_dim(norm: nn.Module, ndim: int) -> int:

@@ -35,6 +35,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .capture import call_model, capture
 from .errors import PassportError
+from .registry import Registry
 
 __all__ = [
     "PassportGenerator",
@@ -45,6 +46,7 @@ __all__ = [
     "calibrated_copy",
     "make_passport_generator",
     "PASSPORT_KINDS",
+    "PASSPORTS",
 ]
 
 
@@ -80,6 +82,9 @@ def _batch_of(inputs: Any) -> Tensor:
     return inputs
 
 
+PASSPORTS: Registry[type[PassportGenerator]] = Registry("passport kind", error=PassportError)
+
+
 class PassportGenerator(ABC):
     """Makes the (gamma, beta) passport pair of one producer."""
 
@@ -113,6 +118,7 @@ class PassportGenerator(ABC):
         return {"kind": self.name}
 
 
+@PASSPORTS.register("random")
 class RandomPassports(PassportGenerator):
     """U(-1, 1) passports; only the shape of the real input is used."""
 
@@ -192,6 +198,7 @@ class ActivationPassports(PassportGenerator):
         return count
 
 
+@PASSPORTS.register("image")
 class ImagePassports(ActivationPassports):
     """Activations of two distinct real inputs (chosen with the seed) at the producer's input.
 
@@ -208,6 +215,7 @@ class ImagePassports(ActivationPassports):
         return activations[first : first + 1].clone(), activations[second : second + 1].clone()
 
 
+@PASSPORTS.register("shuffle")
 class ShufflePassports(ActivationPassports):
     """Each channel copied from a random input's activation at a random (permuted) channel."""
 
@@ -221,16 +229,15 @@ class ShufflePassports(ActivationPassports):
         return self.mixed(activations, channel_dim, choose)
 
 
-_KINDS = {"random": RandomPassports, "image": ImagePassports, "shuffle": ShufflePassports}
-PASSPORT_KINDS = tuple(_KINDS)  # the names make_passport_generator accepts
+PASSPORT_KINDS = tuple(PASSPORTS.names())  # the names make_passport_generator accepts
 
 
 def make_passport_generator(spec: "str | PassportGenerator") -> PassportGenerator:
     """A generator from its name (``random``, ``image``, ``shuffle``) or an instance as it is."""
     if isinstance(spec, PassportGenerator):
         return spec
-    if isinstance(spec, str) and spec in _KINDS:
-        return _KINDS[spec]()
+    if isinstance(spec, str) and spec in PASSPORTS:
+        return PASSPORTS[spec]()
     raise PassportError(
-        f"unknown passport kind {spec!r}; choose one of {', '.join(_KINDS)} or pass a PassportGenerator"
+        f"unknown passport kind {spec!r}; choose one of {', '.join(PASSPORTS.names())} or pass a PassportGenerator"
     )

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .attach import attach_branch, branch_of, detach_branch
 from .aware_statistics import AwareStatistics, Branch, needs_aware_statistics
-from .binding import SECURITY_BITS, SIGNATURE_MODES, hash_bound_bits
+from .binding import SECURITY_BITS, SIGNATURE_MODES, hash_bits_by_layer
 from .capture import capture
 from .errors import (
     AlreadyProtectedError,
@@ -51,6 +51,8 @@ __all__ = [
     "sign_loss",
     "select_pairs",
     "ProtectOptions",
+    "hash_bits_of",
+    "passports_of",
     "LAYER_POLICIES",
     "RESPONSE_LIMIT",
     "response_outliers",
@@ -445,18 +447,23 @@ def _stamp(protected: nn.Module, options: ProtectOptions, plan: BitPlan) -> None
     protected.passportnorm_secret_seed = {"value": plan.seed, "source": plan.seed_source}
 
 
+def passports_of(layers: Mapping[str, PassportAwareBranch]) -> list[tuple[str, Tensor, Tensor]]:
+    """(path, gamma passport, beta passport) of each layer: what a hash-bound signature is bound to."""
+    return [(path, layer.passport_gamma, layer.passport_beta) for path, layer in layers.items()]
+
+
+def hash_bits_of(layers: Mapping[str, PassportAwareBranch], identity: str) -> dict[str, Tensor]:
+    """Each layer's hash-bound bits for ``identity`` and the layers' passports."""
+    return hash_bits_by_layer(identity, passports_of(layers), [layer.channels for layer in layers.values()])
+
+
 def _bind_to_hash(protected: nn.Module, identity: str, total: int) -> None:
     """Replace the bits of every layer by the hash of the identity and all passports (key order)."""
     layers = protected_layers(protected)
-    bits = hash_bound_bits(
-        identity, [(path, l.passport_gamma, l.passport_beta) for path, l in layers.items()], total
-    )
-    offset = 0
-    for layer in layers.values():
-        layer.signature.copy_(bits[offset : offset + layer.channels].to(layer.signature.device))
-        layer.message_bits.zero_()
-        layer.message_offset.zero_()
-        offset += layer.channels
+    for path, bits in hash_bits_of(layers, identity).items():
+        layers[path].signature.copy_(bits.to(layers[path].signature.device))
+        layers[path].message_bits.zero_()
+        layers[path].message_offset.zero_()
     if total < SECURITY_BITS:
         warnings.warn(
             f"only {total} hash-bound signature bits: a claim needs at least {SECURITY_BITS} to reach the 2^-{SECURITY_BITS} "

@@ -52,9 +52,9 @@ class Registry(Generic[T]):
             importlib.import_module(module)
 
     def names(self) -> list[str]:
-        """Every registered name, sorted (registration order depends on which module was imported first)."""
+        """Every registered name, in registration order (sort where the order of imports may vary)."""
         self._load()
-        return sorted(self._entries)
+        return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
         self._load()

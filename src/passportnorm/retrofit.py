@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_leaves
 
 from .capture import call_model, frozen_eval
 from .channels import flip_channels
-from .norm import producer_responses
+from .norm import along, producer_responses
 from .protect import protected_layers
 
 __all__ = [
@@ -166,7 +166,7 @@ def move_filters(branch: Any, headroom: float) -> float:
     short = signature * g < least  # bits wrong, or right by less than the target
     rows = jacobian.reshape(len(g), -1)
     step = torch.where(short, (target - g) / rows.pow(2).sum(dim=1).clamp_min(1e-12), torch.zeros_like(g))
-    change = step.reshape(-1, *([1] * (weight.dim() - 1))) * jacobian
+    change = along(step, weight.dim()) * jacobian
     weight.add_(change)
     return float(change.norm() / weight.norm().clamp_min(1e-12))
 

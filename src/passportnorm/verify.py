@@ -25,7 +25,7 @@ from .detection import signature_detection
 from .evaluation import accuracy
 from .key import OwnerKey, attach_key
 from .narrow import narrow_to_reference
-from .protect import passport_mode, protected_layers, statistics_layers
+from .protect import passport_mode, passports_of, protected_layers, statistics_layers
 from .verdict import (
     Evidence,
     VerdictRule,
@@ -325,7 +325,7 @@ def verify_attached(
         layers = protected_layers(suspect)
         report.bits_follow_from_passports = bits_follow_from_passports(
             report.identity or "",
-            [(path, l.passport_gamma, l.passport_beta) for path, l in layers.items()],
+            passports_of(layers),
             torch.cat([l.signature.cpu() for l in layers.values()]),
         )
 

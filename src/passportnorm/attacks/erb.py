@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..signature import read_bits
-from ..norm import affine_free_copy, norm_channel_dim, norm_channels
+from ..norm import affine_free_copy, along, norm_channel_dim, norm_channels
 from .registry import AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
@@ -67,9 +67,8 @@ class ERBBranch(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         gamma, beta = self.affine()
-        shape = [1] * x.dim()
-        shape[norm_channel_dim(self.norm1, x.dim())] = gamma.numel()
-        return self.norm1(x) * gamma.view(shape) + beta.view(shape)
+        dim = norm_channel_dim(self.norm1, x.dim())
+        return self.norm1(x) * along(gamma, x.dim(), dim) + along(beta, x.dim(), dim)
 
 
 def erb_attack(

@@ -24,8 +24,7 @@ from ..errors import ConfigError, PassportWarning
 from ..key import OwnerKey, extract_key
 from ..branch import PassportAwareBranch
 from ..pairing import find_pairs
-from ..binding import hash_bound_bits
-from ..protect import protect, protected_layers
+from ..protect import hash_bits_of, protect, protected_layers
 from ..signature import Signature, claimed_bits
 from ..verify import VerdictRule, verify
 from .registry import AttackContext, AttackResult, Option, register_attack
@@ -83,16 +82,7 @@ def _solve_passports(
 
 
 def _hash_bits_of(shell: nn.Module, identity: str) -> dict[str, Tensor]:
-    layers = protected_layers(shell)
-    total = sum(layer.channels for layer in layers.values())
-    bits = hash_bound_bits(
-        identity, [(p, l.passport_gamma, l.passport_beta) for p, l in layers.items()], total
-    )
-    out, offset = {}, 0
-    for path, layer in layers.items():
-        out[path] = bits[offset : offset + layer.channels]
-        offset += layer.channels
-    return out
+    return hash_bits_of(protected_layers(shell), identity)
 
 
 @torch.no_grad()

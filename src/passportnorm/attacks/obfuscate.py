@@ -34,6 +34,7 @@ from ..channels import (
     permutable_chains,
     permute_consumer_inputs,
 )
+from ..norm import along
 from ..pairing import find_pairs
 from ..verify import VerdictRule, verify
 from .registry import AttackContext, AttackResult, register_attack
@@ -76,7 +77,7 @@ def obfuscate(
         if rescale is not None:
             low, high = rescale
             scale = low * (high / low) ** torch.rand(channels, generator=gen)  # log-uniform
-            producer.weight.mul_(scale.view(-1, *[1] * (producer.weight.dim() - 1)).to(producer.weight))
+            producer.weight.mul_(along(scale, producer.weight.dim()).to(producer.weight))
             if producer.bias is not None:
                 producer.bias.mul_(scale.to(producer.bias))
             if getattr(norm, "running_mean", None) is not None:

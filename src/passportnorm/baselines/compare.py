@@ -11,7 +11,6 @@ and resumes an interrupted one from its checkpoint.
 
 from __future__ import annotations
 
-import copy
 import json
 import statistics
 import time
@@ -31,20 +30,15 @@ from ..device import resolve_device
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..fileio import save_tensors, write_json_atomic, write_text_atomic
-from ..key import attach_key, extract_key
 from ..passports import PASSPORT_KINDS
-from ..protect import passport_mode, protect, strip
+from ..protect import passport_mode
 from ..train import TrainConfig, Trainer
-from ..verify import verify, verify_attached
 from ..weights import load_weights
-from .deepipr import DeepIPRPassports, protect_deepipr, release_deepipr
+from .deepipr import DeepIPRPassports
+from .schemes import COMPARE_SCHEMES, SCHEMES
 
 __all__ = ["COMPARE_SCHEMES", "PLACEMENTS", "CompareOptions", "run_compare", "compare_table", "scheme_recipe"]
 
-COMPARE_SCHEMES = ("plain", "deepipr-v1", "deepipr-v2", "pan")
-# how each scheme trains, as published: pan alternates (the paper), DeepIPR V2 backpropagates
-# both branches at once (the authors' code), DeepIPR V1 has only its passport branch
-_SCHEDULE = {"plain": "alternate", "pan": "alternate", "deepipr-v2": "joint", "deepipr-v1": "aware"}
 # which norms carry passports: all of them, or DeepIPR's choice (AlexNet's last 3 convs, ResNet18's layer4)
 PLACEMENTS = {
     "all": {},
@@ -181,7 +175,7 @@ def scheme_recipe(opts: CompareOptions, scheme: str) -> dict[str, Any]:
     ``opts.deepipr`` is "authors", then what ``opts.recipes`` sets for the scheme."""
     shared = TrainConfig(lr=opts.lr)  # the CLI's optimiser: SGD, momentum 0.9, weight decay 5e-4, cosine
     recipe: dict[str, Any] = {name: getattr(shared, name) for name in OPTIMISER_FIELDS}
-    recipe.update(schedule=_SCHEDULE[scheme], norm=opts.norm, passports=opts.passports)
+    recipe.update(schedule=SCHEMES[scheme].schedule, norm=opts.norm, passports=opts.passports)
     if scheme.startswith("deepipr") and opts.deepipr == "authors":
         recipe.update(authors_deepipr_recipe(scheme, opts.epochs))
     recipe.update(opts.recipes.get(scheme, {}))
@@ -279,10 +273,7 @@ def _one_run(opts: CompareOptions, scheme: str, seed: int, data, device: torch.d
         include=include,
         weak_layers="skip",
     )
-    if scheme == "pan":
-        model = protect(model, example, **options)
-    elif scheme.startswith("deepipr"):
-        model = protect_deepipr(model, example, scheme=scheme.split("-")[1], **options)
+    model = SCHEMES[scheme].wrap(model, example, **options)
     trainer = Trainer(model, data, _train_config(opts, scheme, seed), out_dir=out, device=device)
     trainer.fit(
         resume=(out / "checkpoint.pt").is_file(), on_epoch=lambda row: print_epoch({"run": out.name, **row})
@@ -299,20 +290,10 @@ def _one_run(opts: CompareOptions, scheme: str, seed: int, data, device: torch.d
         "seconds_per_epoch": statistics.mean(r["seconds"] for r in trainer.history),
     }
     if scheme == "plain":
-        released = model
         save_tensors(model.state_dict(), out / PLAIN_WEIGHTS)  # DeepIPR's pretrained passports come from it
-    elif scheme == "deepipr-v1":
-        released = release_deepipr(model)
-        # V1 ships its passports inside the model, so the model itself is what gets verified
-        report = verify_attached(copy.deepcopy(released), data=test)
-        suspect = copy.deepcopy(released)
-    else:
-        released = strip(model) if scheme == "pan" else release_deepipr(model)
-        key = extract_key(model)
-        report = verify(released, key, data=test)
-        suspect = attach_key(released, key)
+    released, report, suspect = SCHEMES[scheme].release(model, test)
     result["released_accuracy"] = accuracy(released, test)
-    if scheme != "plain":
+    if report is not None and suspect is not None:
         result.update(
             verification_accuracy=report.passport_aware_accuracy,
             signature_detection=report.signature_detection,

@@ -138,6 +138,8 @@ class DeepIPRPassports(ActivationPassports):
         return passport.clone()
 
 
+@register_branch_kind("deepipr-v1")
+@register_branch_kind("deepipr-v2")
 def _from_key(
     norm: nn.Module, producer: nn.Module, parts: dict[str, Tensor], layer: KeyLayer
 ) -> DeepIPRBranch:
@@ -156,8 +158,6 @@ def _from_key(
     )
 
 
-for _scheme in SCHEMES:
-    register_branch_kind(f"deepipr-{_scheme}", _from_key)
 
 
 def protect_deepipr(

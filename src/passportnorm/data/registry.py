@@ -10,9 +10,11 @@ from typing import Any
 from torch.utils.data import TensorDataset
 
 from ..errors import ConfigError, DatasetError
+from ..registry import Registry
 
 __all__ = [
     "DatasetSplits",
+    "DATASETS",
     "register_dataset",
     "available_datasets",
     "dataset_task",
@@ -36,39 +38,29 @@ class DatasetSplits:
     task: str = "image"  # or "pointcloud": inputs are clouds (3, points)
 
 
-_LOADERS: dict[str, Callable[..., DatasetSplits]] = {}
-_TASKS: dict[str, str] = {}
+DATASETS: Registry[Callable[..., DatasetSplits]] = Registry(
+    "dataset",
+    modules=tuple(
+        f"passportnorm.data.{name}" for name in ("cifar", "image_folder", "modelnet", "point_sets", "shipped")
+    ),
+    error=DatasetError,
+)
 
 
 def register_dataset(
     name: str, task: str = "image"
 ) -> Callable[[Callable[..., DatasetSplits]], Callable[..., DatasetSplits]]:
     """Register ``loader(data_dir, seed[, points])`` as ``name``; point-cloud loaders take ``points``."""
-
-    def add(loader: Callable[..., DatasetSplits]) -> Callable[..., DatasetSplits]:
-        _LOADERS[name] = loader
-        _TASKS[name] = task
-        return loader
-
-    return add
-
-
-def _register_builtin() -> None:
-    # importing them registers their datasets
-    from . import cifar, image_folder, modelnet, point_sets, shipped  # noqa: F401
+    return DATASETS.register(name, task=task)
 
 
 def available_datasets() -> list[str]:
-    _register_builtin()
-    return sorted(_LOADERS)
+    return sorted(DATASETS.names())
 
 
 def dataset_task(name: str) -> str:
     """``image`` or ``pointcloud``: what the dataset ``name`` holds."""
-    _register_builtin()
-    if name not in _TASKS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(available_datasets())}")
-    return _TASKS[name]
+    return DATASETS.traits(name)["task"]
 
 
 # datasets whose loader takes an image size (decoded and resized on access); the others have a fixed one
@@ -85,18 +77,18 @@ def load_dataset(
     """The dataset called ``name``; ``data_dir`` for those read from a local folder, ``points`` (N
     points per cloud) for point clouds, ``image_size`` for an image folder."""
     if dataset_task(name) == "pointcloud":
-        return _LOADERS[name](data_dir=data_dir, seed=seed, points=points)
+        return DATASETS[name](data_dir=data_dir, seed=seed, points=points)
     if points:
         raise ConfigError(f"dataset {name!r} holds images; --points applies to point-cloud datasets only")
     if name in RESIZABLE:
-        return _LOADERS[name](
+        return DATASETS[name](
             data_dir=data_dir, seed=seed, **({"image_size": image_size} if image_size else {})
         )
     if image_size:
         raise ConfigError(
             f"dataset {name!r} has a fixed image size; --image-size applies to --dataset imagefolder"
         )
-    return _LOADERS[name](data_dir=data_dir, seed=seed)
+    return DATASETS[name](data_dir=data_dir, seed=seed)
 
 
 def load_recorded_dataset(name: str, data_dir: str | Path | None, config: dict[str, Any]) -> DatasetSplits:

@@ -7,32 +7,30 @@ from collections.abc import Callable
 from torch import nn
 
 from ..errors import ConfigError
+from ..registry import Registry
 from .hub import build_hub_model, is_hub_model
 from .user_code import build_user_model, is_user_code
 
-__all__ = ["register_model", "available_models", "build", "model_task", "TASKS"]
+__all__ = ["MODELS", "register_model", "available_models", "build", "model_task", "TASKS"]
 
 TASKS = ("image", "pointcloud")
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-_TASKS: dict[str, str] = {}
+MODELS: Registry[Callable[..., nn.Module]] = Registry(
+    "model",
+    modules=tuple(f"passportnorm.zoo.{name}" for name in ("alexnet", "pointnet", "resnet", "small_cnn")),
+    hint="or tv:NAME / timm:NAME (torchvision, timm)",
+)
 
 
 def register_model(
     name: str, task: str = "image"
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register ``builder`` as ``name``; ``task`` says what input it reads (images or point clouds)."""
-
-    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _BUILDERS[name] = builder
-        _TASKS[name] = task
-        return builder
-
-    return add
+    return MODELS.register(name, task=task)
 
 
 def available_models() -> list[str]:
-    return sorted(_BUILDERS)
+    return sorted(MODELS.names())
 
 
 def model_task(name: str) -> str:
@@ -41,9 +39,7 @@ def model_task(name: str) -> str:
         return "image"
     if is_user_code(name):
         return "any"
-    if name not in _TASKS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(available_models())}")
-    return _TASKS[name]
+    return MODELS.traits(name)["task"]
 
 
 def build(name: str, trust_code: bool = False, **cfg) -> nn.Module:
@@ -59,12 +55,8 @@ def build(name: str, trust_code: bool = False, **cfg) -> nn.Module:
                 f"(--arch {name})"
             )
         return build_user_model(name, **cfg)
-    if name not in _BUILDERS:
-        raise ConfigError(
-            f"unknown model {name!r}; choose one of {', '.join(available_models())}, "
-            "or tv:NAME / timm:NAME (torchvision, timm)"
-        )
+    builder = MODELS[name]
     try:
-        return _BUILDERS[name](**cfg)
+        return builder(**cfg)
     except TypeError as error:
         raise ConfigError(f"model {name!r} does not accept these options: {error}") from error
