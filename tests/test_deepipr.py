@@ -249,7 +249,7 @@ def test_compare_trains_deepipr_as_its_authors_did(tmp_path):
         (dict(recipes={"pan": {"passports": "mine"}}), "pan: passports 'mine'; choose random, image, shuffle, pretrained"),
         (dict(recipes={"pan": {"lr_schedule": "multistep", "lr_milestones": [6, 4]}}), "needs increasing lr_milestones"),
         (dict(recipes={"pan": {"optimizer": "adamw"}}), "unknown optimizer 'adamw'"),
-        (dict(deepipr="theirs"), "--deepipr 'theirs': choose authors or shared"),
+        (dict(deepipr="theirs"), "unknown deepipr 'theirs'; choose authors, shared"),
     ],
 )
 def test_compare_recipes_are_checked_before_training(options, message):

@@ -63,3 +63,28 @@ def test_branch_kinds_of_the_baselines_load_on_first_use_without_a_side_effect_i
         "assert 'deepipr-v1' in BRANCH_KINDS and 'passportnorm.baselines.deepipr' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_literal_option_types_name_exactly_what_the_registries_hold():
+    from passportnorm.choices import NormKind, PassportKind, Task, words
+    from passportnorm.zoo.norms import NORM_KINDS
+    from passportnorm.zoo.registry import TASKS
+
+    assert words(PassportKind) == tuple(PASSPORTS.names())
+    assert words(NormKind) == NORM_KINDS and words(Task) == TASKS
+
+
+@pytest.mark.parametrize(
+    "build,message",
+    [
+        (lambda: __import__("passportnorm.pipeline").pipeline.RunOptions.from_mapping({"schedule": "joined"}),
+         "unknown schedule 'joined'; choose alternate, joint, aware, interleave, auto"),
+        (lambda: __import__("passportnorm.pipeline").pipeline.RunOptions.from_mapping({"passports": "shufle"}),
+         "unknown passports 'shufle'; choose random, image, shuffle"),
+        (lambda: __import__("passportnorm.train").train.TrainConfig(precision="fp8").validate(),
+         "unknown precision 'fp8'; choose fp32, bf16, fp16"),
+    ],
+)
+def test_a_misspelt_word_option_is_one_line_naming_it_and_its_words(build, message):
+    with pytest.raises(ConfigError, match=message):
+        build()

@@ -16,7 +16,7 @@ COMMON_HELP = {
     "--erb-mode": "ERB forgery: cerb (the released norms' statistics) or ierb (fresh ones)",
     "--dataset": "the data to train and evaluate on (mnist5k, digits, cifar10, ...)",
     "--width": "channel width multiplier of the model",
-    "--norm": "normalization layers of zoo models: bn, gn, in or ln",
+    "--norm": "normalization layers of zoo models: bn, gn or in",
     "--epochs": "training epochs",
     "--batch-size": "examples per step",
     "--lr": "learning rate",

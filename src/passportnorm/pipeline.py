@@ -20,12 +20,23 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from . import zoo
 from .certificate import Certificate
+from .choices import (
+    AwareOptimizer,
+    LayerPolicy,
+    NormKind,
+    PassportKind,
+    Precision,
+    Schedule,
+    SignatureMode,
+    Task,
+    check_choices,
+)
 from .data import DatasetSplits, dataset_task, load_dataset, load_recorded_dataset
 from .data.registry import first_inputs
 from .distributed import (
@@ -61,7 +72,7 @@ __all__ = ["RunOptions", "run_protect", "run_train", "run_verify"]
 class RunOptions:
     dataset: str = "mnist5k"
     data_dir: str | None = None
-    task: str = "auto"  # image or pointcloud; auto: what the dataset holds
+    task: Task | Literal["auto"] = "auto"  # image or pointcloud; auto: what the dataset holds
     points: int = 0  # points per cloud for point-cloud datasets; 0: the dataset's default
     image_size: int = 0  # side of the square crops of --dataset imagefolder; 0: 64
     arch: str = (
@@ -69,7 +80,7 @@ class RunOptions:
     )
     weights: str = ""  # start from these trained weights (safetensors, or a state dict torch.load(weights_only=True) reads)
     width: float = 0.25
-    norm: str = "bn"
+    norm: NormKind = "bn"
     epochs: int = 8
     batch_size: int = 64
     # 0: the task's default, 0.05 for images, 0.01 for point clouds (PointNet is unstable higher);
@@ -80,18 +91,18 @@ class RunOptions:
         None  # passports, signature bits, triggers; None: drawn from the OS CSPRNG (secret)
     )
     signature: str = "(c) passportnorm owner"
-    signature_mode: str = "hash"  # hash: bits bound to identity and passports; text: the paper's (forgeable)
-    passports: str = "random"  # chosen by measurement: docs/RESULTS.md, "Which passports by default"
-    schedule: str = "auto"  # auto: alternate from scratch, interleave from --weights (retrofit.py)
+    signature_mode: SignatureMode = "hash"  # hash: bits bound to identity and passports; text: the paper's (forgeable)
+    passports: PassportKind = "random"  # chosen by measurement: docs/RESULTS.md, "Which passports by default"
+    schedule: Schedule | Literal["auto"] = "auto"  # auto: alternate from scratch, interleave from --weights (retrofit.py)
     ratio: float = 0.5
-    aware_optimizer: str = "shared"  # separate: passport-aware steps keep their own momentum (see train.py)
-    precision: str = (
+    aware_optimizer: AwareOptimizer = "shared"  # separate: passport-aware steps keep their own momentum (see train.py)
+    precision: Precision = (
         "fp32"  # bf16 (CPU or CUDA) or fp16 (CUDA, with loss scaling): the forwards under autocast
     )
     sign_weight: float = 1.0
     alpha: float = 0.1
-    weak_layers: str = "skip"
-    transform_layers: str = "skip"  # norms inside a T-Net-like sub-network: left out (transform_branches.py)
+    weak_layers: LayerPolicy = "skip"
+    transform_layers: LayerPolicy = "skip"  # norms inside a T-Net-like sub-network: left out (transform_branches.py)
     exclude: str = ""  # comma-separated fnmatch patterns of norm paths to leave unprotected
     trigger: str = (
         "auto"  # none, noise, pattern (images), shapes (point clouds), or a folder; auto: noise / shapes
@@ -115,7 +126,9 @@ class RunOptions:
             raise ConfigError(
                 f"unknown option {unknown[0]!r} in the config; known: {', '.join(sorted(known))}"
             )
-        return cls(**values)
+        options = cls(**values)
+        check_choices(options)
+        return options
 
 
 def _train_config(opts: RunOptions) -> TrainConfig:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from .attach import attach_branch, branch_of, detach_branch
 from .aware_statistics import AwareStatistics, Branch, needs_aware_statistics
 from .binding import SECURITY_BITS, SIGNATURE_MODES, hash_bits_by_layer
 from .capture import capture
+from .choices import LayerPolicy, SignatureMode, words
 from .errors import (
     AlreadyProtectedError,
     NothingToProtectError,
@@ -57,9 +58,6 @@ __all__ = [
     "RESPONSE_LIMIT",
     "response_outliers",
 ]
-
-LayerPolicy = Literal["protect", "skip"]
-SignatureMode = Literal["hash", "text"]
 
 # passport responses are O(1) by construction (unit-scale passports through initialised weights);
 # beyond this the MLP saturates and the sign loss dwarfs the task loss (issue 16: NaN in 6 steps)
@@ -192,7 +190,7 @@ def secret_seed(seed: int | None) -> tuple[int, str]:
     return int(seed), "user"
 
 
-LAYER_POLICIES = ("protect", "skip")
+LAYER_POLICIES = words(LayerPolicy)
 
 
 @dataclass(frozen=True)

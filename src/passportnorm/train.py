@@ -39,6 +39,7 @@ from .data.triggers import TriggerSet
 from .detection import signature_detection
 from .evaluation import accuracy
 from .fileio import restrict_to_owner
+from .choices import AwareOptimizer, LrSchedule, Optimizer, Precision, Schedule, check_choices, words
 from .errors import ConfigError, TrainingError
 from .protect import is_protected, passport_mode, protected_layers
 from .distributed import World, check_batch
@@ -48,12 +49,12 @@ __all__ = ["TrainConfig", "Trainer"]
 
 # alternate: the paper's free step then aware step; joint: one backward over both (the original
 # code, and DeepIPR V2); aware: passport-aware steps only (DeepIPR V1, whose model has no free branch)
-SCHEDULES = ("alternate", "joint", "aware", "interleave")
-AWARE_OPTIMIZERS = ("shared", "separate")
+SCHEDULES = words(Schedule)
+AWARE_OPTIMIZERS = words(AwareOptimizer)
 # the published recipes: SGD with cosine decay (ours), with MultiStepLR (DeepIPR's and the PAN paper's image
 # runs), Adam with StepLR (the PAN paper's PointNet)
-OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("cosine", "multistep", "step")
+OPTIMIZERS = words(Optimizer)
+LR_SCHEDULES = words(LrSchedule)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of the forwards
 
 
@@ -69,18 +70,18 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    optimizer: str = "sgd"  # or "adam" (momentum unused)
-    lr_schedule: str = "cosine"  # cosine to zero; multistep: x lr_gamma at lr_milestones; step: every lr_step
+    optimizer: Optimizer = "sgd"  # or "adam" (momentum unused)
+    lr_schedule: LrSchedule = "cosine"  # cosine to zero; multistep: x lr_gamma at lr_milestones; step: every lr_step
     lr_milestones: tuple[int, ...] = ()  # epochs (multistep)
     lr_step: int = 0  # epochs (step)
     lr_gamma: float = 0.1
-    schedule: str = "alternate"
+    schedule: Schedule = "alternate"
     ratio: float = 0.5
     sign_weight: float = 1.0
     triggers_per_batch: int = 2
     seed: int = 0
-    aware_optimizer: str = "shared"  # or "separate" (alternate schedule): see the module docstring
-    precision: str = (
+    aware_optimizer: AwareOptimizer = "shared"  # or "separate" (alternate schedule): see the module docstring
+    precision: Precision = (
         "fp32"  # bf16/fp16: forwards under autocast (fp16 with a GradScaler); passport responses stay fp32
     )
 
@@ -88,12 +89,7 @@ class TrainConfig:
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)  # a YAML list compares as the tuple
 
     def validate(self, device: torch.device | None = None) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}")
-        if self.aware_optimizer not in AWARE_OPTIMIZERS:
-            raise ConfigError(
-                f"unknown aware_optimizer {self.aware_optimizer!r}; choose {', '.join(AWARE_OPTIMIZERS)}"
-            )
+        check_choices(self)
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(
                 f"ratio {self.ratio} must be in [0, 1): it is the share of steps that train the "
@@ -105,8 +101,6 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         self._validate_recipe()
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
         if self.precision == "fp16" and device is not None and device.type != "cuda":
             raise ConfigError(
                 f"--precision fp16 needs a CUDA device (this run is on {device}); on a CPU use "
@@ -114,14 +108,10 @@ class TrainConfig:
             )
 
     def _validate_recipe(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
         if self.optimizer == "adam" and self.aware_optimizer == "separate":
             raise ConfigError(
                 "aware_optimizer 'separate' is an SGD state; use optimizer sgd or aware_optimizer shared"
             )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}; choose {', '.join(LR_SCHEDULES)}")
         milestones = list(self.lr_milestones)  # none: a constant rate, as the authors' code without steps
         if milestones != sorted(set(milestones)) or any(m < 1 for m in milestones):
             raise ConfigError(

@@ -16,7 +16,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -26,6 +26,7 @@ from ..attacks.runner import attacker_split
 from ..progress import print_epoch
 from ..zoo.norms import NORM_KINDS
 from ..data import load_dataset
+from ..choices import NormKind, PassportKind, check_choices, words
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..evaluation import accuracy
@@ -60,7 +61,9 @@ RECIPE_FIELDS = (*OPTIMISER_FIELDS, "schedule", "norm", "passports")
 # DeepIPR's shuffle passports (DeepIPRPassports) from the seed's trained plain model and held-out images
 PRETRAINED = "pretrained"
 PLAIN_WEIGHTS = "model.safetensors"
-DEEPIPR_RECIPES = ("authors", "shared")
+DeepIPRRecipe = Literal["authors", "shared"]
+DEEPIPR_RECIPES = words(DeepIPRRecipe)
+Placement = Literal["all", "deepipr"]
 
 
 def authors_deepipr_recipe(scheme: str, epochs: int) -> dict[str, Any]:
@@ -88,16 +91,16 @@ class CompareOptions:
     points: int | None = None
     arch: str = "resnet18"
     width: float = 0.25
-    norm: str = "bn"
+    norm: NormKind = "bn"
     schemes: tuple[str, ...] = COMPARE_SCHEMES
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 8
     batch_size: int = 64
     lr: float = 0.05  # the shared recipe: SGD with momentum 0.9, weight decay 5e-4, cosine decay
-    deepipr: str = "authors"  # DeepIPR's own recipe, norms and passports; "shared": the shared ones
+    deepipr: DeepIPRRecipe = "authors"  # DeepIPR's own recipe, norms and passports; "shared": the shared ones
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)  # per scheme, replaces the above
-    placement: str = "all"
-    passports: str = "shuffle"
+    placement: Placement = "all"
+    passports: PassportKind | Literal["pretrained"] = "shuffle"
     passport_images: int = 20  # held-out test inputs that pretrained passports are built from
     signature: str = "(c) passportnorm owner"
     flip: float = 0.1
@@ -131,8 +134,7 @@ class CompareOptions:
                 f"unknown scheme {unknown[0] if unknown else '(none)'!r}; "
                 f"choose from {', '.join(COMPARE_SCHEMES)}"
             )
-        if self.placement not in PLACEMENTS:
-            raise ConfigError(f"unknown placement {self.placement!r}; choose {' or '.join(PLACEMENTS)}")
+        check_choices(self)
         if self.placement != "all" and self.arch not in PLACEMENTS[self.placement]:
             raise ConfigError(
                 f"placement {self.placement!r} is defined for {', '.join(PLACEMENTS[self.placement])}, "
@@ -140,8 +142,6 @@ class CompareOptions:
             )
         if not self.seeds:
             raise ConfigError("compare needs at least one seed")
-        if self.deepipr not in DEEPIPR_RECIPES:
-            raise ConfigError(f"--deepipr {self.deepipr!r}: choose {' or '.join(DEEPIPR_RECIPES)}")
         self._validate_recipes()
 
     def _validate_recipes(self) -> None:

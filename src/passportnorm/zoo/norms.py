@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..choices import NormKind, words
 from ..errors import ConfigError
 
-NORM_KINDS = ("bn", "gn", "in")
+NORM_KINDS = words(NormKind)
 
 
 def make_norm(kind: str, channels: int, dims: int = 2) -> nn.Module:
