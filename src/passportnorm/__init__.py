@@ -25,7 +25,16 @@ from .errors import (
 )
 from .pairing import Pair, PairingReport, Unprotectable, find_pairs
 from .passports import ImagePassports, PassportGenerator, RandomPassports, ShufflePassports
-from .protect import capacity, is_protected, passport_mode, protect, protected_layers, sign_loss, statistics_layers, strip
+from .protect import (
+    capacity,
+    is_protected,
+    passport_mode,
+    protect,
+    protected_layers,
+    sign_loss,
+    statistics_layers,
+    strip,
+)
 from .schedule import PassportSchedule
 from .signature import Signature
 

@@ -45,7 +45,8 @@ def _rows(weight: torch.Tensor) -> torch.Tensor:
 
 
 def passport_directions(producer: nn.Module, passports: list[torch.Tensor], channels: int) -> torch.Tensor:
-    """``(C, n, P)``: for each output channel, the filter directions the passports read (``g_i = <W_i, d_i>``)."""
+    """``(C, n, P)``: for each output channel, the filter directions the passports read (``g_i = <W_i,
+    d_i>``)."""
     probe = copy.deepcopy(producer).cpu().double()
     directions = []
     with torch.enable_grad():  # g is linear in W: its gradient row by row is the direction d_i
@@ -65,10 +66,10 @@ def without_directions(rows: torch.Tensor, directions: torch.Tensor | None) -> t
     return rows - torch.einsum("cnp,cp->cn", basis, torch.einsum("cnp,cn->cp", basis, rows))
 
 
-def pairs_to_align(reference: nn.Module, key: "OwnerKey", example_input: Any = None) -> list[Pair]:
+def pairs_to_align(reference: nn.Module, key: OwnerKey, example_input: Any = None) -> list[Pair]:
     """Every producer/norm pair of the reference when an example input lets us find them (an
     obfuscator may scramble unprotected layers too), else the key's layers."""
-    pairs = [Pair(l.norm, l.producer, l.norm_type, l.producer_type, l.channels) for l in key.layers]
+    pairs = [Pair(k.norm, k.producer, k.norm_type, k.producer_type, k.channels) for k in key.layers]
     if example_input is not None:
         device = next((p.device for p in reference.parameters()), torch.device("cpu"))
         found = find_pairs(reference, example_input.to(device)).pairs
@@ -79,7 +80,10 @@ def pairs_to_align(reference: nn.Module, key: "OwnerKey", example_input: Any = N
 
 @torch.no_grad()
 def align_to_reference(
-    suspect: nn.Module, reference: nn.Module, key: "OwnerKey", example_input: Any = None,
+    suspect: nn.Module,
+    reference: nn.Module,
+    key: OwnerKey,
+    example_input: Any = None,
     exclude_passport_directions: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A copy of ``suspect`` whose channels line up with ``reference``'s, and per-layer match
@@ -96,12 +100,20 @@ def align_to_reference(
     for pair in pairs:
         for path in (pair.norm, pair.producer):
             if path not in modules or path not in ref_modules:
-                raise OwnerKeyError(f"cannot align: module {path!r} is missing from the suspect or the reference")
+                raise OwnerKeyError(
+                    f"cannot align: module {path!r} is missing from the suspect or the reference"
+                )
     found_chains, trace_error = chains_and_trace_error(model, pairs)
     chains = {chain.pair.norm: chain for chain in found_chains}
     keyed = {layer.norm for layer in key.layers}
-    report: dict[str, Any] = {"confidence": {}, "permuted": 0, "flipped": 0, "trace_error": trace_error,
-                              "passport_directions_excluded": exclude_passport_directions, "too_narrow": []}
+    report: dict[str, Any] = {
+        "confidence": {},
+        "permuted": 0,
+        "flipped": 0,
+        "trace_error": trace_error,
+        "passport_directions_excluded": exclude_passport_directions,
+        "too_narrow": [],
+    }
     for pair in pairs:
         producer, norm = modules[pair.producer], modules[pair.norm]
         ours, theirs = _rows(producer.weight), _rows(ref_modules[pair.producer].weight)
@@ -114,23 +126,36 @@ def align_to_reference(
         directions = None
         if pair.norm in keyed and exclude_passport_directions:
             parts = key.layer_tensors(pair.norm)
-            directions = passport_directions(ref_modules[pair.producer], [parts["passport_gamma"], parts["passport_beta"]],
-                                             pair.channels)
+            directions = passport_directions(
+                ref_modules[pair.producer], [parts["passport_gamma"], parts["passport_beta"]], pair.channels
+            )
             if ours.shape[1] <= directions.shape[2]:  # nothing outside the passport directions to match on
                 report["too_narrow"].append(pair.norm)
                 continue
-        cosine = (F.normalize(without_directions(ours, directions), dim=1)
-                  @ F.normalize(without_directions(theirs, directions), dim=1).T)  # (suspect channel, reference channel)
+        cosine = (
+            F.normalize(without_directions(ours, directions), dim=1)
+            @ F.normalize(without_directions(theirs, directions), dim=1).T
+        )  # (suspect channel, reference channel)
         if pair.norm in chains:
             rows, cols = linear_sum_assignment(-cosine.abs().numpy())
             order = torch.empty(pair.channels, dtype=torch.long)
-            order[torch.as_tensor(cols)] = torch.as_tensor(rows)  # reference channel j <- suspect channel order[j]
+            order[torch.as_tensor(cols)] = torch.as_tensor(
+                rows
+            )  # reference channel j <- suspect channel order[j]
         else:
             order = torch.arange(pair.channels)
         matched = cosine[order, torch.arange(pair.channels)]
         per_channel = isinstance(norm, PER_CHANNEL_NORMS)
-        sign = torch.where(matched < 0, -1.0, 1.0) if per_channel else torch.ones(pair.channels, dtype=torch.float64)
-        scale = (ours[order].norm(dim=1) / theirs.norm(dim=1).clamp_min(1e-12)) if per_channel else torch.ones_like(sign)
+        sign = (
+            torch.where(matched < 0, -1.0, 1.0)
+            if per_channel
+            else torch.ones(pair.channels, dtype=torch.float64)
+        )
+        scale = (
+            (ours[order].norm(dim=1) / theirs.norm(dim=1).clamp_min(1e-12))
+            if per_channel
+            else torch.ones_like(sign)
+        )
         device = producer.weight.device
         order, sign, scale = order.to(device), sign.to(device), scale.to(device)
         factor = (sign / scale).to(producer.weight.dtype)

@@ -22,9 +22,17 @@ from torch import Tensor
 
 from .signature import bytes_to_bits
 
-__all__ = ["DOMAIN", "SIGNATURE_MODES", "SECURITY_BITS", "bits_follow_from_passports", "canonical_passport_bytes", "hash_bits_by_layer",
-           "hash_bound_bits",
-           "required_matches", "log10_forgery_chance"]
+__all__ = [
+    "DOMAIN",
+    "SIGNATURE_MODES",
+    "SECURITY_BITS",
+    "bits_follow_from_passports",
+    "canonical_passport_bytes",
+    "hash_bits_by_layer",
+    "hash_bound_bits",
+    "required_matches",
+    "log10_forgery_chance",
+]
 
 DOMAIN = b"passportnorm/hash-bound-signature/v1"
 SIGNATURE_MODES = ("hash", "text")
@@ -40,7 +48,9 @@ def canonical_passport_bytes(layers: Sequence[tuple[str, Tensor, Tensor]]) -> by
         parts.append(struct.pack("<I", len(name)) + name)
         parts.append(struct.pack("<I", gamma.dim()) + struct.pack(f"<{gamma.dim()}q", *gamma.shape))
         for passport in (gamma, beta):
-            parts.append(passport.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes())
+            parts.append(
+                passport.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes()
+            )
     return b"".join(parts)
 
 
@@ -54,15 +64,21 @@ def hash_bound_bits(identity: str, layers: Sequence[tuple[str, Tensor, Tensor]],
     return bytes_to_bits(shake.digest(math.ceil(total_bits / 8)))[:total_bits].to(torch.int8)
 
 
-def hash_bits_by_layer(identity: str, layers: Sequence[tuple[str, Tensor, Tensor]], channels: Sequence[int]) -> dict[str, Tensor]:
+def hash_bits_by_layer(
+    identity: str, layers: Sequence[tuple[str, Tensor, Tensor]], channels: Sequence[int]
+) -> dict[str, Tensor]:
     """The hash-bound bits of ``layers`` (name, gamma, beta; key order) cut into each layer's ``channels``."""
     bits = hash_bound_bits(identity, layers, sum(channels))
     return {name: part for (name, _, _), part in zip(layers, torch.split(bits, list(channels)))}
 
 
-def bits_follow_from_passports(identity: str, layers: Sequence[tuple[str, Tensor, Tensor]], bits: Tensor) -> bool:
+def bits_follow_from_passports(
+    identity: str, layers: Sequence[tuple[str, Tensor, Tensor]], bits: Tensor
+) -> bool:
     """Are ``bits`` (+-1, in layer order) exactly the hash of ``identity`` and the layers' passports?"""
-    return bool(torch.equal(hash_bound_bits(identity, layers, int(bits.numel())), bits.detach().cpu().to(torch.int8)))
+    return bool(
+        torch.equal(hash_bound_bits(identity, layers, int(bits.numel())), bits.detach().cpu().to(torch.int8))
+    )
 
 
 def required_matches(bits: int, max_p_value: float) -> int:

@@ -26,8 +26,8 @@ from torch.nn.utils import skip_init
 
 from .aware_statistics import Branch, BranchStatistics
 from .errors import NoPassportForwardError, OwnerKeyError
-from .registry import Registry
 from .norm import SUPPORTED_PRODUCERS, norm_channels, producer_responses
+from .registry import Registry
 from .signature import read_bits
 
 __all__ = ["BRANCH_KINDS", "PassportAwareBranch", "register_branch_kind"]

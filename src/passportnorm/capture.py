@@ -7,10 +7,10 @@ nothing in the model changes (BatchNorm running statistics included).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +19,8 @@ __all__ = ["Capture", "call_model", "capture", "frozen_eval"]
 
 
 def call_model(model: nn.Module, example_input: Any) -> Any:
-    """Call ``model`` with ``example_input``: a tensor, a tuple/list of positional args, or a dict of kwargs."""
+    """Call ``model`` with ``example_input``: a tensor, a tuple/list of positional args, or a dict of
+    kwargs."""
     if isinstance(example_input, Mapping):
         return model(**example_input)
     if isinstance(example_input, (tuple, list)):

@@ -33,7 +33,7 @@ class Certificate:
     created_utc: str
 
     @classmethod
-    def issue(cls, key: OwnerKey, released: nn.Module) -> "Certificate":
+    def issue(cls, key: OwnerKey, released: nn.Module) -> Certificate:
         return cls(
             SCHEME,
             SCHEME_VERSION,
@@ -47,7 +47,7 @@ class Certificate:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Certificate":
+    def load(cls, path: str | Path) -> Certificate:
         path = Path(path)
         if not path.is_file():
             raise CertificateError(f"certificate {path} does not exist")

@@ -19,24 +19,78 @@ from torch import nn
 from .norm import along
 from .pairing import Pair, trace_graph
 
-__all__ = ["Chain", "PER_CHANNEL_NORMS", "chains_and_trace_error", "consumer_columns", "flip_channels",
-           "norm_tensors", "permutable_chains", "permute_consumer_inputs", "resize_module",
-           "set_consumer_columns"]
+__all__ = [
+    "Chain",
+    "PER_CHANNEL_NORMS",
+    "chains_and_trace_error",
+    "consumer_columns",
+    "flip_channels",
+    "norm_tensors",
+    "permutable_chains",
+    "permute_consumer_inputs",
+    "resize_module",
+    "set_consumer_columns",
+]
 
 _CHANNEL_WISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.ELU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
 )
 _CHANNEL_WISE_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, torch.relu, torch.sigmoid, torch.tanh, F.dropout,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.gelu,
+    F.silu,
+    F.elu,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    F.dropout,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
 }
-PER_CHANNEL_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+PER_CHANNEL_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
 
 
 @dataclass(frozen=True)
@@ -98,7 +152,11 @@ def chains_and_trace_error(model: nn.Module, pairs: list[Pair]) -> tuple[list[Ch
                 if isinstance(module, nn.Linear):
                     consumers.add(str(node.target))
                     continue
-                if isinstance(module, _CHANNEL_WISE_MODULES) or isinstance(module, nn.Flatten) and module.start_dim == 1:
+                if (
+                    isinstance(module, _CHANNEL_WISE_MODULES)
+                    or isinstance(module, nn.Flatten)
+                    and module.start_dim == 1
+                ):
                     flattened |= isinstance(module, nn.Flatten)
                     frontier.extend(node.users)
                     continue
@@ -131,7 +189,16 @@ def flip_channels(producer: nn.Module, norm: nn.Module, sign: torch.Tensor) -> N
 
 
 def norm_tensors(norm: nn.Module) -> list[torch.Tensor]:
-    return [t for t in (norm.weight, norm.bias, getattr(norm, "running_mean", None), getattr(norm, "running_var", None)) if t is not None]
+    return [
+        t
+        for t in (
+            norm.weight,
+            norm.bias,
+            getattr(norm, "running_mean", None),
+            getattr(norm, "running_var", None),
+        )
+        if t is not None
+    ]
 
 
 def permute_consumer_inputs(consumer: nn.Module, chain: Chain, order: torch.Tensor) -> None:
@@ -145,8 +212,13 @@ def permute_consumer_inputs(consumer: nn.Module, chain: Chain, order: torch.Tens
 
 
 # a module's width attributes and the weight dimension each one reads
-_WIDTH_ATTRIBUTES = (("out_channels", 0), ("out_features", 0), ("num_features", 0), ("in_channels", 1),
-                     ("in_features", 1))
+_WIDTH_ATTRIBUTES = (
+    ("out_channels", 0),
+    ("out_features", 0),
+    ("num_features", 0),
+    ("in_channels", 1),
+    ("in_features", 1),
+)
 
 
 @torch.no_grad()

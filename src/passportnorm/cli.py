@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .errors import ConfigError, PassportNormError
 from .cli_attack import add_attack_command, run_attack_command
 from .cli_help import finish_help
 from .cli_remote import add_serve_command, add_verify_remote_command, run_serve, run_verify_remote
+from .errors import ConfigError, PassportNormError
 
 _HELP = {
     "epochs": "training epochs",
@@ -43,7 +43,8 @@ _HELP = {
     "task": "image or pointcloud (default: what the dataset holds)",
     "points": "points per cloud (default 256; modelnet40 1024)",
     "image_size": "side of the square crops of --dataset imagefolder (default 64)",
-    "arch": "zoo model: resnet18, alexnet, small_cnn (images); pointnet, pointnet_vanilla (point clouds); default by task; "
+    "arch": "zoo model: resnet18, alexnet, small_cnn (images); pointnet, pointnet_vanilla (point clouds); "
+    "default by task; "
     "or tv:NAME / timm:NAME for a torchvision or timm classifier (random init; needs the zoo extra); "
     "or your own: path/to/file.py:factory or module.path:factory (called with in_channels and "
     "num_classes if it takes them)",
@@ -51,34 +52,43 @@ _HELP = {
     "weights_only=True; plain pickles are refused); every key and shape must match --arch",
     "width": "channel width multiplier (small widths for CPU)",
     "norm": "bn, gn or in",
-    "signature": "owner identity text (hash mode: hashed with the passports into the bits; text mode: embedded as is)",
+    "signature": "owner identity text (hash mode: hashed with the passports into the bits; text mode: "
+    "embedded as is)",
     "signature_mode": "hash (default: bits bound to identity and passports) or text (the paper's; forgeable)",
     "passports": "random, image or shuffle",
     "schedule": "alternate (the paper), joint (the original code) or interleave (one step per batch, "
     "a share --ratio of them passport-aware); auto: alternate, or interleave from --weights",
     "ratio": "share of steps that train the passport-aware branch (alternate and interleave schedules)",
-    "aware_optimizer": "shared (one SGD state for both steps) or separate (passport-aware steps keep their own momentum "
+    "aware_optimizer": "shared (one SGD state for both steps) or separate (passport-aware steps keep their "
+    "own momentum "
     "and decay only the branch; alternate schedule)",
-    "precision": "fp32 (default), bf16 (CPU or CUDA) or fp16 (CUDA only, with loss scaling): the forwards run under "
+    "precision": "fp32 (default), bf16 (CPU or CUDA) or fp16 (CUDA only, with loss scaling): the forwards "
+    "run under "
     "autocast; passport responses and the sign loss stay in fp32",
-    "holdout": "share of the training split to evaluate on instead of the test split (choose settings on it; default 0)",
+    "holdout": "share of the training split to evaluate on instead of the test split (choose settings on it; "
+    "default 0)",
     "sign_weight": "multiplier of the sign loss in passport-aware steps",
     "alpha": "sign-loss alpha stored in each protected layer",
-    "weak_layers": "skip or protect norms whose producer reads at most 3 input channels (see docs/RESULTS.md)",
+    "weak_layers": "skip or protect norms whose producer reads at most 3 input channels "
+    "(see docs/RESULTS.md)",
     "transform_layers": "skip or protect norms inside a sub-network whose output transforms the data as a "
     "matrix (PointNet's T-Nets; `passportnorm inspect` marks them)",
-    "exclude": "comma-separated patterns of norm paths to leave unprotected, e.g. 'input_transform.*,feature_transform.*' "
+    "exclude": "comma-separated patterns of norm paths to leave unprotected, e.g. "
+    "'input_transform.*,feature_transform.*' "
     "(see `passportnorm inspect`)",
-    "trigger": "none, noise, pattern (images), shapes (point clouds), or a folder with inputs and labels.csv; default noise/shapes",
+    "trigger": "none, noise, pattern (images), shapes (point clouds), or a folder with inputs and "
+    "labels.csv; default noise/shapes",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "sync_bn": "under torchrun on CUDA: torch's BatchNorm layers become SyncBatchNorm while training, "
     "so each norm (and its passport-aware statistics) normalizes over the global batch; the release "
     "keeps the original classes",
     "resume": "continue the run in --out from its last checkpoint (same options)",
     "overwrite": "replace the earlier run in --out, its owner key included (the old key is lost)",
-    "out": "output folder (default runs/<time>); an earlier run's folder is refused without --resume or --overwrite",
+    "out": "output folder (default runs/<time>); an earlier run's folder is refused without --resume or "
+    "--overwrite",
     "seed": "training seed: data order and initialisation (public; passports do not depend on it)",
-    "secret_seed": "seed of the secret material (passports, bits, triggers) for repeatable experiments; default: "
+    "secret_seed": "seed of the secret material (passports, bits, triggers) for repeatable experiments; "
+    "default: "
     "128 bits from the OS CSPRNG, kept in owner-key/ and secret/ only",
 }
 
@@ -114,11 +124,14 @@ _PROTECTION_ONLY = {
     "triggers_per_batch",
 }
 _EXIT_CODES = {
-    "protect": "exit codes: 0 the release verifies with its key (certificate issued); 1 it does not (no certificate, "
+    "protect": "exit codes: 0 the release verifies with its key (certificate issued); 1 it does not (no "
+    "certificate, "
     "the failed conditions and a hint are printed); 2 bad input (one line naming it); 130 interrupted",
     "train": "exit codes: 0 trained and released; 2 bad input (one line naming it); 130 interrupted",
-    "verify": "exit codes: 0 verified; 1 not verified (the reasons are printed); 2 bad input (one line naming it)",
-    "certify": "exit codes: 0 certificate written; 1 refused, the pair does not verify (reasons printed); 2 bad input",
+    "verify": "exit codes: 0 verified; 1 not verified (the reasons are printed); 2 bad input (one line "
+    "naming it)",
+    "certify": "exit codes: 0 certificate written; 1 refused, the pair does not verify (reasons printed); 2 "
+    "bad input",
     "dispute": "exit codes: 0 an owner is decided; 1 no owner proven; 2 bad input",
     "demo": "exit codes: 0 the message reads back intact and strip gives the original model; 1 one of them "
     "failed; 2 bad input",
@@ -428,7 +441,9 @@ def _add_demo(commands: Any) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _OneLineErrors(prog="passportnorm", description="Passport-aware normalization for model ownership")
+    parser = _OneLineErrors(
+        prog="passportnorm", description="Passport-aware normalization for model ownership"
+    )
     parser.add_argument("--version", action="version", version=f"passportnorm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS.values():
@@ -510,7 +525,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _certify(args: argparse.Namespace) -> int:
-    """Certify only a pair that verifies: a certificate for a key that does not fit its model proves nothing."""
+    """Certify only a pair that verifies: a certificate for a key that does not fit its model proves
+    nothing."""
     from .certificate import Certificate
     from .key import OwnerKey
     from .pipeline import run_verify

@@ -23,7 +23,10 @@ def _default_text(value: Any) -> str:
 
 def _add_attack(attacks: Any, attack: Any) -> None:
     parser = attacks.add_parser(
-        attack.name, help=attack.summary, description=attack.summary, epilog=EXIT_CODES,
+        attack.name,
+        help=attack.summary,
+        description=attack.summary,
+        epilog=EXIT_CODES,
         formatter_class=HelpWithDefaults,
     )
     parser.add_argument("--model", required=True, help="released-model folder")
@@ -36,7 +39,9 @@ def _add_attack(attacks: Any, attack: Any) -> None:
         "--out", required=True, help="output folder: result.json, result.md, plots, model/ or forged-key/"
     )
     parser.add_argument(
-        "--html", metavar="FILE", help="also write a self-contained HTML evidence report (plots inline) to FILE"
+        "--html",
+        metavar="FILE",
+        help="also write a self-contained HTML evidence report (plots inline) to FILE",
     )
     for option in attack.all_options():
         if option.kind is bool:

@@ -27,8 +27,8 @@ from . import zoo
 from .data import load_dataset
 from .detection import signature_detection
 from .device import resolve_device
-from .evaluation import accuracy
 from .errors import PassportWarning
+from .evaluation import accuracy
 from .fileio import write_json_atomic
 from .protect import passport_mode, protect, sign_loss, strip
 
@@ -66,8 +66,15 @@ def run_demo(
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PassportWarning)
-        protected = protect(plain, example, signature=signature, passports=passports, seed=seed, alpha=alpha,
-                            signature_mode="text")  # the demo reads the text back out of the weights
+        protected = protect(
+            plain,
+            example,
+            signature=signature,
+            passports=passports,
+            seed=seed,
+            alpha=alpha,
+            signature_mode="text",
+        )  # the demo reads the text back out of the weights
     for warning in caught:
         print(f"note: {warning.message}")
 
@@ -109,12 +116,17 @@ def run_demo(
         history.append(row)
         print(
             f"epoch {epoch}: passport-free acc {free_acc:.4f}  passport-aware acc {aware_acc:.4f}  "
-            f"signature detection {detection.rate:.2%} ({detection.matched}/{detection.total} bits)  {seconds:.1f}s"
+            f"signature detection {detection.rate:.2%} ({detection.matched}/{detection.total} bits)  "
+            f"{seconds:.1f}s"
         )
 
     released = strip(protected)
-    same_classes = {n: type(m) for n, m in released.named_modules()} == {n: type(m) for n, m in plain.named_modules()}
-    same_keys = {k: v.shape for k, v in released.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    same_classes = {n: type(m) for n, m in released.named_modules()} == {
+        n: type(m) for n, m in plain.named_modules()
+    }
+    same_keys = {k: v.shape for k, v in released.state_dict().items()} == {
+        k: v.shape for k, v in plain.state_dict().items()
+    }
     identical = outputs_identical(released, protected, test, dev)
     released_acc = accuracy(released, test, dev)
     detection = signature_detection(protected)
@@ -143,12 +155,15 @@ def run_demo(
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "metrics.json", metrics)
-    print(f"decoded signature: {detection.message!r} ({detection.message_bit_errors} bit errors in the message)")
+    print(
+        f"decoded signature: {detection.message!r} ({detection.message_bit_errors} bit errors in the message)"
+    )
     print(f"signature detection rate: {detection.rate:.2%} ({detection.matched}/{detection.total} bits)")
     for path, layer in detection.layers.items():
         print(f"  {path}: {layer.rate:.2%} ({layer.matched}/{layer.total})")
     print(
-        f"strip check: module classes identical: {same_classes}; state_dict keys/shapes identical: {same_keys}; "
+        f"strip check: module classes identical: {same_classes}; state_dict keys/shapes identical: "
+        f"{same_keys}; "
         f"outputs bit-identical to the passport-free branch on all {len(data.test)} test images: {identical}"
     )
     print(f"released model accuracy: {released_acc:.4f}; metrics written to {out / 'metrics.json'}")

@@ -60,7 +60,9 @@ class DetectionReport:
             "bit_errors": self.bit_errors,
             "message": self.message,
             "message_bit_errors": self.message_bit_errors,
-            "layers": {p: {"matched": d.matched, "total": d.total, "rate": d.rate} for p, d in self.layers.items()},
+            "layers": {
+                p: {"matched": d.matched, "total": d.total, "rate": d.rate} for p, d in self.layers.items()
+            },
         }
 
 

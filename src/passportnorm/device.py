@@ -15,5 +15,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     except RuntimeError as error:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for but no CUDA device is present; use --device cpu or auto")
+        raise ConfigError(
+            f"device {name!r} asked for but no CUDA device is present; use --device cpu or auto"
+        )
     return device

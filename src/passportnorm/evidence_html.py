@@ -16,8 +16,9 @@ import platform
 import re
 import shlex
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from . import __version__
 

@@ -7,8 +7,9 @@ number, the plots, the hashes of every file read, the command to reproduce, the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .evidence_html import (
     EvidencePage,

@@ -43,7 +43,9 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; public folders get the usual mode, secret ones restrict it
+    os.chmod(
+        staging, 0o777 & ~umask
+    )  # mkdtemp makes 0700; public folders get the usual mode, secret ones restrict it
     try:
         yield staging
         if target.exists():
@@ -99,8 +101,12 @@ def tensors_fingerprint(tensors: Mapping[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_tensors(tensors: Mapping[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path), metadata=metadata)
+def save_tensors(
+    tensors: Mapping[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    save_file(
+        {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path), metadata=metadata
+    )
 
 
 def looks_like_pickle(path: str | Path) -> bool:
@@ -114,7 +120,9 @@ def load_tensors(path: str | Path) -> dict[str, Tensor]:
     """Load a safetensors file; raises ValueError with a plain reason when it is not one."""
     path = Path(path)
     if looks_like_pickle(path):
-        raise ValueError("it is a pickle or torch.save archive, which passportnorm never loads (it can run code)")
+        raise ValueError(
+            "it is a pickle or torch.save archive, which passportnorm never loads (it can run code)"
+        )
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, RuntimeError) as error:
@@ -122,7 +130,13 @@ def load_tensors(path: str | Path) -> dict[str, Tensor]:
 
 
 def read_folder_manifest(
-    folder: Path, manifest_name: str, tensors_name: str, fmt: str, version: int, error: type[Exception], what: str
+    folder: Path,
+    manifest_name: str,
+    tensors_name: str,
+    fmt: str,
+    version: int,
+    error: type[Exception],
+    what: str,
 ) -> dict[str, Any]:
     """Check a (manifest.json + tensors.safetensors) folder's presence, JSON, format and version.
 
@@ -147,5 +161,8 @@ def read_folder_manifest(
     if not isinstance(manifest, dict) or manifest.get("format") != fmt:
         raise error(f"{manifest_path} is not {what} (format {fmt!r})")
     if manifest.get("version") != version:
-        raise error(f"{manifest_path} has format version {manifest.get('version')!r}; this passportnorm reads {version}")
+        raise error(
+            f"{manifest_path} has format version {manifest.get('version')!r}; this passportnorm reads "
+            f"{version}"
+        )
     return manifest

@@ -18,27 +18,35 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .attach import attach_branch, branch_of, original_class
+from .aware_statistics import AwareStatistics, needs_aware_statistics
 from .binding import DOMAIN, bits_follow_from_passports
+from .branch import BRANCH_KINDS, PassportAwareBranch, register_branch_kind
+from .data.triggers import TriggerSet
 from .errors import OwnerKeyError
 from .fileio import (
     atomic_folder,
     load_tensors,
     read_folder_manifest,
+    restrict_to_owner,
     save_tensors,
     sha256_file,
-    restrict_to_owner,
     tensors_fingerprint,
     write_json_atomic,
 )
-from .attach import attach_branch, branch_of, original_class
-from .key_manifest import KEY_FORMAT, KEY_VERSION, KeyLayer, KeyManifest, SecretSeed, SignatureEntry
-from .key_manifest import StatisticsLayer, TriggerEntry
-from .aware_statistics import AwareStatistics, needs_aware_statistics
-from .branch import BRANCH_KINDS, PassportAwareBranch, register_branch_kind
+from .key_manifest import (
+    KEY_FORMAT,
+    KEY_VERSION,
+    KeyLayer,
+    KeyManifest,
+    SecretSeed,
+    SignatureEntry,
+    StatisticsLayer,
+    TriggerEntry,
+)
 from .norm import SUPPORTED_PRODUCERS, norm_channels, unsupported_norm_reason
 from .protect import _require_protected, statistics_layers, strip
 from .release import released_fingerprint
-from .data.triggers import TriggerSet
 from .signature import Signature
 
 __all__ = ["KEY_FORMAT", "KEY_VERSION", "OwnerKey", "extract_key", "attach_key"]
@@ -70,7 +78,7 @@ class OwnerKey:
         return self.manifest.config
 
     @property
-    def trigger(self) -> "TriggerSet | None":
+    def trigger(self) -> TriggerSet | None:
         """The owner's trigger set, when one was used in training (it is part of the key)."""
         info = self.manifest.trigger
         if info is None:
@@ -135,7 +143,7 @@ class OwnerKey:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "OwnerKey":
+    def load(cls, folder: str | Path) -> OwnerKey:
         """Read and validate a key folder; every problem is one OwnerKeyError naming the file."""
         folder = Path(folder)
         manifest_path, tensors_path = folder / "key.json", folder / "key.safetensors"
@@ -348,17 +356,17 @@ def _passport_aware_from_key(
     norm: nn.Module, producer: nn.Module, parts: dict[str, Tensor], layer: KeyLayer
 ) -> PassportAwareBranch:
     return PassportAwareBranch(
-            norm,
-            producer,
-            parts["passport_gamma"],
-            parts["passport_beta"],
-            parts["signature"],
-            producer_path=layer.producer,
-            message_bits=int(parts.get("message_bits", torch.tensor(0))),
-            message_offset=int(parts.get("message_offset", torch.tensor(0))),
-            alpha=layer.alpha,
-            margin=layer.margin,
-        )
+        norm,
+        producer,
+        parts["passport_gamma"],
+        parts["passport_beta"],
+        parts["signature"],
+        producer_path=layer.producer,
+        message_bits=int(parts.get("message_bits", torch.tensor(0))),
+        message_offset=int(parts.get("message_offset", torch.tensor(0))),
+        alpha=layer.alpha,
+        margin=layer.margin,
+    )
 
 
 def _rebuilt_branch(
@@ -366,7 +374,8 @@ def _rebuilt_branch(
 ) -> nn.Module:
     if layer.branch not in BRANCH_KINDS:
         raise OwnerKeyError(
-            f"the key's layer {layer.norm!r} uses branch kind {layer.branch!r}, which this version cannot rebuild"
+            f"the key's layer {layer.norm!r} uses branch kind {layer.branch!r}, which this version cannot "
+            "rebuild"
         )
     return BRANCH_KINDS[layer.branch](norm, producer, parts, layer)
 

@@ -84,7 +84,7 @@ class KeyLayer:
     branch: str = DEFAULT_BRANCH
 
     @classmethod
-    def read(cls, data: dict[str, Any], where: str) -> "KeyLayer":
+    def read(cls, data: dict[str, Any], where: str) -> KeyLayer:
         shape = _take(data, "passport_shape", list, where)
         if not shape or not all(isinstance(size, int) and size > 0 for size in shape):
             raise OwnerKeyError(f"{where}.passport_shape must be a list of positive integers, got {shape!r}")
@@ -126,7 +126,7 @@ class SignatureEntry:
     domain: str | None = None
 
     @classmethod
-    def read(cls, data: dict[str, Any], where: str) -> "SignatureEntry":
+    def read(cls, data: dict[str, Any], where: str) -> SignatureEntry:
         mode = _take(data, "mode", str, where, "text")
         if mode not in ("hash", "text"):
             raise OwnerKeyError(f"{where}.mode must be 'hash' or 'text', got {mode!r}")
@@ -176,7 +176,7 @@ class KeyManifest:
     _as_read: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
-    def read(cls, data: Any, where: str) -> "KeyManifest":
+    def read(cls, data: Any, where: str) -> KeyManifest:
         """Validate a parsed ``key.json`` (without its hash fields); OwnerKeyError names the field."""
         if not isinstance(data, dict):
             raise OwnerKeyError(f"{where} must hold a JSON object")

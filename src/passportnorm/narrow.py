@@ -51,7 +51,7 @@ _SAME_MAP = 1.0 - 1e-6  # cosine of two effective maps that are one map (float64
 
 @torch.no_grad()
 def narrow_to_reference(
-    suspect: nn.Module, reference: nn.Module, key: "OwnerKey", example_input: Any = None
+    suspect: nn.Module, reference: nn.Module, key: OwnerKey, example_input: Any = None
 ) -> tuple[nn.Module, dict[str, dict[str, Any]]]:
     """``suspect`` (a copy, when anything changes) with dummy channels dropped and split ones merged
     where it is wider than ``reference``, and per norm what was done; the function is unchanged."""

@@ -62,7 +62,8 @@ def unsupported_norm_reason(norm: nn.Module) -> str | None:
             return "LayerNorm has no affine parameters (elementwise_affine=False)"
         if len(norm.normalized_shape) != 1:
             return (
-                f"LayerNorm normalizes over {len(norm.normalized_shape)} axes {tuple(norm.normalized_shape)}; "
+                f"LayerNorm normalizes over {len(norm.normalized_shape)} axes "
+                f"{tuple(norm.normalized_shape)}; "
                 "only LayerNorm over the last axis has one affine value per channel"
             )
         return None

@@ -20,17 +20,17 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .capture import capture
 from .errors import PairingError
-from .transform_branches import find_transform_modules
 from .norm import (
     SUPPORTED_PRODUCERS,
     norm_channel_dim,
-    observed_channel_dim,
     norm_channels,
+    observed_channel_dim,
     producer_channel_dim,
     producer_fan_in,
     reparametrized_weight_reason,
     unsupported_norm_reason,
 )
+from .transform_branches import find_transform_modules
 
 __all__ = [
     "Pair",
@@ -217,7 +217,8 @@ _KEEPING_METHODS = {
 
 
 def _channel_keeping(node: Any, prefix: str, modules: Mapping[str, nn.Module]) -> str | None:
-    """A short name of ``node``'s op when it only moves or keeps channels (permute, dropout ...), else None."""
+    """A short name of ``node``'s op when it only moves or keeps channels (permute, dropout ...), else
+    None."""
     if not isinstance(node, fx.Node) or not node.args or not isinstance(node.args[0], fx.Node):
         return None
     rest = ", ".join(str(a) for a in node.args[1:] if not isinstance(a, fx.Node))
@@ -249,7 +250,8 @@ def _through_keeping_ops(
 def _trace_links(
     model: nn.Module, norms: Mapping[str, nn.Module]
 ) -> tuple[dict[str, str], dict[str, str], dict[str, tuple[str, ...]]]:
-    """fx data flow: ({norm: producer}, {norm: reason}, {norm: ops crossed}) for every norm the traces reach."""
+    """fx data flow: ({norm: producer}, {norm: reason}, {norm: ops crossed}) for every norm the traces
+    reach."""
     modules = dict(model.named_modules())
     links: dict[str, str] = {}
     reasons: dict[str, str] = {}
@@ -346,7 +348,10 @@ def _check_shapes(pair: Pair, norm: nn.Module, producer: nn.Module, record: Any)
     if record.calls.get(pair.norm, 0) == 0:
         return "the forward with example_input never calls it"
     if record.calls.get(pair.norm, 0) > 1:
-        return f"it is called {record.calls[pair.norm]} times in one forward; one branch cannot serve several inputs"
+        return (
+            f"it is called {record.calls[pair.norm]} times in one forward; "
+            "one branch cannot serve several inputs"
+        )
     if pair.producer not in record.outputs or pair.producer not in record.inputs:
         return f"its producer '{pair.producer}' is never called by the forward with example_input"
     out = record.outputs[pair.producer]
@@ -441,7 +446,8 @@ def find_pairs(
             and producer_path is not None
             and not isinstance(modules[producer_path], SUPPORTED_PRODUCERS)
         ):
-            why = f"its producer '{producer_path}' is a {type(modules[producer_path]).__name__}; only {_PRODUCER_NAMES} can be"
+            kind = type(modules[producer_path]).__name__
+            why = f"its producer '{producer_path}' is a {kind}; only {_PRODUCER_NAMES} can be"
         if why is not None:
             reasons[path] = why
             links.pop(path, None)

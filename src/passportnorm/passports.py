@@ -232,12 +232,13 @@ class ShufflePassports(ActivationPassports):
 PASSPORT_KINDS = tuple(PASSPORTS.names())  # the names make_passport_generator accepts
 
 
-def make_passport_generator(spec: "str | PassportGenerator") -> PassportGenerator:
+def make_passport_generator(spec: str | PassportGenerator) -> PassportGenerator:
     """A generator from its name (``random``, ``image``, ``shuffle``) or an instance as it is."""
     if isinstance(spec, PassportGenerator):
         return spec
     if isinstance(spec, str) and spec in PASSPORTS:
         return PASSPORTS[spec]()
     raise PassportError(
-        f"unknown passport kind {spec!r}; choose one of {', '.join(PASSPORTS.names())} or pass a PassportGenerator"
+        f"unknown passport kind {spec!r}; choose one of {', '.join(PASSPORTS.names())} or pass a "
+        "PassportGenerator"
     )

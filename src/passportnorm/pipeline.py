@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-
 import platform
 import time
 import warnings
@@ -38,7 +37,11 @@ from .choices import (
     check_choices,
 )
 from .data import DatasetSplits, dataset_task, load_dataset, load_recorded_dataset
+from .data.holdout import hold_out
 from .data.registry import first_inputs
+from .data.triggers import TRIGGER_KINDS, TriggerSet, generate_triggers, load_trigger_folder
+from .device import resolve_device
+from .dispute import Claim, DisputeResult, dispute
 from .distributed import (
     World,
     check_batch,
@@ -48,14 +51,10 @@ from .distributed import (
     restore_batchnorm,
     to_sync_batchnorm,
 )
-from .data.holdout import hold_out
-from .dispute import Claim, DisputeResult, dispute
-from .data.triggers import TriggerSet, generate_triggers, load_trigger_folder, TRIGGER_KINDS
-from .device import resolve_device
 from .errors import CertificateError, ConfigError, PassportWarning
-from .progress import print_epoch
 from .fileio import write_json_atomic, write_text_atomic
 from .key import OwnerKey, extract_key
+from .progress import print_epoch
 from .protect import capacity, protect, strip
 from .release import load_released, save_released
 from .report import run_report_markdown, write_history_csv
@@ -78,7 +77,8 @@ class RunOptions:
     arch: str = (
         "auto"  # auto: resnet18 for images, pointnet for point clouds; or tv:NAME, timm:NAME, file.py:factory
     )
-    weights: str = ""  # start from these trained weights (safetensors, or a state dict torch.load(weights_only=True) reads)
+    # start from these trained weights (safetensors, or a state dict torch.load(weights_only=True) reads)
+    weights: str = ""
     width: float = 0.25
     norm: NormKind = "bn"
     epochs: int = 8
@@ -91,18 +91,26 @@ class RunOptions:
         None  # passports, signature bits, triggers; None: drawn from the OS CSPRNG (secret)
     )
     signature: str = "(c) passportnorm owner"
-    signature_mode: SignatureMode = "hash"  # hash: bits bound to identity and passports; text: the paper's (forgeable)
+    signature_mode: SignatureMode = (
+        "hash"  # hash: bits bound to identity and passports; text: the paper's (forgeable)
+    )
     passports: PassportKind = "random"  # chosen by measurement: docs/RESULTS.md, "Which passports by default"
-    schedule: Schedule | Literal["auto"] = "auto"  # auto: alternate from scratch, interleave from --weights (retrofit.py)
+    schedule: Schedule | Literal["auto"] = (
+        "auto"  # auto: alternate from scratch, interleave from --weights (retrofit.py)
+    )
     ratio: float = 0.5
-    aware_optimizer: AwareOptimizer = "shared"  # separate: passport-aware steps keep their own momentum (see train.py)
+    aware_optimizer: AwareOptimizer = (
+        "shared"  # separate: passport-aware steps keep their own momentum (see train.py)
+    )
     precision: Precision = (
         "fp32"  # bf16 (CPU or CUDA) or fp16 (CUDA, with loss scaling): the forwards under autocast
     )
     sign_weight: float = 1.0
     alpha: float = 0.1
     weak_layers: LayerPolicy = "skip"
-    transform_layers: LayerPolicy = "skip"  # norms inside a T-Net-like sub-network: left out (transform_branches.py)
+    transform_layers: LayerPolicy = (
+        "skip"  # norms inside a T-Net-like sub-network: left out (transform_branches.py)
+    )
     exclude: str = ""  # comma-separated fnmatch patterns of norm paths to leave unprotected
     trigger: str = (
         "auto"  # none, noise, pattern (images), shapes (point clouds), or a folder; auto: noise / shapes
@@ -119,7 +127,7 @@ class RunOptions:
     overwrite: bool = False  # replace the outputs (and the key) of an earlier run in ``out``
 
     @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> "RunOptions":
+    def from_mapping(cls, values: dict[str, Any]) -> RunOptions:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(values) - known)
         if unknown:
@@ -446,7 +454,10 @@ def _certify_if_verified(key: OwnerKey, released: torch.nn.Module, path: Path, v
 def _protect_outcome(metrics: dict[str, Any], opts: RunOptions, out: Path) -> str:
     """The last line of ``protect``: whether the release verifies, and what to do when it does not."""
     if metrics["verified"]:
-        return f"protect: the release verifies with its key; publish {out}/certificate.json, keep {out}/owner-key/ secret"
+        return (
+            f"protect: the release verifies with its key; publish {out}/certificate.json, "
+            f"keep {out}/owner-key/ secret"
+        )
     reasons = "; ".join(metrics["verification"]["failed_conditions"])
     return (
         f"protect: NOT VERIFIED, so no certificate was issued ({reasons}). Train longer (--epochs "

@@ -11,11 +11,11 @@ import copy
 import fnmatch
 import secrets
 import warnings
-from operator import attrgetter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from .attach import attach_branch, branch_of, detach_branch
 from .aware_statistics import AwareStatistics, Branch, needs_aware_statistics
 from .binding import SECURITY_BITS, SIGNATURE_MODES, hash_bits_by_layer
+from .branch import PassportAwareBranch
 from .capture import capture
 from .choices import LayerPolicy, SignatureMode, words
 from .errors import (
@@ -35,7 +36,6 @@ from .errors import (
     PassportWarning,
     SignatureError,
 )
-from .branch import PassportAwareBranch
 from .norm import producer_channel_dim, producer_responses
 from .pairing import WEAK_FAN_IN, Pair, PairingReport, find_pairs
 from .passports import PassportGenerator, make_passport_generator
@@ -307,8 +307,10 @@ def _warn_weak(chosen: list[Pair]) -> None:
     if weak:
         warnings.warn(
             f"{', '.join(weak)}: the producer reads at most {WEAK_FAN_IN} input channels per output channel "
-            "(grayscale, RGB or xyz inputs, depthwise convs), so the passport response has that few degrees of "
-            "freedom and these signature bits embed slowly (docs/RESULTS.md); the owner's message goes to the "
+            "(grayscale, RGB or xyz inputs, depthwise convs), so the passport response has that few degrees "
+            "of "
+            "freedom and these signature bits embed slowly (docs/RESULTS.md); the owner's message goes to "
+            "the "
             "other layers first, and weak_layers='skip' leaves them out",
             PassportWarning,
             stacklevel=3,
@@ -356,7 +358,9 @@ def _attach_branches(
     that keeps running statistics (unless ``separate_statistics`` is off)."""
     chosen_norms = {p.norm for p in chosen}
     unprotected = [
-        path for path, m in protected.named_modules() if path not in chosen_norms and needs_aware_statistics(m)
+        path
+        for path, m in protected.named_modules()
+        if path not in chosen_norms and needs_aware_statistics(m)
     ]
     modules = dict(protected.named_modules())
     mlp_rng = torch.Generator().manual_seed(plan.mlp_seed)
@@ -441,7 +445,10 @@ def protect(
 def _stamp(protected: nn.Module, options: ProtectOptions, plan: BitPlan) -> None:
     """What extract_key records: the signature's mode and identity, and the secret seed's source."""
     hashed = options.signature_mode == "hash"
-    protected.passportnorm_signature = {"mode": options.signature_mode, "identity": (options.signature or "") if hashed else None}
+    protected.passportnorm_signature = {
+        "mode": options.signature_mode,
+        "identity": (options.signature or "") if hashed else None,
+    }
     protected.passportnorm_secret_seed = {"value": plan.seed, "source": plan.seed_source}
 
 
@@ -464,7 +471,8 @@ def _bind_to_hash(protected: nn.Module, identity: str, total: int) -> None:
         layers[path].message_offset.zero_()
     if total < SECURITY_BITS:
         warnings.warn(
-            f"only {total} hash-bound signature bits: a claim needs at least {SECURITY_BITS} to reach the 2^-{SECURITY_BITS} "
+            f"only {total} hash-bound signature bits: a claim needs at least {SECURITY_BITS} to reach the "
+            f"2^-{SECURITY_BITS} "
             "forgery bound; protect more (or wider) norm layers",
             PassportWarning,
             stacklevel=3,

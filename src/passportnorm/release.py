@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from . import zoo
-from .zoo.user_code import is_user_code
+from .channels import resize_module
 from .errors import ModelFileError, PassportNormError
 from .fileio import (
     atomic_folder,
@@ -22,8 +22,8 @@ from .fileio import (
     tensors_fingerprint,
     write_json_atomic,
 )
-from .channels import resize_module
 from .protect import is_protected
+from .zoo.user_code import is_user_code
 
 __all__ = ["RELEASED_FORMAT", "save_released", "load_released", "released_fingerprint"]
 
@@ -139,7 +139,8 @@ def load_released(folder: str | Path, trusted_arch: str | None = None) -> tuple[
             if missing
             else f"unexpected {unexpected[0]!r}"
             if unexpected
-            else f"{wrong[0]!r} has shape {tuple(state[wrong[0]].shape)}, {meta['arch']} needs {tuple(expected[wrong[0]].shape)}"
+            else f"{wrong[0]!r} has shape {tuple(state[wrong[0]].shape)}, {meta['arch']} needs "
+            f"{tuple(expected[wrong[0]].shape)}"
         )
         raise ModelFileError(f"{weights_path} does not fit {meta['arch']} {meta.get('model_config')}: {what}")
     model.load_state_dict(state)

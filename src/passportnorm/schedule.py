@@ -24,13 +24,12 @@ gradient contributions summed by autograd before DDP reduces them, once per back
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from torch import Tensor, nn
-
-import math
-import warnings
 
 from .errors import ConfigError, PassportWarning
 from .protect import RESPONSE_LIMIT, capacity, passport_mode, response_outliers, sign_loss

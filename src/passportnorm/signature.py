@@ -63,22 +63,22 @@ class Signature:
         self.text = text
 
     @classmethod
-    def from_text(cls, text: str) -> "Signature":
+    def from_text(cls, text: str) -> Signature:
         """The message is the UTF-8 encoding of ``text``."""
         return cls(bytes_to_bits(text.encode("utf-8")), text=text)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Signature":
+    def from_bytes(cls, data: bytes) -> Signature:
         """The message is ``data`` as it is."""
         return cls(bytes_to_bits(data))
 
     @classmethod
-    def from_bits(cls, bits: Tensor) -> "Signature":
+    def from_bits(cls, bits: Tensor) -> Signature:
         """The message is a given +-1 vector (no text attached)."""
         return cls(bits)
 
     @classmethod
-    def coerce(cls, value: "Signature | str | bytes | Tensor | None") -> "Signature":
+    def coerce(cls, value: Signature | str | bytes | Tensor | None) -> Signature:
         """Accept whatever users naturally pass as a signature; ``None`` is an empty message."""
         if value is None:
             return cls(torch.empty(0, dtype=torch.int8))

@@ -34,15 +34,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
+from .choices import AwareOptimizer, LrSchedule, Optimizer, Precision, Schedule, check_choices, words
 from .data.registry import DatasetSplits
 from .data.triggers import TriggerSet
 from .detection import signature_detection
+from .distributed import World, check_batch
+from .errors import ConfigError, TrainingError
 from .evaluation import accuracy
 from .fileio import restrict_to_owner
-from .choices import AwareOptimizer, LrSchedule, Optimizer, Precision, Schedule, check_choices, words
-from .errors import ConfigError, TrainingError
 from .protect import is_protected, passport_mode, protected_layers
-from .distributed import World, check_batch
 from .schedule import PassportSchedule
 
 __all__ = ["TrainConfig", "Trainer"]
@@ -71,7 +71,9 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     optimizer: Optimizer = "sgd"  # or "adam" (momentum unused)
-    lr_schedule: LrSchedule = "cosine"  # cosine to zero; multistep: x lr_gamma at lr_milestones; step: every lr_step
+    lr_schedule: LrSchedule = (
+        "cosine"  # cosine to zero; multistep: x lr_gamma at lr_milestones; step: every lr_step
+    )
     lr_milestones: tuple[int, ...] = ()  # epochs (multistep)
     lr_step: int = 0  # epochs (step)
     lr_gamma: float = 0.1
@@ -203,7 +205,8 @@ class Trainer:
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps)
 
     def _branch_decayed_sgd(self, model: nn.Module) -> torch.optim.SGD:
-        """SGD for passport-aware steps: weight decay on the branch MLPs only (the free steps decay the rest)."""
+        """SGD for passport-aware steps: weight decay on the branch MLPs only (the free steps decay the
+        rest)."""
         branch = {id(p) for layer in protected_layers(model).values() for p in layer.mlp.parameters()}
         params = list(model.parameters())
         groups = [
@@ -216,7 +219,8 @@ class Trainer:
     def _optimise(self, loss: Tensor, where: str, optimizer: torch.optim.Optimizer | None = None) -> None:
         if not torch.isfinite(loss):
             raise TrainingError(
-                f"{where} loss became {loss.item()} at epoch {self.epoch + 1}; lower --lr (now {self.config.lr}) "
+                f"{where} loss became {loss.item()} at epoch {self.epoch + 1}; lower --lr (now "
+                f"{self.config.lr}) "
                 "or --sign-weight, or resume from the last checkpoint"
             )
         optimizer = optimizer or self.optimizer

@@ -174,15 +174,24 @@ class VerdictRule:
             admissible = self._key_admissible(evidence, verdict)
             signature = admissible and self._signature(evidence, verdict)
             shows |= signature
-            parts.append(("signature bits count" if signature else "signature bits do not count") + ": "
-                         + "; ".join(verdict.reasons))
+            parts.append(
+                ("signature bits count" if signature else "signature bits do not count")
+                + ": "
+                + "; ".join(verdict.reasons)
+            )
         if evidence.trigger_count is not None:
-            triggers = evidence.trigger_count > 0 and binomial_p_value(
-                evidence.trigger_matches or 0, evidence.trigger_count, evidence.trigger_chance or 1.0
-            ) < self.max_trigger_p_value
+            triggers = (
+                evidence.trigger_count > 0
+                and binomial_p_value(
+                    evidence.trigger_matches or 0, evidence.trigger_count, evidence.trigger_chance or 1.0
+                )
+                < self.max_trigger_p_value
+            )
             shows |= triggers
-            parts.append(f"{self._trigger_reason(evidence)} ({'meets' if triggers else 'misses'} the "
-                         f"threshold {self.max_trigger_p_value:g})")
+            parts.append(
+                f"{self._trigger_reason(evidence)} ({'meets' if triggers else 'misses'} the "
+                f"threshold {self.max_trigger_p_value:g})"
+            )
         return shows, "; ".join(parts) or "no evidence measured"
 
     def _key_admissible(self, evidence: Evidence, verdict: Verdict) -> bool:

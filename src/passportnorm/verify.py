@@ -188,7 +188,8 @@ class VerificationReport:
 
 @torch.no_grad()
 def recalibrate_branch(model: nn.Module, batches: Iterable, device: torch.device) -> None:
-    """Re-estimate the branch's BatchNorm statistics (aware statistics too) on the owner's data (cumulative average).
+    """Re-estimate the branch's BatchNorm statistics (aware statistics too) on the owner's data (cumulative
+    average).
 
     Only the branch's statistics change: each norm runs in training mode with momentum None (a
     cumulative average) while its branch substitutes them; the suspect's own statistics are not touched.
@@ -326,7 +327,7 @@ def verify_attached(
         report.bits_follow_from_passports = bits_follow_from_passports(
             report.identity or "",
             passports_of(layers),
-            torch.cat([l.signature.cpu() for l in layers.values()]),
+            torch.cat([layer.signature.cpu() for layer in layers.values()]),
         )
 
     if data is not None:

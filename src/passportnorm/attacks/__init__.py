@@ -12,4 +12,18 @@ from .obfuscate import obfuscate, obfuscation_attack
 from .prune import prune_sweep
 from .transfer import class_split, transfer
 
-__all__ = ["ambiguity_one", "ambiguity_two", "forge_flipped_signature", "class_split", "erb_attack", "transfer", "FINETUNE_MODES", "finetune", "forge_attack", "forge_key", "obfuscate", "obfuscation_attack", "prune_sweep"]
+__all__ = [
+    "ambiguity_one",
+    "ambiguity_two",
+    "forge_flipped_signature",
+    "class_split",
+    "erb_attack",
+    "transfer",
+    "FINETUNE_MODES",
+    "finetune",
+    "forge_attack",
+    "forge_key",
+    "obfuscate",
+    "obfuscation_attack",
+    "prune_sweep",
+]

@@ -21,22 +21,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..branch import PassportAwareBranch
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey, attach_key, extract_key
-from ..branch import PassportAwareBranch
 from ..protect import passport_mode, protected_layers
 from ..signature import claimed_bits
 from ..verify import VerdictRule, verify
 from .registry import AttackContext, AttackResult, Option, Plot, register_attack
 
 THREAT_I = (
-    "attacker: released weights, the owner's MLPs and branch statistics (not the passports), and a share of the "
+    "attacker: released weights, the owner's MLPs and branch statistics (not the passports), and a share of "
+    "the "
     "task data. Action: optimise random passports with cross-entropy, model and MLPs frozen."
 )
 THREAT_II = (
-    "attacker: released weights, the owner's passports as a starting point, and a share of the task data. Action: "
-    "train passports and re-initialised MLPs with cross-entropy + sign loss to a target signature with {flip:.0%} of "
+    "attacker: released weights, the owner's passports as a starting point, and a share of the task data. "
+    "Action: "
+    "train passports and re-initialised MLPs with cross-entropy + sign loss to a target signature with "
+    "{flip:.0%} of "
     "the owner's bits flipped + a push away from the owner's passports; model frozen."
 )
 
@@ -48,7 +51,9 @@ def _prepare(released: nn.Module, key: OwnerKey) -> tuple[nn.Module, list[Passpo
     return suspect, list(protected_layers(suspect).values())
 
 
-def _optimise(suspect: nn.Module, tensors: list[Tensor], data: Dataset, epochs: int, lr: float, seed: int, extra) -> None:
+def _optimise(
+    suspect: nn.Module, tensors: list[Tensor], data: Dataset, epochs: int, lr: float, seed: int, extra
+) -> None:
     if len(data) == 0:
         raise ConfigError("the attacker has no data: give a non-empty attacker split")
     for tensor in tensors:
@@ -76,8 +81,14 @@ def _claim(released: nn.Module, suspect: nn.Module, owner_test: Dataset, rule: V
 
 
 def ambiguity_one(
-    released: nn.Module, key: OwnerKey, attacker_data: Dataset, owner_test: Dataset,
-    epochs: int = 3, lr: float = 0.01, seed: int = 0, rule: VerdictRule = VerdictRule(),
+    released: nn.Module,
+    key: OwnerKey,
+    attacker_data: Dataset,
+    owner_test: Dataset,
+    epochs: int = 3,
+    lr: float = 0.01,
+    seed: int = 0,
+    rule: VerdictRule = VerdictRule(),
 ) -> dict[str, Any]:
     suspect, layers = _prepare(released, key)
     gen = torch.Generator().manual_seed(seed)
@@ -108,8 +119,14 @@ def ambiguity_one(
 
 
 def forge_flipped_signature(
-    suspect: nn.Module, attacker_data: Dataset, flip: float = 0.1, epochs: int = 3, lr: float = 0.01,
-    push: float = 1.0, noise: float = 0.1, seed: int = 0,
+    suspect: nn.Module,
+    attacker_data: Dataset,
+    flip: float = 0.1,
+    epochs: int = 3,
+    lr: float = 0.01,
+    push: float = 1.0,
+    noise: float = 0.1,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Ambiguity II on a model that carries a branch (frozen; its passports, signatures and MLPs are
     overwritten in place): passports from the owner's plus noise, MLPs (if the scheme has them)
@@ -145,7 +162,9 @@ def forge_flipped_signature(
     target = torch.cat([layer.signature.cpu() for layer in layers])
     with torch.no_grad():
         reached = torch.cat([layer.extracted_bits().cpu() for layer in layers])
-        similarity = float(sum(cosine(p, o) for p, o in zip(forged_passports, owner_passports)) / len(owner_passports))
+        similarity = float(
+            sum(cosine(p, o) for p, o in zip(forged_passports, owner_passports)) / len(owner_passports)
+        )
     owner = torch.cat(owner_bits).cpu()
     return {
         "target_detection": float((reached == target).float().mean()),
@@ -155,8 +174,16 @@ def forge_flipped_signature(
 
 
 def ambiguity_two(
-    released: nn.Module, key: OwnerKey, attacker_data: Dataset, owner_test: Dataset, flip: float = 0.1,
-    epochs: int = 3, lr: float = 0.01, push: float = 1.0, noise: float = 0.1, seed: int = 0,
+    released: nn.Module,
+    key: OwnerKey,
+    attacker_data: Dataset,
+    owner_test: Dataset,
+    flip: float = 0.1,
+    epochs: int = 3,
+    lr: float = 0.01,
+    push: float = 1.0,
+    noise: float = 0.1,
+    seed: int = 0,
     rule: VerdictRule = VerdictRule(),
 ) -> dict[str, Any]:
     suspect, _ = _prepare(released, key)
@@ -199,7 +226,13 @@ def run_ambiguity_one(context: AttackContext) -> AttackResult:
     "ambiguity2",
     "train passports for a target signature: the owner's with a share of its bits flipped",
     options=(
-        Option("flips", "comma-separated shares of the owner's bits flipped", float, [0, 0.1, 0.25, 0.5], listed=True),
+        Option(
+            "flips",
+            "comma-separated shares of the owner's bits flipped",
+            float,
+            [0, 0.1, 0.25, 0.5],
+            listed=True,
+        ),
     ),
     share=0.1,
 )

@@ -135,7 +135,13 @@ def combined_attack(
             ["prune", "finetune", "dummy-neurons", "obfuscate"],
             listed=True,
         ),
-        Option("rates", "comma-separated pruning shares, one chain each", float, [0.3, 0.5, 0.7, 0.9], listed=True),
+        Option(
+            "rates",
+            "comma-separated pruning shares, one chain each",
+            float,
+            [0.3, 0.5, 0.7, 0.9],
+            listed=True,
+        ),
         Option("lr", "the attacker's learning rate", float, 0.01),
     ),
 )

@@ -25,13 +25,15 @@ from ..binding import SECURITY_BITS, hash_bound_bits, required_matches
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
-from ..signature import read_bits
 from ..norm import affine_free_copy, along, norm_channel_dim, norm_channels
+from ..signature import read_bits
 from .registry import AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
-    "attacker: released weights, architecture and {share:.0%} of the task data; no key. Action: each protected "
-    "norm's branch replaced by learnable gamma/beta through a {mode} block, trained with cross-entropy + sign loss "
+    "attacker: released weights, architecture and {share:.0%} of the task data; no key. Action: each "
+    "protected "
+    "norm's branch replaced by learnable gamma/beta through a {mode} block, trained with cross-entropy + "
+    "sign loss "
     "to the attacker's signature, model frozen."
 )
 ERB_MODES = ("cerb", "ierb")
@@ -45,7 +47,9 @@ class ERBBranch(nn.Module):
         channels = norm_channels(norm)
         self.norm1 = affine_free_copy(norm)
         if getattr(norm, "running_mean", None) is not None:
-            self.norm1.load_state_dict({k: v for k, v in norm.state_dict().items() if k not in ("weight", "bias")})
+            self.norm1.load_state_dict(
+                {k: v for k, v in norm.state_dict().items() if k not in ("weight", "bias")}
+            )
         self.gamma = nn.Parameter(torch.randn(channels, generator=generator))
         self.beta = nn.Parameter(torch.randn(channels, generator=generator) * 0.1)
         self.mode = mode
@@ -96,7 +100,10 @@ def erb_attack(
         branch = ERBBranch(model.get_submodule(layer.norm), mode, gen)
         model.set_submodule(layer.norm, branch)
         branches[layer.norm] = branch
-    targets = {path: torch.where(torch.rand(b.gamma.numel(), generator=gen) < 0.5, -1.0, 1.0) for path, b in branches.items()}
+    targets = {
+        path: torch.where(torch.rand(b.gamma.numel(), generator=gen) < 0.5, -1.0, 1.0)
+        for path, b in branches.items()
+    }
     trainable = [p for b in branches.values() for p in b.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=lr)
     loader = DataLoader(attacker_data, batch_size=64, shuffle=True, generator=gen)
@@ -115,7 +122,9 @@ def erb_attack(
     # of what stands in for passports (the trained gamma/beta vectors): compare the signs reached
     # with that hash. Training moved those vectors, so the hash is a fresh random target.
     with torch.no_grad():
-        stand_ins = [(p, b.gamma.detach().view(1, -1), b.beta.detach().view(1, -1)) for p, b in branches.items()]
+        stand_ins = [
+            (p, b.gamma.detach().view(1, -1), b.beta.detach().view(1, -1)) for p, b in branches.items()
+        ]
         bound = hash_bound_bits("(c) ERB attacker", stand_ins, len(forged)).float()
     hash_agreement = float((forged == bound).float().mean())
     return {
@@ -126,7 +135,8 @@ def erb_attack(
         "bit_dissimilarity_to_owner": float((forged != owner).float().mean()),
         "target_detection": float((forged == target).float().mean()),
         "hash_bound_agreement": hash_agreement,
-        "hash_bound_claim_passes": (forged == bound).sum().item() >= required_matches(len(forged), 2.0 ** -SECURITY_BITS),
+        "hash_bound_claim_passes": (forged == bound).sum().item()
+        >= required_matches(len(forged), 2.0**-SECURITY_BITS),
         "model_with_forged_branch": model,
     }
 
@@ -134,7 +144,14 @@ def erb_attack(
 @register_attack(
     "erb",
     "forge a passport branch from the released norms (Chen et al.'s ERB)",
-    options=(Option("erb_mode", "cerb (the released norms' statistics) or ierb (fresh ones)", default="cerb", choices=ERB_MODES),),
+    options=(
+        Option(
+            "erb_mode",
+            "cerb (the released norms' statistics) or ierb (fresh ones)",
+            default="cerb",
+            choices=ERB_MODES,
+        ),
+    ),
     share=0.1,
 )
 def run_erb(context: AttackContext) -> AttackResult:

@@ -141,7 +141,13 @@ def fine_prune(
     "fine-prune",
     "prune the channels least active on the attacker's data, then fine-tune (Liu et al.)",
     options=(
-        Option("rates", "comma-separated shares of channels pruned, each in [0, 1)", float, [0.2, 0.4, 0.6, 0.8], listed=True),
+        Option(
+            "rates",
+            "comma-separated shares of channels pruned, each in [0, 1)",
+            float,
+            [0.2, 0.4, 0.6, 0.8],
+            listed=True,
+        ),
         Option("lr", "the attacker's learning rate", float, 0.01),
     ),
 )

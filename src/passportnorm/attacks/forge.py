@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..branch import PassportAwareBranch
 from ..errors import ConfigError, PassportWarning
 from ..key import OwnerKey, extract_key
-from ..branch import PassportAwareBranch
 from ..pairing import find_pairs
 from ..protect import hash_bits_of, protect, protected_layers
 from ..signature import Signature, claimed_bits
@@ -115,7 +115,8 @@ def forge_key(
         warnings.simplefilter("ignore", PassportWarning)
         probe = protect(released, example_input, seed=seed, signature_mode="text")
     matrices = {path: _response_matrix(layer) for path, layer in protected_layers(probe).items()}
-    # numerically full rank: the weakest direction at least 1e-6 of the strongest, so float32 passports still reach it
+    # numerically full rank: the weakest direction at least 1e-6 of the strongest, so float32 passports still
+    # reach it
     full_rank = [
         path
         for path, a in matrices.items()
@@ -151,7 +152,7 @@ def forge_key(
             if agreement > best[0]:
                 best = (
                     agreement,
-                    {p: (l.passport_gamma.clone(), l.passport_beta.clone()) for p, l in layers.items()},
+                    {p: (b.passport_gamma.clone(), b.passport_beta.clone()) for p, b in layers.items()},
                 )
         for path, (gamma, beta) in best[1].items():
             layers[path].set_passports(gamma, beta)
@@ -160,7 +161,7 @@ def forge_key(
         info.update(hash_rounds=rounds, agreement_per_round=history, best_agreement=best[0])
     else:
         _solve_passports(
-            shell, matrices, {p: l.signature for p, l in layers.items()}, response_scale, generator
+            shell, matrices, {p: b.signature for p, b in layers.items()}, response_scale, generator
         )
     residuals, reclaimed = {}, {}
     for path, layer in layers.items():

@@ -23,10 +23,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.triggers import TriggerSet
-from ..errors import ConfigError
-from ..evaluation import accuracy
-from ..key import OwnerKey
 from ..channels import (
     PER_CHANNEL_NORMS,
     flip_channels,
@@ -34,6 +30,10 @@ from ..channels import (
     permutable_chains,
     permute_consumer_inputs,
 )
+from ..data.triggers import TriggerSet
+from ..errors import ConfigError
+from ..evaluation import accuracy
+from ..key import OwnerKey
 from ..norm import along
 from ..pairing import find_pairs
 from ..verify import VerdictRule, verify
@@ -44,6 +44,7 @@ THREAT_MODEL = (
     "channel {what}. Owner: verifies the obfuscated model with the key, reading channels in key order, "
     "and again after aligning it to the owner's release (verify --reference)."
 )
+
 
 @torch.no_grad()
 def obfuscate(
@@ -67,7 +68,10 @@ def obfuscate(
     for pair in pairs:
         producer, norm = modules[pair.producer], modules[pair.norm]
         if not isinstance(norm, PER_CHANNEL_NORMS):
-            changed["skipped"][pair.norm] = f"{type(norm).__name__} mixes channels in its statistics: flip/rescale would change the function"
+            changed["skipped"][pair.norm] = (
+                f"{type(norm).__name__} mixes channels in its statistics: flip/rescale would change the "
+                "function"
+            )
             continue
         channels = pair.channels
         if flip > 0:

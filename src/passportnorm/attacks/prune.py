@@ -29,11 +29,14 @@ THREAT_MODEL = (
 
 
 def prune_model(model: nn.Module, rate: float) -> nn.Module:
-    """A copy of ``model`` with the ``rate`` share of conv/linear weights (smallest |w|, globally) set to 0."""
+    """A copy of ``model`` with the ``rate`` share of conv/linear weights (smallest |w|, globally) set to
+    0."""
     if not 0.0 <= rate < 1.0:
         raise ConfigError(f"pruning rate {rate} must be in [0, 1)")
     pruned = copy.deepcopy(model)
-    targets = [(m, "weight") for m in pruned.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+    targets = [
+        (m, "weight") for m in pruned.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+    ]
     if rate > 0:
         orders = [list(module._parameters) for module, _ in targets]
         prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=rate)
@@ -73,7 +76,12 @@ def prune_sweep(
         if not row["verified"]:
             break
         held = row["rate"]
-    return {"attack": "prune", "threat_model": THREAT_MODEL, "rows": rows, "highest_rate_still_verified": held}
+    return {
+        "attack": "prune",
+        "threat_model": THREAT_MODEL,
+        "rows": rows,
+        "highest_rate_still_verified": held,
+    }
 
 
 @register_attack(
@@ -92,7 +100,12 @@ def prune_sweep(
 def run_prune(context: AttackContext) -> AttackResult:
     rates = context.settings["rates"]
     report = prune_sweep(
-        context.released, context.key, context.data.test, rates=rates, trigger=context.trigger, rule=context.rule
+        context.released,
+        context.key,
+        context.data.test,
+        rates=rates,
+        trigger=context.trigger,
+        rule=context.rule,
     )
     rows = report["rows"]
     model = prune_model(context.released, rates[-1])

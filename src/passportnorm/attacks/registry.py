@@ -167,7 +167,9 @@ class AttackResult:
     plots: list[Plot] = field(default_factory=list)
 
     @classmethod
-    def of(cls, report: dict[str, Any], rows: list[dict[str, Any]] | None = None, **found: Any) -> AttackResult:
+    def of(
+        cls, report: dict[str, Any], rows: list[dict[str, Any]] | None = None, **found: Any
+    ) -> AttackResult:
         """From an attack function's report: its ``attack``, ``threat_model`` and ``rows`` (or
         ``rows`` given), every other entry kept as a number of the result."""
         numbers = dict(report)

@@ -134,7 +134,9 @@ def reprotect_attack(
     "reprotect",
     "protect the stolen model with the thief's own passports, certify it and claim it (decided by dispute)",
     options=(
-        Option("passports", "the thief's passports", default="random", choices=("random", "shuffle", "image")),
+        Option(
+            "passports", "the thief's passports", default="random", choices=("random", "shuffle", "image")
+        ),
         Option("lr", "the thief's learning rate", float, 0.01),
         Option(
             "certificate",

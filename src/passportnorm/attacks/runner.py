@@ -24,6 +24,7 @@ from .registry import ATTACKS, Attack, AttackContext, AttackResult, Plot
 
 __all__ = ["ATTACKS", "attacker_split", "record", "run_attack"]
 
+
 def attacker_split(train, share: float, seed: int) -> Subset:
     if not 0.0 < share <= 1.0:
         raise ConfigError(f"attacker data share {share} must be in (0, 1]")
@@ -59,7 +60,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def _context(attack: Attack, settings: dict[str, Any], model_dir: Path, key_dir: Path, out: Path) -> AttackContext:
+def _context(
+    attack: Attack, settings: dict[str, Any], model_dir: Path, key_dir: Path, out: Path
+) -> AttackContext:
     """The released model (user code runs only when named), the key, the data and the attacker's share."""
     key = OwnerKey.load(key_dir)
     released, meta = load_released(model_dir, trusted_arch=settings["arch"])
@@ -75,7 +78,9 @@ def _context(attack: Attack, settings: dict[str, Any], model_dir: Path, key_dir:
     )
     attacker = attacker_split(data.train, settings["share"], settings["seed"])
     out.mkdir(parents=True, exist_ok=True)
-    return AttackContext(attack.name, released, meta, key, key_dir, model_dir, data, dataset, attacker, out, settings)
+    return AttackContext(
+        attack.name, released, meta, key, key_dir, model_dir, data, dataset, attacker, out, settings
+    )
 
 
 def run_attack(

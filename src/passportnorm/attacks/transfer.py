@@ -25,13 +25,15 @@ from .finetune import last_layer
 from .registry import AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
-    "attacker: released weights and labelled data of another task ({task}); no key. Action: new {classes}-way head, "
+    "attacker: released weights and labelled data of another task ({task}); no key. Action: new "
+    "{classes}-way head, "
     "all layers trained {epochs} epochs (RTAL). Owner: signature-only verification."
 )
 
 
 def class_split(data: TensorDataset, classes: list[int]) -> TensorDataset:
-    """The samples of ``classes``, relabelled 0..len(classes)-1 (a transfer task carved out of one dataset)."""
+    """The samples of ``classes``, relabelled 0..len(classes)-1 (a transfer task carved out of one
+    dataset)."""
     x, y = data.tensors
     keep = torch.isin(y, torch.tensor(classes))
     mapping = {c: i for i, c in enumerate(classes)}
@@ -74,10 +76,16 @@ def transfer(
             loss.backward()
             optimizer.step()
         report = verify(model.eval(), key, rule=rule)
-        rows.append({"epoch": epoch, "attacker_accuracy": accuracy(model, target_test),
-                     "signature_detection": report.signature_detection,
-                     "signature_p_value": report.signature_p_value,
-                     "signature_log10_p_value": report.signature_log10_p_value, "verified": report.verified})
+        rows.append(
+            {
+                "epoch": epoch,
+                "attacker_accuracy": accuracy(model, target_test),
+                "signature_detection": report.signature_detection,
+                "signature_p_value": report.signature_p_value,
+                "signature_log10_p_value": report.signature_log10_p_value,
+                "verified": report.verified,
+            }
+        )
         save_state(checkpoint, model, optimizer, rows, epoch)
     return {
         "attack": "transfer",
@@ -92,7 +100,8 @@ __all__ = ["class_split", "transfer"]
 
 
 def default_transfer_target(dataset: str, task: str) -> str:
-    """Another shipped dataset of the same kind: digits for images, shapes or digit clouds for point clouds."""
+    """Another shipped dataset of the same kind: digits for images, shapes or digit clouds for point
+    clouds."""
     if task == "pointcloud":
         return "mnist5k-points" if dataset == "shapes3d" else "shapes3d"
     return "digits"
@@ -103,7 +112,9 @@ def default_transfer_target(dataset: str, task: str) -> str:
     "re-train the released model's head for another task (transfer learning)",
     options=(
         Option("target_dataset", "the new task (default digits; shapes3d for point clouds)"),
-        Option("target_classes", "a class split of the owner's dataset instead, e.g. 5,6,7,8,9", int, listed=True),
+        Option(
+            "target_classes", "a class split of the owner's dataset instead, e.g. 5,6,7,8,9", int, listed=True
+        ),
     ),
 )
 def run_transfer(context: AttackContext) -> AttackResult:

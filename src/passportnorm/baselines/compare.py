@@ -23,18 +23,18 @@ import torch
 from .. import zoo
 from ..attacks.ambiguity import forge_flipped_signature
 from ..attacks.runner import attacker_split
-from ..progress import print_epoch
-from ..zoo.norms import NORM_KINDS
-from ..data import load_dataset
 from ..choices import NormKind, PassportKind, check_choices, words
+from ..data import load_dataset
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..fileio import save_tensors, write_json_atomic, write_text_atomic
 from ..passports import PASSPORT_KINDS
+from ..progress import print_epoch
 from ..protect import passport_mode
 from ..train import TrainConfig, Trainer
 from ..weights import load_weights
+from ..zoo.norms import NORM_KINDS
 from .deepipr import DeepIPRPassports
 from .schemes import COMPARE_SCHEMES, SCHEMES
 
@@ -110,7 +110,7 @@ class CompareOptions:
     out: str = "runs/compare"
 
     @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> "CompareOptions":
+    def from_mapping(cls, values: dict[str, Any]) -> CompareOptions:
         """Options from a config file or flags: ``seeds`` may be a count, ``schemes`` a comma list."""
         values = {k.replace("-", "_"): v for k, v in values.items()}
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))

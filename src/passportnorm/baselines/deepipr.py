@@ -158,8 +158,6 @@ def _from_key(
     )
 
 
-
-
 def protect_deepipr(
     model: nn.Module, example_input: Any, scheme: str = "v2", alpha: float = 0.1, **options: Any
 ) -> nn.Module:

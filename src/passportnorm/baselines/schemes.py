@@ -64,7 +64,9 @@ def _v1_release(model: nn.Module, test: Any) -> Released:
 # DeepIPR V2 backpropagates both branches at once (the authors' code), V1 has only its passport branch
 SCHEMES.register("plain")(Scheme("alternate", _unchanged, _plain_release))
 SCHEMES.register("deepipr-v1")(Scheme("aware", partial(protect_deepipr, scheme="v1"), _v1_release))
-SCHEMES.register("deepipr-v2")(Scheme("joint", partial(protect_deepipr, scheme="v2"), _keyed_release(release_deepipr)))
+SCHEMES.register("deepipr-v2")(
+    Scheme("joint", partial(protect_deepipr, scheme="v2"), _keyed_release(release_deepipr))
+)
 SCHEMES.register("pan")(Scheme("alternate", protect, _keyed_release(strip)))
 
 COMPARE_SCHEMES = tuple(SCHEMES.names())

@@ -37,7 +37,9 @@ class PointCloudAugment:
     ``shift`` along each axis.
     """
 
-    def __init__(self, scale: tuple[float, float] = (0.8, 1.25), shift: float = 0.1, max_dropout: float = 0.875):
+    def __init__(
+        self, scale: tuple[float, float] = (0.8, 1.25), shift: float = 0.1, max_dropout: float = 0.875
+    ):
         self.scale = scale
         self.shift = shift
         self.max_dropout = max_dropout

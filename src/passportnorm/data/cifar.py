@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,18 +23,41 @@ CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
 RECORD = 3 * 32 * 32
 
-# (binary folder, train files, test file, label bytes before the image, which label byte), python folder ...
+
+class _Binary(NamedTuple):
+    folder: str
+    train: list[str]
+    test: str
+    label_bytes: int
+    label_index: int
+
+
+class _Python(NamedTuple):
+    folder: str
+    train: list[str]
+    test: str
+    label_key: bytes
+
+
+class _Layout(NamedTuple):
+    """Where the official archives put their files: the binary and the python version."""
+
+    binary: _Binary
+    python: _Python
+    classes: int
+
+
 LAYOUTS = {
-    "cifar10": {
-        "bin": ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], "test_batch.bin", 1, 0),
-        "py": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"),
-        "classes": 10,
-    },
-    "cifar100": {
-        "bin": ("cifar-100-binary", ["train.bin"], "test.bin", 2, 1),
-        "py": ("cifar-100-python", ["train"], "test", b"fine_labels"),
-        "classes": 100,
-    },
+    "cifar10": _Layout(
+        _Binary("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)], "test_batch.bin", 1, 0),
+        _Python("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"),
+        10,
+    ),
+    "cifar100": _Layout(
+        _Binary("cifar-100-binary", ["train.bin"], "test.bin", 2, 1),
+        _Python("cifar-100-python", ["train"], "test", b"fine_labels"),
+        100,
+    ),
 }
 
 
@@ -75,17 +99,19 @@ def _read_binary_batch(path: Path, label_bytes: int, label_index: int) -> tuple[
 
 
 def _find(root: Path, name: str) -> tuple[list[tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
-    layout = LAYOUTS[name]
-    bin_dir, bin_train, bin_test, label_bytes, label_index = layout["bin"]
-    py_dir, py_train, py_test, label_key = layout["py"]
+    binary, python, _ = LAYOUTS[name]
+    bin_dir, bin_train, bin_test = binary.folder, binary.train, binary.test
+    py_dir, py_train, py_test = python.folder, python.train, python.test
     for folder in (root / bin_dir, root):
         if all((folder / f).is_file() for f in bin_train + [bin_test]):
-            read = lambda f: _read_binary_batch(folder / f, label_bytes, label_index)  # noqa: E731
-            return [read(f) for f in bin_train], read(bin_test)
+            batches = [
+                _read_binary_batch(folder / f, binary.label_bytes, binary.label_index) for f in bin_train
+            ]
+            return batches, _read_binary_batch(folder / bin_test, binary.label_bytes, binary.label_index)
     for folder in (root / py_dir, root):
         if all((folder / f).is_file() for f in py_train + [py_test]):
-            read = lambda f: _read_python_batch(folder / f, label_key)  # noqa: E731
-            return [read(f) for f in py_train], read(py_test)
+            batches = [_read_python_batch(folder / f, python.label_key) for f in py_train]
+            return batches, _read_python_batch(folder / py_test, python.label_key)
     raise DatasetError(
         f"{name}: no dataset files in {root}: expected {bin_dir}/{{{', '.join(bin_train)}, {bin_test}}} "
         f"(binary version) or {py_dir}/{{{', '.join(py_train)}, {py_test}}} (python version); "
@@ -106,16 +132,28 @@ def load_cifar(name: str, data_dir) -> DatasetSplits:
         raise DatasetError(f"{name} is read from a local folder: pass --data-dir (data_dir=) naming it")
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"{name}: data folder {root} does not exist; pass the folder holding the unpacked archive")
-    classes = LAYOUTS[name]["classes"]
+        raise DatasetError(
+            f"{name}: data folder {root} does not exist; pass the folder holding the unpacked archive"
+        )
+    classes = LAYOUTS[name].classes
     train_batches, test_batch = _find(root, name)
     train = _to_tensors(
-        np.concatenate([d for d, _ in train_batches]), np.concatenate([y for _, y in train_batches]), classes, str(root)
+        np.concatenate([d for d, _ in train_batches]),
+        np.concatenate([y for _, y in train_batches]),
+        classes,
+        str(root),
     )
     test = _to_tensors(*test_batch, classes, str(root))
     return DatasetSplits(
-        name, train, test, classes, (3, 32, 32), augment=RandomCropFlip(padding=4, flip=True),
-        normalize=lambda x: (x - torch.from_numpy(CIFAR_MEAN)[:, None, None]) / torch.from_numpy(CIFAR_STD)[:, None, None],
+        name,
+        train,
+        test,
+        classes,
+        (3, 32, 32),
+        augment=RandomCropFlip(padding=4, flip=True),
+        normalize=lambda x: (
+            (x - torch.from_numpy(CIFAR_MEAN)[:, None, None]) / torch.from_numpy(CIFAR_STD)[:, None, None]
+        ),
     )
 
 

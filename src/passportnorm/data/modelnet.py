@@ -33,7 +33,9 @@ TEXT_DIR = "modelnet40_normal_resampled"
 def _check_labels(labels: np.ndarray, where: str) -> np.ndarray:
     if labels.size and (labels.min() < 0 or labels.max() >= CLASSES):
         bad = int(labels.max() if labels.max() >= CLASSES else labels.min())
-        raise DatasetError(f"{where}: label {bad} out of range for {CLASSES} classes (expected 0..{CLASSES - 1})")
+        raise DatasetError(
+            f"{where}: label {bad} out of range for {CLASSES} classes (expected 0..{CLASSES - 1})"
+        )
     return labels
 
 
@@ -43,12 +45,17 @@ def _read_hdf5(path: Path, points: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         with h5py.File(path, "r") as handle:
             if "data" not in handle or "label" not in handle:
-                raise DatasetError(f"{path}: needs datasets 'data' and 'label', found {sorted(handle.keys())}")
+                raise DatasetError(
+                    f"{path}: needs datasets 'data' and 'label', found {sorted(handle.keys())}"
+                )
             data, labels = handle["data"], handle["label"]
             if data.ndim != 3 or data.shape[2] < 3:
                 raise DatasetError(f"{path}: 'data' has shape {data.shape}, expected (shapes, points, 3)")
             if data.shape[1] < points:
-                raise DatasetError(f"{path}: clouds have {data.shape[1]} points, fewer than --points {points}; lower --points")
+                raise DatasetError(
+                    f"{path}: clouds have {data.shape[1]} points, fewer than --points {points}; lower "
+                    "--points"
+                )
             clouds = np.asarray(data[:, :points, :3], dtype=np.float32)
             labels = np.asarray(labels).astype(np.int64)
     except OSError as error:
@@ -56,7 +63,9 @@ def _read_hdf5(path: Path, points: int) -> tuple[np.ndarray, np.ndarray]:
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or len(labels) != len(clouds):
-        raise DatasetError(f"{path}: 'label' has shape {labels.shape}, expected ({len(clouds)},) or ({len(clouds)}, 1)")
+        raise DatasetError(
+            f"{path}: 'label' has shape {labels.shape}, expected ({len(clouds)},) or ({len(clouds)}, 1)"
+        )
     return clouds, _check_labels(labels, str(path))
 
 
@@ -65,7 +74,10 @@ def _load_hdf5(folder: Path, points: int) -> tuple[TensorDataset, TensorDataset]
         files = sorted(folder.glob(pattern))
         parts = [_read_hdf5(f, points) for f in files]
         clouds = np.concatenate([c for c, _ in parts]).transpose(0, 2, 1)
-        return TensorDataset(torch.from_numpy(np.ascontiguousarray(clouds)), torch.from_numpy(np.concatenate([y for _, y in parts])))
+        return TensorDataset(
+            torch.from_numpy(np.ascontiguousarray(clouds)),
+            torch.from_numpy(np.concatenate([y for _, y in parts])),
+        )
 
     return read("ply_data_train*.h5"), read("ply_data_test*.h5")
 
@@ -109,7 +121,9 @@ def _load_text(folder: Path, points: int) -> tuple[TensorDataset, TensorDataset]
         for shape_id in tqdm(_read_list(list_file), desc=f"modelnet40 {split}", unit="shape", leave=False):
             name = shape_id.rsplit("_", 1)[0]
             if name not in index:
-                raise DatasetError(f"{list_file}: shape {shape_id!r} has class {name!r}, not in {names_file.name}")
+                raise DatasetError(
+                    f"{list_file}: shape {shape_id!r} has class {name!r}, not in {names_file.name}"
+                )
             clouds.append(_read_text_cloud(folder / name / f"{shape_id}.txt", points))
             labels.append(index[name])
         if not clouds:
@@ -128,7 +142,8 @@ def _locate(root: Path) -> tuple[str, Path]:
         if (folder / "modelnet40_shape_names.txt").is_file():
             return "text", folder
     raise DatasetError(
-        f"modelnet40: no dataset files in {root}: expected {HDF5_DIR}/ply_data_train*.h5 and ply_data_test*.h5 "
+        f"modelnet40: no dataset files in {root}: expected {HDF5_DIR}/ply_data_train*.h5 and "
+        "ply_data_test*.h5 "
         f"(HDF5 format) or {TEXT_DIR}/modelnet40_shape_names.txt with the train/test lists and class folders "
         "(resampled text format); pass the folder holding one of them as --data-dir"
     )
@@ -141,12 +156,20 @@ def modelnet40(data_dir=None, seed: int = 0, points: int | None = None) -> Datas
         raise DatasetError("modelnet40 is read from a local folder: pass --data-dir (data_dir=) naming it")
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"modelnet40: data folder {root} does not exist; pass the folder holding the unpacked archive")
+        raise DatasetError(
+            f"modelnet40: data folder {root} does not exist; pass the folder holding the unpacked archive"
+        )
     n = DEFAULT_POINTS if points is None else int(points)
     if n < 1:
         raise DatasetError(f"--points must be at least 1, got {n}")
     kind, folder = _locate(root)
     train, test = (_load_hdf5 if kind == "hdf5" else _load_text)(folder, n)
     return DatasetSplits(
-        "modelnet40", train, test, num_classes=CLASSES, input_shape=(3, n), augment=PointCloudAugment(), task="pointcloud"
+        "modelnet40",
+        train,
+        test,
+        num_classes=CLASSES,
+        input_shape=(3, n),
+        augment=PointCloudAugment(),
+        task="pointcloud",
     )

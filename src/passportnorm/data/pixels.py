@@ -10,8 +10,9 @@ exactly is weaker evidence.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,7 +28,7 @@ class PixelScale:
     gain: Tensor  # (C, 1, 1)
 
     @classmethod
-    def of(cls, normalize: Callable[[Tensor], Tensor], input_shape: tuple[int, ...]) -> "PixelScale":
+    def of(cls, normalize: Callable[[Tensor], Tensor], input_shape: tuple[int, ...]) -> PixelScale:
         """Probe an affine per-channel ``normalize`` at pixel values 0 and 1."""
         channels = input_shape[0]
         zero, one = (normalize(torch.full((channels, 1, 1), v)).reshape(channels, 1, 1) for v in (0.0, 1.0))
@@ -37,7 +38,7 @@ class PixelScale:
         return cls(shift=-zero / gain, gain=gain)
 
     @classmethod
-    def of_dataset(cls, splits: Any) -> "PixelScale | None":
+    def of_dataset(cls, splits: Any) -> PixelScale | None:
         """The scale of a loaded dataset (DatasetSplits); None when its inputs are not images."""
         if splits.normalize is None or splits.task != "image":
             return None

@@ -50,13 +50,26 @@ def mnist5k_points(data_dir=None, seed: int = 0, points: int | None = None) -> D
     clouds = digits_as_points(torch.from_numpy(pixels), n, torch.Generator().manual_seed(20170))
     train, test = _split(clouds.numpy(), labels.astype("int64"), test_size=1000, seed=seed)
     return DatasetSplits(
-        "mnist5k-points", train, test, num_classes=10, input_shape=(3, n), augment=PointCloudAugment(), task="pointcloud"
+        "mnist5k-points",
+        train,
+        test,
+        num_classes=10,
+        input_shape=(3, n),
+        augment=PointCloudAugment(),
+        task="pointcloud",
     )
 
 
 @register_dataset("shapes3d", task="pointcloud")
-def shapes3d(data_dir=None, seed: int = 0, points: int | None = None, train_per_class: int = 200, test_per_class: int = 50) -> DatasetSplits:
-    """Procedural shapes; ``seed`` picks the draw, so every seed is a fresh sample of the same distribution."""
+def shapes3d(
+    data_dir=None,
+    seed: int = 0,
+    points: int | None = None,
+    train_per_class: int = 200,
+    test_per_class: int = 50,
+) -> DatasetSplits:
+    """Procedural shapes; ``seed`` picks the draw, so every seed is a fresh sample of the same
+    distribution."""
     n = _points(points)
     gen = torch.Generator().manual_seed(3_000_017 + seed)
     classes = len(SHAPES)
@@ -68,5 +81,11 @@ def shapes3d(data_dir=None, seed: int = 0, points: int | None = None, train_per_
 
     train, test = draw(train_per_class), draw(test_per_class)
     return DatasetSplits(
-        "shapes3d", train, test, num_classes=classes, input_shape=(3, n), augment=PointCloudAugment(), task="pointcloud"
+        "shapes3d",
+        train,
+        test,
+        num_classes=classes,
+        input_shape=(3, n),
+        augment=PointCloudAugment(),
+        task="pointcloud",
     )

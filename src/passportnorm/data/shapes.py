@@ -87,7 +87,10 @@ def _capsule(n: int, gen: torch.Generator, radius: float = 0.5, half: float = 0.
     ball = radius * _on_sphere(n, gen)
     ball[:, 2] += torch.where(ball[:, 2] >= 0, half, -half)
     theta = 2 * math.pi * torch.rand(n, generator=gen)
-    tube = torch.stack([radius * torch.cos(theta), radius * torch.sin(theta), (2 * torch.rand(n, generator=gen) - 1) * half], 1)
+    tube = torch.stack(
+        [radius * torch.cos(theta), radius * torch.sin(theta), (2 * torch.rand(n, generator=gen) - 1) * half],
+        1,
+    )
     return torch.where(on_side[:, None], tube, ball)
 
 
@@ -113,7 +116,11 @@ def _random_rotations(count: int, gen: torch.Generator) -> Tensor:
 
 
 def sample_shapes(
-    labels: Tensor, points: int, gen: torch.Generator, noise: float = 0.02, scale: tuple[float, float] = (0.6, 1.0)
+    labels: Tensor,
+    points: int,
+    gen: torch.Generator,
+    noise: float = 0.02,
+    scale: tuple[float, float] = (0.6, 1.0),
 ) -> Tensor:
     """One cloud ``(3, points)`` per label (an index into ``SHAPES``), randomly posed, scaled and jittered."""
     kinds = list(SHAPES.values())

@@ -17,7 +17,9 @@ from .registry import DatasetSplits, register_dataset
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
-def _split(images: np.ndarray, labels: np.ndarray, test_size: int | float, seed: int) -> tuple[TensorDataset, TensorDataset]:
+def _split(
+    images: np.ndarray, labels: np.ndarray, test_size: int | float, seed: int
+) -> tuple[TensorDataset, TensorDataset]:
     x_train, x_test, y_train, y_test = train_test_split(
         images, labels, test_size=test_size, stratify=labels, random_state=seed
     )
@@ -36,7 +38,11 @@ def mnist5k(data_dir=None, seed: int = 0) -> DatasetSplits:
     images = ((pixels.reshape(-1, 1, 28, 28) / 255.0 - MNIST_MEAN) / MNIST_STD).astype(np.float32)
     train, test = _split(images, labels.astype(np.int64), test_size=1000, seed=seed)
     return DatasetSplits(
-        "mnist5k", train, test, num_classes=10, input_shape=(1, 28, 28),
+        "mnist5k",
+        train,
+        test,
+        num_classes=10,
+        input_shape=(1, 28, 28),
         normalize=lambda x: (x - MNIST_MEAN) / MNIST_STD,
     )
 

@@ -34,7 +34,7 @@ class TriggerSet:
     def __len__(self) -> int:
         return int(self.labels.numel())
 
-    def to(self, device) -> "TriggerSet":
+    def to(self, device) -> TriggerSet:
         return TriggerSet(self.inputs.to(device), self.labels.to(device), self.num_classes, self.source)
 
 
@@ -54,7 +54,9 @@ def generate_triggers(
     clouds = len(input_shape) == 2
     if (kind == "pattern" and clouds) or (kind == "shapes" and not clouds):
         fits = "shapes or noise" if clouds else "noise or pattern"
-        raise DatasetError(f"trigger kind {kind!r} does not fit inputs of shape {tuple(input_shape)}; use {fits}")
+        raise DatasetError(
+            f"trigger kind {kind!r} does not fit inputs of shape {tuple(input_shape)}; use {fits}"
+        )
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, num_classes, (count,), generator=gen)
     if kind == "noise":
@@ -73,7 +75,9 @@ def generate_triggers(
             x = int(torch.randint(0, w - size + 1, (1,), generator=gen))
             inputs[i, :, y : y + size, x : x + size] = stamp
     else:
-        raise DatasetError(f"unknown trigger kind {kind!r}; choose one of {', '.join(TRIGGER_KINDS)} or a folder")
+        raise DatasetError(
+            f"unknown trigger kind {kind!r}; choose one of {', '.join(TRIGGER_KINDS)} or a folder"
+        )
     return TriggerSet(inputs, labels, num_classes, f"generated:{kind}:{count}:seed{seed}")
 
 
@@ -104,7 +108,9 @@ def load_trigger_folder(
             except ValueError:
                 raise DatasetError(f"{index}:{line}: label {label!r} is not an integer") from None
             if not 0 <= label_value < num_classes:
-                raise DatasetError(f"{index}:{line}: label {label_value} out of range for {num_classes} classes")
+                raise DatasetError(
+                    f"{index}:{line}: label {label_value} out of range for {num_classes} classes"
+                )
             images.append(read(root / name, input_shape, f"{index}:{line}"))
             labels.append(label_value)
     if not images:
@@ -134,11 +140,15 @@ def _read_cloud(path: Path, input_shape: tuple[int, ...], where: str) -> torch.T
         if path.suffix == ".npy":
             cloud = np.load(path, allow_pickle=False)
         else:
-            cloud = np.loadtxt(path, delimiter="," if "," in path.read_text()[:200] else None, dtype=np.float32, ndmin=2)
+            cloud = np.loadtxt(
+                path, delimiter="," if "," in path.read_text()[:200] else None, dtype=np.float32, ndmin=2
+            )
     except (OSError, ValueError) as error:
         raise DatasetError(f"{where}: cannot read point cloud {path}: {error}") from error
     if cloud.ndim != 2 or cloud.shape[1] < channels:
-        raise DatasetError(f"{where}: {path} has shape {cloud.shape}, expected (points, {channels}) coordinates")
+        raise DatasetError(
+            f"{where}: {path} has shape {cloud.shape}, expected (points, {channels}) coordinates"
+        )
     if len(cloud) < points:
         raise DatasetError(f"{where}: {path} has {len(cloud)} points, fewer than the task's {points}")
     return torch.from_numpy(np.ascontiguousarray(cloud[:points, :channels], dtype=np.float32).T)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,7 +31,7 @@ __all__ = [
     "load_protocol",
 ]
 
-PROTOCOLS: dict[str, Callable[..., "Protocol"]] = {}
+PROTOCOLS: dict[str, Callable[..., Protocol]] = {}
 
 
 def register_protocol(name: str) -> Callable[[type], type]:
@@ -203,7 +204,7 @@ class TemplateProtocol(Protocol):
         _parse_path(self.answer_path, where)
 
     @classmethod
-    def load(cls, path: str | Path) -> "TemplateProtocol":
+    def load(cls, path: str | Path) -> TemplateProtocol:
         path = Path(path)
         try:
             spec = json.loads(path.read_text())

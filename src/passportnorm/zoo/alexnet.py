@@ -23,13 +23,23 @@ class AlexNetCIFAR(nn.Module):
         super().__init__()
         c = [_scaled(ch, width) for ch in (64, 192, 384, 256, 256)]
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c[0], 5, padding=2, bias=False), make_norm(norm, c[0]), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, c[0], 5, padding=2, bias=False),
+            make_norm(norm, c[0]),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(c[0], c[1], 5, padding=2, bias=False), make_norm(norm, c[1]), nn.ReLU(inplace=True),
+            nn.Conv2d(c[0], c[1], 5, padding=2, bias=False),
+            make_norm(norm, c[1]),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(c[1], c[2], 3, padding=1, bias=False), make_norm(norm, c[2]), nn.ReLU(inplace=True),
-            nn.Conv2d(c[2], c[3], 3, padding=1, bias=False), make_norm(norm, c[3]), nn.ReLU(inplace=True),
-            nn.Conv2d(c[3], c[4], 3, padding=1, bias=False), make_norm(norm, c[4]), nn.ReLU(inplace=True),
+            nn.Conv2d(c[1], c[2], 3, padding=1, bias=False),
+            make_norm(norm, c[2]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c[2], c[3], 3, padding=1, bias=False),
+            make_norm(norm, c[3]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c[3], c[4], 3, padding=1, bias=False),
+            make_norm(norm, c[4]),
+            nn.ReLU(inplace=True),
             nn.AdaptiveMaxPool2d(4),
         )
         self.classifier = nn.Linear(c[4] * 16, num_classes)
@@ -39,5 +49,7 @@ class AlexNetCIFAR(nn.Module):
 
 
 @register_model("alexnet")
-def alexnet(in_channels: int = 3, num_classes: int = 10, width: float = 1.0, norm: str = "bn") -> AlexNetCIFAR:
+def alexnet(
+    in_channels: int = 3, num_classes: int = 10, width: float = 1.0, norm: str = "bn"
+) -> AlexNetCIFAR:
     return AlexNetCIFAR(in_channels, num_classes, width, norm)

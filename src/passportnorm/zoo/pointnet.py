@@ -48,8 +48,12 @@ class TNet(nn.Module):
         self.k = k
         self.points = _SharedMLP([k, c1, c2, c3], norm)
         self.head = nn.Sequential(
-            nn.Linear(c3, f1, bias=False), make_norm(norm, f1, dims=1), nn.ReLU(inplace=True),
-            nn.Linear(f1, f2, bias=False), make_norm(norm, f2, dims=1), nn.ReLU(inplace=True),
+            nn.Linear(c3, f1, bias=False),
+            make_norm(norm, f1, dims=1),
+            nn.ReLU(inplace=True),
+            nn.Linear(f1, f2, bias=False),
+            make_norm(norm, f2, dims=1),
+            nn.ReLU(inplace=True),
         )
         self.transform = nn.Linear(f2, k * k)
         nn.init.zeros_(self.transform.weight)
@@ -65,8 +69,13 @@ class PointNet(nn.Module):
     """PointNet classifier; ``transforms`` switches both T-Nets on (the paper) or off (vanilla)."""
 
     def __init__(
-        self, in_channels: int = 3, num_classes: int = 40, width: float = 1.0, norm: str = "bn",
-        transforms: bool = True, dropout: float = 0.3,
+        self,
+        in_channels: int = 3,
+        num_classes: int = 40,
+        width: float = 1.0,
+        norm: str = "bn",
+        transforms: bool = True,
+        dropout: float = 0.3,
     ):
         super().__init__()
         _check_norm(norm)
@@ -77,8 +86,12 @@ class PointNet(nn.Module):
         # the last point-wise layer has no ReLU before max pooling, as in the paper
         self.features = _SharedMLP([c1, c2, c3], norm, last_relu=False)
         self.classifier = nn.Sequential(
-            nn.Linear(c3, f1, bias=False), make_norm(norm, f1, dims=1), nn.ReLU(inplace=True),
-            nn.Linear(f1, f2, bias=False), make_norm(norm, f2, dims=1), nn.ReLU(inplace=True),
+            nn.Linear(c3, f1, bias=False),
+            make_norm(norm, f1, dims=1),
+            nn.ReLU(inplace=True),
+            nn.Linear(f1, f2, bias=False),
+            make_norm(norm, f2, dims=1),
+            nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(f2, num_classes),
         )
@@ -100,6 +113,8 @@ def pointnet(in_channels: int = 3, num_classes: int = 40, width: float = 1.0, no
 
 
 @register_model("pointnet_vanilla", task="pointcloud")
-def pointnet_vanilla(in_channels: int = 3, num_classes: int = 40, width: float = 1.0, norm: str = "bn") -> PointNet:
+def pointnet_vanilla(
+    in_channels: int = 3, num_classes: int = 40, width: float = 1.0, norm: str = "bn"
+) -> PointNet:
     """PointNet without T-Nets (the paper's 'vanilla' ablation): faster, slightly less accurate."""
     return PointNet(in_channels, num_classes, width, norm, transforms=False)

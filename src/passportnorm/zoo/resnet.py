@@ -34,7 +34,7 @@ class ResNet18CIFAR(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = make_norm(norm, widths[0])
         layers, cin = [], widths[0]
-        for index, (cout, stride) in enumerate(zip(widths, (1, 2, 2, 2))):
+        for cout, stride in zip(widths, (1, 2, 2, 2)):
             layers.append(nn.Sequential(BasicBlock(cin, cout, stride, norm), BasicBlock(cout, cout, 1, norm)))
             cin = cout
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
@@ -47,5 +47,7 @@ class ResNet18CIFAR(nn.Module):
 
 
 @register_model("resnet18")
-def resnet18(in_channels: int = 3, num_classes: int = 10, width: float = 1.0, norm: str = "bn") -> ResNet18CIFAR:
+def resnet18(
+    in_channels: int = 3, num_classes: int = 10, width: float = 1.0, norm: str = "bn"
+) -> ResNet18CIFAR:
     return ResNet18CIFAR(in_channels, num_classes, width, norm)

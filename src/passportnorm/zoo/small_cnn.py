@@ -16,11 +16,17 @@ class SmallCNN(nn.Module):
         super().__init__()
         c1, c2, c3 = (max(4, int(round(c * width))) for c in (32, 64, 128))
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 3, padding=1, bias=False), make_norm(norm, c1), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, c1, 3, padding=1, bias=False),
+            make_norm(norm, c1),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(c1, c2, 3, padding=1, bias=False), make_norm(norm, c2), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 3, padding=1, bias=False),
+            make_norm(norm, c2),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(c2, c3, 3, padding=1, bias=False), make_norm(norm, c3), nn.ReLU(inplace=True),
+            nn.Conv2d(c2, c3, 3, padding=1, bias=False),
+            make_norm(norm, c3),
+            nn.ReLU(inplace=True),
         )
         self.classifier = nn.Linear(c3, num_classes)
 
