@@ -7,14 +7,14 @@ TORCHVISION ?= torchvision==0.28.0
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow clean
+.PHONY: venv demo test test-slow lint clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)" "$(TORCHVISION)"
-	$(PY) -m pip install --quiet -e ".[test,zoo,serve]"
+	$(PY) -m pip install --quiet -e ".[test,zoo,serve,lint]"
 	touch $(STAMP)
 
 BIN := $(VENV)/bin
@@ -35,6 +35,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# format and lint (ruff, line length 110) and types (mypy) of src/: what CI checks after the tests
+lint: $(STAMP)
+	$(BIN)/ruff format --check src
+	$(BIN)/ruff check src
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

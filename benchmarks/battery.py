@@ -20,26 +20,24 @@ import argparse
 import contextlib
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import machine, update_section  # noqa: E402
-from security import _owner  # noqa: E402
+from _docs import machine, update_section
+from security import _owner
 
-from passportnorm import zoo  # noqa: E402
-from passportnorm.attacks import ambiguity_one, ambiguity_two, forge_attack  # noqa: E402
-from passportnorm.attacks.combined import combined_attack  # noqa: E402
-from passportnorm.attacks.distill import distill_attack  # noqa: E402
-from passportnorm.attacks.dummy import dummy_neuron_attack  # noqa: E402
-from passportnorm.attacks.fineprune import fine_prune  # noqa: E402
-from passportnorm.attacks.quantize import quantize_attack  # noqa: E402
-from passportnorm.attacks.reprotect import reprotect_attack  # noqa: E402
-from passportnorm.attacks.runner import attacker_split  # noqa: E402
-from passportnorm.certificate import Certificate  # noqa: E402
-from passportnorm.data import load_dataset  # noqa: E402
-from passportnorm.dispute import Claim, dispute  # noqa: E402
+from passportnorm import zoo
+from passportnorm.attacks import ambiguity_one, ambiguity_two, forge_attack
+from passportnorm.attacks.combined import combined_attack
+from passportnorm.attacks.distill import distill_attack
+from passportnorm.attacks.dummy import dummy_neuron_attack
+from passportnorm.attacks.fineprune import fine_prune
+from passportnorm.attacks.quantize import quantize_attack
+from passportnorm.attacks.reprotect import reprotect_attack
+from passportnorm.attacks.runner import attacker_split
+from passportnorm.certificate import Certificate
+from passportnorm.data import load_dataset
+from passportnorm.dispute import Claim, dispute
 
 
 def _pct(value) -> str:

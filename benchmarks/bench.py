@@ -9,13 +9,10 @@ same process); the scaling rows start 1 and 2 processes under torchrun (gloo on 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import machine, update_section  # noqa: E402
+from _docs import machine, update_section
 
-from passportnorm.bench import BenchOptions, bench_table, run_bench  # noqa: E402
+from passportnorm.bench import BenchOptions, bench_table, run_bench
 
 RUNS = {"small_cnn": "mnist5k", "pointnet": "mnist5k-points"}
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import machine, update_section  # noqa: E402
+from _docs import machine, update_section
 
-from passportnorm.baselines.compare import CompareOptions, authors_deepipr_recipe, run_compare  # noqa: E402
+from passportnorm.baselines.compare import CompareOptions, authors_deepipr_recipe, run_compare
 
 ARCHS = [("alexnet", 0.25), ("resnet18", 0.25)]
 

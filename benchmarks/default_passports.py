@@ -16,20 +16,18 @@ import argparse
 import contextlib
 import io
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
-from security import _reprotect, _verdict  # noqa: E402
+from _docs import update_section
+from security import _reprotect, _verdict
 
-from passportnorm.certificate import Certificate  # noqa: E402
-from passportnorm.data import load_dataset  # noqa: E402
-from passportnorm.dispute import Claim, dispute  # noqa: E402
-from passportnorm.key import OwnerKey  # noqa: E402
-from passportnorm.pipeline import RunOptions, run_protect  # noqa: E402
-from passportnorm.release import load_released  # noqa: E402
-from passportnorm.verify import verify  # noqa: E402
+from passportnorm.certificate import Certificate
+from passportnorm.data import load_dataset
+from passportnorm.dispute import Claim, dispute
+from passportnorm.key import OwnerKey
+from passportnorm.pipeline import RunOptions, run_protect
+from passportnorm.release import load_released
+from passportnorm.verify import verify
 
 
 def _owner(out: Path, kind: str, epochs: int) -> tuple:

@@ -26,20 +26,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import machine, update_section  # noqa: E402
+from _docs import machine, update_section
+from _runs import changed_settings
 
-from passportnorm.align import align_to_reference  # noqa: E402
-from passportnorm.attacks.finetune import finetune  # noqa: E402
-from passportnorm.attacks.obfuscate import obfuscate  # noqa: E402
-from passportnorm.attacks.runner import attacker_split  # noqa: E402
-from passportnorm.data import load_dataset  # noqa: E402
-from passportnorm.detection import signature_detection  # noqa: E402
-from passportnorm.errors import TrainingError  # noqa: E402
-from passportnorm.key import OwnerKey, attach_key  # noqa: E402
-from passportnorm.pipeline import RunOptions, run_protect, run_train  # noqa: E402
-from passportnorm.release import load_released  # noqa: E402
-from passportnorm.verify import VerdictRule, verify  # noqa: E402
+from passportnorm.align import align_to_reference
+from passportnorm.attacks.finetune import finetune
+from passportnorm.attacks.obfuscate import obfuscate
+from passportnorm.attacks.runner import attacker_split
+from passportnorm.data import load_dataset
+from passportnorm.detection import signature_detection
+from passportnorm.errors import TrainingError
+from passportnorm.key import OwnerKey, attach_key
+from passportnorm.pipeline import RunOptions, run_protect, run_train
+from passportnorm.release import load_released
+from passportnorm.verify import VerdictRule, verify
 
 COMBINATIONS = [(False, False), (False, True), (True, False), (True, True)]  # (reference, data)
 
@@ -48,10 +48,8 @@ def _trained(out: Path, options: RunOptions, protected: bool) -> Path:
     """Train the run unless ``out`` already holds a finished one with the same settings; resume an
     interrupted one; start over when what is there was made with other settings."""
     metrics = out / "metrics.json"
-    if metrics.is_file():
-        settings = json.loads(metrics.read_text())["settings"]
-        if all(settings[name] == getattr(options, name) for name in ("seed", "epochs", "signature")):
-            return out
+    if metrics.is_file() and not changed_settings(json.loads(metrics.read_text()), options):
+        return out
     started = time.perf_counter()
     checkpoint = out / ("secret" if protected else "") / "checkpoint.pt"
     with contextlib.redirect_stdout(io.StringIO()):

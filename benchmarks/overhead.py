@@ -17,20 +17,18 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
+from _docs import update_section
 
-import passportnorm as pn  # noqa: E402
-from passportnorm import zoo  # noqa: E402
-from passportnorm.bench import seconds_per_call  # noqa: E402
-from passportnorm.device import resolve_device  # noqa: E402
+import passportnorm as pn
+from passportnorm import zoo
+from passportnorm.bench import seconds_per_call
+from passportnorm.device import resolve_device
 
 
 # the model as the results in docs/ train it, and the shape of one input

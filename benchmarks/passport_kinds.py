@@ -14,13 +14,11 @@ import contextlib
 import io
 import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
+from _docs import update_section
 
-from passportnorm.demo import run_demo  # noqa: E402
+from passportnorm.demo import run_demo
 
 KINDS = ("random", "image", "shuffle")
 

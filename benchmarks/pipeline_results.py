@@ -16,16 +16,15 @@ import io
 import json
 import statistics
 import warnings
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
+from _docs import update_section
+from _runs import finished_run
 
-import torch  # noqa: E402
+import torch
 
-from passportnorm.pipeline import RunOptions, run_protect, run_train, run_verify  # noqa: E402
-from passportnorm.verify import VerdictRule  # noqa: E402
+from passportnorm.pipeline import RunOptions, run_verify
+from passportnorm.verify import VerdictRule
 
 VARIANTS = {"plain": None, "alternate 0.5": ("alternate", 0.5), "joint": ("joint", 0.5)}
 
@@ -69,21 +68,11 @@ def main() -> None:
         for name, schedule in VARIANTS.items():
             out = Path(args.out) / f"{name.split()[0]}-seed{seed}"
             opts = RunOptions(seed=seed, secret_seed=seed, epochs=args.epochs, device=args.device, out=str(out),
-                              signature_mode=args.signature_mode, overwrite=True)
+                              signature_mode=args.signature_mode)
+            if schedule is not None:
+                opts.schedule, opts.ratio = schedule
             print(f"{name}, seed {seed} ...", flush=True)
-            if args.reuse and (out / "metrics.json").is_file():
-                metrics = json.loads((out / "metrics.json").read_text())
-                metrics["out"] = str(out)
-                runs[name].append(metrics)
-                continue
-            with contextlib.redirect_stdout(io.StringIO()):
-                if schedule is None:
-                    metrics = run_train(opts)
-                else:
-                    opts.schedule, opts.ratio = schedule
-                    metrics = run_protect(opts)
-            metrics["out"] = str(out)
-            runs[name].append(metrics)
+            runs[name].append(finished_run(opts, schedule is not None, reuse=args.reuse))
 
     # every plain (independent) model against every owner key: must never verify
     independent = []

@@ -13,17 +13,13 @@ default), each with its secret seed fixed to the seed so the rows can be rerun. 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import machine, update_section  # noqa: E402
+from _docs import machine, update_section
+from _runs import finished_run
 
-from passportnorm.pipeline import RunOptions, run_protect, run_train  # noqa: E402
+from passportnorm.pipeline import RunOptions
 
 ROWS = {
     "plain": ("train", {}, "plain (`passportnorm train --dataset mnist5k-points`)"),
@@ -35,19 +31,8 @@ ROWS = {
 def _run(row: str, seed: int, args) -> dict:
     command, changes, _ = ROWS[row]
     out = Path(args.out) / f"{row}-seed{seed}"
-    if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
-    opts = RunOptions(
-        dataset="mnist5k-points",
-        seed=seed,
-        secret_seed=seed,
-        device=args.device,
-        out=str(out),
-        overwrite=True,
-        **changes,
-    )
-    with contextlib.redirect_stdout(io.StringIO()):
-        return run_protect(opts) if command == "protect" else run_train(opts)
+    opts = RunOptions(dataset="mnist5k-points", seed=seed, secret_seed=seed, device=args.device, out=str(out), **changes)
+    return finished_run(opts, command == "protect")
 
 
 def _mean(values: list[float], scale: float = 100.0) -> str:

@@ -20,15 +20,14 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import machine, update_section  # noqa: E402
+from _docs import machine, update_section
 
-import torch  # noqa: E402
+import torch
 
-from passportnorm.key import OwnerKey, attach_key  # noqa: E402
-from passportnorm.pipeline import RunOptions, run_protect, run_train  # noqa: E402
-from passportnorm.protect import protected_layers  # noqa: E402
-from passportnorm.release import load_released  # noqa: E402
+from passportnorm.key import OwnerKey, attach_key
+from passportnorm.pipeline import RunOptions, run_protect, run_train
+from passportnorm.protect import protected_layers
+from passportnorm.release import load_released
 
 DATASET = "mnist5k-points"
 HOLDOUT = 0.15

@@ -20,17 +20,16 @@ import io
 import json
 import shutil
 import statistics
-import sys
 from pathlib import Path
 
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import machine, update_section  # noqa: E402
-from robustness import summarise  # noqa: E402
+from _docs import machine, update_section
+from _runs import finished_run
+from robustness import summarise
 
-from passportnorm.attacks.runner import record, run_attack  # noqa: E402
-from passportnorm.pipeline import RunOptions, run_protect, run_train, run_verify  # noqa: E402
+from passportnorm.attacks.runner import record, run_attack
+from passportnorm.pipeline import RunOptions, run_verify
 
 DATASET = "mnist5k-points"
 ATTACKS = [
@@ -67,18 +66,9 @@ def _label(kind: str) -> str:
 
 def _run(kind: str, seed: int, args) -> dict:
     out = Path(args.out) / f"{kind}-seed{seed}"
-    if args.reuse and (out / "metrics.json").is_file():
-        metrics = json.loads((out / "metrics.json").read_text())
-        if metrics["settings"]["epochs"] != args.epochs:
-            sys.exit(f"{out} was trained for {metrics['settings']['epochs']} epochs, not {args.epochs}; "
-                     "give another --out or drop --reuse")
-    else:
-        opts = RunOptions(dataset=DATASET, seed=seed, secret_seed=seed, epochs=args.epochs, device=args.device, out=str(out),
-                          overwrite=True, **_kind_options(kind))
-        with contextlib.redirect_stdout(io.StringIO()):
-            metrics = run_protect(opts) if kind.startswith("protected") else run_train(opts)
-    metrics["out"] = str(out)
-    return metrics
+    opts = RunOptions(dataset=DATASET, seed=seed, secret_seed=seed, epochs=args.epochs, device=args.device, out=str(out),
+                      **_kind_options(kind))
+    return finished_run(opts, kind.startswith("protected"), reuse=args.reuse)
 
 
 def _gap_summary(protected: list[float], plain: list[float], kind: str) -> str:

@@ -15,30 +15,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import machine, update_section  # noqa: E402
+from _docs import machine, update_section
+from _runs import finished_run
 
-from passportnorm.pipeline import RunOptions, run_protect, run_train  # noqa: E402
-from passportnorm.remote import RemoteOptions, verify_remote  # noqa: E402
-from passportnorm.serve import BackgroundServer, build_app, served_release  # noqa: E402
-from passportnorm.verdict import binomial_log10_p_value  # noqa: E402
+from passportnorm.pipeline import RunOptions
+from passportnorm.remote import RemoteOptions, verify_remote
+from passportnorm.serve import BackgroundServer, build_app, served_release
+from passportnorm.verdict import binomial_log10_p_value
 
 TARGET_LOG10 = -128 * math.log10(2)  # p <= 2^-128
 PROTOCOLS = (("v2", 16), ("v2", 1), ("torchserve", 1))  # (protocol, inputs per request)
 
 
 def ensure_run(folder: Path, protected: bool) -> Path:
-    """A finished default run in ``folder``: reused when its release is there, else trained now."""
-    if (folder / "released" / "model.safetensors").is_file():
-        print(f"reusing {folder}", flush=True)
-        return folder
-    options = RunOptions(out=str(folder), overwrite=True)
-    (run_protect if protected else run_train)(options)
+    """A finished default run in ``folder``: reused when made with the default settings, else trained now."""
+    finished_run(RunOptions(out=str(folder)), protected)
     return folder
 
 

@@ -25,11 +25,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import machine, update_section  # noqa: E402
+from _docs import machine, update_section
 
-from passportnorm.attacks.runner import record, run_attack  # noqa: E402
-from passportnorm.pipeline import RunOptions, run_protect, run_train  # noqa: E402
+from passportnorm.attacks.runner import record, run_attack
+from passportnorm.pipeline import RunOptions, run_protect, run_train
 
 ATTACKS = [
     ("finetune", {"mode": "ftal"}, "FTAL"),

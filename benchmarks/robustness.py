@@ -13,15 +13,13 @@ import argparse
 import contextlib
 import io
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import DOCS, update_section  # noqa: E402
+from _docs import DOCS, update_section
 
-from passportnorm.attacks.runner import record, run_attack  # noqa: E402
-from passportnorm.pipeline import RunOptions, run_protect  # noqa: E402
-from passportnorm.verify import format_p_value  # noqa: E402
+from passportnorm.attacks.runner import record, run_attack
+from passportnorm.pipeline import RunOptions, run_protect
+from passportnorm.verify import format_p_value
 
 PLAN = [
     ("finetune", {"mode": "ftll"}, "ftll"),

@@ -15,22 +15,20 @@ import contextlib
 import copy
 import io
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import update_section  # noqa: E402
+from _docs import update_section
 
-from passportnorm.attacks import erb_attack, finetune, forge_attack, obfuscate  # noqa: E402
-from passportnorm.attacks.prune import prune_model  # noqa: E402
-from passportnorm.attacks.runner import attacker_split  # noqa: E402
-from passportnorm.certificate import Certificate  # noqa: E402
-from passportnorm.data import load_dataset  # noqa: E402
-from passportnorm.dispute import Claim, dispute  # noqa: E402
-from passportnorm.key import OwnerKey  # noqa: E402
-from passportnorm.pipeline import RunOptions, run_protect  # noqa: E402
-from passportnorm.release import load_released  # noqa: E402
-from passportnorm.verify import VerdictRule, format_p_value, verify  # noqa: E402
+from passportnorm.attacks import erb_attack, finetune, forge_attack, obfuscate
+from passportnorm.attacks.prune import prune_model
+from passportnorm.attacks.runner import attacker_split
+from passportnorm.certificate import Certificate
+from passportnorm.data import load_dataset
+from passportnorm.dispute import Claim, dispute
+from passportnorm.key import OwnerKey
+from passportnorm.pipeline import RunOptions, run_protect
+from passportnorm.release import load_released
+from passportnorm.verify import VerdictRule, format_p_value, verify
 
 PAPER_RULE = VerdictRule(allow_text_signatures=True)  # the published rule: text signatures, p < 1e-6
 DEFENDED_RULE = VerdictRule()  # hash-bound only, p <= 2^-128

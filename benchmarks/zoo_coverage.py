@@ -24,25 +24,23 @@ import argparse
 import collections
 import json
 import math
-import sys
 import time
 import traceback
 import warnings
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import DOCS  # noqa: E402
+from _docs import DOCS
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-import passportnorm as pn  # noqa: E402
-from passportnorm import zoo  # noqa: E402
-from passportnorm.pairing import is_norm_layer  # noqa: E402
-from passportnorm.pipeline import RunOptions  # noqa: E402
-from passportnorm.protect import protected_layers  # noqa: E402
-from passportnorm.zoo.hub import import_timm, import_torchvision  # noqa: E402
+import passportnorm as pn
+from passportnorm import zoo
+from passportnorm.pairing import is_norm_layer
+from passportnorm.pipeline import RunOptions
+from passportnorm.protect import protected_layers
+from passportnorm.zoo.hub import import_timm, import_torchvision
 
 TIMM = ["resnet18", "resnet50", "efficientnet_b0", "mobilenetv3_small_100", "mobilenetv3_large_100", "regnety_002",
         "regnetx_002", "densenet121", "cspresnet50", "inception_v3", "repvgg_a0", "rexnet_100", "convnext_atto",

@@ -164,3 +164,17 @@ def test_each_attack_declares_its_options_once_and_the_cli_offers_exactly_those(
         declared = {option.flag for option in ATTACKS[name].all_options()}
         assert declared | {"--model", "--key", "--out", "--html", "--help"} == flags, name
         assert {option.flag for option in COMMON_OPTIONS} <= declared
+
+
+def test_an_attack_resumes_only_its_own_checkpoint(owner, tmp_path, capsys):
+    """A rerun into the same folder continues (more epochs); one with other settings is refused, not mixed."""
+    base = ["attack", "finetune", "--model", str(owner / "released"), "--key", str(owner / "owner-key"),
+            "--out", str(tmp_path / "ft")]
+    assert main([*base, "--epochs", "1", "--mode", "ftal"]) == 0
+    assert main([*base, "--epochs", "2", "--mode", "ftal"]) == 0
+    rows = json.loads((tmp_path / "ft" / "result.json").read_text())["rows"]
+    assert [row["epoch"] for row in rows] == [0, 1, 2]
+    capsys.readouterr()
+    assert main([*base, "--epochs", "2", "--mode", "rtal"]) == 2
+    err = capsys.readouterr().err
+    assert "was written with other settings (mode)" in err and err.count("\n") == 1

@@ -76,7 +76,7 @@ def test_verify_attached_takes_the_mode_from_the_model_and_refuses_text_unasked(
     assert "claim refused" in verify_attached(text).failed_conditions[0]
     # a model that says nothing about its bits is no hash-bound claim either
     silent = copy.deepcopy(text)
-    del silent.passportnorm_signature
+    del silent.passportnorm_binding
     assert verify_attached(silent).signature_mode == "text" and not verify_attached(silent).verified
     hashed = _attached("hash")
     report = verify_attached(hashed)

@@ -31,7 +31,7 @@ from torch import nn
 
 from .channels import PER_CHANNEL_NORMS, chains_and_trace_error, permute_consumer_inputs
 from .errors import OwnerKeyError
-from .norm import along, producer_responses
+from .norm import Layer, along, producer_responses
 from .pairing import Pair, find_pairs
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def _rows(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().reshape(weight.shape[0], -1).double().cpu()
 
 
-def passport_directions(producer: nn.Module, passports: list[torch.Tensor], channels: int) -> torch.Tensor:
+def passport_directions(producer: Layer, passports: list[torch.Tensor], channels: int) -> torch.Tensor:
     """``(C, n, P)``: for each output channel, the filter directions the passports read (``g_i = <W_i,
     d_i>``)."""
     probe = copy.deepcopy(producer).cpu().double()

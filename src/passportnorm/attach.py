@@ -19,7 +19,29 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["BRANCH_NAME", "attach_branch", "branch_of", "detach_branch", "original_class", "substituted"]
+__all__ = [
+    "BINDING",
+    "BRANCH_NAME",
+    "SECRET_SEED",
+    "STAMPS",
+    "attach_branch",
+    "branch_of",
+    "detach_branch",
+    "original_class",
+    "stamp",
+    "substituted",
+]
+
+# what protect adds to the model object besides branches: how the bits bind (mode, identity) and where
+# the secret seed came from; extract_key reads them, strip removes them
+BINDING, SECRET_SEED = "passportnorm_binding", "passportnorm_secret_seed"
+STAMPS = (BINDING, SECRET_SEED)
+
+
+def stamp(model: nn.Module, name: str, value: dict[str, Any]) -> None:
+    """Record ``value`` on the model object as ``name`` (one of STAMPS); not a parameter or buffer."""
+    object.__setattr__(model, name, value)
+
 
 BRANCH_NAME = "passport_aware"
 _ORIGINAL = "_passportnorm_original_class"
@@ -39,15 +61,15 @@ def branch_of(module: nn.Module) -> Any:
 
 
 @contextmanager
-def substituted(module: nn.Module, tensors: Mapping[str, Tensor]) -> Iterator[nn.Module]:
+def substituted(module: nn.Module, tensors: Mapping[str, Tensor | None]) -> Iterator[nn.Module]:
     """``module`` with ``tensors`` in place of its parameters/buffers of those names, restored on exit.
 
     The same swap ``torch.func.functional_call`` makes, without calling the module again (which
     would run the user's forward hooks a second time inside one call).
     """
-    saved = []
+    saved: list[tuple[dict[str, Any], str, Any]] = []
     for name, tensor in tensors.items():
-        table = module._parameters if name in module._parameters else module._buffers
+        table: dict[str, Any] = module._parameters if name in module._parameters else module._buffers
         saved.append((table, name, table[name]))
         table[name] = tensor
     try:
@@ -63,7 +85,7 @@ def _aware_class(cls: type[nn.Module]) -> type[nn.Module]:
         base_forward = cls.forward
 
         def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-            branch = self._modules[BRANCH_NAME]
+            branch: Any = self._modules[BRANCH_NAME]
             if not branch.passport_mode:
                 return base_forward(self, *args, **kwargs)
             with substituted(self, branch.substitutes()):

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from .norm import norm_channels
+from .norm import Layer, norm_channels
 
 __all__ = ["AwareStatistics", "Branch", "BranchStatistics", "needs_aware_statistics"]
 
@@ -42,7 +42,11 @@ class BranchStatistics(nn.Module):
     A norm without running statistics gets an empty holder.
     """
 
-    def __init__(self, norm: nn.Module, copy: bool):
+    running_mean: Tensor
+    running_var: Tensor
+    num_batches_tracked: Tensor
+
+    def __init__(self, norm: Layer, copy: bool):
         super().__init__()
         if not needs_aware_statistics(norm):
             return
@@ -67,12 +71,12 @@ class BranchStatistics(nn.Module):
         return "running_mean" in self._buffers
 
     def tensors(self) -> dict[str, Tensor]:
-        return dict(self._buffers)
+        return {name: value for name, value in self._buffers.items() if value is not None}
 
     @torch.no_grad()
     def copy_from(self, norm: nn.Module) -> None:
         """Take ``norm``'s current running statistics (a branch that starts as the trained norm)."""
-        for name, value in self._buffers.items():
+        for name, value in self.tensors().items():
             value.copy_(getattr(norm, name))
 
 
@@ -83,6 +87,7 @@ class Branch(nn.Module, ABC):
     """
 
     branch_norm: BranchStatistics
+    passport_mode: bool
 
     def __init__(self, norm: nn.Module):
         super().__init__()
@@ -90,7 +95,7 @@ class Branch(nn.Module, ABC):
         self.passport_mode = False
 
     @property
-    def norm(self) -> nn.Module:
+    def norm(self) -> Layer:
         """The norm module this branch is attached to (its parameters are the released ones)."""
         return self.__dict__["_norm"]
 

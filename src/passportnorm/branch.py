@@ -17,6 +17,7 @@ branch's gradients flow into the very weights the model releases.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ from torch.nn.utils import skip_init
 
 from .aware_statistics import Branch, BranchStatistics
 from .errors import NoPassportForwardError, OwnerKeyError
-from .norm import SUPPORTED_PRODUCERS, norm_channels, producer_responses
+from .norm import SUPPORTED_PRODUCERS, Layer, norm_channels, producer_responses
 from .registry import Registry
 from .signature import read_bits
 
@@ -37,24 +38,21 @@ def _branch_mlp(channels: int, generator: torch.Generator, like: Tensor) -> nn.S
     """C -> C/4 -> C without biases, LeakyReLU between; initialised like nn.Linear, from ``generator``."""
     hidden = max(1, channels // 4)
     # skip_init: the default init would draw from the global RNG, which protect() must not touch
-    mlp = nn.Sequential(
-        skip_init(nn.Linear, channels, hidden, bias=False),
-        nn.LeakyReLU(),
-        skip_init(nn.Linear, hidden, channels, bias=False),
-    )
-    for layer in (mlp[0], mlp[2]):
+    down = skip_init(nn.Linear, channels, hidden, bias=False)
+    up = skip_init(nn.Linear, hidden, channels, bias=False)
+    for layer in (down, up):
         nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
-    return mlp.to(device=like.device, dtype=like.dtype)
+    return nn.Sequential(down, nn.LeakyReLU(), up).to(device=like.device, dtype=like.dtype)
 
 
 # branch kind -> factory(norm, producer, key tensors, key layer entry): how attach_key rebuilds a
 # layer whose key entry says ``"branch": kind``; the baselines register theirs next to their code
-BRANCH_KINDS: Registry[Any] = Registry(
+BRANCH_KINDS: Registry[Callable[..., PassportAwareBranch]] = Registry(
     "branch kind", modules=("passportnorm.key", "passportnorm.baselines.deepipr"), error=OwnerKeyError
 )
 
 
-def register_branch_kind(kind: str) -> Any:
+def register_branch_kind(kind: str) -> Callable[[Any], Any]:
     """``@register_branch_kind("deepipr-v1")`` above the factory that rebuilds such a layer from a key."""
     return BRANCH_KINDS.register(kind)
 
@@ -71,6 +69,7 @@ class PassportAwareBranch(Branch):
     signature: Tensor
     message_bits: Tensor
     message_offset: Tensor
+    mlp: nn.Module  # a Sequential here; DeepIPR's layers use g and b themselves (Identity)
     branch_kind = "passport-aware"
     key_prefixes = (
         "passport_gamma",
@@ -85,8 +84,8 @@ class PassportAwareBranch(Branch):
 
     def __init__(
         self,
-        norm: nn.Module,
-        producer: nn.Module,
+        norm: Layer,
+        producer: Layer,
         passport_gamma: Tensor,
         passport_beta: Tensor,
         signature: Tensor,
@@ -126,7 +125,7 @@ class PassportAwareBranch(Branch):
         self.attach_producer(producer)
 
     @property
-    def producer(self) -> nn.Module:
+    def producer(self) -> Layer:
         """The Conv/Linear module whose weights the branch reads (referenced, not a child)."""
         return self.__dict__["_producer"]
 
@@ -213,9 +212,10 @@ class PassportAwareBranch(Branch):
         both bias-free layers (LeakyReLU is positively homogeneous, so the function is unchanged)
         it no longer makes a from-scratch learning rate diverge (ResNet18 x0.25 on digits at 0.05 did).
         """
-        first, second = self.mlp[0].weight, self.mlp[2].weight
+        mlp: Any = self.mlp  # _branch_mlp's Sequential: Linear, LeakyReLU, Linear
+        first, second = mlp[0].weight, mlp[2].weight
         responses = self.passport_responses()
-        hidden = self.mlp[1](self.mlp[0](responses))  # (2, H): g and b, hidden
+        hidden = mlp[1](mlp[0](responses))  # (2, H): g and b, hidden
         target = torch.stack([gamma, beta]).to(responses.dtype)  # (2, C)
         solution = torch.linalg.pinv(hidden.double()) @ target.double()  # hidden @ solution = target
         second.copy_(solution.T.to(second.dtype))

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .norm import along
+from .norm import Layer, along
 from .pairing import Pair, trace_graph
 
 __all__ = [
@@ -104,17 +105,17 @@ class Chain:
 
 def _flatten_from_channel_dim(node: fx.Node) -> bool:
     if node.op == "call_function" and node.target is torch.flatten:
-        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        return start == 1
+        start: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        return bool(start == 1)
     if node.op == "call_method" and node.target == "flatten":
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        return start == 1
+        return bool(start == 1)
     return False
 
 
 def _spatial_mean(node: fx.Node) -> bool:
     if node.op == "call_method" and node.target in ("mean", "amax", "sum"):
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
         return bool(dims) and all(d >= 2 for d in dims)
     return False
@@ -176,7 +177,7 @@ def chains_and_trace_error(model: nn.Module, pairs: list[Pair]) -> tuple[list[Ch
 
 
 @torch.no_grad()
-def flip_channels(producer: nn.Module, norm: nn.Module, sign: torch.Tensor) -> None:
+def flip_channels(producer: Layer, norm: Layer, sign: torch.Tensor) -> None:
     """Multiply each output channel of ``producer`` by ``sign`` (+1 or -1) and undo it in its
     per-channel ``norm`` (weight and running mean): the same function, each channel's response
     to any input negated where ``sign`` is -1."""
@@ -188,7 +189,7 @@ def flip_channels(producer: nn.Module, norm: nn.Module, sign: torch.Tensor) -> N
         norm.running_mean.mul_(sign.to(norm.running_mean))
 
 
-def norm_tensors(norm: nn.Module) -> list[torch.Tensor]:
+def norm_tensors(norm: Layer) -> list[torch.Tensor]:
     return [
         t
         for t in (
@@ -201,7 +202,7 @@ def norm_tensors(norm: nn.Module) -> list[torch.Tensor]:
     ]
 
 
-def permute_consumer_inputs(consumer: nn.Module, chain: Chain, order: torch.Tensor) -> None:
+def permute_consumer_inputs(consumer: Layer, chain: Chain, order: torch.Tensor) -> None:
     """Reorder the consumer's input channels (blocks of them after a flatten) as ``order`` says."""
     weight = consumer.weight
     if isinstance(consumer, nn.Linear) and weight.shape[1] != chain.pair.channels:
@@ -227,7 +228,8 @@ def resize_module(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     widths, and update its width attributes to match; the module keeps its class and hooks."""
     for name, value in tensors.items():
         if name in module._parameters:
-            trainable = module._parameters[name].requires_grad
+            parameter = module._parameters[name]
+            trainable = parameter.requires_grad if parameter is not None else True
             module._parameters[name] = nn.Parameter(value.clone(), requires_grad=trainable)
         elif name in module._buffers:
             module._buffers[name] = value.clone()
@@ -240,13 +242,13 @@ def resize_module(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
             setattr(module, attribute, int(weight.shape[dim]) * groups)
 
 
-def consumer_columns(consumer: nn.Module, chain: Chain, channels: int) -> torch.Tensor:
+def consumer_columns(consumer: Layer, chain: Chain, channels: int) -> torch.Tensor:
     """The consumer's weight as ``(out, channels, rest)``: one slice per input channel (a flattened
     channel reaches a Linear as a block of columns)."""
     return consumer.weight.detach().reshape(consumer.weight.shape[0], channels, -1)
 
 
-def set_consumer_columns(consumer: nn.Module, columns: torch.Tensor, flattened: bool) -> None:
+def set_consumer_columns(consumer: Layer, columns: torch.Tensor, flattened: bool) -> None:
     """Write ``(out, channels, rest)`` columns back as the consumer's weight, resizing it."""
     if isinstance(consumer, nn.Linear):
         weight = columns.reshape(columns.shape[0], -1)

@@ -200,7 +200,7 @@ def _run_options(args: argparse.Namespace):
     return RunOptions.from_mapping(values)
 
 
-def _compare_options(args: argparse.Namespace, options: type):
+def _compare_options(args: argparse.Namespace, options: Any) -> Any:
     """CompareOptions from ``--config`` (YAML) with the flags given on the command line on top."""
     values = _read_config(args.config) if args.config else {}
     given = {name: getattr(args, name, None) for name in options.__dataclass_fields__}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -42,6 +43,8 @@ class World:
         """Rank 0's non-negative integer (up to 2^128) on every rank."""
         limbs = torch.zeros(4, dtype=torch.int64)
         if self.main:
+            if value is None:
+                raise ValueError("rank 0 must give the value it broadcasts")
             limbs = torch.tensor([(int(value) >> (32 * i)) & 0xFFFFFFFF for i in range(4)], dtype=torch.int64)
         dist.broadcast(limbs, src=0)
         return sum(int(limb) << (32 * i) for i, limb in enumerate(limbs.tolist()))
@@ -113,7 +116,7 @@ def to_sync_batchnorm(model: torch.nn.Module) -> dict[str, type]:
     for name in classes:
         norm = model.get_submodule(name)
         norm.__class__ = torch.nn.SyncBatchNorm  # same parameters, buffers and names; forward syncs
-        norm.process_group = None
+        cast(torch.nn.SyncBatchNorm, norm).process_group = None
     return classes
 
 

@@ -148,7 +148,8 @@ def bar_chart(
         bars = draw(positions, values, color=BAR_COLOUR)
         axis.bar_label(bars, labels=[f"{v:.1%}" for v in values], fontsize=8, padding=2)
         set_ticks = axis.set_yticks if horizontal else axis.set_xticks
-        set_ticks(positions, labels, **({} if horizontal else {"rotation": 30, "ha": "right"}))
+        tilt: dict[str, Any] = {} if horizontal else {"rotation": 30, "ha": "right"}
+        set_ticks(positions, labels, **tilt)
         reference = axis.axvline if horizontal else axis.axhline
         for (name, level), colour in zip((lines or {}).items(), LINE_COLOURS):
             reference(level, linestyle="--", color=colour, linewidth=1.2, label=f"{name} ({level:.1%})")

@@ -21,6 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .errors import TrainingError
+
 __all__ = [
     "atomic_folder",
     "write_json_atomic",
@@ -166,3 +168,35 @@ def read_folder_manifest(
             f"{version}"
         )
     return manifest
+
+
+def write_checkpoint(path: Path, payload: dict[str, Any], owner_only: bool = False) -> None:
+    """``torch.save`` into a temporary file renamed over ``path``: an interrupted save never leaves half a
+    checkpoint; ``owner_only`` for checkpoints that hold secrets (a protected model's passports)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    if owner_only:
+        restrict_to_owner(tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(
+    path: Path, config: Mapping[str, Any], defaults: Mapping[str, Any] | None = None, map_location: Any = None
+) -> dict[str, Any]:
+    """A checkpoint that ``write_checkpoint`` wrote with ``config`` under ``"config"``; a truncated or foreign
+    file, or one written with other settings, is one line naming it. ``defaults`` fill in settings added
+    after the checkpoint was written."""
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # a truncated or foreign file
+        raise TrainingError(
+            f"{path} is not a usable checkpoint ({type(error).__name__}); delete it to start over"
+        ) from error
+    saved = dict(defaults or {}) | payload.get("config", {})
+    changed = [name for name, value in config.items() if name in saved and saved[name] != value]
+    if changed:
+        raise TrainingError(
+            f"{path} was written with other settings ({', '.join(changed)}); resume with the same options "
+            "or write to another folder"
+        )
+    return payload

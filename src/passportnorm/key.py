@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attach import attach_branch, branch_of, original_class
+from .attach import BINDING, SECRET_SEED, attach_branch, branch_of, original_class, stamp
 from .aware_statistics import AwareStatistics, needs_aware_statistics
 from .binding import DOMAIN, bits_follow_from_passports
 from .branch import BRANCH_KINDS, PassportAwareBranch, register_branch_kind
@@ -224,7 +224,7 @@ class OwnerKey:
 
 def _signature_entry(model: nn.Module, message: Tensor, total_bits: int) -> SignatureEntry:
     """How the model's bits were chosen (set by ``protect``): hash-bound to an identity, or text."""
-    binding = getattr(model, "passportnorm_signature", None) or {"mode": "text", "identity": None}
+    binding = getattr(model, BINDING, None) or {"mode": "text", "identity": None}
     hashed = binding["mode"] == "hash"
     message_bits = int(message.numel())
     return SignatureEntry(
@@ -240,8 +240,8 @@ def _signature_entry(model: nn.Module, message: Tensor, total_bits: int) -> Sign
 
 def _secret_seed_of(model: nn.Module) -> SecretSeed | None:
     """Where the passports' seed came from: "os-csprng" (secret) or "user" (an experiment's fixed seed)."""
-    stamp = getattr(model, "passportnorm_secret_seed", None)
-    return SecretSeed(stamp["source"], str(stamp["value"])) if stamp else None
+    seed = getattr(model, SECRET_SEED, None)
+    return SecretSeed(seed["source"], str(seed["value"])) if seed else None
 
 
 def _key_layer(path: str, layer: PassportAwareBranch) -> KeyLayer:
@@ -371,7 +371,7 @@ def _passport_aware_from_key(
 
 def _rebuilt_branch(
     norm: nn.Module, producer: nn.Module, layer: KeyLayer, parts: dict[str, Tensor]
-) -> nn.Module:
+) -> PassportAwareBranch:
     if layer.branch not in BRANCH_KINDS:
         raise OwnerKeyError(
             f"the key's layer {layer.norm!r} uses branch kind {layer.branch!r}, which this version cannot "
@@ -406,5 +406,5 @@ def attach_key(model: nn.Module, key: OwnerKey) -> nn.Module:
         attach_branch(norm, branch)
     for entry in key.statistics_layers:
         attach_branch(modules[entry.norm], _statistics_branch(modules, entry, key.layer_tensors(entry.norm)))
-    suspect.passportnorm_signature = {"mode": key.signature_mode, "identity": key.identity}
+    stamp(suspect, BINDING, {"mode": key.signature_mode, "identity": key.identity})
     return suspect

@@ -60,12 +60,13 @@ def _records(data: dict[str, Any], name: str, where: str, default: Any = _REQUIR
 
 
 _PLAIN_TYPES = {"str": str, "int": int}
-_Record = TypeVar("_Record")
 
 
-def _read_plain(cls: type[_Record], data: dict[str, Any], where: str) -> _Record:
-    """A record whose fields are all required strings or integers, each checked by ``_take``."""
-    checked = {f.name: _take(data, f.name, _PLAIN_TYPES[str(f.type)], where) for f in fields(cls)}
+def _read_plain(cls: Any, data: dict[str, Any], where: str) -> Any:
+    """A record (a dataclass) whose fields are all required strings or integers, each checked by ``_take``."""
+    checked: dict[str, Any] = {
+        f.name: _take(data, f.name, _PLAIN_TYPES[str(f.type)], where) for f in fields(cls)
+    }
     return cls(**checked)
 
 
@@ -180,8 +181,8 @@ class KeyManifest:
         """Validate a parsed ``key.json`` (without its hash fields); OwnerKeyError names the field."""
         if not isinstance(data, dict):
             raise OwnerKeyError(f"{where} must hold a JSON object")
-        trigger = _take(data, "trigger", (dict, type(None)), where, None)
-        secret_seed = _take(data, "secret_seed", (dict, type(None)), where, None)
+        trigger: dict[str, Any] | None = _take(data, "trigger", (dict, type(None)), where, None)
+        secret_seed: dict[str, Any] | None = _take(data, "secret_seed", (dict, type(None)), where, None)
         manifest = cls(
             layers=tuple(
                 KeyLayer.read(entry, f"{where}: layers[{i}]")

@@ -40,6 +40,7 @@ from .channels import (
     resize_module,
     set_consumer_columns,
 )
+from .norm import Layer
 
 if TYPE_CHECKING:
     from .key import OwnerKey
@@ -87,7 +88,7 @@ def narrow_to_reference(
     return model, dict(reversed(report.items()))
 
 
-def _narrow(modules: dict[str, nn.Module], chain: Chain, target: int) -> dict[str, Any]:
+def _narrow(modules: dict[str, Layer], chain: Chain, target: int) -> dict[str, Any]:
     """Merge split channels, then drop channels no consumer reads, never below ``target`` channels."""
     producer, norm, consumer = modules[chain.pair.producer], modules[chain.pair.norm], modules[chain.consumer]
     channels = chain.pair.channels
@@ -129,10 +130,11 @@ def _narrow(modules: dict[str, nn.Module], chain: Chain, target: int) -> dict[st
     return {"from": channels, "to": int(index.numel()), "dummy": dummies, "merged": merged}
 
 
-def _effective_maps(producer: nn.Module, norm: nn.Module) -> torch.Tensor | None:
+def _effective_maps(producer: Layer, norm: Layer) -> torch.Tensor | None:
     """Each channel's ``gamma * (W x + b - mean) / sigma + beta`` as one row ``[W_eff, b_eff]``;
     None where the norm's statistics are not per channel and fixed (then nothing is merged)."""
-    if not isinstance(norm, PER_CHANNEL_NORMS) or getattr(norm, "running_var", None) is None:
+    mean, var = getattr(norm, "running_mean", None), getattr(norm, "running_var", None)
+    if not isinstance(norm, PER_CHANNEL_NORMS) or mean is None or var is None:
         return None
     weight = producer.weight.detach().double().reshape(producer.weight.shape[0], -1)
     bias = (
@@ -140,10 +142,8 @@ def _effective_maps(producer: nn.Module, norm: nn.Module) -> torch.Tensor | None
         if producer.bias is not None
         else torch.zeros(weight.shape[0]).double()
     )
-    sigma = (norm.running_var.double() + norm.eps).sqrt()
+    sigma = (var.double() + norm.eps).sqrt()
     gamma = norm.weight.detach().double() if norm.weight is not None else torch.ones_like(sigma)
     beta = norm.bias.detach().double() if norm.bias is not None else torch.zeros_like(sigma)
     scale = gamma / sigma
-    return torch.cat(
-        [weight * scale[:, None], (beta + scale * (bias - norm.running_mean.double()))[:, None]], dim=1
-    )
+    return torch.cat([weight * scale[:, None], (beta + scale * (bias - mean.double()))[:, None]], dim=1)

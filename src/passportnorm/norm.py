@@ -14,10 +14,15 @@ from torch.nn.utils import parametrize
 
 from .attach import substituted
 
+# a user's module read by attribute (weight, bias, running statistics, in_channels ...): torch types
+# such attributes as ``Tensor | Module``, so the functions that accept any such layer take a Layer
+Layer = Any
+
 __all__ = [
     "SUPPORTED_NORMS",
     "SUPPORTED_PRODUCERS",
     "affine_free_copy",
+    "Layer",
     "along",
     "norm_channel_dim",
     "norm_channels",
@@ -78,7 +83,7 @@ def unsupported_norm_reason(norm: nn.Module) -> str | None:
     return None
 
 
-def norm_channels(norm: nn.Module) -> int:
+def norm_channels(norm: Layer) -> int:
     """Number of channels (one affine value each) of a supported norm."""
     if isinstance(norm, nn.LayerNorm):
         return int(norm.normalized_shape[0])
@@ -100,7 +105,7 @@ def norm_channel_dim(norm: nn.Module, ndim: int) -> int:
     return ndim - 1 if isinstance(norm, nn.LayerNorm) else 1
 
 
-def observed_channel_dim(norm: nn.Module, x: Tensor) -> int | None:
+def observed_channel_dim(norm: Layer, x: Tensor) -> int | None:
     """The axis of ``x`` along which ``norm``'s own forward applies its affine values, seen by running it.
 
     The forward runs with weight 0 and bias ``1..C`` substituted (no hooks, no gradients), so its
@@ -135,7 +140,7 @@ def producer_channel_dim(producer: nn.Module, ndim: int) -> int:
     return ndim - 1 if isinstance(producer, nn.Linear) else 1
 
 
-def producer_fan_in(producer: nn.Module) -> int:
+def producer_fan_in(producer: Layer) -> int:
     """Input channels each output channel of a producer reads (``in_channels // groups`` or ``in_features``).
 
     With a fan-in of 1 (a grayscale first conv, a depthwise conv) a channel's passport response is
@@ -146,7 +151,7 @@ def producer_fan_in(producer: nn.Module) -> int:
     return int(producer.in_channels // producer.groups)
 
 
-def producer_responses(producer: nn.Module, weight: Tensor, passports: Tensor, channels: int) -> Tensor:
+def producer_responses(producer: Layer, weight: Tensor, passports: Tensor, channels: int) -> Tensor:
     """``(N, C)``: ``producer``'s own forward, with ``weight`` and no bias, on each passport, averaged
     per channel.
 
@@ -161,7 +166,7 @@ def producer_responses(producer: nn.Module, weight: Tensor, passports: Tensor, c
     return response.movedim(channel_dim, 1).reshape(len(passports), channels, -1).mean(dim=2)
 
 
-def reparametrized_weight_reason(producer: nn.Module) -> str | None:
+def reparametrized_weight_reason(producer: Layer) -> str | None:
     """Why a producer's ``weight`` is not a plain parameter (weight norm, spectral norm), or None.
 
     The sign loss must move the stored weights; a weight computed from other parameters each
@@ -176,7 +181,7 @@ def reparametrized_weight_reason(producer: nn.Module) -> str | None:
     return None
 
 
-def affine_free_copy(norm: nn.Module) -> nn.Module:
+def affine_free_copy(norm: Layer) -> nn.Module:
     """The same normalization without affine parameters and with fresh running statistics.
 
     The ERB attack's own normalization next to a norm. Built from the torch.nn class the norm is

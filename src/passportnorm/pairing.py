@@ -440,14 +440,10 @@ def find_pairs(
 
     for path, norm in norms.items():
         why = unsupported_norm_reason(norm)
-        producer_path = links.get(path)
-        if (
-            why is None
-            and producer_path is not None
-            and not isinstance(modules[producer_path], SUPPORTED_PRODUCERS)
-        ):
-            kind = type(modules[producer_path]).__name__
-            why = f"its producer '{producer_path}' is a {kind}; only {_PRODUCER_NAMES} can be"
+        found = links.get(path)
+        if why is None and found is not None and not isinstance(modules[found], SUPPORTED_PRODUCERS):
+            kind = type(modules[found]).__name__
+            why = f"its producer '{found}' is a {kind}; only {_PRODUCER_NAMES} can be"
         if why is not None:
             reasons[path] = why
             links.pop(path, None)

@@ -19,11 +19,12 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
 from . import zoo
+from .attach import SECRET_SEED
 from .certificate import Certificate
 from .choices import (
     AwareOptimizer,
@@ -64,7 +65,7 @@ from .train import TrainConfig, Trainer
 from .verify import VerdictRule, VerificationReport, verify
 from .weights import load_weights
 
-__all__ = ["RunOptions", "run_protect", "run_train", "run_verify"]
+__all__ = ["RunOptions", "recorded_settings", "resolve_task", "run_protect", "run_train", "run_verify"]
 
 
 @dataclass
@@ -144,7 +145,7 @@ def _train_config(opts: RunOptions) -> TrainConfig:
         epochs=opts.epochs,
         batch_size=opts.batch_size,
         lr=opts.lr,
-        schedule=opts.schedule,
+        schedule=cast(Schedule, opts.schedule),  # resolve_task has replaced "auto"
         ratio=opts.ratio,
         sign_weight=opts.sign_weight,
         triggers_per_batch=opts.triggers_per_batch,
@@ -288,11 +289,12 @@ def _protect_model(run: _Run) -> None:
     """The run's secret seed (drawn once, shared by every rank), its trigger set, and the branches;
     from ``--weights`` the signature is embedded in the trained weights first (retrofit)."""
     opts, world = run.opts, run.world
-    secret, run.seed_source = (
-        run_secret_seed(run.out, opts.secret_seed, resume=opts.resume) if run.main else (None, None)
-    )
+    secret: int | None = None
+    if run.main:
+        secret, run.seed_source = run_secret_seed(run.out, opts.secret_seed, resume=opts.resume)
     if world is not None:  # every rank must build the same passports and branches
         secret = world.broadcast_int(secret)
+    assert secret is not None  # drawn by this process, or received from rank 0
     run.trigger = _trigger(opts, run.data, secret)
     example = first_inputs(run.data.train, 16).to(run.device)
     exclude = [pattern.strip() for pattern in opts.exclude.split(",") if pattern.strip()] or None
@@ -314,8 +316,8 @@ def _protect_model(run: _Run) -> None:
         began = time.perf_counter()
         run.retrofitted = retrofit(run.model, example) | {"seconds": time.perf_counter() - began}
         print(describe_retrofit(run.retrofitted))
-    run.model.passportnorm_secret_seed["source"] = run.seed_source  # protect() saw a given seed
-    if not opts.resume and run.main:
+    getattr(run.model, SECRET_SEED)["source"] = run.seed_source  # protect() saw a given seed
+    if not opts.resume and run.seed_source is not None:  # rank 0 (or the only process)
         keep_secret_seed(run.out, secret, run.seed_source)
     run.notes = [str(w.message) for w in caught]
     for note in run.notes:
@@ -347,11 +349,16 @@ def _fit(run: _Run) -> tuple[Trainer, float]:
     return trainer, time.perf_counter() - start
 
 
+def recorded_settings(opts: RunOptions) -> dict[str, Any]:
+    """The settings metrics.json records (the public ones: not the secret seed, nor how the run was started)."""
+    return {k: v for k, v in asdict(opts).items() if k not in ("resume", "overwrite", "secret_seed")}
+
+
 def _metrics(run: _Run, history: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """What metrics.json records; the secret seed itself stays in owner-key/ and secret/, only where it
     came from is public."""
-    settings = {k: v for k, v in asdict(run.opts).items() if k not in ("resume", "overwrite", "secret_seed")}
-    secret = {"secret_seed": SEED_SOURCES[run.seed_source]} if run.protected else {}
+    settings = recorded_settings(run.opts)
+    secret = {"secret_seed": SEED_SOURCES[run.seed_source]} if run.seed_source is not None else {}
     return {
         "command": "protect" if run.protected else "train",
         "settings": settings,
@@ -553,8 +560,8 @@ def run_dispute(
     data = None
     if use_data:
         config = parsed[0].key.config
-        name = dataset or config.get("dataset")
-        if name is None:
+        recorded = dataset or config.get("dataset")
+        if recorded is None:
             raise ConfigError("no dataset recorded in the first key; pass --dataset (or --no-data)")
-        data = load_recorded_dataset(name, data_dir or config.get("data_dir"), config).test
+        data = load_recorded_dataset(recorded, data_dir or config.get("data_dir"), config).test
     return dispute(suspect, parsed[0], parsed[1], data=data)

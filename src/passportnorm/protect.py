@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .attach import attach_branch, branch_of, detach_branch
+from .attach import BINDING, SECRET_SEED, STAMPS, attach_branch, branch_of, detach_branch, stamp
 from .aware_statistics import AwareStatistics, Branch, needs_aware_statistics
 from .binding import SECURITY_BITS, SIGNATURE_MODES, hash_bits_by_layer
 from .branch import PassportAwareBranch
@@ -436,20 +436,22 @@ def protect(
     drawn = _draw_passports(model, protected, example_input, chosen, generator, plan, margin)
     _attach_branches(protected, chosen, drawn, plan, options)
     if signature_mode == "hash":
-        _bind_to_hash(protected, signature or "", plan.total)
+        _bind_to_hash(protected, _identity(options), plan.total)
     _warn_about_outliers(protected)
     _stamp(protected, options, plan)
     return protected
 
 
+def _identity(options: ProtectOptions) -> str:
+    """The owner's identity of a hash-bound signature: its text (validate() refused anything else)."""
+    return options.signature if isinstance(options.signature, str) else ""
+
+
 def _stamp(protected: nn.Module, options: ProtectOptions, plan: BitPlan) -> None:
     """What extract_key records: the signature's mode and identity, and the secret seed's source."""
-    hashed = options.signature_mode == "hash"
-    protected.passportnorm_signature = {
-        "mode": options.signature_mode,
-        "identity": (options.signature or "") if hashed else None,
-    }
-    protected.passportnorm_secret_seed = {"value": plan.seed, "source": plan.seed_source}
+    identity = _identity(options) if options.signature_mode == "hash" else None
+    stamp(protected, BINDING, {"mode": options.signature_mode, "identity": identity})
+    stamp(protected, SECRET_SEED, {"value": plan.seed, "source": plan.seed_source})
 
 
 def passports_of(layers: Mapping[str, PassportAwareBranch]) -> list[tuple[str, Tensor, Tensor]]:
@@ -479,9 +481,6 @@ def _bind_to_hash(protected: nn.Module, identity: str, total: int) -> None:
         )
 
 
-_STAMPS = ("passportnorm_signature", "passportnorm_secret_seed")
-
-
 def strip(model: nn.Module) -> nn.Module:
     """The released model: a copy of ``model`` with every passport-aware branch removed.
 
@@ -493,8 +492,8 @@ def strip(model: nn.Module) -> nn.Module:
     released = copy.deepcopy(model)
     for branch in _branches(released).values():
         detach_branch(branch.norm)
-    for stamp in _STAMPS:  # what protect added to the model object; the release carries none of it
-        released.__dict__.pop(stamp, None)
+    for name in STAMPS:  # what protect added to the model object; the release carries none of it
+        released.__dict__.pop(name, None)
     return released
 
 

@@ -75,8 +75,8 @@ def embed_signature(model: nn.Module, example: Any, headroom: float = 2.0) -> di
     """
     layers = protected_layers(model)
     reference = _outputs(model, example)
-    flipped = {path: flip_filters(branch) for path, branch in layers.items()}
-    flipped = {path: flips for path, flips in flipped.items() if flips is not None and bool(flips.any())}
+    tried = {path: flip_filters(branch) for path, branch in layers.items()}
+    flipped = {path: flips for path, flips in tried.items() if flips is not None and bool(flips.any())}
     if flipped and not _same(_outputs(model, example), reference):
         flipped = _keep_function_preserving(model, example, reference, flipped)
     moved = {path: move_filters(branch, headroom) for path, branch in layers.items()}

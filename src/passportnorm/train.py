@@ -41,7 +41,7 @@ from .detection import signature_detection
 from .distributed import World, check_batch
 from .errors import ConfigError, TrainingError
 from .evaluation import accuracy
-from .fileio import restrict_to_owner
+from .fileio import read_checkpoint, write_checkpoint
 from .protect import is_protected, passport_mode, protected_layers
 from .schedule import PassportSchedule
 
@@ -168,7 +168,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
         self.optimizer = self._optimizer(model)
         self.scheduler = self._lr_schedule(self.optimizer)
-        self.aware_optimizer = self.aware_scheduler = None
+        self.aware_optimizer: torch.optim.Optimizer | None = None
+        self.aware_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         separate = config.aware_optimizer == "separate"
         if self.protected and config.schedule in ("alternate", "interleave") and separate:
             self.aware_optimizer = self._branch_decayed_sgd(model)
@@ -177,7 +178,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._state = _StepState()
         self._loss_scale = 1.0  # this rank's share of the global batch, times the number of ranks
-        self._schedule = PassportSchedule(model, ratio=config.ratio) if self.protected else None
+        self._schedule: PassportSchedule | None = (
+            PassportSchedule(model, ratio=config.ratio) if self.protected else None
+        )
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
 
@@ -237,9 +240,15 @@ class Trainer:
         with passport_mode(self.model):
             with self._autocast():
                 task = F.cross_entropy(self.net(x), y) * self._loss_scale
-            penalty = self._schedule.sign_loss()  # on fp32 responses (PassportAwareBranch.passport_responses)
+            # on fp32 responses (PassportAwareBranch.passport_responses)
+            penalty = self._aware_schedule().sign_loss()
         self._state.sign_losses.append(penalty.item())
         return task + self.config.sign_weight * penalty
+
+    def _aware_schedule(self) -> PassportSchedule:
+        if self._schedule is None:
+            raise TrainingError("passport-aware steps need a protected model")
+        return self._schedule
 
     def step(self, batch: tuple[Tensor, Tensor]) -> dict[str, float]:
         """One scheduled unit on ``batch`` (the LR scheduler is stepped once); returns its losses."""
@@ -259,7 +268,7 @@ class Trainer:
             total = free + self._aware_loss(x, y)
             self._optimise(total, "joint")
             losses.update(free=free.item(), total=total.item())
-        elif self.config.schedule == "interleave" and self._schedule.aware_in_place():
+        elif self.config.schedule == "interleave" and self._aware_schedule().aware_in_place():
             aware = self._aware_loss(x, y)
             self._optimise(aware, "passport-aware", self.aware_optimizer)
             losses["aware"] = aware.item()
@@ -271,7 +280,7 @@ class Trainer:
             free = self._free_loss(x, y)
             self._optimise(free, "passport-free")
             losses["free"] = free.item()
-            for _ in self._schedule.aware_steps():
+            for _ in self._aware_schedule().aware_steps():
                 aware = self._aware_loss(x, y)
                 self._optimise(aware, "passport-aware", self.aware_optimizer)
                 losses["aware"] = aware.item()
@@ -361,8 +370,9 @@ class Trainer:
         """
         if resume:
             self.load_checkpoint()
-            for row in self.history if on_epoch is not None else ():
-                on_epoch(row)
+            for row in self.history:
+                if on_epoch is not None:
+                    on_epoch(row)
         while self.epoch < self.config.epochs:
             epoch = self.epoch
             self._state.sign_losses.clear()
@@ -402,7 +412,7 @@ class Trainer:
         return self.out_dir / "checkpoint.pt" if self.out_dir is not None else None
 
     def save_checkpoint(self) -> None:
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or self.out_dir is None:
             return
         if self.world is not None and not self.world.main:
             self.world.barrier()  # rank 0 writes; the others wait until the file is whole
@@ -422,10 +432,8 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "config": asdict(self.config),
         }
-        tmp = self.checkpoint_path.with_name(".checkpoint.pt.tmp")
-        torch.save(payload, tmp)
-        restrict_to_owner(tmp)  # a protected model's checkpoint holds its passports: secret like the key
-        os.replace(tmp, self.checkpoint_path)
+        # a protected model's checkpoint holds its passports: secret like the key
+        write_checkpoint(self.checkpoint_path, payload, owner_only=True)
         if self.world is not None:
             self.world.barrier()
 
@@ -433,22 +441,11 @@ class Trainer:
         path = self.checkpoint_path
         if path is None or not path.is_file():
             raise TrainingError(f"no checkpoint to resume from at {path}; run without --resume first")
-        try:
-            payload = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as error:  # a truncated or foreign file
-            raise TrainingError(
-                f"{path} is not a usable checkpoint ({type(error).__name__}); delete it to start over"
-            ) from error
-        saved = asdict(TrainConfig()) | payload.get("config", {})  # options added later take their defaults
-        if saved != asdict(self.config):
-            changed = [k for k, v in asdict(self.config).items() if saved.get(k) != v]
-            raise TrainingError(
-                f"{path} was written with other settings ({', '.join(changed)}); resume with the same options"
-            )
+        payload = read_checkpoint(path, asdict(self.config), asdict(TrainConfig()), map_location=self.device)
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
-        if self.aware_optimizer is not None:
+        if self.aware_optimizer is not None and self.aware_scheduler is not None:
             self.aware_optimizer.load_state_dict(payload["aware_optimizer"])
             self.aware_scheduler.load_state_dict(payload["aware_scheduler"])
         self.epoch = int(payload["epoch"])

@@ -57,7 +57,10 @@ def binomial_log10_p_value(matches: int, trials: int, chance: float) -> float:
     return float(logsumexp(terms) / np.log(10))
 
 
-def format_p_value(p_value: float, log10_p: float) -> str:
+def format_p_value(p_value: float | None, log10_p: float | None) -> str:
+    """A p-value as text: its digits, or its power of ten where it underflows; "-" when not measured."""
+    if p_value is None or log10_p is None:
+        return "-"
     return f"{p_value:.3g}" if p_value > 0 else f"10^{log10_p:.1f}"
 
 

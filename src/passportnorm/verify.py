@@ -18,10 +18,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .align import align_to_reference
+from .attach import BINDING
 from .binding import bits_follow_from_passports, log10_forgery_chance
 from .certificate import Certificate
 from .data.triggers import TriggerSet
 from .detection import signature_detection
+from .errors import ConfigError
 from .evaluation import accuracy
 from .key import OwnerKey, attach_key
 from .narrow import narrow_to_reference
@@ -215,7 +217,7 @@ def recalibrate_branch(model: nn.Module, batches: Iterable, device: torch.device
             norm.training = False
 
 
-def _example_of(data: Dataset | DataLoader | None, trigger: TriggerSet | None) -> Tensor | None:
+def _example_of(data: Any, trigger: TriggerSet | None) -> Tensor | None:
     """Two inputs of the task (for tracing), from the data or the trigger set, when either is given."""
     if trigger is not None:
         return trigger.inputs[:2].cpu()
@@ -304,7 +306,7 @@ def verify_attached(
     unless it allows text signatures.
     """
     device = _model_device(suspect)
-    binding = getattr(suspect, "passportnorm_signature", None) or {"mode": "text", "identity": None}
+    binding = getattr(suspect, BINDING, None) or {"mode": "text", "identity": None}
     mode = binding["mode"]
     detection = signature_detection(suspect)
     report = VerificationReport(
@@ -377,6 +379,8 @@ def _decide(report: VerificationReport, rule: VerdictRule) -> None:
 def _num_classes(model: nn.Module, data: Dataset | DataLoader, device: torch.device) -> int:
     """How many classes the model answers with: the width of its output on one input."""
     example = _example_of(data, None)
+    if example is None:
+        raise ConfigError("no input to learn the model's number of classes from: give data or a trigger set")
     model.eval()
     return int(model(example.to(device)).shape[-1])
 

@@ -47,8 +47,9 @@ def _read(path: Path) -> Mapping[str, object]:
 
 def _unwrap(state: Mapping[str, object], path: Path) -> dict[str, Tensor]:
     for wrapper in ("state_dict", "model"):
-        if isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
+        inner = state.get(wrapper)
+        if isinstance(inner, Mapping):
+            state = inner
     tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
     if not tensors or len(tensors) != len(state):
         raise ModelFileError(f"--weights {path} is not a state dict (a mapping of names to tensors)")

@@ -28,6 +28,7 @@ from ..key import OwnerKey, attach_key, extract_key
 from ..protect import passport_mode, protected_layers
 from ..signature import claimed_bits
 from ..verify import VerdictRule, verify
+from .evidence import require_data
 from .registry import AttackContext, AttackResult, Option, Plot, register_attack
 
 THREAT_I = (
@@ -54,8 +55,7 @@ def _prepare(released: nn.Module, key: OwnerKey) -> tuple[nn.Module, list[Passpo
 def _optimise(
     suspect: nn.Module, tensors: list[Tensor], data: Dataset, epochs: int, lr: float, seed: int, extra
 ) -> None:
-    if len(data) == 0:
-        raise ConfigError("the attacker has no data: give a non-empty attacker split")
+    require_data(data)
     for tensor in tensors:
         tensor.requires_grad_(True)
     optimizer = torch.optim.Adam(tensors, lr=lr)
@@ -154,21 +154,21 @@ def forge_flipped_signature(
         return F.cosine_similarity(a.flatten(), b.flatten(), dim=0)
 
     def extra() -> Tensor:
-        sign = sum(layer.sign_loss() for layer in layers)
-        away = sum(F.relu(cosine(p, o)) for p, o in zip(forged_passports, owner_passports))
+        zero = torch.zeros(())  # a tensor start: the same left-to-right sum, typed as a tensor
+        sign = sum((layer.sign_loss() for layer in layers), zero)
+        away = sum((F.relu(cosine(p, o)) for p, o in zip(forged_passports, owner_passports)), zero)
         return sign + push * away
 
     _optimise(suspect, forged_passports + mlp_weights, attacker_data, epochs, lr, seed, extra)
     target = torch.cat([layer.signature.cpu() for layer in layers])
     with torch.no_grad():
         reached = torch.cat([layer.extracted_bits().cpu() for layer in layers])
-        similarity = float(
-            sum(cosine(p, o) for p, o in zip(forged_passports, owner_passports)) / len(owner_passports)
-        )
-    owner = torch.cat(owner_bits).cpu()
+        cosines = [cosine(p, o) for p, o in zip(forged_passports, owner_passports)]
+        similarity = float(sum(cosines, torch.zeros(())) / len(owner_passports))
+    owner_signature = torch.cat(owner_bits).cpu()
     return {
         "target_detection": float((reached == target).float().mean()),
-        "bit_dissimilarity_to_owner": float((reached != owner).float().mean()),
+        "bit_dissimilarity_to_owner": float((reached != owner_signature).float().mean()),
         "mean_cosine_to_owner_passports": similarity,
     }
 

@@ -48,7 +48,8 @@ def distill(
         raise ConfigError(f"distillation temperature {temperature} must be positive")
     teacher.eval()
     optimizer = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    _, start = resume_state(checkpoint, student, optimizer, [])
+    config = {"attack": "distill", "lr": lr, "temperature": temperature, "seed": seed}
+    _, start = resume_state(checkpoint, student, optimizer, [], config)
     for epoch in range(start, epochs + 1):
         student.train()
         order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -59,7 +60,7 @@ def distill(
             optimizer.zero_grad(set_to_none=True)
             (loss * temperature**2).backward()
             optimizer.step()
-        save_state(checkpoint, student, optimizer, [], epoch)
+        save_state(checkpoint, student, optimizer, [], epoch, config)
     return student.eval()
 
 

@@ -27,6 +27,7 @@ from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..norm import affine_free_copy, along, norm_channel_dim, norm_channels
 from ..signature import read_bits
+from .evidence import require_data
 from .registry import AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
@@ -89,8 +90,7 @@ def erb_attack(
 ) -> dict[str, Any]:
     if mode not in ERB_MODES:
         raise ConfigError(f"unknown ERB mode {mode!r}; choose cerb or ierb")
-    if len(attacker_data) == 0:
-        raise ConfigError("the attacker has no data: give a non-empty attacker split")
+    require_data(attacker_data)
     gen = torch.Generator().manual_seed(seed)
     model = copy.deepcopy(released).eval()
     for parameter in model.parameters():

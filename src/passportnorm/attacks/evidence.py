@@ -12,9 +12,18 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data.triggers import TriggerSet
+from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..verify import VerdictRule, evidence_of, format_p_value, verify
+
+NO_ATTACKER_DATA = "the attacker has no data: give a non-empty attacker split"
+
+
+def require_data(data: Any, message: str = NO_ATTACKER_DATA) -> None:
+    """Attacks that train need examples; an empty split is one line saying so."""
+    if len(data) == 0:
+        raise ConfigError(message)
 
 
 def owner_row(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from ..data.triggers import TriggerSet
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
+from ..norm import Layer
 from ..pairing import Pair, find_pairs
 from ..verify import VerdictRule
 from .evidence import boundary, owner_row
@@ -41,7 +43,8 @@ def channel_activity(
     model: nn.Module, pairs: list[Pair], data: Dataset, batches: int = 4
 ) -> dict[str, torch.Tensor]:
     """Mean positive activation of every norm's output channels on ``data``, by norm path."""
-    modules, sums = dict(model.named_modules()), {}
+    modules = dict(model.named_modules())
+    sums: dict[str, torch.Tensor] = {}
 
     def record(path):
         def hook(_module, _inputs, output):
@@ -79,7 +82,12 @@ def prune_channels(
 
 
 @torch.no_grad()
-def _apply(modules: dict[str, nn.Module], masks: dict[Pair, torch.Tensor]) -> None:
+def _apply_to_model(model: nn.Module, masks: dict[Pair, torch.Tensor]) -> None:
+    _apply(dict(model.named_modules()), masks)
+
+
+@torch.no_grad()
+def _apply(modules: dict[str, Layer], masks: dict[Pair, torch.Tensor]) -> None:
     for pair, keep in masks.items():
         producer, norm = modules[pair.producer], modules[pair.norm]
         producer.weight[~keep] = 0
@@ -123,7 +131,7 @@ def fine_prune(
             trigger=trigger,
             rule=rule,
             reference=released,
-            after_step=lambda m, masks=masks: _apply(dict(m.named_modules()), masks),
+            after_step=partial(_apply_to_model, masks=masks),
         )
         model = result["model"]
         owner = owner_row(model, key, owner_test, released, trigger, rule)

@@ -23,6 +23,7 @@ from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..verify import VerdictRule, verify
 from .checkpoint import resume_state, save_state
+from .evidence import require_data
 from .registry import AttackContext, AttackResult, Option, Plot, register_attack
 
 FINETUNE_MODES = ("ftll", "ftal", "rtll", "rtal")
@@ -67,8 +68,7 @@ def finetune(
     """
     if mode not in FINETUNE_MODES:
         raise ConfigError(f"unknown fine-tuning mode {mode!r}; choose one of {', '.join(FINETUNE_MODES)}")
-    if len(attacker_data) == 0:
-        raise ConfigError("the attacker has no data: give a non-empty attacker split")
+    require_data(attacker_data)
     model = copy.deepcopy(released)
     _, head = last_layer(model)
     generator = torch.Generator().manual_seed(seed)
@@ -96,7 +96,9 @@ def finetune(
             "verified": report.verified,
         }
 
-    rows, start = resume_state(checkpoint, model, optimizer, [row(0)])
+    # what a resume must share (more epochs may be asked for: the run continues)
+    config = {"attack": "finetune", "mode": mode, "lr": lr, "batch_size": batch_size, "seed": seed}
+    rows, start = resume_state(checkpoint, model, optimizer, [row(0)], config)
     for epoch in range(start, epochs + 1):
         model.train() if mode.endswith("al") else model.eval()  # LL: frozen layers keep their statistics
         order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # replayable after a resume
@@ -108,7 +110,7 @@ def finetune(
             if after_step is not None:
                 after_step(model)
         rows.append(row(epoch))
-        save_state(checkpoint, model, optimizer, rows, epoch)
+        save_state(checkpoint, model, optimizer, rows, epoch, config)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     model.eval()

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..branch import PassportAwareBranch
+from ..choices import SignatureMode
 from ..errors import ConfigError, PassportWarning
 from ..key import OwnerKey, extract_key
 from ..pairing import find_pairs
@@ -92,7 +93,7 @@ def forge_key(
     signature: str | Signature = "(c) Mallory",
     response_scale: float = 1.0,
     seed: int = 0,
-    signature_mode: str = "hash",
+    signature_mode: SignatureMode = "hash",
     rounds: int = 20,
 ) -> tuple[OwnerKey, dict[str, Any]]:
     """A forged owner key for ``released`` (see module docstring).
@@ -126,13 +127,13 @@ def forge_key(
         raise ConfigError(
             "no protectable layer of this model has a full-rank passport response; nothing to forge"
         )
-    identity = str(signature) if signature_mode == "hash" else signature
+    identity = str(signature)  # a hash-bound claim's text; a text claim embeds ``signature`` itself
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PassportWarning)
         shell = protect(
             released,
             example_input,
-            signature=identity,
+            signature=identity if signature_mode == "hash" else signature,
             seed=seed,
             include=full_rank,
             signature_mode=signature_mode,
@@ -142,7 +143,8 @@ def forge_key(
     info: dict[str, Any] = {}
     if signature_mode == "hash":
         targets = {path: layer.signature.clone() for path, layer in layers.items()}
-        history, best = [], (-1.0, None)
+        history: list[float] = []
+        best: tuple[float, dict[str, tuple[Tensor, Tensor]]] = (-1.0, {})
         for _ in range(rounds):
             _solve_passports(shell, matrices, targets, response_scale, generator)
             targets = _hash_bits_of(shell, identity)  # what these passports must now spell
@@ -196,12 +198,12 @@ def forge_attack(
     signature: str = "(c) Mallory",
     seed: int = 0,
     rule: VerdictRule = VerdictRule(),
-    signature_mode: str | None = None,
+    signature_mode: SignatureMode | None = None,
     rounds: int = 20,
 ) -> dict[str, Any]:
     """Forge a key (by default in the owner's key's signature mode), then run the owner's
     verification with it and with the owner's key, side by side."""
-    mode = signature_mode or owner_key.signature_mode
+    mode = signature_mode or cast(SignatureMode, owner_key.signature_mode)
     forged, info = forge_key(
         released, example_input, signature=signature, seed=seed, signature_mode=mode, rounds=rounds
     )

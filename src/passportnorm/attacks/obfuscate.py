@@ -84,9 +84,10 @@ def obfuscate(
             producer.weight.mul_(along(scale, producer.weight.dim()).to(producer.weight))
             if producer.bias is not None:
                 producer.bias.mul_(scale.to(producer.bias))
-            if getattr(norm, "running_mean", None) is not None:
-                norm.running_mean.mul_(scale.to(norm.running_mean))
-                norm.running_var.mul_(scale.pow(2).to(norm.running_var))
+            mean, var = getattr(norm, "running_mean", None), getattr(norm, "running_var", None)
+            if mean is not None and var is not None:
+                mean.mul_(scale.to(mean))
+                var.mul_(scale.pow(2).to(var))
             changed["rescaled"].append(pair.norm)
     if permute:
         for chain in permutable_chains(model, pairs):
@@ -119,7 +120,7 @@ def obfuscation_attack(
     rule: VerdictRule = VerdictRule(),
 ) -> dict[str, Any]:
     """Each transform alone and all together: function change, attacker accuracy, owner verification."""
-    variants = {
+    variants: dict[str, dict[str, Any]] = {
         "permute": dict(permute=True, flip=0.0, rescale=None),
         "flip half": dict(permute=False, flip=0.5, rescale=None),
         "rescale 0.5-2": dict(permute=False, flip=0.0, rescale=(0.5, 2.0)),

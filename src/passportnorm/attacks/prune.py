@@ -55,7 +55,7 @@ def prune_sweep(
     rule: VerdictRule = VerdictRule(),
 ) -> dict[str, Any]:
     """Prune at each rate; curves of attacker accuracy, passport-aware accuracy, triggers, detection."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for rate in rates:
         pruned = prune_model(released, rate)
         report = verify(pruned, key, data=owner_test, trigger=trigger, rule=rule)

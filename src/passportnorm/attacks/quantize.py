@@ -27,10 +27,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..data.registry import first_inputs
 from ..data.triggers import TriggerSet
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
+from ..norm import Layer
 from ..pairing import find_pairs
 from ..verify import VerdictRule
 from .evidence import owner_row
@@ -102,7 +104,7 @@ def dequantize_into(original: nn.Module, quantized: nn.Module, example: torch.Te
     return restored
 
 
-def _identity_norm(norm: nn.Module, shift: torch.Tensor) -> None:
+def _identity_norm(norm: Layer, shift: torch.Tensor) -> None:
     """The norm as ``x + shift`` in eval mode: what is left of it once folded into its producer."""
     norm.running_mean.zero_()
     norm.running_var.fill_(1.0 - norm.eps)
@@ -175,7 +177,7 @@ def run_quantize(context: AttackContext) -> AttackResult:
         context.released,
         context.key,
         context.data.test,
-        attacker.dataset.tensors[0][attacker.indices[:256]],
+        first_inputs(attacker, 256),
         modes=modes,
         trigger=context.trigger,
         rule=context.rule,

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..verify import VerdictRule, verify
 from .checkpoint import resume_state, save_state
+from .evidence import require_data
 from .finetune import last_layer
 from .registry import AttackContext, AttackResult, Option, register_attack
 
@@ -54,8 +54,7 @@ def transfer(
     checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """New head, RTAL on the new task; ``checkpoint`` makes an interrupted run resume from its last epoch."""
-    if len(target_train) == 0:
-        raise ConfigError("the attacker has no data for the new task")
+    require_data(target_train, "the attacker has no data for the new task")
     gen = torch.Generator().manual_seed(seed)
     model = copy.deepcopy(released)
     name, head = last_layer(model)
@@ -66,7 +65,8 @@ def transfer(
         new_head.bias.uniform_(-bound, bound, generator=gen)
     model.set_submodule(name, new_head)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    rows, start = resume_state(checkpoint, model, optimizer, [])
+    config = {"attack": "transfer", "task": task, "num_classes": num_classes, "lr": lr, "seed": seed}
+    rows, start = resume_state(checkpoint, model, optimizer, [], config)
     for epoch in range(start, epochs + 1):
         model.train()
         order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # replayable after a resume
@@ -86,7 +86,7 @@ def transfer(
                 "verified": report.verified,
             }
         )
-        save_state(checkpoint, model, optimizer, rows, epoch)
+        save_state(checkpoint, model, optimizer, rows, epoch, config)
     return {
         "attack": "transfer",
         "threat_model": THREAT_MODEL.format(task=task, classes=num_classes, epochs=epochs),

@@ -219,7 +219,7 @@ def _inference_ratio(
 ) -> float:
     """Median forward time of ``released`` over that of an untrained plain model of the same
     architecture (speed does not depend on the weights), interleaved round by round."""
-    times = {"released": [], "plain": []}
+    times: dict[str, list[float]] = {"released": [], "plain": []}
     with torch.no_grad():
         for model in (released, plain):
             model.eval()(batch)  # warm-up
@@ -407,14 +407,16 @@ def recipes_text(opts: CompareOptions) -> str:
     )
 
 
-def _stat(values: list[float], scale: float = 100.0, digits: int = 2, suffix: str = "%") -> str:
-    values = [v for v in values if v is not None]
-    if not values:
+def _stat(
+    values: list[float | None] | list[float], scale: float = 100.0, digits: int = 2, suffix: str = "%"
+) -> str:
+    measured = [v for v in values if v is not None]
+    if not measured:
         return "-"
-    mean = statistics.mean(values) * scale
-    if len(values) == 1:
+    mean = statistics.mean(measured) * scale
+    if len(measured) == 1:
         return f"{mean:.{digits}f}{suffix}"
-    return f"{mean:.{digits}f}{suffix} +- {statistics.stdev(values) * scale:.{digits}f}"
+    return f"{mean:.{digits}f}{suffix} +- {statistics.stdev(measured) * scale:.{digits}f}"
 
 
 def compare_table(runs: list[dict[str, Any]], schemes: tuple[str, ...]) -> str:

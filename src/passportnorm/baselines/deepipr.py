@@ -100,7 +100,7 @@ class DeepIPRBranch(PassportAwareBranch):
 
     @property
     def passport_mode(self) -> bool:
-        return self.scheme == "v1" or self._passport_mode
+        return self.scheme == "v1" or bool(self.__dict__["_passport_mode"])
 
     @passport_mode.setter
     def passport_mode(self, enabled: bool) -> None:

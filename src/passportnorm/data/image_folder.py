@@ -71,7 +71,8 @@ class ImageFolder(Dataset):
         width, height = image.size
         scale = short / min(width, height)
         return image.resize(
-            (max(self.size, round(width * scale)), max(self.size, round(height * scale))), Image.BILINEAR
+            (max(self.size, round(width * scale)), max(self.size, round(height * scale))),
+            Image.Resampling.BILINEAR,
         )
 
     def _crop_corner(self, image: Image.Image, rng: np.random.Generator) -> tuple[int, int]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch.utils.data import TensorDataset
 
+from ..choices import Task
 from ..errors import ConfigError, DatasetError
 from ..registry import Registry
 
@@ -29,8 +30,8 @@ class DatasetSplits:
     """Train and test splits of one dataset and what a model needs to know about it."""
 
     name: str
-    train: TensorDataset
-    test: TensorDataset
+    train: Any  # a TensorDataset, or a dataset decoded on access (an image folder)
+    test: Any
     num_classes: int
     input_shape: tuple[int, ...]
     augment: Any = None  # callable(images, generator) -> images, applied to training batches
@@ -58,9 +59,9 @@ def available_datasets() -> list[str]:
     return sorted(DATASETS.names())
 
 
-def dataset_task(name: str) -> str:
+def dataset_task(name: str) -> Task:
     """``image`` or ``pointcloud``: what the dataset ``name`` holds."""
-    return DATASETS.traits(name)["task"]
+    return cast(Task, DATASETS.traits(name)["task"])
 
 
 # datasets whose loader takes an image size (decoded and resized on access); the others have a fixed one

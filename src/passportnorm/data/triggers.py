@@ -126,8 +126,8 @@ def _read_image(path: Path, input_shape: tuple[int, ...], where: str) -> torch.T
 
     c, h, w = input_shape
     try:
-        with Image.open(path) as image:
-            image = image.convert("L" if c == 1 else "RGB").resize((w, h))
+        with Image.open(path) as opened:
+            image = opened.convert("L" if c == 1 else "RGB").resize((w, h))
             array = np.asarray(image, dtype=np.float32) / 255.0
     except (OSError, ValueError) as error:
         raise DatasetError(f"{where}: cannot read image {path}: {error}") from error

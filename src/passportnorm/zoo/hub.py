@@ -72,10 +72,10 @@ def _adapt_input_channels(model: nn.Module, in_channels: int, name: str) -> nn.M
     stem = nn.Conv2d(
         in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
+        conv.kernel_size,  # type: ignore[arg-type]  # a conv's own (h, w) tuples, typed tuple[int, ...]
+        conv.stride,  # type: ignore[arg-type]
+        conv.padding,  # type: ignore[arg-type]
+        conv.dilation,  # type: ignore[arg-type]
         bias=conv.bias is not None,
         padding_mode=conv.padding_mode,
     )

@@ -41,6 +41,8 @@ def _module_of(target: str, spec: str):
         if name in sys.modules:
             return sys.modules[name]
         loader_spec = importlib.util.spec_from_file_location(name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise ConfigError(f"{path} cannot be loaded as a Python module; name a .py file")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[name] = module
         try:
