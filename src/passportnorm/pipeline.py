@@ -37,9 +37,9 @@ from .choices import (
     Task,
     check_choices,
 )
-from .data import DatasetSplits, dataset_task, load_dataset, load_recorded_dataset
+from .data import DatasetSplits, dataset_task, load_dataset
 from .data.holdout import hold_out
-from .data.registry import first_inputs
+from .data.registry import first_inputs, recorded_dataset
 from .data.triggers import TRIGGER_KINDS, TriggerSet, generate_triggers, load_trigger_folder
 from .device import resolve_device
 from .dispute import Claim, DisputeResult, dispute
@@ -350,7 +350,7 @@ def _fit(run: _Run) -> tuple[Trainer, float]:
 
 
 def recorded_settings(opts: RunOptions) -> dict[str, Any]:
-    """The settings metrics.json records (the public ones: not the secret seed, nor how the run was started)."""
+    """The settings metrics.json records: the public ones (not the secret seed, nor how the run started)."""
     return {k: v for k, v in asdict(opts).items() if k not in ("resume", "overwrite", "secret_seed")}
 
 
@@ -504,12 +504,8 @@ def run_verify(
     cert = Certificate.load(certificate) if certificate is not None else None
     data = calibration = None
     if use_data:
-        name = dataset or key.config.get("dataset") or meta.get("dataset")
-        if name is None:
-            raise ConfigError("no dataset recorded in the key or model; pass --dataset (or --no-data)")
-        config = key.config
-        data_dir = data_dir or config.get("data_dir")
-        splits = load_recorded_dataset(name, data_dir, config)
+        missing = "no dataset recorded in the key or model; pass --dataset (or --no-data)"
+        splits = recorded_dataset(key.config, dataset, data_dir, fallback=meta, missing=missing)
         data, calibration = (
             splits.test,
             splits.train,
@@ -559,9 +555,6 @@ def run_dispute(
         ]
     data = None
     if use_data:
-        config = parsed[0].key.config
-        recorded = dataset or config.get("dataset")
-        if recorded is None:
-            raise ConfigError("no dataset recorded in the first key; pass --dataset (or --no-data)")
-        data = load_recorded_dataset(recorded, data_dir or config.get("data_dir"), config).test
+        missing = "no dataset recorded in the first key; pass --dataset (or --no-data)"
+        data = recorded_dataset(parsed[0].key.config, dataset, data_dir, missing=missing).test
     return dispute(suspect, parsed[0], parsed[1], data=data)

@@ -253,16 +253,14 @@ def served_release(
     max_batch: int = 256,
 ) -> ServedModel:
     """A released-model folder ready to serve; the input shape comes from the dataset it records."""
-    from .data import load_recorded_dataset
+    from .data.registry import recorded_dataset
     from .release import load_released
 
     model, meta = load_released(folder, trusted_arch=arch)
     pixels = None
     if input_shape is None:
-        dataset = meta.get("dataset")
-        if dataset is None:
-            raise ConfigError(f"{folder}/model.json records no dataset; pass --input-shape C,H,W")
-        splits = load_recorded_dataset(dataset, data_dir or meta.get("data_dir"), meta)
+        missing = f"{folder}/model.json records no dataset; pass --input-shape C,H,W"
+        splits = recorded_dataset(meta, None, data_dir, missing=missing)
         input_shape, pixels = tuple(splits.input_shape), PixelScale.of_dataset(splits)
     model = model.to(device).eval()
     with torch.no_grad():

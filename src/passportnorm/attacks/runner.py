@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from ..data import load_dataset
+from ..data.registry import recorded_dataset
 from ..errors import ConfigError
 from ..fileio import write_json_atomic, write_text_atomic
 from ..key import OwnerKey
@@ -67,19 +67,17 @@ def _context(
     key = OwnerKey.load(key_dir)
     released, meta = load_released(model_dir, trusted_arch=settings["arch"])
     released.eval()
-    dataset = settings["dataset"] or key.config.get("dataset") or meta.get("dataset")
-    if dataset is None:
-        raise ConfigError("no dataset recorded in the key or the model; pass --dataset")
-    data = load_dataset(
-        dataset,
-        settings["data_dir"] or key.config.get("data_dir"),
-        seed=int(key.config.get("seed", 0)),
-        points=key.config.get("points") or None,
+    data = recorded_dataset(
+        key.config,
+        settings["dataset"],
+        settings["data_dir"],
+        fallback=meta,
+        missing="no dataset recorded in the key or the model; pass --dataset",
     )
     attacker = attacker_split(data.train, settings["share"], settings["seed"])
     out.mkdir(parents=True, exist_ok=True)
     return AttackContext(
-        attack.name, released, meta, key, key_dir, model_dir, data, dataset, attacker, out, settings
+        attack.name, released, meta, key, key_dir, model_dir, data, data.name, attacker, out, settings
     )
 
 

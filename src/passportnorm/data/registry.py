@@ -22,6 +22,7 @@ __all__ = [
     "first_inputs",
     "load_dataset",
     "load_recorded_dataset",
+    "recorded_dataset",
 ]
 
 
@@ -101,6 +102,21 @@ def load_recorded_dataset(name: str, data_dir: str | Path | None, config: dict[s
         points=config.get("points") or None,
         image_size=config.get("image_size") or None,
     )
+
+
+def recorded_dataset(
+    config: dict[str, Any],
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    fallback: dict[str, Any] | None = None,
+    missing: str = "no dataset recorded; pass --dataset",
+) -> DatasetSplits:
+    """The dataset a key or release was made on: ``dataset`` when named, else the one ``config`` (then
+    ``fallback``) records, read as it was recorded; neither named nor recorded is one line (``missing``)."""
+    name = dataset or config.get("dataset") or (fallback or {}).get("dataset")
+    if name is None:
+        raise ConfigError(missing)
+    return load_recorded_dataset(name, data_dir or config.get("data_dir"), config)
 
 
 def first_inputs(dataset: Any, count: int) -> Any:

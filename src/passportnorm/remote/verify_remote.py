@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data import load_recorded_dataset
 from ..data.pixels import PixelScale
+from ..data.registry import recorded_dataset
 from ..data.triggers import TriggerSet, generate_triggers
 from ..errors import ConfigError
 from ..fileio import write_json_atomic
@@ -169,16 +169,14 @@ def verify_remote(options: RemoteOptions, rule: VerdictRule = VerdictRule()) -> 
 
 def _pixels(key: OwnerKey, options: RemoteOptions) -> PixelScale:
     """How the key's dataset turns pixels into inputs, to send the triggers as images."""
-    name = options.dataset or key.config.get("dataset")
-    if name is None:
-        raise ConfigError(
-            f"the key in {options.key} records no dataset, needed to turn its triggers into images; "
-            "pass --dataset NAME"
-        )
-    splits = load_recorded_dataset(name, options.data_dir or key.config.get("data_dir"), key.config)
+    missing = (
+        f"the key in {options.key} records no dataset, needed to turn its triggers into images; "
+        "pass --dataset NAME"
+    )
+    splits = recorded_dataset(key.config, options.dataset, options.data_dir, missing=missing)
     scale = PixelScale.of_dataset(splits)
     if scale is None:
-        raise ConfigError(f"dataset {name!r} does not hold images; --protocol torchserve sends images")
+        raise ConfigError(f"dataset {splits.name!r} does not hold images; --protocol torchserve sends images")
     return scale
 
 
