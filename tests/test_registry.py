@@ -1,5 +1,5 @@
-"""One registry pattern: models, datasets, passport kinds, branch kinds, attacks and comparison schemes
-are each a Registry filled by decorators next to the implementations, loaded on first use."""
+"""One registry pattern: models, datasets, passport kinds, branch kinds, attacks, comparison schemes and
+remote protocols are each a Registry filled by decorators next to the implementations, loaded on first use."""
 
 import subprocess
 import sys
@@ -13,6 +13,7 @@ from passportnorm.data.registry import DATASETS
 from passportnorm.errors import ConfigError, DatasetError, OwnerKeyError, PassportError
 from passportnorm.passports import PASSPORTS, RandomPassports
 from passportnorm.registry import Registry
+from passportnorm.remote.protocols import PROTOCOLS
 from passportnorm.zoo.registry import MODELS
 
 REGISTRIES = [
@@ -22,6 +23,7 @@ REGISTRIES = [
     (BRANCH_KINDS, "deepipr-v2", OwnerKeyError, "unknown branch kind 'nope'; choose one of"),
     (ATTACKS, "fine-prune", ConfigError, "unknown attack 'nope'; choose one of"),
     (SCHEMES, "pan", ConfigError, "unknown comparison scheme 'nope'; choose one of plain, deepipr-v1"),
+    (PROTOCOLS, "torchserve", ConfigError, "unknown protocol 'nope'; choose one of v2, torchserve, template"),
 ]
 
 

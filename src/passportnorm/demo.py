@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import zoo
+from .choices import PassportKind
 from .data import load_dataset
 from .detection import signature_detection
 from .device import resolve_device
@@ -50,7 +51,7 @@ def run_demo(
     device: str = "auto",
     signature: str = "(c) passportnorm demo",
     width: float = 1.0,
-    passports: str = "shuffle",
+    passports: PassportKind = "shuffle",
     alpha: float = 0.1,
 ) -> dict[str, Any]:
     """Run the demonstration and return (and write to ``out/metrics.json``) its metrics."""

@@ -28,7 +28,7 @@ from .finetune import finetune
 from .obfuscate import obfuscate
 from .prune import prune_model
 from .quantize import dequantize_into, quantize
-from .registry import AttackContext, AttackResult, Option, register_attack
+from .registry import ATTACKER_LR, AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
     "attacker: released weights, architecture and labelled task data (a held-out share); no key. "
@@ -142,7 +142,7 @@ def combined_attack(
             [0.3, 0.5, 0.7, 0.9],
             listed=True,
         ),
-        Option("lr", "the attacker's learning rate", float, 0.01),
+        ATTACKER_LR,
     ),
 )
 def run_combined(context: AttackContext) -> AttackResult:

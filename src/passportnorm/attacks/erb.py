@@ -14,7 +14,7 @@ dissimilarity to the owner's signature (the signs of the forged gamma against th
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..binding import SECURITY_BITS, hash_bound_bits, required_matches
+from ..choices import words
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
@@ -37,7 +38,8 @@ THREAT_MODEL = (
     "sign loss "
     "to the attacker's signature, model frozen."
 )
-ERB_MODES = ("cerb", "ierb")
+ErbMode = Literal["cerb", "ierb"]
+ERB_MODES = words(ErbMode)
 
 
 class ERBBranch(nn.Module):
@@ -81,7 +83,7 @@ def erb_attack(
     key: OwnerKey,
     attacker_data: Dataset,
     owner_test: Dataset,
-    mode: str = "cerb",
+    mode: ErbMode = "cerb",
     share: float = 0.1,
     epochs: int = 5,
     lr: float = 0.01,

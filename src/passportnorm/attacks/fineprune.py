@@ -29,7 +29,7 @@ from ..pairing import Pair, find_pairs
 from ..verify import VerdictRule
 from .evidence import boundary, owner_row
 from .finetune import finetune
-from .registry import AttackContext, AttackResult, Option, register_attack
+from .registry import ATTACKER_LR, AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
     "attacker: released weights, architecture and labelled task data (a held-out share); no key. "
@@ -156,7 +156,7 @@ def fine_prune(
             [0.2, 0.4, 0.6, 0.8],
             listed=True,
         ),
-        Option("lr", "the attacker's learning rate", float, 0.01),
+        ATTACKER_LR,
     ),
 )
 def run_fine_prune(context: AttackContext) -> AttackResult:

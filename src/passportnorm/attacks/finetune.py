@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..choices import words
 from ..data.triggers import TriggerSet
 from ..errors import ConfigError
 from ..evaluation import accuracy
@@ -26,7 +27,8 @@ from .checkpoint import resume_state, save_state
 from .evidence import require_data
 from .registry import AttackContext, AttackResult, Option, Plot, register_attack
 
-FINETUNE_MODES = ("ftll", "ftal", "rtll", "rtal")
+FinetuneMode = Literal["ftll", "ftal", "rtll", "rtal"]
+FINETUNE_MODES = words(FinetuneMode)
 
 THREAT_MODEL = (
     "attacker: released weights, architecture and labelled task data (a held-out share); no key. "
@@ -47,7 +49,7 @@ def finetune(
     key: OwnerKey,
     attacker_data: Dataset,
     owner_test: Dataset,
-    mode: str = "ftal",
+    mode: FinetuneMode = "ftal",
     epochs: int = 5,
     lr: float = 0.01,
     batch_size: int = 64,

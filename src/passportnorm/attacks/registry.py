@@ -24,6 +24,7 @@ from ..registry import Registry
 from ..verify import VerdictRule
 
 __all__ = [
+    "ATTACKER_LR",
     "ATTACKS",
     "COMMON_OPTIONS",
     "Attack",
@@ -90,6 +91,10 @@ COMMON_OPTIONS = (
         False,
     ),
 )
+
+
+# the learning rate of the attacks that train (reprotect and distill state their own default)
+ATTACKER_LR = Option("lr", "the attacker's learning rate", float, 0.01)
 
 
 @dataclass(frozen=True)

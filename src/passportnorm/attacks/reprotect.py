@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from ..certificate import Certificate
+from ..choices import PassportKind
 from ..data.registry import DatasetSplits
 from ..data.triggers import generate_triggers
 from ..dispute import Claim, dispute
@@ -45,7 +46,7 @@ def reprotect(
     released: nn.Module,
     attacker: Subset,
     data: DatasetSplits,
-    passports: str = "random",
+    passports: PassportKind = "random",
     epochs: int = 2,
     lr: float = 0.01,
     seed: int = 77,
@@ -81,7 +82,7 @@ def reprotect_attack(
     owner_certificate: Certificate | None,
     attacker: Subset,
     data: DatasetSplits,
-    passports: str = "random",
+    passports: PassportKind = "random",
     epochs: int = 2,
     lr: float = 0.01,
     seed: int = 77,

@@ -37,7 +37,7 @@ class DatasetSplits:
     input_shape: tuple[int, ...]
     augment: Any = None  # callable(images, generator) -> images, applied to training batches
     normalize: Any = None  # callable(images in [0, 1]) -> images as the model sees them
-    task: str = "image"  # or "pointcloud": inputs are clouds (3, points)
+    task: Task = "image"  # or "pointcloud": inputs are clouds (3, points)
 
 
 DATASETS: Registry[Callable[..., DatasetSplits]] = Registry(

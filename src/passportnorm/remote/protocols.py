@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..data.pixels import PixelScale, encode_png
 from ..errors import ConfigError
+from ..registry import Registry
 
 __all__ = [
     "PROTOCOLS",
@@ -31,15 +32,12 @@ __all__ = [
     "load_protocol",
 ]
 
-PROTOCOLS: dict[str, Callable[..., Protocol]] = {}
+PROTOCOLS: Registry[Callable[..., Protocol]] = Registry("protocol")
 
 
-def register_protocol(name: str) -> Callable[[type], type]:
-    def add(cls: type) -> type:
-        PROTOCOLS[name] = cls
-        return cls
-
-    return add
+def register_protocol(name: str) -> Callable[[Any], Any]:
+    """``@register_protocol("v2")`` above the class that speaks it."""
+    return PROTOCOLS.register(name)
 
 
 @dataclass(frozen=True)
@@ -285,8 +283,7 @@ def load_protocol(
 ) -> Protocol:
     """The protocol the CLI names; one ConfigError line when it is unknown or lacks its template.
     ``pixels`` gives the dataset's pixel scale, asked for only by protocols that send images."""
-    if name not in PROTOCOLS:
-        raise ConfigError(f"unknown --protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
+    PROTOCOLS.check(name)
     if name == "template":
         if not template:
             raise ConfigError("--protocol template needs --template FILE (a JSON description of the API)")
