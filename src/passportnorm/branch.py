@@ -1,4 +1,4 @@
-"""PassportAwareBranch: the secret branch of one norm layer, attached to it (attach.py).
+"""PassportAwareBranch: the passport-aware (secret) branch of one norm layer, attached to it (attach.py).
 
 The norm module itself is the passport-free (released) branch. The passport-aware branch
 computes the norm's affine parameters from the producer's weights ``W``::

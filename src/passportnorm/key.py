@@ -54,7 +54,7 @@ __all__ = ["KEY_FORMAT", "KEY_VERSION", "OwnerKey", "extract_key", "attach_key"]
 
 @dataclass
 class OwnerKey:
-    """The secret branch state (``tensors``, keyed ``<norm path>.<name>``) and its manifest."""
+    """The passport-aware branch state (``tensors``, keyed ``<norm path>.<name>``) and its manifest."""
 
     tensors: dict[str, Tensor]
     manifest: KeyManifest

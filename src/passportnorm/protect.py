@@ -1,7 +1,7 @@
 """Attach passport-aware branches to a model, switch between branches, and remove them.
 
 ``protect`` returns a protected copy; ``strip`` returns the released model (the original
-architecture, module classes and state-dict keys); ``passport_mode`` runs the secret branch for
+architecture, module classes and state-dict keys); ``passport_mode`` runs the passport-aware branch for
 the duration of a ``with`` block. The user's model code is never edited or re-threaded.
 """
 

@@ -1,7 +1,7 @@
 """Trainer: the paper's schedules for protected models, plain training for baselines, exact resume.
 
 ``schedule="alternate"``: after each passport-free step on a batch, passport-aware steps on the
-same batch so that a share ``ratio`` of all steps trains the secret branch (0.5: one each, the
+same batch so that a share ``ratio`` of all steps trains the passport-aware branch (0.5: one each, the
 paper's default). With ``aware_optimizer="shared"`` both kinds of step move one SGD state (its
 momentum mixes the two losses, and weights both paths use are decayed in both steps); with
 ``"separate"`` the passport-aware steps keep their own momentum and decay only the branch's own

@@ -17,7 +17,7 @@ benchmark: 28% on digits after 4 epochs vs 98% at alpha 0.1), so a larger alpha 
   is the original architecture, but its statistics were estimated on both branches' features.
 
 Passport-aware normalization differs from V2 in exactly two places: separate statistics for
-the private branch, and an MLP between ``g`` and ``gamma``. Both layers here reuse the
+the passport-aware branch, and an MLP between ``g`` and ``gamma``. Both layers here reuse the
 :class:`PassportAwareBranch` machinery (keys, detection, verification, attacks) with those two
 pieces swapped, so the comparison isolates the scheme.
 """
