@@ -121,7 +121,9 @@ def run_distill(context: AttackContext) -> AttackResult:
 
     arch = context.meta["arch"]
     trusted = context.settings["arch"] == arch
-    fresh = zoo.build(arch, trust_code=trusted, **context.meta.get("model_config", {}))
+    with torch.random.fork_rng():  # the student's initialisation follows the attack's seed, and only it
+        torch.manual_seed(context.seed)
+        fresh = zoo.build(arch, trust_code=trusted, **context.meta.get("model_config", {}))
     report = distill_attack(
         context.released,
         fresh,

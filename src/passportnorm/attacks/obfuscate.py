@@ -169,5 +169,5 @@ def run_obfuscation(context: AttackContext) -> AttackResult:
         trigger=context.trigger,
         rule=context.rule,
     )
-    rows = [{k: v for k, v in r.items() if k != "layers_skipped"} for r in report["rows"]]
-    return AttackResult.of(report, rows, model=report.pop("model"))
+    shown = [{k: v for k, v in r.items() if k != "layers_skipped"} for r in report["rows"]]
+    return AttackResult.of(report, model=report.pop("model"), table_rows=shown)

@@ -170,6 +170,7 @@ class AttackResult:
     forged_key: OwnerKey | None = None
     thief_claim: tuple[OwnerKey, Any] | None = None  # the thief's key and certificate
     plots: list[Plot] = field(default_factory=list)
+    table_rows: list[dict[str, Any]] | None = None  # what result.md shows, where it leaves columns out
 
     @classmethod
     def of(

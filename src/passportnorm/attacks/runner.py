@@ -124,7 +124,13 @@ def _write(result: AttackResult, context: AttackContext, options: dict[str, Any]
     for plot in result.plots:
         _plot(out / plot.file, plot)
     write_json_atomic(out / "result.json", json.loads(json.dumps(record(result, options), default=str)))
-    text = [f"# Attack: {result.attack}", "", f"Threat model: {result.threat_model}", "", _table(result.rows)]
+    text = [
+        f"# Attack: {result.attack}",
+        "",
+        f"Threat model: {result.threat_model}",
+        "",
+        _table(result.table_rows or result.rows),
+    ]
     text += [f"\n![{p.file}]({p.file})" for p in result.plots]
     write_text_atomic(out / "result.md", "\n".join(text) + "\n")
 
