@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .cli_attack import add_attack_command, run_attack_command
-from .cli_help import finish_help
+from .cli_help import default_text, finish_help
 from .cli_remote import add_serve_command, add_verify_remote_command, run_serve, run_verify_remote
 from .errors import ConfigError, PassportNormError
 
@@ -150,14 +150,6 @@ class _OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _default_text(spec) -> str:
-    from dataclasses import MISSING
-
-    if spec.default is MISSING or spec.default is None or isinstance(spec.default, bool):
-        return ""
-    return f" (default: {spec.default!r})" if isinstance(spec.default, str) else f" (default: {spec.default})"
-
-
 def _add_run_options(parser: argparse.ArgumentParser, protected: bool = True) -> None:
     from .pipeline import RunOptions
 
@@ -171,7 +163,7 @@ def _add_run_options(parser: argparse.ArgumentParser, protected: bool = True) ->
             continue
         kind = {"int": int, "int | None": int, "float": float}.get(str(spec.type), str)
         parser.add_argument(
-            flag, type=kind, default=None, help=(_HELP.get(spec.name) or "") + _default_text(spec)
+            flag, type=kind, default=None, help=(_HELP.get(spec.name) or "") + default_text(spec.default)
         )
 
 

@@ -7,18 +7,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .cli_help import HelpWithDefaults
+from .cli_help import HelpWithDefaults, default_text
 
 __all__ = ["EXIT_CODES", "add_attack_command", "run_attack_command"]
 
 EXIT_CODES = "exit codes: 0 attack run and its evidence written; 2 bad input (one line naming it)"
-
-
-def _default_text(value: Any) -> str:
-    if value is None or value is False:
-        return ""
-    shown = ",".join(map(str, value)) if isinstance(value, list) else value
-    return f" (default: {shown})"
 
 
 def _add_attack(attacks: Any, attack: Any) -> None:
@@ -52,7 +45,7 @@ def _add_attack(attacks: Any, attack: Any) -> None:
             type=str if option.listed else option.kind,
             choices=option.choices,
             default=None,
-            help=option.help + _default_text(option.default),
+            help=option.help + default_text(option.default),
         )
 
 

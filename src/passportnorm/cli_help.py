@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any
 
-__all__ = ["COMMON_HELP", "HelpWithDefaults", "finish_help"]
+__all__ = ["COMMON_HELP", "HelpWithDefaults", "default_text", "finish_help"]
 
 # options several commands share, described once
 COMMON_HELP = {
@@ -25,6 +27,15 @@ COMMON_HELP = {
 }
 # commands whose only outcomes are success or bad input
 PLAIN_EXIT = "exit codes: 0 done; 2 bad input (one line naming it); 130 interrupted"
+
+
+def default_text(value: Any) -> str:
+    """ " (default: X)" for an option's help; nothing where there is no default to state (none, a flag)."""
+    if value is dataclasses.MISSING or value is None or isinstance(value, bool):
+        return ""
+    if isinstance(value, list):
+        return f" (default: {','.join(map(str, value))})"  # a comma-separated option
+    return f" (default: {value!r})" if isinstance(value, str) else f" (default: {value})"
 
 
 class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
