@@ -181,23 +181,12 @@ def _read_config(name: str) -> dict:
     return {k.replace("-", "_"): v for k, v in loaded.items()}
 
 
-def _run_options(args: argparse.Namespace):
-    from .pipeline import RunOptions
-
+def _options(args: argparse.Namespace, kind: Any) -> Any:
+    """``kind`` (RunOptions, CompareOptions) from ``--config`` (YAML) with the flags given on top."""
     values = _read_config(args.config) if args.config else {}
-    for spec in fields(RunOptions):
-        given = getattr(args, spec.name, None)
-        if given is not None:
-            values[spec.name] = given
-    return RunOptions.from_mapping(values)
-
-
-def _compare_options(args: argparse.Namespace, options: Any) -> Any:
-    """CompareOptions from ``--config`` (YAML) with the flags given on the command line on top."""
-    values = _read_config(args.config) if args.config else {}
-    given = {name: getattr(args, name, None) for name in options.__dataclass_fields__}
-    values.update({k: v for k, v in given.items() if v is not None})
-    return options.from_mapping(values)
+    given = {spec.name: getattr(args, spec.name, None) for spec in fields(kind)}
+    values.update({name: value for name, value in given.items() if value is not None})
+    return kind.from_mapping(values)
 
 
 def _add_protect(commands: Any) -> None:
@@ -566,15 +555,15 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _protect(args: argparse.Namespace) -> int:
-    from .pipeline import run_protect
+    from .pipeline import RunOptions, run_protect
 
-    return 0 if run_protect(_run_options(args))["verified"] else 1
+    return 0 if run_protect(_options(args, RunOptions))["verified"] else 1
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .pipeline import run_train
+    from .pipeline import RunOptions, run_train
 
-    run_train(_run_options(args))
+    run_train(_options(args, RunOptions))
     return 0
 
 
@@ -600,7 +589,7 @@ def _dispute(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from .baselines.compare import CompareOptions, run_compare
 
-    print(run_compare(_compare_options(args, CompareOptions))["table"])
+    print(run_compare(_options(args, CompareOptions))["table"])
     return 0
 
 

@@ -424,8 +424,10 @@ def protect(
     equal the input model's bit for bit.
     """
     options = ProtectOptions(
-        signature, passports, seed, include, exclude, pairs, alpha, margin,
-        weak_layers, transform_layers, signature_mode, separate_statistics,
+        signature=signature, passports=passports, seed=seed, include=include, exclude=exclude,
+        pairs=pairs, alpha=alpha, margin=margin, weak_layers=weak_layers,
+        transform_layers=transform_layers, signature_mode=signature_mode,
+        separate_statistics=separate_statistics,
     )  # fmt: skip
     generator = options.validate()
     _refuse_protected(model)
@@ -433,9 +435,9 @@ def protect(
     chosen = _choose_pairs(protected, example_input, options)
     plan = _plan_bits(chosen, options)
     _warn_weak(chosen)
-    drawn = _draw_passports(model, protected, example_input, chosen, generator, plan, margin)
+    drawn = _draw_passports(model, protected, example_input, chosen, generator, plan, options.margin)
     _attach_branches(protected, chosen, drawn, plan, options)
-    if signature_mode == "hash":
+    if options.signature_mode == "hash":
         _bind_to_hash(protected, _identity(options), plan.total)
     _warn_about_outliers(protected)
     _stamp(protected, options, plan)

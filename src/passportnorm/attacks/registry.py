@@ -120,10 +120,14 @@ class AttackContext:
     key_dir: Path
     model_dir: Path
     data: DatasetSplits
-    dataset: str
     attacker: Subset
     out: Path
     settings: dict[str, Any]
+
+    @property
+    def dataset(self) -> str:
+        """The owner's dataset by name."""
+        return self.data.name
 
     @property
     def seed(self) -> int:

@@ -76,9 +76,7 @@ def _context(
     )
     attacker = attacker_split(data.train, settings["share"], settings["seed"])
     out.mkdir(parents=True, exist_ok=True)
-    return AttackContext(
-        attack.name, released, meta, key, key_dir, model_dir, data, data.name, attacker, out, settings
-    )
+    return AttackContext(attack.name, released, meta, key, key_dir, model_dir, data, attacker, out, settings)
 
 
 def run_attack(
