@@ -11,7 +11,7 @@ from passportnorm import zoo
 from passportnorm.certificate import Certificate
 from passportnorm.data import load_dataset
 from passportnorm.data.triggers import generate_triggers
-from passportnorm.errors import CertificateError
+from passportnorm.errors import CertificateError, ConfigError
 from passportnorm.key import extract_key
 from passportnorm.train import TrainConfig, Trainer
 from passportnorm.verify import (
@@ -102,7 +102,7 @@ def test_recalibration_touches_only_the_branch_statistics(trained):
     assert not torch.equal(layer.branch_norm.running_mean, before)
     assert all(torch.equal(v, suspect.state_dict()[k]) for k, v in free_stats.items())
     assert free_stats and layer.norm.momentum == 0.1 and not layer.norm.training
-    report = verify(released, key, data=data.test, recalibrate=True)
+    report = verify(released, key, data=data.test, recalibrate=True, calibration_data=data.train)
     assert report.verified and report.passport_aware_accuracy > 0.85
 
 
@@ -114,8 +114,12 @@ def test_recalibration_reads_the_calibration_data_when_given(trained, monkeypatc
     real = verify_module.recalibrate_branch
     monkeypatch.setattr(verify_module, "recalibrate_branch", lambda m, batches, d: (seen.append(len(batches.dataset)), real(m, batches, d)))
     verify(released, key, data=data.test, recalibrate=True, calibration_data=data.train)
-    verify(released, key, data=data.test, recalibrate=True)
-    assert seen == [len(data.train), len(data.test)] and len(data.train) != len(data.test)
+    assert seen == [len(data.train)] and len(data.train) != len(data.test)
+    # without calibration data the request is refused: the statistics must never be re-estimated on
+    # the test data the accuracy is then read from
+    with pytest.raises(ConfigError, match="recalibrate needs calibration_data"):
+        verify(released, key, data=data.test, recalibrate=True)
+    assert seen == [len(data.train)]
 
 
 def test_certificate_is_checked_before_anything_else(trained):

@@ -4,8 +4,9 @@ Permuting, sign-flipping or rescaling channels leaves a network's function uncha
 what channel i of a producer computes, so a verifier reading bit i from channel i reads noise.
 Walking the key's layers in forward order, each suspect producer's output channels are matched
 to the reference's by a Hungarian assignment on the absolute cosine similarity of their filters
-(over input channels already aligned upstream); the sign comes from the similarity's sign and
-the scale from the filters' norms. The inverse transform is then applied exactly as the
+(over input channels already aligned upstream); a channel is negated back where its filter points
+the other way and its norm's gain is negative (the trace a free flip leaves, see
+``_undone_flips``), and the scale comes from the filters' norms. The inverse transform is then applied exactly as the
 obfuscation would have been: producer rows, the norm's parameters and statistics, and the one
 consumer's input channels, so the aligned model computes what the suspect computes.
 
@@ -78,6 +79,23 @@ def pairs_to_align(reference: nn.Module, key: OwnerKey, example_input: Any = Non
     return pairs
 
 
+def _undone_flips(matched: torch.Tensor, norm: Layer, order: torch.Tensor) -> torch.Tensor:
+    """Per reference channel, -1 where the alignment negates the matched suspect channel back: only
+    where the filters point opposite ways *and* the suspect's norm gain is negative.
+
+    A free sign flip at a per-channel norm must negate the norm's gain with the filter, so a flip
+    leaves a negative gain behind, and trained gains are positive (0 of 1200 negative in a
+    ResNet18 x0.25 owner and in its plain twin, docs/SECURITY.md). Undoing every opposite-pointing
+    filter instead would be symmetric: a claimant could flip a public model's filters to spell
+    their own bits and the alignment would flip the public model to match (issue 33). This way a
+    thief's flips are undone and a claimant's flips of someone else's model are not."""
+    weight = getattr(norm, "weight", None)
+    if weight is None:  # no gain to carry a flip: negating a filter would change the function
+        return torch.ones_like(matched)
+    negative_gain = weight.detach().double().cpu()[order.cpu()] < 0
+    return torch.where((matched < 0) & negative_gain, -1.0, 1.0)
+
+
 @torch.no_grad()
 def align_to_reference(
     suspect: nn.Module,
@@ -92,8 +110,9 @@ def align_to_reference(
 
     With ``example_input`` every producer/norm pair of the reference is aligned, protected or not
     (an obfuscator may also scramble the unprotected layers that feed protected ones); without
-    it, the key's layers only. ``exclude_passport_directions=False`` matches on whole filters, the
-    unsound matching of earlier versions (kept so benchmarks can show what it did)."""
+    it, the key's layers only. ``exclude_passport_directions=False`` matches on whole filters and
+    negates every opposite-pointing one, the unsound matching of earlier versions (kept so
+    benchmarks can show what it did)."""
     model = copy.deepcopy(suspect).eval()
     modules, ref_modules = dict(model.named_modules()), dict(reference.named_modules())
     pairs = pairs_to_align(reference, key, example_input)
@@ -146,11 +165,12 @@ def align_to_reference(
             order = torch.arange(pair.channels)
         matched = cosine[order, torch.arange(pair.channels)]
         per_channel = isinstance(norm, PER_CHANNEL_NORMS)
-        sign = (
-            torch.where(matched < 0, -1.0, 1.0)
-            if per_channel
-            else torch.ones(pair.channels, dtype=torch.float64)
-        )
+        if not per_channel:
+            sign = torch.ones(pair.channels, dtype=torch.float64)
+        elif exclude_passport_directions:
+            sign = _undone_flips(matched, norm, order)
+        else:  # the unsound matching of earlier versions: every opposite-pointing filter negated
+            sign = torch.where(matched < 0, -1.0, 1.0)
         scale = (
             (ours[order].norm(dim=1) / theirs.norm(dim=1).clamp_min(1e-12))
             if per_channel

@@ -7,6 +7,7 @@ nothing in the model changes (BatchNorm running statistics included).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Capture", "call_model", "capture", "frozen_eval"]
+__all__ = ["Capture", "call_model", "capture", "frozen_copy", "frozen_eval"]
 
 
 def call_model(model: nn.Module, example_input: Any) -> Any:
@@ -39,6 +40,16 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, was_training in modes:
             module.training = was_training
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode with no parameter asking for gradients: what every measurement of
+    evidence runs on, so the same model gives the same bits, accuracies and trigger answers however
+    it was handed over (a model left in training mode answers with batch statistics and dropout)."""
+    frozen = copy.deepcopy(model).eval()
+    for parameter in frozen.parameters():
+        parameter.requires_grad_(False)
+    return frozen
 
 
 @dataclass

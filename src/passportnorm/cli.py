@@ -242,6 +242,11 @@ def _add_verify(commands: Any) -> None:
         "(undoes permutation, sign flips and rescaling)",
     )
     check.add_argument(
+        "--ancestor",
+        help="the trained model a retrofit key started from (released folder or weights file); a "
+        "retrofit key's claim is decided only with it",
+    )
+    check.add_argument(
         "--allow-text-signatures",
         action="store_true",
         help="accept a claim resting on the paper's text signature (forgeable, see docs/SECURITY.md)",
@@ -312,6 +317,12 @@ def _add_dispute(commands: Any) -> None:
     fight.add_argument("--dataset", help="dataset for the accuracy condition (default: the first key's)")
     fight.add_argument("--data-dir")
     fight.add_argument("--no-data", action="store_true", help="signatures only")
+    fight.add_argument(
+        "--ancestor",
+        action="append",
+        help="a trained model a claimant's retrofit key records (released folder or weights file); "
+        "repeat for each; a retrofit claim counts only with its ancestor",
+    )
     fight.add_argument("--arch", help="the model code the folders name when it is your own (file.py:factory)")
     fight.add_argument("--json", action="store_true")
     fight.add_argument(
@@ -493,6 +504,7 @@ def _verify(args: argparse.Namespace) -> int:
         device=args.device,
         reference_dir=args.reference,
         arch=args.arch,
+        ancestor=args.ancestor,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -577,6 +589,7 @@ def _dispute(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         use_data=not args.no_data,
         arch=args.arch,
+        ancestors=args.ancestor,
     )
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_markdown())
     if args.html:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from .fileio import (
 from .key_manifest import (
     KEY_FORMAT,
     KEY_VERSION,
+    AncestorEntry,
     KeyLayer,
     KeyManifest,
     SecretSeed,
@@ -58,6 +59,26 @@ class OwnerKey:
 
     tensors: dict[str, Tensor]
     manifest: KeyManifest
+    # the model ``manifest.ancestor`` names, when the verifier has it (in memory only: never saved)
+    ancestor_model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def with_ancestor(self, model: nn.Module) -> OwnerKey:
+        """This key with the model its retrofit started from at hand, so every verification with it
+        (verify, dispute, attacks) decides the claim against that model. The model must be the one
+        the key records; a key protected from scratch takes none."""
+        recorded = self.ancestor
+        if recorded is None:
+            raise OwnerKeyError(
+                "an ancestor was given, but the key records none (it was protected from scratch, not "
+                "retrofitted); drop --ancestor"
+            )
+        found = released_fingerprint(model)
+        if found != recorded.weights_sha256:
+            raise OwnerKeyError(
+                f"the ancestor given has weights SHA-256 {found[:16]}..., the key records "
+                f"{recorded.weights_sha256[:16]}...: give the model the retrofit started from"
+            )
+        return replace(self, ancestor_model=model)
 
     @property
     def layers(self) -> tuple[KeyLayer, ...]:
@@ -76,6 +97,11 @@ class OwnerKey:
     def config(self) -> dict[str, Any]:
         """The settings of the run that made the key (empty for keys made outside the pipeline)."""
         return self.manifest.config
+
+    @property
+    def ancestor(self) -> AncestorEntry | None:
+        """The trained model a retrofit started from (None for a key protected from scratch)."""
+        return self.manifest.ancestor
 
     @property
     def trigger(self) -> TriggerSet | None:
@@ -263,8 +289,10 @@ def extract_key(
     config: dict[str, Any] | None = None,
     seeds: dict[str, int] | None = None,
     trigger: TriggerSet | None = None,
+    ancestor: AncestorEntry | None = None,
 ) -> OwnerKey:
-    """The owner key of a protected model (its branch state), with the fingerprint of its release."""
+    """The owner key of a protected model (its branch state), with the fingerprint of its release;
+    ``ancestor``: the trained model a retrofit started from."""
     layers = _require_protected(model, "yield an owner key")
     statistics = statistics_layers(model)
     tensors = {
@@ -292,6 +320,7 @@ def extract_key(
         seeds=seeds or {},
         secret_seed=_secret_seed_of(model),
         config=config or {},
+        ancestor=ancestor,
     )
     return OwnerKey(tensors, manifest)
 

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 from .errors import OwnerKeyError
 
 __all__ = [
+    "AncestorEntry",
     "KEY_FORMAT",
     "KEY_VERSION",
     "KeyLayer",
@@ -161,6 +162,17 @@ class SecretSeed:
 
 
 @dataclass(frozen=True)
+class AncestorEntry:
+    """The trained model a retrofit started from (``protect --weights``): its weights' SHA-256
+    (``released_fingerprint``) and its file's. Whatever a function-preserving transform of the
+    ancestor shows is no evidence against it, so a claim of such a key is decided only with the
+    ancestor at hand (verify.py)."""
+
+    weights_sha256: str
+    file_sha256: str
+
+
+@dataclass(frozen=True)
 class KeyManifest:
     """Everything in ``key.json`` except the two hashes that seal it."""
 
@@ -172,6 +184,7 @@ class KeyManifest:
     seeds: dict[str, Any] = field(default_factory=dict)
     secret_seed: SecretSeed | None = None
     config: dict[str, Any] = field(default_factory=dict)  # the run's settings, as the pipeline wrote them
+    ancestor: AncestorEntry | None = None  # set by a retrofit: the claim is decided against it
     format: str = KEY_FORMAT
     version: int = KEY_VERSION
     _as_read: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
@@ -183,6 +196,7 @@ class KeyManifest:
             raise OwnerKeyError(f"{where} must hold a JSON object")
         trigger: dict[str, Any] | None = _take(data, "trigger", (dict, type(None)), where, None)
         secret_seed: dict[str, Any] | None = _take(data, "secret_seed", (dict, type(None)), where, None)
+        ancestor: dict[str, Any] | None = _take(data, "ancestor", (dict, type(None)), where, None)
         manifest = cls(
             layers=tuple(
                 KeyLayer.read(entry, f"{where}: layers[{i}]")
@@ -200,6 +214,7 @@ class KeyManifest:
             if secret_seed
             else None,
             config=_take(data, "config", dict, where, {}),
+            ancestor=_read_plain(AncestorEntry, ancestor, f"{where}: ancestor") if ancestor else None,
             format=_take(data, "format", str, where),
             version=_take(data, "version", int, where),
         )
@@ -212,6 +227,8 @@ class KeyManifest:
             return copy.deepcopy(self._as_read)
         data = asdict(self)
         del data["_as_read"]
+        if data["ancestor"] is None:  # keys made from scratch hash as they did before the field existed
+            del data["ancestor"]
         for layer in data["layers"]:
             layer["passport_shape"] = list(layer["passport_shape"])
         data["layers"], data["statistics_layers"] = list(data["layers"]), list(data["statistics_layers"])

@@ -13,6 +13,7 @@ model folder against a key.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import platform
 import time
@@ -55,9 +56,10 @@ from .distributed import (
 from .errors import CertificateError, ConfigError, PassportWarning
 from .fileio import write_json_atomic, write_text_atomic
 from .key import OwnerKey, extract_key
+from .key_manifest import AncestorEntry
 from .progress import print_epoch
 from .protect import capacity, protect, strip
-from .release import load_released, save_released
+from .release import load_model_like, load_released, released_fingerprint, save_released
 from .report import run_report_markdown, write_history_csv
 from .retrofit import describe_retrofit, retrofit
 from .run_folder import SEED_SOURCES, keep_secret_seed, prepare_run_folder, run_secret_seed, secret_folder
@@ -251,6 +253,7 @@ class _Run:
     model_config: dict[str, Any] = field(default_factory=dict)
     model: Any = None
     weights_sha256: str | None = None
+    ancestor: Any = None  # the trained model a retrofit starts from (a CPU copy), for the self-check
     synced: dict[str, Any] = field(default_factory=dict)
     trigger: TriggerSet | None = None
     seed_source: str | None = None
@@ -281,6 +284,7 @@ def _build(run: _Run) -> None:
     run.model_config = _model_config(opts, run.data)
     model = zoo.build(opts.arch, trust_code=True, **run.model_config)  # the user named this --arch
     run.weights_sha256 = load_weights(model, opts.weights) if opts.weights else None
+    run.ancestor = copy.deepcopy(model).eval() if opts.weights else None
     run.model = model.to(run.device)
     run.synced = to_sync_batchnorm(run.model) if opts.sync_bn else {}
 
@@ -392,18 +396,31 @@ def _release(run: _Run) -> torch.nn.Module:
         points=opts.points,
         image_size=opts.image_size,
         initial_weights_sha256=run.weights_sha256,
+        ancestor_weights_sha256=_ancestor_entry(run).weights_sha256 if run.ancestor is not None else None,
         signature_bits=capacity(run.model) if run.protected else 0,
     )
     return released
+
+
+def _ancestor_entry(run: _Run) -> AncestorEntry:
+    """What the key and the release record of the model a retrofit started from."""
+    assert run.ancestor is not None and run.weights_sha256 is not None
+    return AncestorEntry(released_fingerprint(run.ancestor), run.weights_sha256)
 
 
 def _key_and_certificate(run: _Run, released: torch.nn.Module, metrics: dict[str, Any]) -> str:
     """The owner key, the release verified with it on the test split, and the certificate when it
     verifies; the verification as markdown."""
     config = metrics["settings"] | {"model_config": run.model_config, "secret_seed": run.opts.secret_seed}
-    key = extract_key(run.model.cpu(), config=config, seeds=metrics["seeds"], trigger=run.trigger)
+    key = extract_key(
+        run.model.cpu(),
+        config=config,
+        seeds=metrics["seeds"],
+        trigger=run.trigger,
+        ancestor=_ancestor_entry(run) if run.ancestor is not None else None,
+    )
     key.save(run.out / "owner-key")
-    report = verify(released.cpu(), key, data=run.data.test, trigger=key.trigger)
+    report = verify(released.cpu(), key, data=run.data.test, trigger=key.trigger, ancestor=run.ancestor)
     metrics["verification"] = report.to_dict()
     metrics["verified"] = report.verified
     _certify_if_verified(key, released.cpu(), run.out / "certificate.json", report.verified)
@@ -494,12 +511,16 @@ def run_verify(
     device: str = "auto",
     reference_dir: str | Path | None = None,
     arch: str | None = None,
+    ancestor: str | Path | None = None,
 ) -> VerificationReport:
     """Verify a released-model folder with an owner key (and optionally its certificate); with
     ``reference_dir`` (the owner's released model) the suspect's channels are aligned to it first.
-    ``arch`` is the user's own model code (file.py:factory) the folders name, run only when given."""
+    ``arch`` is the user's own model code (file.py:factory) the folders name, run only when given.
+    ``ancestor``: the model a retrofit key records (released folder or weights file)."""
     key = OwnerKey.load(key_dir)
     model, meta = load_released(model_dir, trusted_arch=arch)
+    if ancestor is not None:
+        key = key.with_ancestor(load_model_like(ancestor, model, trusted_arch=arch))
     reference = load_released(reference_dir, trusted_arch=arch)[0] if reference_dir is not None else None
     cert = Certificate.load(certificate) if certificate is not None else None
     data = calibration = None
@@ -525,6 +546,25 @@ def run_verify(
     )
 
 
+def _with_ancestors(claims: list[Claim], ancestors: list[torch.nn.Module]) -> list[Claim]:
+    """Each claim with the ancestor its key records, where one of ``ancestors`` is it; an ancestor
+    no key records is one line (it would change no verdict, so it is a mistake)."""
+    by_hash = {released_fingerprint(model): model for model in ancestors}
+    wanted = {c.key.ancestor.weights_sha256 for c in claims if c.key.ancestor is not None}
+    stray = sorted(set(by_hash) - wanted)
+    if stray:
+        raise ConfigError(
+            f"--ancestor with weights SHA-256 {stray[0][:16]}... is recorded by neither claim's key; give "
+            "only the models the retrofit keys record"
+        )
+    return [
+        replace(c, key=c.key.with_ancestor(by_hash[c.key.ancestor.weights_sha256]))
+        if c.key.ancestor is not None and c.key.ancestor.weights_sha256 in by_hash
+        else c
+        for c in claims
+    ]
+
+
 def run_dispute(
     suspect_dir: str | Path,
     claims: list[tuple[str, str, str]],
@@ -532,9 +572,11 @@ def run_dispute(
     data_dir: str | None = None,
     use_data: bool = True,
     arch: str | None = None,
+    ancestors: list[str] | None = None,
 ) -> DisputeResult:
     """Two claims of (key folder, certificate file, released folder) on a suspect released folder;
-    ``arch`` is the user's own model code the folders name, run only when given."""
+    ``arch`` is the user's own model code the folders name, run only when given. ``ancestors``:
+    models that retrofit keys record, each handed to the claim whose key records it."""
     if len(claims) != 2:
         raise ConfigError(f"a dispute needs exactly two --claim entries, got {len(claims)}")
     suspect = load_released(suspect_dir, trusted_arch=arch)[0]
@@ -549,6 +591,7 @@ def run_dispute(
                 load_released(released_dir, trusted_arch=arch)[0],
             )
         )
+    parsed = _with_ancestors(parsed, [load_model_like(path, suspect, arch) for path in ancestors or []])
     if parsed[0].name == parsed[1].name:
         parsed = [
             Claim(f"{c.name} ({i + 1})", c.key, c.certificate, c.released) for i, c in enumerate(parsed)

@@ -6,6 +6,7 @@ can load it into the zoo model named in ``model.json``. Loading never unpickles 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from .fileio import (
     write_json_atomic,
 )
 from .protect import is_protected
+from .weights import load_weights
 from .zoo.user_code import is_user_code
 
-__all__ = ["RELEASED_FORMAT", "save_released", "load_released", "released_fingerprint"]
+__all__ = ["RELEASED_FORMAT", "load_model_like", "load_released", "released_fingerprint", "save_released"]
 
 RELEASED_FORMAT = "passportnorm.released-model"
 RELEASED_VERSION = 1
@@ -145,3 +147,17 @@ def load_released(folder: str | Path, trusted_arch: str | None = None) -> tuple[
         raise ModelFileError(f"{weights_path} does not fit {meta['arch']} {meta.get('model_config')}: {what}")
     model.load_state_dict(state)
     return model, meta
+
+
+def load_model_like(path: str | Path, like: nn.Module, trusted_arch: str | None = None) -> nn.Module:
+    """A model read from ``path``: a released-model folder, or a weights file (safetensors, or a
+    state dict read with ``weights_only``) loaded into a copy of ``like``'s architecture. For the
+    ancestor of a retrofit, which may be a public checkpoint rather than a passportnorm release."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"--ancestor {path} does not exist; give the released folder or weights file")
+    if path.is_dir():
+        return load_released(path, trusted_arch=trusted_arch)[0].eval()
+    model = copy.deepcopy(like)
+    load_weights(model, path, flag="--ancestor")
+    return model.eval()

@@ -4,8 +4,9 @@
 still have to be trained into the weights; on a trained model, at a fine-tuning learning rate,
 neither happens in 2 epochs (measured on ResNet18 x0.25 / mnist5k: 10% passport-aware accuracy
 and 97% of the bits; docs/RESULTS.md, "Retrofit"). So :func:`retrofit` first gives every bit its
-sign (:func:`embed_signature`: a wrong sign flipped with its channel at no cost to the function,
-then the least move that gives each response room), then starts each branch as the trained norm
+sign (:func:`embed_signature`: the least move of each filter that gives its response the sign
+and some room; never a function-preserving flip, which would put the proof in the ancestor too),
+then starts each branch as the trained norm
 (:func:`warm_start`): statistics copied, and the MLP's output layer solved in closed form so that
 ``MLP(g) = weight`` and ``MLP(b) = bias``. The fine-tune (``schedule="interleave"``, one step per
 batch) then only repairs what the moves cost the task and trains the trigger set. The signs live
@@ -19,24 +20,19 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _NormBase
 from torch.utils._pytree import tree_leaves
 
 from .capture import call_model, frozen_eval
-from .channels import flip_channels
 from .norm import along, producer_responses
 from .protect import protected_layers
 
 __all__ = [
     "describe_retrofit",
     "embed_signature",
-    "flip_filters",
     "move_filters",
     "retrofit",
     "warm_start",
 ]
-
-OUTPUT_TOLERANCE = 1e-4  # relative output change a flip may leave (float rounding; none in exact math)
 
 
 def retrofit(model: nn.Module, example: Any) -> dict[str, Any]:
@@ -51,82 +47,38 @@ def retrofit(model: nn.Module, example: Any) -> dict[str, Any]:
 def describe_retrofit(prepared: dict[str, Any]) -> str:
     """One line for the log: how the signature went in, and what it cost the function."""
     return (
-        f"retrofit: signature embedded in the trained weights ({prepared['flipped_filters']} filters "
-        f"flipped with their channels in {prepared['flipped_layers']} layers, {prepared['moved_layers']} "
-        f"layers moved by at most {prepared['largest_weight_change']:.3g} of their norm; output change "
+        f"retrofit: signature embedded in the trained weights ({prepared['moved_layers']} layers moved "
+        f"by at most {prepared['largest_weight_change']:.3g} of their norm; output change "
         f"{prepared['output_change']:.2g}), branches started as its norms"
     )
 
 
 def embed_signature(model: nn.Module, example: Any, headroom: float = 2.0) -> dict[str, Any]:
-    """Give every response ``g`` the sign its bit asks for, ``headroom`` margins beyond zero, at the
-    least cost to what the model computes on ``example``; returns what it did.
+    """Give every response ``g`` the sign its bit asks for, ``headroom`` margins beyond zero, by the
+    least move of each filter along its gradient (:func:`move_filters`); returns what it did.
 
-    Where the norm normalizes each channel on its own (BatchNorm, InstanceNorm), a wrong sign is
-    flipped for free (:func:`flip_filters`): filter, bias, running mean and the norm's weight
-    negated leave the function as it was, and ``g_c`` changes sign. Then every response still
-    short of the headroom moves the least distance along its gradient (:func:`move_filters`),
-    which costs some accuracy; with flips first the moves are shorter (on ResNet18 x0.25 / mnist5k
-    the largest falls from 0.99 to 0.83 of a layer's norm). Growing short responses by scaling
-    filters up, also free, was tried and left out: the scaled filters dwarf the others, and
-    magnitude pruning then took bits from 40% of the weights removed instead of 80%. A layer
-    whose flips change the model's output on ``example`` (another consumer of the producer's
-    output, say) is only moved.
+    Only moves, never a function-preserving change: a claim on a retrofitted model must rest on
+    changes to the weights that no such transform can make, or the public model it started from
+    would carry the proof too. Negating a wrong filter with its channel (free at BatchNorm) was the
+    earlier recipe: verification's alignment undoes exactly those flips, so the ancestor and every
+    stranger's fine-tune of it verified with the retrofit key (docs/SECURITY.md, "Retrofit"). The
+    moves cost nothing measurable after the fine-tune (docs/RESULTS.md, "Retrofit"). Growing short
+    responses by scaling filters up, also free, is left out for the same reason (and magnitude
+    pruning then took bits from 40% of the weights removed instead of 80%).
     """
     layers = protected_layers(model)
     reference = _outputs(model, example)
-    tried = {path: flip_filters(branch) for path, branch in layers.items()}
-    flipped = {path: flips for path, flips in tried.items() if flips is not None and bool(flips.any())}
-    if flipped and not _same(_outputs(model, example), reference):
-        flipped = _keep_function_preserving(model, example, reference, flipped)
     moved = {path: move_filters(branch, headroom) for path, branch in layers.items()}
     moved = {path: change for path, change in moved.items() if change > 0}
     return {
-        "flipped_layers": len(flipped),
-        "flipped_filters": sum(int(flips.sum()) for flips in flipped.values()),
         "moved_layers": len(moved),
         "largest_weight_change": max(moved.values(), default=0.0),
         "output_change": _change(_outputs(model, example), reference),
     }
 
 
-def flip_filters(branch: Any) -> Tensor | None:
-    """Negate each filter of ``branch``'s producer whose ``g_c`` has the wrong sign, with its
-    channel's bias, running mean and norm weight; the flipped channels, or None where the norm does
-    not normalize channel by channel (nothing is changed then)."""
-    norm = branch.norm
-    # BatchNorm (SyncBatchNorm too) and InstanceNorm: statistics per channel, so a sign flip is exact
-    if not (isinstance(norm, _NormBase) and getattr(norm, "weight", None) is not None):
-        return None
-    g = branch.passport_responses()[0].detach()
-    flips = branch.signature.to(g.dtype) * g < 0
-    flip_channels(branch.producer, norm, _signs(flips))
-    return flips
-
-
-def _signs(flips: Tensor) -> Tensor:
-    return 1.0 - 2.0 * flips.float()
-
-
-def _keep_function_preserving(
-    model: nn.Module, example: Any, reference: list[Tensor], flipped: dict[str, Tensor]
-) -> dict[str, Tensor]:
-    """Undo every flip, then redo them layer by layer, keeping those that leave the output as it was."""
-    layers = protected_layers(model)
-    for path, flips in flipped.items():
-        flip_channels(layers[path].producer, layers[path].norm, _signs(flips))
-    kept = {}
-    for path, flips in flipped.items():
-        flip_channels(layers[path].producer, layers[path].norm, _signs(flips))
-        if _same(_outputs(model, example), reference):
-            kept[path] = flips
-        else:
-            flip_channels(layers[path].producer, layers[path].norm, _signs(flips))
-    return kept
-
-
 def _outputs(model: nn.Module, example: Any) -> list[Tensor]:
-    """The model's output tensors on ``example`` (eval, no grad): what a flip must not change."""
+    """The model's output tensors on ``example`` (eval, no grad): what the moves change."""
     with frozen_eval(model):
         output = call_model(model, example)
     return [leaf for leaf in tree_leaves(output) if isinstance(leaf, Tensor)]
@@ -140,10 +92,6 @@ def _change(outputs: list[Tensor], reference: list[Tensor]) -> float:
     )
 
 
-def _same(outputs: list[Tensor], reference: list[Tensor]) -> bool:
-    return len(outputs) == len(reference) and _change(outputs, reference) <= OUTPUT_TOLERANCE
-
-
 @torch.no_grad()
 def move_filters(branch: Any, headroom: float) -> float:
     """Move the filters whose bit is wrong or short the least distance that puts ``g_c`` ``headroom``
@@ -151,8 +99,9 @@ def move_filters(branch: Any, headroom: float) -> float:
 
     ``g_c`` is linear in filter ``c`` alone, so the smallest change is a step along its gradient
     ``J_c``: ``W_c += (t_c - g_c) J_c / |J_c|^2``, the step the sign loss takes, sized to finish at
-    once. Room beyond the margin matters: mirroring a wrong sign instead (the least move) lost 4
-    of 1184 bits to the fine-tune that followed, on ResNet18 x0.25 / mnist5k.
+    once. Room beyond the margin matters: stopping at the margin lost 4 of 1184 bits to the
+    fine-tune that followed, on ResNet18 x0.25 / mnist5k. The move lies in the passport
+    directions alone, which verification's alignment never matches on (align.py).
     """
     weight = branch.producer.weight
     with torch.enable_grad():

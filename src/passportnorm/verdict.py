@@ -78,6 +78,11 @@ class Evidence:
         None  # lowest per-layer match confidence, when an alignment was tried
     )
     alignment_used: bool | None = None
+    # retrofit keys: the proof read in the model the retrofit started from (None where not measured)
+    ancestor_required: bool = False
+    ancestor_given: bool | None = None
+    ancestor_signature_shows: bool | None = None
+    ancestor_triggers_show: bool | None = None
     passport_free_accuracy: float | None = None
     passport_aware_accuracy: float | None = None
     num_classes: int | None = None
@@ -154,6 +159,7 @@ class VerdictRule:
         for check in (
             self._key_admissible,
             self._alignment,
+            self._ancestor,
             self._signature,
             self._accuracy_drop,
             self._accuracy_floor,
@@ -170,12 +176,16 @@ class VerdictRule:
 
     def proof_shows(self, evidence: Evidence) -> tuple[bool, str]:
         """Whether a claimant's proof shows up in a model, and which evidence says so: admissible
-        signature bits meeting the claim threshold, or trigger answers meeting the black-box one."""
+        signature bits meeting the claim threshold, or trigger answers meeting the black-box one;
+        for a retrofit key, only evidence its ancestor does not already show."""
         parts, shows = [], False
         if evidence.signature_bits is not None:
             verdict = Verdict(verified=True)
-            admissible = self._key_admissible(evidence, verdict)
-            signature = admissible and self._signature(evidence, verdict)
+            signature = (
+                self._key_admissible(evidence, verdict)
+                and self._ancestor(evidence, verdict)
+                and self._signature(evidence, verdict)
+            )
             shows |= signature
             parts.append(
                 ("signature bits count" if signature else "signature bits do not count")
@@ -183,19 +193,59 @@ class VerdictRule:
                 + "; ".join(verdict.reasons)
             )
         if evidence.trigger_count is not None:
-            triggers = (
-                evidence.trigger_count > 0
-                and binomial_p_value(
-                    evidence.trigger_matches or 0, evidence.trigger_count, evidence.trigger_chance or 1.0
-                )
-                < self.max_trigger_p_value
-            )
-            shows |= triggers
+            triggers = self.triggers_show(evidence)
+            void = self._triggers_void(evidence)
+            shows |= triggers and void is None
             parts.append(
                 f"{self._trigger_reason(evidence)} ({'meets' if triggers else 'misses'} the "
-                f"threshold {self.max_trigger_p_value:g})"
+                f"threshold {self.max_trigger_p_value:g})" + (f"; {void}" if void else "")
             )
         return shows, "; ".join(parts) or "no evidence measured"
+
+    def signature_shows(self, evidence: Evidence) -> bool:
+        """Admissible signature bits meeting the claim threshold, whatever else was measured."""
+        verdict = Verdict(verified=True)
+        return self._key_admissible(evidence, verdict) and self._signature(evidence, verdict)
+
+    def triggers_show(self, evidence: Evidence) -> bool:
+        """Trigger answers meeting the black-box threshold."""
+        return bool(evidence.trigger_count) and (
+            binomial_p_value(
+                evidence.trigger_matches or 0, evidence.trigger_count or 0, evidence.trigger_chance or 1.0
+            )
+            < self.max_trigger_p_value
+        )
+
+    def _triggers_void(self, evidence: Evidence) -> str | None:
+        """Why trigger answers say nothing here (a retrofit key without its ancestor, or an ancestor
+        that answers them too), or None."""
+        if evidence.ancestor_required and not evidence.ancestor_given:
+            return "trigger answers not decidable without the ancestor the key records"
+        if evidence.ancestor_triggers_show:
+            return "void: the ancestor the retrofit started from answers them too"
+        return None
+
+    def _ancestor(self, evidence: Evidence, verdict: Verdict) -> bool:
+        if not evidence.ancestor_required:
+            return True
+        if not evidence.ancestor_given:
+            verdict.reasons.append(
+                "not decidable: the key was made by retrofitting a trained model (its ancestor); what a "
+                "function-preserving change of that model shows is no evidence, so the claim is decided "
+                "only with it: pass the ancestor (--ancestor)"
+            )
+            return False
+        if evidence.ancestor_signature_shows:
+            verdict.reasons.append(
+                "no evidence: the signature already shows up in the ancestor the retrofit started from, "
+                "read the same way; the bits came with the public model, not with the retrofit"
+            )
+            return False
+        verdict.reasons.append(
+            "ancestor checked: read the same way, the model the retrofit started from does not show the "
+            "signature, so the bits came with the retrofit"
+        )
+        return True
 
     def _key_admissible(self, evidence: Evidence, verdict: Verdict) -> bool:
         if evidence.signature_mode == "hash":
@@ -299,14 +349,12 @@ class VerdictRule:
         if evidence.trigger_count is None:
             reason = "no evidence: neither signature bits nor trigger answers were measured"
             return Verdict(False, [reason], [reason])
-        count, matches, chance = (
-            evidence.trigger_count,
-            evidence.trigger_matches or 0,
-            evidence.trigger_chance or 1.0,
-        )
-        ok = count > 0 and binomial_p_value(matches, count, chance) < self.max_trigger_p_value
+        ok = self.triggers_show(evidence)
         reason = (
             self._trigger_reason(evidence)
             + f" ({'meets' if ok else 'misses'} the threshold {self.max_trigger_p_value:g})"
         )
+        void = self._triggers_void(evidence)
+        if void is not None:
+            ok, reason = False, f"{reason}; {void}"
         return Verdict(ok, [reason], [] if ok else [reason])

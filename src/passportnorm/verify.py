@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from .align import align_to_reference
 from .attach import BINDING
 from .binding import bits_follow_from_passports, log10_forgery_chance
+from .capture import frozen_copy
 from .certificate import Certificate
 from .data.triggers import TriggerSet
 from .detection import signature_detection
@@ -39,6 +40,7 @@ from .verdict import (
 __all__ = [
     "VerdictRule",
     "VerificationReport",
+    "ancestor_check",
     "verify",
     "verify_attached",
     "verify_blackbox",
@@ -83,6 +85,7 @@ class VerificationReport:
     required_matches: int | None = None
     forgery_log10_chance: float | None = None  # one forgery try reaching the required matches
     alignment: dict[str, Any] | None = None
+    ancestor: dict[str, Any] | None = None  # retrofit keys: the proof read in the model it started from
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,9 +186,27 @@ class VerificationReport:
                         f"({self.alignment['trace_error']}); only sign flips and rescaling were undone",
                     )
                 )
+        if self.ancestor is not None:
+            rows.append(("ancestor (the model a retrofit started from)", _ancestor_text(self.ancestor)))
         rows += [("reason", reason) for reason in self.reasons]
         lines = [f"### {title}", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
         return "\n".join(lines)
+
+
+def _ancestor_text(ancestor: dict[str, Any]) -> str:
+    """One cell: which ancestor the key records, and whether the proof already shows up in it."""
+    named = f"weights SHA-256 {ancestor['weights_sha256'][:16]}..."
+    if not ancestor["given"]:
+        return f"{named}; **not given**: the claim is not decidable without it"
+    bits = f"{ancestor['signature_matches']}/{ancestor['signature_bits']} bits"
+    shows = "**shows the signature**" if ancestor["signature_shows"] else "does not show the signature"
+    triggers = (
+        ""
+        if ancestor["trigger_matches"] is None
+        else f"; triggers {ancestor['trigger_matches']} answered"
+        + (" (**void**: the ancestor answers them)" if ancestor["triggers_show"] else "")
+    )
+    return f"{named}; read the same way: {bits}, {shows}{triggers}"
 
 
 @torch.no_grad()
@@ -242,6 +263,7 @@ def verify(
     rule: VerdictRule = VerdictRule(),
     reference: nn.Module | None = None,
     calibration_data: Dataset | DataLoader | None = None,
+    ancestor: nn.Module | None = None,
 ) -> VerificationReport:
     """White-box (and, with ``trigger``, black-box) verification of a suspect model of the key's architecture.
 
@@ -249,11 +271,14 @@ def verify(
     verdict rests on the signature alone. ``certificate`` is checked against the key first
     (a mismatch raises CertificateError) and the report says whether the suspect is the certified
     release bit for bit. ``recalibrate`` re-estimates the branch statistics first, on
-    ``calibration_data`` (default ``data``; other owner data keeps the test split unseen), which
-    helps after fine-tuning has shifted the features: the statistics are not part of the claim.
+    ``calibration_data`` (never the test data it then scores; without it the request is refused),
+    which helps after fine-tuning has shifted the features: the statistics are not part of the claim.
     ``reference`` (the owner's released model) aligns the suspect's channels to it, undoing
     permutations, sign flips and rescaling (see align.py); the aligned model is used only when
-    the rule accepts the match confidence. The verdict is ``rule.decide`` on the evidence.
+    the rule accepts the match confidence. ``ancestor`` (or ``key.with_ancestor``): the trained model
+    a retrofit key records (``key.ancestor``), read the same way; a proof that already shows up
+    there is no evidence, and without it such a key's claim is undecidable. The verdict is
+    ``rule.decide`` on the evidence.
     """
     cert_info = None
     if certificate is not None:
@@ -263,16 +288,11 @@ def verify(
             "suspect is the certified release, bit for bit": certificate.matches_released(model),
             "certified at (UTC)": certificate.created_utc,
         }
-    alignment = None
-    if reference is not None:
-        example = _example_of(data, trigger)
-        model, narrowed = narrow_to_reference(model, reference, key, example)  # function unchanged
-        aligned, alignment = align_to_reference(model, reference, key, example_input=example)
-        alignment["narrowed"] = narrowed
-        alignment["used"] = rule.accepts_alignment(alignment["lowest_confidence"])
-        alignment["needed"] = rule.min_alignment_confidence
-        if alignment["used"]:
-            model = aligned
+    example = _example_of(data, trigger)
+    model, alignment = _as_reference_reads(model, key, reference, example, rule)
+    if ancestor is not None:
+        key = key.with_ancestor(ancestor)
+    checked = ancestor_check(key, reference, example, trigger, rule)
     suspect = attach_key(model, key).to(_model_device(model))
     return verify_attached(
         suspect,
@@ -284,7 +304,58 @@ def verify(
         certificate_info=cert_info,
         calibration_data=calibration_data,
         alignment=alignment,
+        ancestor=checked,
     )
+
+
+def _as_reference_reads(
+    model: nn.Module, key: OwnerKey, reference: nn.Module | None, example: Tensor | None, rule: VerdictRule
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The model to read bits from (aligned to ``reference`` when the rule accepts the match) and
+    the alignment's report; the model itself when no reference is given."""
+    if reference is None:
+        return model, None
+    model, narrowed = narrow_to_reference(model, reference, key, example)  # function unchanged
+    aligned, alignment = align_to_reference(model, reference, key, example_input=example)
+    alignment["narrowed"] = narrowed
+    alignment["used"] = rule.accepts_alignment(alignment["lowest_confidence"])
+    alignment["needed"] = rule.min_alignment_confidence
+    return (aligned if alignment["used"] else model), alignment
+
+
+def ancestor_check(
+    key: OwnerKey,
+    reference: nn.Module | None,
+    example: Tensor | None,
+    trigger: TriggerSet | None,
+    rule: VerdictRule,
+) -> dict[str, Any] | None:
+    """Whether the key's proof already shows up in the model its retrofit started from
+    (``key.with_ancestor``), read as the suspect is read (aligned to the same reference); None for
+    a key protected from scratch."""
+    recorded = key.ancestor
+    if recorded is None:
+        return None
+    result: dict[str, Any] = {
+        "weights_sha256": recorded.weights_sha256,
+        "given": key.ancestor_model is not None,
+    }
+    if key.ancestor_model is None:
+        return result
+    ancestor = key.ancestor_model.to(
+        _model_device(reference if reference is not None else key.ancestor_model)
+    )
+    model, _ = _as_reference_reads(ancestor, key, reference, example, rule)
+    report = verify_attached(attach_key(model, key).to(_model_device(model)), trigger=trigger, rule=rule)
+    evidence = evidence_of(report)
+    result |= {
+        "signature_matches": report.signature_matches,
+        "signature_bits": report.signature_bits,
+        "signature_shows": rule.signature_shows(evidence),
+        "trigger_matches": report.trigger_matches,
+        "triggers_show": rule.triggers_show(evidence) if report.trigger_count is not None else None,
+    }
+    return result
 
 
 def verify_attached(
@@ -297,14 +368,24 @@ def verify_attached(
     certificate_info: dict[str, Any] | None = None,
     calibration_data: Dataset | DataLoader | None = None,
     alignment: dict[str, Any] | None = None,
+    ancestor: dict[str, Any] | None = None,
 ) -> VerificationReport:
     """The verification report of a model that already carries its branch (after ``attach_key``,
     or a DeepIPR V1 model, whose passports ship inside it).
+
+    Every measurement (bits, both branches' accuracy, trigger answers) runs on a frozen eval copy,
+    whatever mode ``suspect`` is in and whether or not data is given; ``suspect`` is not changed.
 
     The signature mode and identity come from the model (``attach_key`` and ``protect`` set them
     from the key); a model that says nothing counts as a text claim, which the rule refuses
     unless it allows text signatures.
     """
+    if recalibrate and calibration_data is None:
+        raise ConfigError(
+            "recalibrate needs calibration_data (owner data other than the test data it then scores); "
+            "give the training split"
+        )
+    suspect = frozen_copy(suspect)  # one discipline: every number below is read in eval mode
     device = _model_device(suspect)
     binding = getattr(suspect, BINDING, None) or {"mode": "text", "identity": None}
     mode = binding["mode"]
@@ -323,6 +404,7 @@ def verify_attached(
     report.expected_text = expected_text
     report.per_layer = {path: d.rate for path, d in detection.layers.items()}
     report.alignment = alignment
+    report.ancestor = ancestor
     if mode == "hash":
         report.identity = binding.get("identity")
         layers = protected_layers(suspect)
@@ -333,8 +415,8 @@ def verify_attached(
         )
 
     if data is not None:
-        if recalibrate:
-            source = data if calibration_data is None else calibration_data
+        if recalibrate and calibration_data is not None:  # refused above when missing
+            source = calibration_data
             loader = source if isinstance(source, DataLoader) else DataLoader(source, batch_size=256)
             recalibrate_branch(suspect, loader, device)
         report.passport_free_accuracy = accuracy(suspect, data, device)
@@ -358,6 +440,10 @@ def evidence_of(report: VerificationReport) -> Evidence:
         signature_matches=report.signature_matches,
         alignment_confidence=alignment.get("lowest_confidence"),
         alignment_used=alignment.get("used"),
+        ancestor_required=report.ancestor is not None,
+        ancestor_given=(report.ancestor or {}).get("given"),
+        ancestor_signature_shows=(report.ancestor or {}).get("signature_shows"),
+        ancestor_triggers_show=(report.ancestor or {}).get("triggers_show"),
         passport_free_accuracy=report.passport_free_accuracy,
         passport_aware_accuracy=report.passport_aware_accuracy,
         num_classes=report.num_classes,
@@ -407,12 +493,16 @@ def fill_trigger_answers(report: VerificationReport, answers: Tensor, trigger: T
 
 
 def verify_blackbox(
-    predict: Callable[[Tensor], Tensor],
+    predict: Callable[[Tensor], Tensor] | nn.Module,
     trigger: TriggerSet,
     rule: VerdictRule = VerdictRule(),
     device: Any = "cpu",
 ) -> VerificationReport:
-    """Black-box check: ``predict(inputs) -> labels`` from any served model, against the trigger set."""
+    """Black-box check against the trigger set: ``predict(inputs) -> labels`` from any served model,
+    or a model itself, which answers as a frozen eval copy (its top class)."""
+    if isinstance(predict, nn.Module):
+        frozen = frozen_copy(predict)
+        predict = lambda x: frozen(x).argmax(1)
     report = VerificationReport(verified=False, rule=rule.describe())
     _fill_trigger(report, predict, trigger, torch.device(device))
     _decide(report, rule)

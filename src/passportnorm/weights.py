@@ -22,7 +22,7 @@ from .fileio import load_tensors, sha256_file
 __all__ = ["load_weights"]
 
 
-def _read(path: Path) -> Mapping[str, object]:
+def _read(path: Path, flag: str) -> Mapping[str, object]:
     with open(path, "rb") as handle:
         head = handle.read(8)
     if zipfile.is_zipfile(path):  # torch.save's format: read with the restricted unpickler
@@ -30,40 +30,41 @@ def _read(path: Path) -> Mapping[str, object]:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # UnpicklingError and friends: the archive holds more than tensors
             raise ModelFileError(
-                f"--weights {path} holds Python objects beyond tensors (a whole pickled model?), which "
+                f"{flag} {path} holds Python objects beyond tensors (a whole pickled model?), which "
                 "passportnorm "
                 "never unpickles; save model.state_dict() with torch.save or safetensors instead"
             ) from error
     if head[:1] == b"\x80":
         raise ModelFileError(
-            f"--weights {path} is a plain pickle, which can run code and is never loaded; "
+            f"{flag} {path} is a plain pickle, which can run code and is never loaded; "
             "save model.state_dict() with safetensors or torch.save instead"
         )
     try:
         return load_tensors(path)
     except ValueError as error:
-        raise ModelFileError(f"--weights {path}: {error}") from error
+        raise ModelFileError(f"{flag} {path}: {error}") from error
 
 
-def _unwrap(state: Mapping[str, object], path: Path) -> dict[str, Tensor]:
+def _unwrap(state: Mapping[str, object], path: Path, flag: str) -> dict[str, Tensor]:
     for wrapper in ("state_dict", "model"):
         inner = state.get(wrapper)
         if isinstance(inner, Mapping):
             state = inner
     tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
     if not tensors or len(tensors) != len(state):
-        raise ModelFileError(f"--weights {path} is not a state dict (a mapping of names to tensors)")
+        raise ModelFileError(f"{flag} {path} is not a state dict (a mapping of names to tensors)")
     if all(k.startswith("module.") for k in tensors):  # saved from DistributedDataParallel
         tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
 
 
-def load_weights(model: nn.Module, path: str | Path) -> str:
-    """Load ``path`` into ``model`` in place; returns the file's SHA-256 (the release records it)."""
+def load_weights(model: nn.Module, path: str | Path, flag: str = "--weights") -> str:
+    """Load ``path`` into ``model`` in place; returns the file's SHA-256 (the release records it).
+    ``flag`` names the option the file came from, in errors."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"--weights {path} does not exist")
-    state = _unwrap(_read(path), path)
+        raise ModelFileError(f"{flag} {path} does not exist")
+    state = _unwrap(_read(path, flag), path, flag)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -77,6 +78,6 @@ def load_weights(model: nn.Module, path: str | Path) -> str:
             else f"{wrong[0]!r} is {tuple(state[wrong[0]].shape)}, the model's is "
             f"{tuple(expected[wrong[0]].shape)}"
         )
-        raise ModelFileError(f"--weights {path} does not fit this architecture: {what}")
+        raise ModelFileError(f"{flag} {path} does not fit this architecture: {what}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return sha256_file(path)

@@ -92,8 +92,8 @@ def distill_attack(
         "white_box_verified": white.verified,
     }
     if key.trigger is not None:
-        black = verify_blackbox(lambda x: student(x).argmax(1), key.trigger, rule=rule)
-        teacher = verify_blackbox(lambda x: released(x).argmax(1), key.trigger, rule=rule)
+        black = verify_blackbox(student, key.trigger, rule=rule)
+        teacher = verify_blackbox(released, key.trigger, rule=rule)
         row.update(
             {
                 "released_trigger_accuracy": teacher.trigger_accuracy,

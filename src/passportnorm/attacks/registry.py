@@ -85,6 +85,11 @@ COMMON_OPTIONS = (
     Option("seed", "the attacker's seed", int, 0),
     Option("arch", "the model code the folder names when it is your own (file.py:factory)"),
     Option(
+        "ancestor",
+        "the trained model a retrofit key records (released folder or weights file); without it a "
+        "retrofit owner's claims are undecidable",
+    ),
+    Option(
         "allow_text_signatures",
         "judge with the paper's rule, which accepts text signatures (needed for text-mode keys)",
         bool,

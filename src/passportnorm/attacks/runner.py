@@ -19,7 +19,7 @@ from ..data.registry import recorded_dataset
 from ..errors import ConfigError
 from ..fileio import write_json_atomic, write_text_atomic
 from ..key import OwnerKey
-from ..release import load_released, save_released
+from ..release import load_model_like, load_released, save_released
 from .registry import ATTACKS, Attack, AttackContext, AttackResult, Plot
 
 __all__ = ["ATTACKS", "attacker_split", "record", "run_attack"]
@@ -67,6 +67,8 @@ def _context(
     key = OwnerKey.load(key_dir)
     released, meta = load_released(model_dir, trusted_arch=settings["arch"])
     released.eval()
+    if settings["ancestor"]:
+        key = key.with_ancestor(load_model_like(settings["ancestor"], released, settings["arch"]))
     data = recorded_dataset(
         key.config,
         settings["dataset"],
