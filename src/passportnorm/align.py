@@ -6,9 +6,10 @@ Walking the key's layers in forward order, each suspect producer's output channe
 to the reference's by a Hungarian assignment on the absolute cosine similarity of their filters
 (over input channels already aligned upstream); a channel is negated back where its filter points
 the other way and its norm's gain is negative (the trace a free flip leaves, see
-``_undone_flips``), and the scale comes from the filters' norms. The inverse transform is then applied exactly as the
-obfuscation would have been: producer rows, the norm's parameters and statistics, and the one
-consumer's input channels, so the aligned model computes what the suspect computes.
+``_undone_flips``), and the scale comes from the filters' norms. The inverse transform is then
+applied exactly as the obfuscation would have been: producer rows, the norm's parameters and
+statistics, and the one consumer's input channels, so the aligned model computes what the
+suspect computes.
 
 Soundness: a signature bit is the sign of ``g_i = <W_i, d_i>``, one linear functional of filter
 ``i`` fixed by the key's passport. If the matching looked at that direction, it would pick for

@@ -242,6 +242,13 @@ def _add_verify(commands: Any) -> None:
         "(undoes permutation, sign flips and rescaling)",
     )
     check.add_argument(
+        "--tsa-root",
+        action="append",
+        metavar="PEM",
+        help="a time-stamp authority's root certificate you trust: the report then states the time "
+        "the certificate's token attests (repeat for several)",
+    )
+    check.add_argument(
         "--ancestor",
         help="the trained model a retrofit key started from (released folder or weights file); a "
         "retrofit key's claim is decided only with it",
@@ -297,6 +304,28 @@ def _add_certify(commands: Any) -> None:
     cert.add_argument("--data-dir")
     cert.add_argument("--no-data", action="store_true", help="check the signature only before certifying")
     cert.add_argument("--arch", help="the model code the folder names when it is your own (file.py:factory)")
+    cert.add_argument(
+        "--ancestor",
+        help="the trained model a retrofit key records (released folder or weights file): a retrofit "
+        "release is certified only once it verifies against it",
+    )
+    cert.add_argument(
+        "--tsa",
+        metavar="URL",
+        help="an RFC 3161 time-stamp authority: its signed time goes into the certificate, the only "
+        "time a dispute orders claims by",
+    )
+    cert.add_argument(
+        "--tsa-token",
+        metavar="FILE",
+        help="a time-stamp response obtained offline over the file --commitment-out wrote "
+        "(openssl ts -query -data FILE -sha256 -cert, sent to any TSA)",
+    )
+    cert.add_argument(
+        "--commitment-out",
+        metavar="FILE",
+        help="also write the bytes a TSA must time-stamp (for --tsa-token), then stop",
+    )
 
 
 def _add_dispute(commands: Any) -> None:
@@ -317,6 +346,13 @@ def _add_dispute(commands: Any) -> None:
     fight.add_argument("--dataset", help="dataset for the accuracy condition (default: the first key's)")
     fight.add_argument("--data-dir")
     fight.add_argument("--no-data", action="store_true", help="signatures only")
+    fight.add_argument(
+        "--tsa-root",
+        action="append",
+        metavar="PEM",
+        help="a time-stamp authority's root certificate you trust (repeat for several); without one, "
+        "no certificate time is attested and time decides nothing",
+    )
     fight.add_argument(
         "--ancestor",
         action="append",
@@ -505,6 +541,7 @@ def _verify(args: argparse.Namespace) -> int:
         reference_dir=args.reference,
         arch=args.arch,
         ancestor=args.ancestor,
+        tsa_roots=args.tsa_root,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -519,14 +556,17 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _certify(args: argparse.Namespace) -> int:
     """Certify only a pair that verifies: a certificate for a key that does not fit its model proves
-    nothing."""
+    nothing. With ``--tsa`` or ``--tsa-token`` the certificate carries a trusted time."""
     from .certificate import Certificate
     from .key import OwnerKey
     from .pipeline import run_verify
     from .release import load_released
+    from .timestamp import request_token, token_of_file
 
     if Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a folder; name the certificate file to write")
+    if args.tsa and args.tsa_token:
+        raise ConfigError("give --tsa or --tsa-token, not both")
     report = run_verify(
         args.model,
         args.key,
@@ -534,6 +574,7 @@ def _certify(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         use_data=not args.no_data,
         arch=args.arch,
+        ancestor=args.ancestor,
     )
     if not report.verified:
         print(
@@ -545,6 +586,14 @@ def _certify(args: argparse.Namespace) -> int:
     certificate = Certificate.issue(
         OwnerKey.load(args.key), load_released(args.model, trusted_arch=args.arch)[0]
     )
+    if args.commitment_out:
+        Path(args.commitment_out).write_bytes(certificate.commitment())
+        print(f"wrote {args.commitment_out}: have a TSA time-stamp it, then certify again with --tsa-token")
+        return 0
+    if args.tsa:
+        certificate = certificate.with_token(request_token(args.tsa, certificate.commitment()))
+    elif args.tsa_token:
+        certificate = certificate.with_token(token_of_file(args.tsa_token, certificate.commitment()))
     certificate.save(args.out)
     print(json.dumps(certificate.__dict__, indent=2))
     return 0
@@ -590,6 +639,7 @@ def _dispute(args: argparse.Namespace) -> int:
         use_data=not args.no_data,
         arch=args.arch,
         ancestors=args.ancestor,
+        tsa_roots=args.tsa_root,
     )
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_markdown())
     if args.html:

@@ -1,24 +1,30 @@
 """Ownership disputes between two claimants, decided on the evidence each proof leaves.
 
-Each claim is a key, its certificate (published at release: key hash, released-model hash, UTC
-time) and the certified released model. A claim counts only if its certificate commits to both
-and its proof shows up in its own release. Then each proof is looked for in the suspect and in
-the other party's release: admissible signature bits far beyond chance, or trigger answers far
-beyond chance (``VerdictRule.proof_shows``). A full verification is not asked for: its accuracy
-conditions guard against forged branches, which hash-bound bits already exclude, and a thief can
-break them by training the stolen model (docs/SECURITY.md, re-protection).
+Each claim is a key, its certificate (published at release: key hash, released-model hash, and
+optionally an RFC 3161 time-stamp token) and the certified released model. A claim counts only if
+its certificate commits to both and its proof shows up in its own release. Then each proof is
+looked for in the suspect and in the other party's release: admissible signature bits far beyond
+chance, or trigger answers far beyond chance (``VerdictRule.proof_shows``). A full verification
+is not asked for: its accuracy conditions guard against forged branches, which hash-bound bits
+already exclude, and a thief can break them by training the stolen model (docs/SECURITY.md).
 
-Certified times order the claims, and derivation runs only forward in time: evidence of the
-later claimant that already shows up in the earlier release says nothing about who took from
-whom (it was there before the later claim existed; a label set read off the stolen model does
-that), so it is void against the earlier claimant. Of the proofs left that show up in the
-suspect, one wins alone; with two, the one whose proof shows up in the other's release wins, then
-the earlier. Every check offers the claimant's own release as the alignment reference.
+Of the claims whose proof shows up in the suspect, one wins alone. With two, derivation decides:
+the claimant whose hash-bound bits show up in the other's certified release wins, since such bits
+cannot be planted in a model that already exists (each try is a fresh 2^-128 draw). Trigger
+answers do not show derivation by themselves: a claimant can label a trigger set with the other
+model's own predictions. Only then does time decide, and only time a trusted time-stamp authority
+attests (``--tsa-root``): the earlier attested certificate wins, and the later claimant's trigger
+answers that already show up in the earlier release are void. A certificate's own
+``created_utc`` is its issuer's word and orders nothing, and no hash-bound bits are voided by
+time. Without attested times the dispute is undecided, with the reason. Every check offers the
+claimant's own release as the alignment reference, and a retrofit claim counts only with the
+ancestor its key records (verify.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from torch import nn
@@ -96,7 +102,8 @@ def _look(
     report = verify(
         model, claim.key, data=data, trigger=claim.key.trigger, rule=rule, reference=claim.released
     )
-    shows, why = rule.proof_shows(evidence_of(report))
+    evidence = evidence_of(report)
+    shows, why = rule.proof_shows(evidence)
     trigger_p = (
         None
         if report.trigger_count is None
@@ -106,6 +113,7 @@ def _look(
         "claimant": claim.name,
         "model": label,
         "shows": shows,
+        "bits_show": rule.proof_shows(replace(evidence, trigger_count=None))[0],
         "why": why,
         "detection": report.signature_detection,
         "p_value": format_p_value(report.signature_p_value, report.signature_log10_p_value),
@@ -122,13 +130,15 @@ def dispute(
     second: Claim,
     data: Dataset | None = None,
     rule: VerdictRule = VerdictRule(),
+    tsa_roots: list[Any] | None = None,
 ) -> DisputeResult:
-    """Decide which claimant owns ``suspect`` (see the module docstring); the order of claims does not matter.
-    ``data`` adds each full verification to the rows, for the record; it does not decide."""
+    """Decide which claimant owns ``suspect`` (see the module docstring); the order of claims does not
+    matter. ``data`` adds each full verification to the rows, for the record; it does not decide.
+    ``tsa_roots``: the time-stamp authorities' root certificates the verifier trusts."""
     if first.name == second.name:
         raise ConfigError(f"both claims are named {first.name!r}; give each claimant its own name")
     claims = {first.name: first, second.name: second}
-    notes, rows, shows = [], [], {}
+    notes, rows, found = [], [], {}
     for claim, other in ((first, second), (second, first)):
         for role, label, model in (
             ("suspect", "suspect", suspect),
@@ -136,28 +146,18 @@ def dispute(
             ("other", f"{other.name}'s certified release", other.released),
         ):
             rows.append(_look(claim, model, label, data, rule))
-            shows[(claim.name, role)] = rows[-1]["shows"]
-    in_suspect = {name: shows[(name, "suspect")] for name in claims}
-    in_other = {name: shows[(name, "other")] for name in claims}
+            found[(claim.name, role)] = rows[-1]
     eligible = {}
     for name, claim in claims.items():
         reason = _paperwork(claim) or (
-            None if shows[(name, "own")] else f"{name}: the proof does not show up in its own release"
+            None
+            if found[(name, "own")]["shows"]
+            else f"{name}: the proof does not show up in its own release"
         )
         eligible[name] = reason is None
         notes += [reason] if reason else []
-    earlier, later = sorted((first, second), key=lambda c: c.certificate.created_utc)
-    ordered = earlier.certificate.created_utc < later.certificate.created_utc
-    void = ordered and eligible[earlier.name] and in_other[later.name]
-    if void:
-        notes.append(
-            f"{later.name}'s evidence already shows up in {earlier.name}'s release, certified "
-            f"{earlier.certificate.created_utc}, before {later.name}'s certificate "
-            f"({later.certificate.created_utc}): it cannot show that {earlier.name} took the model"
-        )
-    candidates = [
-        c for c in (earlier, later) if eligible[c.name] and in_suspect[c.name] and not (void and c is later)
-    ]
+    times = _attested_times(claims, tsa_roots or [], notes)
+    candidates = [c for c in (first, second) if eligible[c.name] and found[(c.name, "suspect")]["shows"]]
     if not candidates:
         return DisputeResult(None, "no valid claimant's proof shows up in the suspect", rows, notes)
     if len(candidates) == 1:
@@ -167,24 +167,67 @@ def dispute(
             rows,
             notes,
         )
-    if in_other[first.name] != in_other[second.name]:
-        winner, loser = (first, second) if in_other[first.name] else (second, first)
+    return _between_two(first, second, found, times, rows, notes)
+
+
+def _attested_times(
+    claims: dict[str, Claim], roots: list[Any], notes: list[str]
+) -> dict[str, datetime | None]:
+    """Each claim's time as a trusted TSA attests it (None where none does), with a note why."""
+    times = {}
+    for name, claim in claims.items():
+        times[name], why = claim.certificate.attested_utc(roots)
+        notes.append(
+            f"{name}'s certificate time: {why} (created_utc {claim.certificate.created_utc} not used)"
+        )
+    return times
+
+
+def _between_two(
+    first: Claim,
+    second: Claim,
+    found: dict[tuple[str, str], dict[str, Any]],
+    times: dict[str, datetime | None],
+    rows: list[dict[str, Any]],
+    notes: list[str],
+) -> DisputeResult:
+    """Both proofs show up in the suspect: derivation by hash-bound bits, then attested time."""
+    derives = {c.name: found[(c.name, "other")]["bits_show"] for c in (first, second)}
+    if derives[first.name] != derives[second.name]:
+        winner, loser = (first, second) if derives[first.name] else (second, first)
         return DisputeResult(
             winner.name,
-            f"both proofs show up in the suspect; {winner.name}'s also shows up in "
-            f"{loser.name}'s certified release and not the reverse: {loser.name}'s model "
-            f"derives from {winner.name}'s",
+            f"both proofs show up in the suspect; {winner.name}'s hash-bound bits also show up in "
+            f"{loser.name}'s certified release and not the reverse: {loser.name}'s model derives from "
+            f"{winner.name}'s",
             rows,
             notes,
         )
-    if not ordered:
+    t1, t2 = times[first.name], times[second.name]
+    if t1 is None or t2 is None or t1 == t2:
+        why = (
+            "no attested times order the claims"
+            if t1 is None or t2 is None
+            else "the attested times are equal"
+        )
         return DisputeResult(
-            None, "both proofs show up and the certificates carry the same time", rows, notes
+            None,
+            f"undecided: both proofs show up in the suspect, the hash-bound bits show no derivation either "
+            f"way, and {why} (time-stamp both certificates: certify --tsa)",
+            rows,
+            notes,
+        )
+    earlier, later = (first, second) if t1 < t2 else (second, first)
+    if found[(later.name, "other")]["shows"]:
+        notes.append(
+            f"{later.name}'s evidence already shows up in {earlier.name}'s release, attested "
+            f"{times[earlier.name]}, before {later.name}'s ({times[later.name]}): void against "
+            f"{earlier.name} (trigger labels can be read off an existing model)"
         )
     return DisputeResult(
         earlier.name,
-        f"both proofs show up in the suspect; the earlier certified release wins "
-        f"({earlier.certificate.created_utc} before {later.certificate.created_utc})",
+        f"both proofs show up in the suspect; the earlier attested certificate wins "
+        f"({times[earlier.name]} before {times[later.name]})",
         rows,
         notes,
     )

@@ -63,6 +63,7 @@ from .release import load_model_like, load_released, released_fingerprint, save_
 from .report import run_report_markdown, write_history_csv
 from .retrofit import describe_retrofit, retrofit
 from .run_folder import SEED_SOURCES, keep_secret_seed, prepare_run_folder, run_secret_seed, secret_folder
+from .timestamp import load_roots
 from .train import TrainConfig, Trainer
 from .verify import VerdictRule, VerificationReport, verify
 from .weights import load_weights
@@ -512,6 +513,7 @@ def run_verify(
     reference_dir: str | Path | None = None,
     arch: str | None = None,
     ancestor: str | Path | None = None,
+    tsa_roots: list[str] | None = None,
 ) -> VerificationReport:
     """Verify a released-model folder with an owner key (and optionally its certificate); with
     ``reference_dir`` (the owner's released model) the suspect's channels are aligned to it first.
@@ -543,6 +545,7 @@ def run_verify(
         rule=rule,
         reference=reference.to(target) if reference is not None else None,
         calibration_data=calibration,
+        tsa_roots=load_roots(tsa_roots or []),
     )
 
 
@@ -573,10 +576,12 @@ def run_dispute(
     use_data: bool = True,
     arch: str | None = None,
     ancestors: list[str] | None = None,
+    tsa_roots: list[str] | None = None,
 ) -> DisputeResult:
     """Two claims of (key folder, certificate file, released folder) on a suspect released folder;
     ``arch`` is the user's own model code the folders name, run only when given. ``ancestors``:
-    models that retrofit keys record, each handed to the claim whose key records it."""
+    models that retrofit keys record, each handed to the claim whose key records it. ``tsa_roots``:
+    PEM files of the time-stamp authorities whose attested times may order the claims."""
     if len(claims) != 2:
         raise ConfigError(f"a dispute needs exactly two --claim entries, got {len(claims)}")
     suspect = load_released(suspect_dir, trusted_arch=arch)[0]
@@ -600,4 +605,4 @@ def run_dispute(
     if use_data:
         missing = "no dataset recorded in the first key; pass --dataset (or --no-data)"
         data = recorded_dataset(parsed[0].key.config, dataset, data_dir, missing=missing).test
-    return dispute(suspect, parsed[0], parsed[1], data=data)
+    return dispute(suspect, parsed[0], parsed[1], data=data, tsa_roots=load_roots(tsa_roots or []))

@@ -25,6 +25,11 @@ from .errors import CertificateError
 
 __all__ = ["attested_time", "load_roots", "request_token", "token_of_file"]
 
+_HASHES = {  # the message-imprint hashes rfc3161-client checks
+    "2.16.840.1.101.3.4.2.1": "sha256",
+    "2.16.840.1.101.3.4.2.2": "sha384",
+    "2.16.840.1.101.3.4.2.3": "sha512",
+}
 _EXTRA = "trusted time needs the 'timestamp' extra: pip install 'passportnorm[timestamp]'"
 
 
@@ -40,8 +45,8 @@ def request_token(url: str, message: bytes, timeout: float = 30.0) -> bytes:
     """Ask the TSA at ``url`` to time-stamp ``message`` (SHA-256, with a nonce and its certificate);
     the DER time-stamp response, already checked to answer this request."""
     client = _client()
-    request = client.TimestampRequestBuilder().data(message).nonce(nonce=True).cert_request(cert_request=True)
-    built = request.build()
+    request = client.TimestampRequestBuilder().data(message).hash_algorithm(client.HashAlgorithm.SHA256)
+    built = request.nonce(nonce=True).cert_request(cert_request=True).build()
     http = urllib.request.Request(
         url, data=built.as_bytes(), headers={"Content-Type": "application/timestamp-query"}, method="POST"
     )
@@ -66,7 +71,11 @@ def token_of_file(path: str | Path, message: bytes) -> bytes:
         raise CertificateError(f"--tsa-token {path} does not exist")
     body = path.read_bytes()
     response = _decode(body, f"--tsa-token {path}")
-    if response.tst_info.message_imprint.message != hashlib.sha256(message).digest():
+    imprint = response.tst_info.message_imprint
+    algorithm = _HASHES.get(imprint.hash_algorithm.dotted_string)
+    if algorithm is None:
+        raise CertificateError(f"--tsa-token {path} uses a hash other than SHA-256/384/512; ask for SHA-256")
+    if imprint.message != hashlib.new(algorithm, message).digest():
         raise CertificateError(
             f"--tsa-token {path} time-stamps other data than this certificate's commitment (SHA-256 of "
             "the file --commitment-out writes); time-stamp that file"
@@ -76,8 +85,13 @@ def token_of_file(path: str | Path, message: bytes) -> bytes:
 
 def load_roots(paths: Iterable[str | Path]) -> list[Any]:
     """The TSA root certificates the verifier trusts, from PEM files (several per file allowed)."""
-    from cryptography import x509
-
+    paths = list(paths)
+    if not paths:
+        return []
+    try:
+        from cryptography import x509
+    except ImportError:
+        raise CertificateError(_EXTRA) from None
     roots: list[Any] = []
     for path in map(Path, paths):
         if not path.is_file():

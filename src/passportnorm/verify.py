@@ -264,6 +264,7 @@ def verify(
     reference: nn.Module | None = None,
     calibration_data: Dataset | DataLoader | None = None,
     ancestor: nn.Module | None = None,
+    tsa_roots: list[Any] | None = None,
 ) -> VerificationReport:
     """White-box (and, with ``trigger``, black-box) verification of a suspect model of the key's architecture.
 
@@ -277,16 +278,19 @@ def verify(
     permutations, sign flips and rescaling (see align.py); the aligned model is used only when
     the rule accepts the match confidence. ``ancestor`` (or ``key.with_ancestor``): the trained model
     a retrofit key records (``key.ancestor``), read the same way; a proof that already shows up
-    there is no evidence, and without it such a key's claim is undecidable. The verdict is
-    ``rule.decide`` on the evidence.
+    there is no evidence, and without it such a key's claim is undecidable. ``tsa_roots``: the
+    time-stamp authorities whose token on the certificate the report may call an attested time.
+    The verdict is ``rule.decide`` on the evidence.
     """
     cert_info = None
     if certificate is not None:
         certificate.check_key(key)
+        attested, why = certificate.attested_utc(tsa_roots or [])
         cert_info = {
             "key matches certificate": True,
             "suspect is the certified release, bit for bit": certificate.matches_released(model),
-            "certified at (UTC)": certificate.created_utc,
+            "created_utc (the issuer's own clock)": certificate.created_utc,
+            "attested time": attested.isoformat() if attested else f"none: {why}",
         }
     example = _example_of(data, trigger)
     model, alignment = _as_reference_reads(model, key, reference, example, rule)
