@@ -146,3 +146,24 @@ def test_inspect_reads_the_classes_of_an_image_folder(tmp_path, capsys):
     assert "inputs (3, 32, 32)" in capsys.readouterr().out
     assert main(["inspect", "--dataset", "imagefolder"]) == 2
     assert "give --data-dir DIR" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def folder_owner(tmp_path_factory):
+    """An owner protected (one epoch) on an image folder, its images decoded on access."""
+    base = tmp_path_factory.mktemp("folder-owner")
+    root = _write(base / "pets", per_class=10, size=(24, 24))
+    main(["protect", "--dataset", "imagefolder", "--data-dir", str(root), "--image-size", "16", "--arch",
+          "small_cnn", "--width", "1.0", "--epochs", "1", "--batch-size", "8", "--trigger", "none",
+          "--secret-seed", "0", "--out", str(base / "run")])
+    return base / "run"
+
+
+@pytest.mark.parametrize("attack", ["obfuscate", "forge", "dummy-neurons", "combined", "reprotect"])
+def test_attacks_run_on_an_image_folder_release(folder_owner, attack, capsys):
+    """Issue 33: these read the training inputs as one tensor and crashed on a folder's lazy images."""
+    out = folder_owner.parent / attack
+    code = main(["attack", attack, "--model", str(folder_owner / "released"), "--key",
+                 str(folder_owner / "owner-key"), "--out", str(out), "--epochs", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "result.json").read_text())["rows"]

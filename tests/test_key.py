@@ -208,3 +208,36 @@ def test_a_key_of_another_scheme_is_one_line(owner, capsys):
     assert main(["verify", "--model", str(tmp / "released"), "--key", str(tmp / "other"), "--no-data"]) == 2
     err = capsys.readouterr().err
     assert "uses branch kind 'uchida-2017', which this version cannot rebuild" in err and err.count("\n") == 1
+
+
+def test_the_key_is_never_readable_by_others_while_it_is_written(owner, monkeypatch):
+    """Issue 33: the staging folder was 0755 until just before the rename, so the key's files could
+    be read while they were written. Now it is owner-only from its first moment."""
+    import os
+    import stat
+
+    import passportnorm.key as key_module
+
+    _, _, key, _, tmp = owner
+    seen = []
+    real = key_module.save_tensors
+
+    def watching(tensors, path, **kwargs):
+        seen.append(stat.S_IMODE(os.stat(path.parent).st_mode))
+        return real(tensors, path, **kwargs)
+
+    monkeypatch.setattr(key_module, "save_tensors", watching)
+    key.save(tmp / "fresh-key")
+    assert seen == [0o700]
+    assert stat.S_IMODE(os.stat(tmp / "fresh-key").st_mode) == 0o700
+    assert all(stat.S_IMODE(os.stat(f).st_mode) == 0o600 for f in (tmp / "fresh-key").iterdir())
+
+
+def test_a_changed_key_file_is_reported_for_what_the_check_shows(owner):
+    """The hash check shows that a file changed since the key was written, not who changed it or how."""
+    *_, tmp = owner
+    path = tmp / "key" / "key.safetensors"
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(OwnerKeyError, match="cannot tell which") as info:
+        OwnerKey.load(tmp / "key")
+    assert "corrupted" not in str(info.value) and "altered" not in str(info.value)

@@ -132,3 +132,20 @@ def test_pairing_runs_in_eval_without_touching_the_model():
     find_pairs(model, x)
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_norm_whose_weight_is_parametrized_is_named_with_its_reason():
+    """Issue 33: it was a KeyError deep in the shape probe."""
+    from torch.nn.utils import parametrize
+
+    class Positive(torch.nn.Module):
+        def forward(self, weight):
+            return weight.abs()
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 3), torch.nn.BatchNorm2d(16))
+    parametrize.register_parametrization(model[1], "weight", Positive())
+    report = find_pairs(model, torch.randn(2, 3, 16, 16))
+    assert [p.norm for p in report.pairs] == ["4"]
+    (refused,) = report.unprotectable
+    assert refused.norm == "1" and "weight is reparametrized (Positive)" in refused.reason

@@ -38,16 +38,19 @@ __all__ = [
 
 
 @contextmanager
-def atomic_folder(target: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``target``; on success it replaces ``target``."""
+def atomic_folder(target: str | Path, private: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``target``; on success it replaces ``target``.
+
+    ``private`` keeps the staging folder owner-only (0700, as mkdtemp makes it) from its first
+    moment, so what is written into it (a key) is never readable by others, not even while it is
+    written; public folders get the usual mode."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(
-        staging, 0o777 & ~umask
-    )  # mkdtemp makes 0700; public folders get the usual mode, secret ones restrict it
+    if not private:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
     try:
         yield staging
         if target.exists():

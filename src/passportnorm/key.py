@@ -155,7 +155,7 @@ class OwnerKey:
     def save(self, folder: str | Path) -> Path:
         """Write ``key.safetensors`` + ``key.json`` atomically (nothing is left half-written), owner-only."""
         folder = Path(folder)
-        with atomic_folder(folder) as staging:
+        with atomic_folder(folder, private=True) as staging:
             save_tensors(self.tensors, staging / "key.safetensors", metadata={"format": KEY_FORMAT})
             manifest = dict(
                 self.manifest.to_dict(),
@@ -163,9 +163,7 @@ class OwnerKey:
                 sha256_key=self.digest(),
             )
             write_json_atomic(staging / "key.json", manifest)
-            restrict_to_owner(
-                staging
-            )  # before the rename: the key is never readable by others, not even briefly
+            restrict_to_owner(staging)  # its files too, so the key stays owner-only wherever it is copied
         return folder
 
     @classmethod
@@ -184,8 +182,9 @@ class OwnerKey:
         )
         if sha256_file(tensors_path) != manifest.get("sha256_tensors"):
             raise OwnerKeyError(
-                f"{tensors_path} does not match the SHA-256 in {manifest_path.name}: the key is corrupted or "
-                "altered"
+                f"{tensors_path} does not match the SHA-256 in {manifest_path.name}: one of the two files "
+                "changed after the key was written (the check cannot tell which, nor damage from an edit); "
+                "use an untouched copy of the key"
             )
         try:
             tensors = load_tensors(tensors_path)
@@ -197,7 +196,9 @@ class OwnerKey:
         key._validate(manifest_path)
         if stored_digest != key.digest():
             raise OwnerKeyError(
-                f"{manifest_path}: the key hash does not match its contents: the key is corrupted or altered"
+                f"{manifest_path}: the key hash does not match its contents: the manifest or the tensors "
+                "changed after the key was written (the check cannot tell which, nor damage from an edit); "
+                "use an untouched copy of the key"
             )
         return key
 

@@ -62,6 +62,14 @@ def unsupported_norm_reason(norm: nn.Module) -> str | None:
     """Why ``norm`` cannot carry a passport-aware branch, or ``None`` when it can."""
     if not isinstance(norm, SUPPORTED_NORMS):
         return f"{type(norm).__name__} is not a supported norm (supported: {_names(SUPPORTED_NORMS)})"
+    reparametrized = [name for name in ("weight", "bias") if parametrize.is_parametrized(norm, name)]
+    if reparametrized:  # the branch substitutes the stored affine; a parametrization computes it instead
+        kinds = ", ".join(type(p).__name__ for p in norm.parametrizations[reparametrized[0]])
+        return (
+            f"its {' and '.join(reparametrized)} is reparametrized ({kinds}): the branch substitutes the "
+            "norm's stored affine, so remove the parametrization (parametrize.remove_parametrizations) "
+            "or exclude the layer"
+        )
     if isinstance(norm, nn.LayerNorm):
         if not norm.elementwise_affine:
             return "LayerNorm has no affine parameters (elementwise_affine=False)"

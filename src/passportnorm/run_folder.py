@@ -33,7 +33,7 @@ _SECRETS_FILE = "run-secrets.json"
 def secret_folder(out: Path) -> Path:
     """``out/secret``, created owner-only (0700)."""
     folder = Path(out) / "secret"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     restrict_to_owner(folder)
     return folder
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from ..data.registry import DatasetSplits
+from ..data.registry import DatasetSplits, first_inputs
 from ..data.triggers import TriggerSet
 from ..errors import ConfigError
 from ..key import OwnerKey
@@ -157,7 +157,7 @@ class AttackContext:
     @property
     def example(self) -> torch.Tensor:
         """A few training inputs, for tracing and for checking that a changed model computes the same."""
-        return self.data.train.tensors[0][:4]
+        return first_inputs(self.data.train, 4)  # a folder's images are decoded on access
 
     @property
     def points(self) -> int | None:

@@ -24,7 +24,7 @@ from torch.utils.data import Subset, TensorDataset
 
 from ..certificate import Certificate
 from ..choices import PassportKind
-from ..data.registry import DatasetSplits
+from ..data.registry import DatasetSplits, first_inputs
 from ..data.triggers import generate_triggers
 from ..dispute import Claim, dispute
 from ..evaluation import accuracy
@@ -55,8 +55,13 @@ def reprotect(
 ) -> tuple[nn.Module, OwnerKey]:
     """The thief's release and key: the stolen model protected with his own passports and trained."""
     indices = attacker.indices
-    split = replace(data, train=TensorDataset(*[t[indices] for t in data.train.tensors]))
-    example = data.train.tensors[0][indices[:8]]
+    train = (
+        TensorDataset(*[t[indices] for t in data.train.tensors])
+        if isinstance(data.train, TensorDataset)
+        else Subset(data.train, indices)  # a folder, read on access
+    )
+    split = replace(data, train=train)
+    example = first_inputs(split.train, 8)
     thief = protect(
         copy.deepcopy(released),
         example,
