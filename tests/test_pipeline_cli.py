@@ -124,7 +124,7 @@ def test_holdout_aware_optimizer_and_exclude_flags_reach_the_run(tmp_path, capsy
     assert metrics["settings"]["holdout"] == 0.2 and metrics["settings"]["aware_optimizer"] == "separate"
     assert metrics["verification"]["signature_bits"] == 32  # features.9 only: features.1 is weak, features.5 excluded
     assert main(["train", *args[1:], "--holdout", "1.5", "--out", str(tmp_path / "bad")]) == 2
-    assert "holdout 1.5 must be in (0, 1)" in capsys.readouterr().err
+    assert "holdout (--holdout, or holdout: in --config) is 1.5; it must be >= 0 and < 1" in capsys.readouterr().err
 
 
 def test_inspect_lists_weak_and_protectable_layers(capsys):
@@ -172,3 +172,34 @@ def test_each_epoch_line_is_printed_when_the_epoch_ends(tmp_path, monkeypatch, c
     assert main(["train", "--dataset", "digits", "--arch", "small_cnn", "--epochs", "2", "--out", str(tmp_path / "t")]) == 0
     assert "epoch 1, seconds" in seen_before_epoch_2[0] and "epoch 2," not in seen_before_epoch_2[0]
     assert "epoch 2, seconds" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("epochs: ten", "epochs (--epochs, or epochs: in --config) is 'ten'; it takes a whole number"),
+        ("epochs: 0", "epochs (--epochs, or epochs: in --config) is 0; it must be >= 1"),
+        ("width: 0", "width (--width, or width: in --config) is 0.0; it must be > 0"),
+        ("width: -0.5", "it must be > 0 (the model's channel multiplier"),
+        ("batch_size: 0", "batch_size (--batch-size, or batch_size: in --config) is 0; it must be >= 1"),
+        ("lr: fast", "lr (--lr, or lr: in --config) is 'fast'; it takes a number"),
+        ("seed: 1.5", "seed (--seed, or seed: in --config) is 1.5; it takes a whole number"),
+        ("overwrite: maybe", "it takes true or false"),
+        ("secret_seed: abc", "it takes a whole number or empty (null)"),
+        ("triggers_per_batch: -1", "it must be >= 0"),
+        ("exclude: [a, b]", "exclude (--exclude, or exclude: in --config) is ['a', 'b']; it takes text"),
+        ("points: -4", "points (--points, or points: in --config) is -4"),
+        ("alpha: -1", "alpha (--alpha, or alpha: in --config) is -1.0; it must be >= 0"),
+        ("wdith: 0.5", "unknown option 'wdith' in the config"),
+        ("schedule: joined", "unknown schedule 'joined'"),
+    ],
+)
+def test_every_config_value_is_checked_like_its_flag(tmp_path, capsys, line, message):
+    """Issue 33: a YAML value argparse never saw (a word for a count, a zero width) reached the run."""
+    config = tmp_path / "run.yaml"
+    config.write_text(line + "\n")
+    out = tmp_path / "run"
+    assert main(["protect", "--config", str(config), "--dataset", "digits", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not out.exists()

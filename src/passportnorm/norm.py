@@ -64,7 +64,8 @@ def unsupported_norm_reason(norm: nn.Module) -> str | None:
         return f"{type(norm).__name__} is not a supported norm (supported: {_names(SUPPORTED_NORMS)})"
     reparametrized = [name for name in ("weight", "bias") if parametrize.is_parametrized(norm, name)]
     if reparametrized:  # the branch substitutes the stored affine; a parametrization computes it instead
-        kinds = ", ".join(type(p).__name__ for p in norm.parametrizations[reparametrized[0]])
+        chain: Any = getattr(norm, "parametrizations")[reparametrized[0]]  # noqa: B009 (typed Any)
+        kinds = ", ".join(type(p).__name__ for p in chain)
         return (
             f"its {' and '.join(reparametrized)} is reparametrized ({kinds}): the branch substitutes the "
             "norm's stored affine, so remove the parametrization (parametrize.remove_parametrizations) "

@@ -57,6 +57,7 @@ from .errors import CertificateError, ConfigError, PassportWarning
 from .fileio import write_json_atomic, write_text_atomic
 from .key import OwnerKey, extract_key
 from .key_manifest import AncestorEntry
+from .option_checks import Range, check_ranges, typed_values
 from .progress import print_epoch
 from .protect import capacity, protect, strip
 from .release import load_model_like, load_released, released_fingerprint, save_released
@@ -138,9 +139,27 @@ class RunOptions:
             raise ConfigError(
                 f"unknown option {unknown[0]!r} in the config; known: {', '.join(sorted(known))}"
             )
-        options = cls(**values)
+        options = cls(**typed_values(cls, values))
         check_choices(options)
+        check_ranges(options, RUN_RANGES)
         return options
+
+
+# what each size, width and rate must be; 0 stands for "the default" where the field says so
+RUN_RANGES = {
+    "points": Range(0, why="points per cloud; 0: the dataset's default"),
+    "image_size": Range(0, why="side of the crops; 0: 64"),
+    "width": Range(0, open_low=True, why="the model's channel multiplier, e.g. 0.25"),
+    "epochs": Range(1),
+    "batch_size": Range(1),
+    "lr": Range(0, why="0: the task's default"),
+    "ratio": Range(0, high=1, why="the share of steps that train the passport-aware branch"),
+    "sign_weight": Range(0),
+    "alpha": Range(0, why="the sign loss's weight"),
+    "trigger_count": Range(1),
+    "triggers_per_batch": Range(0, why="0: the task's default"),
+    "holdout": Range(0, high=1, why="a share of the training split; 0: evaluate on the test split"),
+}
 
 
 def _train_config(opts: RunOptions) -> TrainConfig:

@@ -29,6 +29,7 @@ from ..device import resolve_device
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..fileio import save_tensors, write_json_atomic, write_text_atomic
+from ..option_checks import Range, check_ranges, typed_values
 from ..passports import PASSPORT_KINDS
 from ..progress import print_epoch
 from ..protect import passport_mode
@@ -84,6 +85,19 @@ def authors_deepipr_recipe(scheme: str, epochs: int) -> dict[str, Any]:
     }
 
 
+COMPARE_RANGES = {
+    "points": Range(1),
+    "width": Range(0, open_low=True, why="the model's channel multiplier, e.g. 0.25"),
+    "epochs": Range(1),
+    "batch_size": Range(1),
+    "lr": Range(0, open_low=True),
+    "passport_images": Range(1),
+    "flip": Range(0, high=1, why="the share of passport values the forger changes"),
+    "forge_epochs": Range(0),
+    "attacker_share": Range(0, open_low=True, high=1.0000001, why="a share of the training split"),
+}
+
+
 @dataclass
 class CompareOptions:
     dataset: str = "mnist5k"
@@ -125,7 +139,9 @@ class CompareOptions:
         for name in ("seeds", "schemes"):
             if name in values:
                 values[name] = tuple(values[name])
-        return cls(**values)
+        options = cls(**typed_values(cls, values))
+        check_ranges(options, COMPARE_RANGES)
+        return options
 
     def validate(self) -> None:
         unknown = [s for s in self.schemes if s not in COMPARE_SCHEMES]
