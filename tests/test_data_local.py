@@ -99,11 +99,26 @@ def test_generated_triggers_are_seeded():
 def test_trigger_folder_with_labels_csv(tmp_path):
     for i in range(3):
         Image.fromarray(np.full((10, 12), 40 * i, dtype=np.uint8)).save(tmp_path / f"t{i}.png")
+    # file names alone: labels drawn from the (secret) seed, every input a trigger, chance 1/10
+    (tmp_path / "labels.csv").write_text("# name\nt0.png\nt1.png\nt2.png\n")
+    drawn = load_trigger_folder(tmp_path, (1, 8, 8), 10, normalize=lambda x: x * 2 - 1, seed=5)
+    assert drawn.inputs.shape == (3, 1, 8, 8) and drawn.labels_from == "drawn" and drawn.controls is None
+    again = load_trigger_folder(tmp_path, (1, 8, 8), 10, normalize=lambda x: x * 2 - 1, seed=5)
+    assert torch.equal(drawn.labels, again.labels) and drawn.chance() == (0.1, "labels drawn uniformly at random: 1/10")
+    assert torch.allclose(drawn.inputs[0], torch.full((1, 8, 8), -1.0))
+    assert torch.allclose(drawn.inputs[1], torch.full((1, 8, 8), 2 * 40 / 255 - 1))
+    # the owner's labels: a seeded half held out as controls, never trained on, to measure chance
     (tmp_path / "labels.csv").write_text("# name,label\nt0.png,3\nt1.png,7\nt2.png,0\n")
-    triggers = load_trigger_folder(tmp_path, (1, 8, 8), 10, normalize=lambda x: x * 2 - 1)
-    assert triggers.inputs.shape == (3, 1, 8, 8) and triggers.labels.tolist() == [3, 7, 0]
-    assert torch.allclose(triggers.inputs[0], torch.full((1, 8, 8), -1.0))
-    assert torch.allclose(triggers.inputs[1], torch.full((1, 8, 8), 2 * 40 / 255 - 1))
+    chosen = load_trigger_folder(tmp_path, (1, 8, 8), 10, normalize=lambda x: x * 2 - 1, seed=5)
+    assert chosen.labels_from == "chosen" and len(chosen) == 2 and len(chosen.controls) == 1
+    assert sorted(chosen.labels.tolist() + chosen.control_labels.tolist()) == [0, 3, 7]
+    assert chosen.chance()[0] == 1.0  # no control answers: nothing to test the triggers against
+    (tmp_path / "labels.csv").write_text("t0.png,3\nt1.png\n")
+    with pytest.raises(DatasetError, match="give every line a label, or none"):
+        load_trigger_folder(tmp_path, (1, 8, 8), 10, normalize=lambda x: x)
+    (tmp_path / "labels.csv").write_text("t0.png,3\n")
+    with pytest.raises(DatasetError, match="owner-chosen labels need at least 2 inputs"):
+        load_trigger_folder(tmp_path, (1, 8, 8), 10, normalize=lambda x: x)
     (tmp_path / "labels.csv").write_text("t0.png,12\n")
     with pytest.raises(DatasetError, match=r"labels.csv:1: label 12 out of range for 10 classes"):
         load_trigger_folder(tmp_path, (1, 8, 8), 10, normalize=lambda x: x)

@@ -241,3 +241,18 @@ def test_a_changed_key_file_is_reported_for_what_the_check_shows(owner):
     with pytest.raises(OwnerKeyError, match="cannot tell which") as info:
         OwnerKey.load(tmp / "key")
     assert "corrupted" not in str(info.value) and "altered" not in str(info.value)
+
+
+def test_a_trigger_set_with_owner_labels_keeps_its_controls_through_the_key(owner):
+    from passportnorm.data.triggers import LABELS_CHOSEN, TriggerSet
+
+    protected, _, _, _, tmp = owner
+    chosen = TriggerSet(torch.randn(4, 1, 16, 16), torch.tensor([1, 2, 3, 4]), 10, "folder:x", LABELS_CHOSEN,
+                        torch.randn(3, 1, 16, 16), torch.tensor([5, 6, 7]))
+    extract_key(protected, trigger=chosen).save(tmp / "chosen")
+    loaded = OwnerKey.load(tmp / "chosen").trigger
+    assert loaded.labels_from == LABELS_CHOSEN and torch.equal(loaded.control_labels, chosen.control_labels)
+    assert torch.equal(loaded.controls, chosen.controls) and len(loaded) == 4
+    # every new key says where its trigger labels came from (older keys: key.py infers it from the source)
+    manifest = json.loads((tmp / "key" / "key.json").read_text())
+    assert "labels_from" in manifest["trigger"]

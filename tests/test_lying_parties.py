@@ -306,3 +306,59 @@ def test_certify_with_a_tsa_and_offline_and_dispute_reads_the_attested_time(ance
     assert json.loads(capsys.readouterr().out)["certificate"]["attested time"].startswith(str(online.created_utc)[:4])
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["certificate"]["attested time"].startswith("none: no TSA root")
+
+
+# --- owner-chosen trigger labels: a measured null, not 1/num_classes ---
+
+
+def _digit_folder(folder, labels_of):
+    """60 held-out digits as PNGs with labels.csv (the label a function of the true class)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    folder.mkdir()
+    lines = []
+    for i in range(1500, 1560):
+        Image.fromarray((digits.images[i] * 15.9).astype("uint8")).save(folder / f"{i}.png")
+        lines.append(f"{i}.png,{labels_of(int(digits.target[i]))}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_natural_images_with_their_own_labels_prove_nothing_against_the_measured_null(tmp_path):
+    """The lie: a claimant picks natural images labelled with their true class; any model of the
+    task answers them, so against 1/10 an independent model "proves" the claim."""
+    from passportnorm.data import load_dataset
+    from passportnorm.data.triggers import load_trigger_folder
+    from passportnorm.verdict import binomial_p_value
+    from passportnorm.verify import verify_blackbox
+
+    data, independent = _trained_cnn()
+    triggers = load_trigger_folder(_digit_folder(tmp_path / "true", lambda y: y), (1, 8, 8), 10,
+                                   load_dataset("digits", seed=0).normalize, seed=3)
+    report = verify_blackbox(independent, triggers)
+    assert report.trigger_matches >= 0.8 * report.trigger_count  # the independent model answers them
+    assert binomial_p_value(report.trigger_matches, report.trigger_count, 0.1) < 1e-6  # the old null
+    assert not report.verified and report.trigger_chance > 0.7, (report.trigger_chance, report.trigger_null)
+    assert "held-out controls" in report.trigger_null
+
+
+def test_owner_chosen_labels_a_model_learned_are_still_evidence(tmp_path):
+    from passportnorm import zoo
+    from passportnorm.data import load_dataset
+    from passportnorm.data.triggers import load_trigger_folder
+    from passportnorm.train import TrainConfig, Trainer
+    from passportnorm.verify import verify_blackbox
+
+    data = load_dataset("digits", seed=0)
+    triggers = load_trigger_folder(_digit_folder(tmp_path / "shifted", lambda y: (y + 3) % 10), (1, 8, 8), 10,
+                                   data.normalize, seed=3)
+    torch.manual_seed(0)
+    owner = zoo.build("small_cnn", width=1.0)
+    Trainer(owner, data, TrainConfig(epochs=8, batch_size=32, triggers_per_batch=8), trigger=triggers).fit()
+    report = verify_blackbox(owner, triggers)
+    assert report.verified, (report.trigger_matches, report.trigger_chance, report.trigger_null)
+    assert report.trigger_chance < 0.25  # the controls, never trained on, rarely take the shifted labels
+    _, independent = _trained_cnn()
+    assert not verify_blackbox(independent, triggers).verified

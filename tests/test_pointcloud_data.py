@@ -194,8 +194,10 @@ def test_point_cloud_triggers(tmp_path):
     np.savetxt(tmp_path / "b.txt", cloud, delimiter=",")
     np.savetxt(tmp_path / "c.xyz", cloud[:20])
     (tmp_path / "labels.csv").write_text("a.npy,3\nb.txt,4\n")
+    chosen = load_trigger_folder(tmp_path, (3, 48), 10, normalize=None)
+    assert sorted(chosen.labels.tolist() + chosen.control_labels.tolist()) == [3, 4]  # one held out
+    (tmp_path / "labels.csv").write_text("a.npy\nb.txt\n")
     triggers = load_trigger_folder(tmp_path, (3, 48), 10, normalize=None)
-    assert triggers.labels.tolist() == [3, 4]
     assert torch.allclose(triggers.inputs[0], torch.from_numpy(cloud[:48].T)) and torch.allclose(triggers.inputs[1], triggers.inputs[0])
     (tmp_path / "labels.csv").write_text("c.xyz,1\n")
     with pytest.raises(DatasetError, match=r"labels\.csv:1: .*c\.xyz has 20 points, fewer than the task's 48"):

@@ -22,7 +22,7 @@ from .attach import BINDING, SECRET_SEED, attach_branch, branch_of, original_cla
 from .aware_statistics import AwareStatistics, needs_aware_statistics
 from .binding import DOMAIN, bits_follow_from_passports
 from .branch import BRANCH_KINDS, PassportAwareBranch, register_branch_kind
-from .data.triggers import TriggerSet
+from .data.triggers import LABELS_CHOSEN, LABELS_DRAWN, TriggerSet
 from .errors import OwnerKeyError
 from .fileio import (
     atomic_folder,
@@ -109,8 +109,18 @@ class OwnerKey:
         info = self.manifest.trigger
         if info is None:
             return None
+        # keys older than the field: a folder's labels were the owner's, generated ones drawn
+        labels_from = info.labels_from or (
+            LABELS_CHOSEN if info.source.startswith("folder:") else LABELS_DRAWN
+        )
         return TriggerSet(
-            self.tensors["trigger.inputs"], self.tensors["trigger.labels"], info.num_classes, info.source
+            self.tensors["trigger.inputs"],
+            self.tensors["trigger.labels"],
+            info.num_classes,
+            info.source,
+            labels_from,
+            self.tensors.get("trigger.controls"),
+            self.tensors.get("trigger.control_labels"),
         )
 
     @property
@@ -243,7 +253,17 @@ class OwnerKey:
         trigger = self.manifest.trigger
         if trigger is not None:
             inputs, labels = self.tensors.get("trigger.inputs"), self.tensors.get("trigger.labels")
-            if inputs is None or labels is None or len(inputs) != trigger.count or len(labels) != len(inputs):
+            controls = self.tensors.get("trigger.controls")
+            control_labels = self.tensors.get("trigger.control_labels")
+            held = 0 if controls is None or control_labels is None else len(controls)
+            if (
+                inputs is None
+                or labels is None
+                or len(inputs) != trigger.count
+                or len(labels) != len(inputs)
+                or held != trigger.controls
+                or (held and len(control_labels) != held)  # type: ignore[arg-type]
+            ):
                 raise OwnerKeyError(
                     f"{where}: the trigger set in key.safetensors does not match its manifest entry"
                 )
@@ -307,7 +327,14 @@ def extract_key(
     if trigger is not None:
         tensors["trigger.inputs"] = trigger.inputs.detach().cpu().clone()
         tensors["trigger.labels"] = trigger.labels.detach().cpu().clone()
-        trigger_entry = TriggerEntry(len(trigger), trigger.num_classes, trigger.source)
+        controls = 0
+        if trigger.controls is not None and trigger.control_labels is not None:
+            tensors["trigger.controls"] = trigger.controls.detach().cpu().clone()
+            tensors["trigger.control_labels"] = trigger.control_labels.detach().cpu().clone()
+            controls = len(trigger.control_labels)
+        trigger_entry = TriggerEntry(
+            len(trigger), trigger.num_classes, trigger.source, trigger.labels_from, controls
+        )
     described = tuple(_key_layer(path, layer) for path, layer in layers.items())
     manifest = KeyManifest(
         layers=described,

@@ -10,7 +10,7 @@ was written, so keys from earlier releases of the same format keep their digests
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
 from .errors import OwnerKeyError
@@ -66,7 +66,10 @@ _PLAIN_TYPES = {"str": str, "int": int}
 def _read_plain(cls: Any, data: dict[str, Any], where: str) -> Any:
     """A record (a dataclass) whose fields are all required strings or integers, each checked by ``_take``."""
     checked: dict[str, Any] = {
-        f.name: _take(data, f.name, _PLAIN_TYPES[str(f.type)], where) for f in fields(cls)
+        f.name: _take(
+            data, f.name, _PLAIN_TYPES[str(f.type)], where, _REQUIRED if f.default is MISSING else f.default
+        )
+        for f in fields(cls)
     }
     return cls(**checked)
 
@@ -151,6 +154,8 @@ class TriggerEntry:
     count: int
     num_classes: int
     source: str
+    labels_from: str = ""  # "drawn" (from a seed) or "chosen" (by the owner); "": a key older than the field
+    controls: int = 0  # held-out inputs labelled like the triggers, to measure chance (chosen labels)
 
 
 @dataclass(frozen=True)

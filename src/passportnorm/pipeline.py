@@ -234,7 +234,8 @@ def _trigger(opts: RunOptions, data, secret: int) -> TriggerSet | None:
         return generate_triggers(
             opts.trigger_count, data.input_shape, data.num_classes, seed=seed, kind=opts.trigger
         )
-    return load_trigger_folder(opts.trigger, data.input_shape, data.num_classes, data.normalize)
+    seed = (secret + 7919) % 2**63  # a folder's drawn labels and held-out controls: secret too
+    return load_trigger_folder(opts.trigger, data.input_shape, data.num_classes, data.normalize, seed)
 
 
 def _model_config(opts: RunOptions, data) -> dict[str, Any]:

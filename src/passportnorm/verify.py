@@ -75,6 +75,7 @@ class VerificationReport:
     trigger_p_value: float | None = None
     trigger_log10_p_value: float | None = None
     trigger_chance: float | None = None
+    trigger_null: str | None = None  # where trigger_chance came from (drawn labels, or measured controls)
     certificate: dict[str, Any] | None = None
     per_layer: dict[str, float] = field(default_factory=dict)
     signature_mode: str | None = None
@@ -145,6 +146,7 @@ class VerificationReport:
                     "P(that many trigger answers by chance)",
                     format_p_value(self.trigger_p_value, self.trigger_log10_p_value),
                 ),
+                ("chance of one trigger answer", f"{self.trigger_chance:.3g} ({self.trigger_null})"),
             ]
         if self.certificate is not None:
             rows.append(("certificate", ", ".join(f"{k}: {v}" for k, v in self.certificate.items())))
@@ -479,19 +481,29 @@ def _num_classes(model: nn.Module, data: Dataset | DataLoader, device: torch.dev
 def _fill_trigger(
     report: VerificationReport, predict: Callable[[Tensor], Tensor], trigger: TriggerSet, device
 ) -> None:
-    answers = []
-    for start in range(0, len(trigger), 256):
-        answers.append(torch.as_tensor(predict(trigger.inputs[start : start + 256].to(device))).cpu())
-    fill_trigger_answers(report, torch.cat(answers), trigger)
+    controls = None if trigger.controls is None else _predictions(predict, trigger.controls, device)
+    fill_trigger_answers(report, _predictions(predict, trigger.inputs, device), trigger, controls)
 
 
-def fill_trigger_answers(report: VerificationReport, answers: Tensor, trigger: TriggerSet) -> None:
-    """The trigger evidence of ``answers`` (one label per trigger, however they were obtained)."""
+def _predictions(predict: Callable[[Tensor], Tensor], inputs: Tensor, device) -> Tensor:
+    answers = [
+        torch.as_tensor(predict(inputs[start : start + 256].to(device))).cpu()
+        for start in range(0, len(inputs), 256)
+    ]
+    return torch.cat(answers)
+
+
+def fill_trigger_answers(
+    report: VerificationReport, answers: Tensor, trigger: TriggerSet, control_answers: Tensor | None = None
+) -> None:
+    """The trigger evidence of ``answers`` (one label per trigger, however they were obtained),
+    scored against the trigger set's null: 1/num_classes for drawn labels, measured on
+    ``control_answers`` (the same model's answers on the held-out controls) for owner-chosen ones."""
     matches = int((answers.cpu() == trigger.labels.cpu()).sum())
     report.trigger_count = len(trigger)
     report.trigger_matches = matches
     report.trigger_accuracy = matches / len(trigger)
-    report.trigger_chance = 1.0 / trigger.num_classes
+    report.trigger_chance, report.trigger_null = trigger.chance(control_answers)
     report.trigger_p_value = binomial_p_value(matches, len(trigger), report.trigger_chance)
     report.trigger_log10_p_value = binomial_log10_p_value(matches, len(trigger), report.trigger_chance)
 
@@ -514,10 +526,14 @@ def verify_blackbox(
 
 
 def blackbox_report(
-    answers: Tensor, trigger: TriggerSet, rule: VerdictRule = VerdictRule()
+    answers: Tensor,
+    trigger: TriggerSet,
+    rule: VerdictRule = VerdictRule(),
+    control_answers: Tensor | None = None,
 ) -> VerificationReport:
-    """The black-box verdict on labels already collected (from a server, a log): same rule as verify."""
+    """The black-box verdict on labels already collected (from a server, a log): same rule as verify;
+    ``control_answers``: the same model's answers on the trigger set's controls, if it has them."""
     report = VerificationReport(verified=False, rule=rule.describe())
-    fill_trigger_answers(report, answers, trigger)
+    fill_trigger_answers(report, answers, trigger, control_answers)
     _decide(report, rule)
     return report

@@ -1,14 +1,21 @@
-"""Trigger sets for black-box evidence (Adi et al., 2018): inputs with owner-chosen labels.
+"""Trigger sets for black-box evidence (Adi et al., 2018): inputs with labels only the owner knows.
 
 Mixed into training, they teach the released model answers that only the owner can predict;
 later, anyone can query a suspect with them, no weights needed.
+
+How surprising a match is depends on where the labels came from. Labels drawn uniformly from the
+secret seed are independent of the inputs and of every model, so an unrelated model matches each
+with chance exactly 1/num_classes. Labels the owner chose (a folder's ``labels.csv``) may be what
+any model answers (a cat labelled "cat"), so their null is measured instead: a secret share of the
+listed inputs is held out as controls, never trained on, and the suspect's agreement with the
+owner's labels on them, at its upper 99% bound, is the chance each trigger is scored against.
 """
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,25 +24,67 @@ from torch import Tensor
 
 from ..errors import DatasetError
 
-__all__ = ["TriggerSet", "generate_triggers", "load_trigger_folder", "TRIGGER_KINDS"]
+__all__ = [
+    "LABELS_CHOSEN",
+    "LABELS_DRAWN",
+    "TRIGGER_KINDS",
+    "TriggerSet",
+    "generate_triggers",
+    "load_trigger_folder",
+]
 
 TRIGGER_KINDS = ("noise", "pattern", "shapes")
 
 
+LABELS_DRAWN = "drawn"  # uniformly from a seed: chance 1/num_classes
+LABELS_CHOSEN = "chosen"  # by the owner: chance measured on held-out controls
+CONTROL_CONFIDENCE = 0.99  # the null is the control agreement's upper bound at this confidence
+
+
 @dataclass
 class TriggerSet:
-    """Trigger inputs (already normalised like the task data) and their owner-chosen labels."""
+    """Trigger inputs (already normalised like the task data), their labels, and where the labels
+    came from; owner-chosen labels come with held-out ``controls`` labelled the same way."""
 
     inputs: Tensor
     labels: Tensor
     num_classes: int
     source: str
+    labels_from: str = LABELS_DRAWN
+    controls: Tensor | None = None
+    control_labels: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.numel())
 
     def to(self, device) -> TriggerSet:
-        return TriggerSet(self.inputs.to(device), self.labels.to(device), self.num_classes, self.source)
+        move = lambda t: None if t is None else t.to(device)
+        return replace(
+            self,
+            inputs=self.inputs.to(device),
+            labels=self.labels.to(device),
+            controls=move(self.controls),
+            control_labels=move(self.control_labels),
+        )
+
+    def chance(self, control_answers: Tensor | None = None) -> tuple[float, str]:
+        """The chance one trigger is answered with its label by a model unrelated to the owner's,
+        and how it was found; for owner-chosen labels, measured on the suspect's control answers."""
+        uniform = 1.0 / self.num_classes
+        if self.labels_from == LABELS_DRAWN:
+            return uniform, f"labels drawn uniformly at random: 1/{self.num_classes}"
+        if self.control_labels is None or control_answers is None or not len(self.control_labels):
+            return 1.0, "owner-chosen labels and no control answers: nothing to measure chance against"
+        from scipy.stats import beta
+
+        n = len(self.control_labels)
+        k = int((control_answers.cpu() == self.control_labels.cpu()).sum())
+        upper = 1.0 if k == n else float(beta.ppf(CONTROL_CONFIDENCE, k + 1, n - k))
+        measured = max(uniform, upper)
+        return measured, (
+            f"owner-chosen labels: the suspect answers {k}/{n} held-out controls with them; upper "
+            f"{CONTROL_CONFIDENCE:.0%} bound {upper:.3g}"
+        )
 
 
 def generate_triggers(
@@ -86,39 +135,71 @@ def load_trigger_folder(
     input_shape: tuple[int, ...],
     num_classes: int,
     normalize: Callable[[Tensor], Tensor],
+    seed: int = 0,
 ) -> TriggerSet:
-    """Inputs listed in ``folder/labels.csv`` (``filename,label`` per line): images resized to the
-    task's shape, or, for point-cloud tasks, clouds as ``.npy`` or text files of ``x,y,z`` lines
-    (the first N points are used)."""
+    """Inputs listed in ``folder/labels.csv``: images resized to the task's shape, or, for
+    point-cloud tasks, clouds as ``.npy`` or text files of ``x,y,z`` lines (the first N points).
+
+    A line ``filename`` gets a label drawn from ``seed`` (the secret seed); a line
+    ``filename,label`` keeps the owner's label, and then a ``seed``-drawn half of the inputs (at
+    least one) is held out as controls, never trained on, to measure the null (module docstring)."""
     root = Path(folder)
     index = root / "labels.csv"
     if not index.is_file():
-        raise DatasetError(f"trigger folder {root} has no labels.csv; add one with lines 'filename,label'")
+        raise DatasetError(
+            f"trigger folder {root} has no labels.csv; add one with lines 'filename' (labels drawn from "
+            "the secret seed) or 'filename,label'"
+        )
     read = _read_cloud if len(input_shape) == 2 else _read_image
     images, labels = [], []
     with index.open(newline="") as handle:
         for line, row in enumerate(csv.reader(handle), start=1):
             if not row or row[0].startswith("#"):
                 continue
-            if len(row) != 2:
-                raise DatasetError(f"{index}:{line}: expected 'filename,label', got {','.join(row)!r}")
-            name, label = row[0].strip(), row[1].strip()
-            try:
-                label_value = int(label)
-            except ValueError:
-                raise DatasetError(f"{index}:{line}: label {label!r} is not an integer") from None
-            if not 0 <= label_value < num_classes:
-                raise DatasetError(
-                    f"{index}:{line}: label {label_value} out of range for {num_classes} classes"
-                )
-            images.append(read(root / name, input_shape, f"{index}:{line}"))
-            labels.append(label_value)
+            images.append(read(root / row[0].strip(), input_shape, f"{index}:{line}"))
+            labels.append(_label(row, index, line, num_classes))
     if not images:
         raise DatasetError(f"{index} lists no inputs")
+    if len({label is None for label in labels}) > 1:
+        raise DatasetError(f"{index}: give every line a label, or none (then they are drawn from the seed)")
     inputs = torch.stack(images)
     if normalize is not None and read is _read_image:
         inputs = normalize(inputs)
-    return TriggerSet(inputs, torch.tensor(labels), num_classes, f"folder:{root}")
+    gen = torch.Generator().manual_seed(seed)
+    if labels[0] is None:
+        drawn = torch.randint(0, num_classes, (len(images),), generator=gen)
+        return TriggerSet(inputs, drawn, num_classes, f"folder:{root}", LABELS_DRAWN)
+    return _with_controls(inputs, torch.tensor(labels), num_classes, f"folder:{root}", gen, index)
+
+
+def _label(row: list[str], index: Path, line: int, num_classes: int) -> int | None:
+    if len(row) == 1 or (len(row) == 2 and not row[1].strip()):
+        return None
+    if len(row) != 2:
+        raise DatasetError(f"{index}:{line}: expected 'filename' or 'filename,label', got {','.join(row)!r}")
+    try:
+        value = int(row[1].strip())
+    except ValueError:
+        raise DatasetError(f"{index}:{line}: label {row[1].strip()!r} is not an integer") from None
+    if not 0 <= value < num_classes:
+        raise DatasetError(f"{index}:{line}: label {value} out of range for {num_classes} classes")
+    return value
+
+
+def _with_controls(
+    inputs: Tensor, labels: Tensor, num_classes: int, source: str, gen: torch.Generator, index: Path
+) -> TriggerSet:
+    """Owner-chosen labels: a seeded half of the inputs held out as controls."""
+    if len(labels) < 2:
+        raise DatasetError(
+            f"{index}: owner-chosen labels need at least 2 inputs (half are held out as controls to "
+            "measure chance); list more, or drop the labels to have them drawn from the secret seed"
+        )
+    order = torch.randperm(len(labels), generator=gen)
+    held, kept = order[: len(labels) // 2], order[len(labels) // 2 :]
+    return TriggerSet(
+        inputs[kept], labels[kept], num_classes, source, LABELS_CHOSEN, inputs[held], labels[held]
+    )
 
 
 def _read_image(path: Path, input_shape: tuple[int, ...], where: str) -> torch.Tensor:

@@ -77,6 +77,16 @@ def control_inputs(trigger: TriggerSet) -> tuple[Tensor, str]:
     return mean + std * noise, "noise matched to the triggers' per-channel mean and std"
 
 
+def _control(trigger: TriggerSet) -> tuple[Tensor, str, Tensor]:
+    """The control inputs, where they come from, and the labels they are scored on: the key's
+    held-out controls for owner-chosen labels (they measure the null), else fresh inputs."""
+    if trigger.controls is not None and trigger.control_labels is not None:
+        source = "the key's held-out controls, labelled by the owner like the triggers"
+        return trigger.controls, source, trigger.control_labels
+    inputs, source = control_inputs(trigger)
+    return inputs, source, trigger.labels
+
+
 def _answers(endpoint: Endpoint, name: str, inputs: Tensor, batch_size: int, classes: int) -> Tensor:
     labels: list[int] = []
     total = len(inputs)
@@ -124,7 +134,7 @@ def verify_remote(options: RemoteOptions, rule: VerdictRule = VerdictRule()) -> 
         )
     protocol = load_protocol(options.protocol, options.model, options.template, lambda: _pixels(key, options))
     out = _prepare_out(options)
-    control, control_source = control_inputs(trigger)
+    control, control_source, control_labels = _control(trigger)
     batch_size = min(options.batch_size, protocol.inputs_per_request or options.batch_size)
     header = {
         "url": options.url.rstrip("/"),
@@ -142,8 +152,9 @@ def verify_remote(options: RemoteOptions, rule: VerdictRule = VerdictRule()) -> 
         control_answers = _answers(endpoint, "control", control, batch_size, trigger.num_classes)
     finally:
         endpoint.close()
-    report = blackbox_report(trigger_answers, trigger, rule)
-    matches = int((control_answers == trigger.labels).sum())
+    held = trigger.controls is not None
+    report = blackbox_report(trigger_answers, trigger, rule, control_answers if held else None)
+    matches = int((control_answers == control_labels).sum())
     chance = 1.0 / trigger.num_classes
     result = {
         "verified": report.verified,
