@@ -87,7 +87,10 @@ def test_widened_suspect_needs_the_reference_and_verifies_with_it(owner, tmp_pat
     assert main(verify) == 2
     err = capsys.readouterr().err
     assert "channels, the key expects" in err and "--reference" in err and err.count("\n") == 1
-    assert main([*verify, "--reference", str(owner / "released")]) == 0
+    # narrowed and aligned it is read again, but this chain's permuted layers count no bits (attack spell)
+    assert main([*verify, "--reference", str(owner / "released"), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["alignment"]["used"] and report["alignment"]["narrowed"] and report["signature_bits"] == 0
 
 
 def exit_code(argv: list[str]) -> int:
@@ -156,7 +159,7 @@ def test_the_library_refuses_what_the_attack_does_not_take_before_loading_anythi
 def test_each_attack_declares_its_options_once_and_the_cli_offers_exactly_those(capsys):
     from passportnorm.attacks.registry import ATTACKS, COMMON_OPTIONS
 
-    assert len(ATTACKS.names()) == 14
+    assert len(ATTACKS.names()) == 15
     for name in ATTACKS.names():
         with pytest.raises(SystemExit):
             main(["attack", name, "--help"])

@@ -7,6 +7,7 @@ which manufactured agreement far beyond chance.
 """
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -57,7 +58,7 @@ def test_the_old_matching_on_whole_filters_would_have_verified_the_pair(owners):
     assert p_value[True] > 1e-3  # the bits read after the sound matching stay at chance
 
 
-def test_the_owners_obfuscated_copy_is_still_verified_with_its_reference(owners, tmp_path, capsys):
+def test_the_owners_permuted_copy_is_recognised_but_counts_no_permuted_bits(owners, tmp_path, capsys):
     owner = owners[0]
     code = main(["attack", "obfuscate", "--model", str(owner / "released"), "--key", str(owner / "owner-key"),
                  "--out", str(tmp_path / "hidden")])
@@ -65,8 +66,12 @@ def test_the_owners_obfuscated_copy_is_still_verified_with_its_reference(owners,
     args = ["verify", "--model", str(tmp_path / "hidden" / "model"), "--key", str(owner / "owner-key")]
     assert main(args) == 1  # read in key order, the scrambled channels hide the bits
     capsys.readouterr()
-    assert main([*args, "--reference", str(owner / "released"), "--json"]) == 0
-    assert '"used": true' in capsys.readouterr().out
+    # aligned, the copy is recognised, but on this conv chain every protected layer was permuted and a
+    # permutation could put bits there either way (attack spell): none is counted, nothing is proven
+    assert main([*args, "--reference", str(owner / "released"), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["alignment"]["used"] and report["alignment"]["lowest_confidence"] > 0.999
+    assert report["signature_bits"] == 0 and len(report["alignment"]["rearranged"]) >= 2
 
 
 def test_a_ruined_model_and_the_wrong_dataset_are_not_verified(owners, tmp_path, capsys):

@@ -364,53 +364,44 @@ def test_owner_chosen_labels_a_model_learned_are_still_evidence(tmp_path):
     assert not verify_blackbox(independent, triggers).verified
 
 
-def _permuted_to_spell(claimant: torch.nn.Module, example: torch.Tensor) -> None:
-    """The claimant's best permutation forgery: layer by layer in forward order, every protected
-    producer whose channels can move (with its norm and its one consumer) gets the order that puts a
-    filter whose response has the bit's sign at each position. Function-preserving, free."""
-    from passportnorm.channels import norm_tensors, permutable_chains, permute_consumer_inputs
-    from passportnorm.pairing import find_pairs
-
-    plain = pn.strip(copy.deepcopy(claimant))
-    chains = {c.pair.norm: c for c in permutable_chains(plain, find_pairs(plain, example).pairs)}
-    modules = dict(claimant.named_modules())
-    with torch.no_grad():
-        for path, branch in pn.protected_layers(claimant).items():
-            if path not in chains:
-                continue
-            g, bits = branch.passport_responses()[0].detach(), branch.signature
-            pools = {1: [i for i in range(len(g)) if g[i] > 0], -1: [i for i in range(len(g)) if g[i] <= 0]}
-            order = []
-            for bit in bits.tolist():
-                pool = pools[int(bit)] or pools[-int(bit)]
-                order.append(pool.pop(0))
-            order = torch.tensor(order)
-            branch.producer.weight.copy_(branch.producer.weight[order])
-            if branch.producer.bias is not None:
-                branch.producer.bias.copy_(branch.producer.bias[order])
-            for tensor in norm_tensors(branch.norm):
-                tensor.copy_(tensor[order])
-            permute_consumer_inputs(modules[chains[path].consumer], chains[path], order)
-
-
-def test_permuting_a_public_model_to_spell_a_signature_falls_just_short(ancestry):
-    """Where the scheme's margin is thin (docs/SECURITY.md, threat model): a permutation, unlike a
-    flip, leaves no trace an alignment could refuse to undo, so reading the public model through
-    the claimant's release reads the claimant's permuted bits. What stops the claim is that
-    channels move only where one consumer reads them (not at the residual additions), so the
-    bits of the other layers stay at chance and the total stays under the 2^-128 bound."""
+def test_permuting_a_public_model_to_spell_a_signature_claims_nothing(ancestry, capsys):
+    """The lie alignment cannot refuse to undo: a permutation leaves no trace of who made it, so the
+    public model read through the claimant's release reads the claimant's bits where it permuted.
+    Those layers are not counted; the layers no permutation touched read the public model at chance."""
+    from passportnorm.attacks.spell import spell_by_rearranging
     from passportnorm.data import load_dataset
 
     public = load_released(ancestry / "P" / "released")[0].eval()
     example = load_dataset("digits", seed=0).train.tensors[0][:8]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        claimant = pn.protect(copy.deepcopy(public), example, signature="(c) M", seed=7)
-    _permuted_to_spell(claimant, example)
-    key, release = extract_key(claimant), pn.strip(claimant).eval()
+    release, key = spell_by_rearranging(public, example, "permute")
     torch.testing.assert_close(release(example), public(example), rtol=1e-4, atol=1e-4)
-    report = verify(public, key, reference=release)
-    assert report.alignment["used"] and report.alignment["permuted"] > 0
-    assert report.signature_detection > 0.6  # far above chance: the forgery works as far as it goes
-    assert not report.verified and report.signature_matches < report.required_matches, (
-        report.signature_matches, report.required_matches)
+    for data_given in (None, load_dataset("digits", seed=0).test):
+        report = verify(public, key, data=data_given, reference=release)
+        assert report.alignment["used"] and report.alignment["rearranged"]
+        read = [report.per_layer[path] for path in report.alignment["rearranged"] if path in report.per_layer]
+        assert max(read) == 1.0  # where it permuted, the forgery spells its bits ...
+        assert not report.verified and report.signature_detection < 0.6  # ... and there only
+    # the command: one row per rearrangement, neither verified
+    out = ancestry / "spelled"
+    assert main(["attack", "spell", "--model", str(ancestry / "P" / "released"), "--key",
+                 str(ancestry / "O" / "owner-key"), "--out", str(out)]) == 0
+    rows = json.loads((out / "result.json").read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["flip", "permute"] and not any(r["verified_through_release"] for r in rows)
+
+
+def test_an_obfuscated_resnet_copy_is_still_the_owners(ancestry, tmp_path, capsys):
+    """What the uncounted layers cost the owner on a ResNet: the layers that feed residual additions
+    cannot be permuted alone, so they still carry the claim after a full obfuscation."""
+    out = tmp_path / "hidden"
+    assert main(["attack", "obfuscate", "--model", str(ancestry / "O" / "released"), "--key",
+                 str(ancestry / "O" / "owner-key"), "--out", str(out), "--ancestor",
+                 str(ancestry / "P" / "released")]) == 0
+    capsys.readouterr()
+    assert _verify(ancestry, "O", "--ancestor", str(ancestry / "P" / "released"), "--reference",
+                   str(ancestry / "O" / "released"), "--no-data") == 0
+    capsys.readouterr()
+    code = main(["verify", "--model", str(out / "model"), "--key", str(ancestry / "O" / "owner-key"), "--json",
+                 "--reference", str(ancestry / "O" / "released"), "--ancestor", str(ancestry / "P" / "released")])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["alignment"]["rearranged"] and report["signature_detection"] == 1.0
+    assert 128 < report["signature_bits"] < 1184

@@ -19,6 +19,12 @@ So every similarity here is computed on the filters with the passport directions
 the choice never sees the coordinate the bits are read from. And the aligned model is used only
 when the match is one that real copies reach (``VerdictRule.min_alignment_confidence``; the
 measured separation is in docs/SECURITY.md); otherwise the suspect is read as it stands.
+
+A permutation, unlike a flip, leaves no trace of who made it: a claimant can permute a public
+model's channels so that its responses spell the claimant's bits, and aligning the public model
+to that "release" then reads them (``attack spell``). So the layers whose producer's rows or
+input columns the alignment permuted are reported in ``rearranged`` and their bits are not
+counted (verify.py): the claim rests on the layers no permutation touched.
 """
 
 from __future__ import annotations
@@ -134,6 +140,7 @@ def align_to_reference(
         "passport_directions_excluded": exclude_passport_directions,
         "too_narrow": [],
     }
+    rows_moved, inputs_moved = set(), set()
     for pair in pairs:
         producer, norm = modules[pair.producer], modules[pair.norm]
         ours, theirs = _rows(producer.weight), _rows(ref_modules[pair.producer].weight)
@@ -192,7 +199,11 @@ def align_to_reference(
         if pair.norm in chains and not torch.equal(order.cpu(), torch.arange(pair.channels)):
             permute_consumer_inputs(modules[chains[pair.norm].consumer], chains[pair.norm], order)
             report["permuted"] += 1
+            rows_moved.add(pair.norm)
+            inputs_moved.add(chains[pair.norm].consumer)
         report["flipped"] += int((sign < 0).sum())
         report["confidence"][pair.norm] = float(matched.abs().mean())
     report["lowest_confidence"] = min(report["confidence"].values(), default=0.0)
+    norm_of = {pair.producer: pair.norm for pair in pairs}
+    report["rearranged"] = sorted(rows_moved | {norm_of[path] for path in inputs_moved if path in norm_of})
     return model, report

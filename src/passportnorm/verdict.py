@@ -78,6 +78,7 @@ class Evidence:
         None  # lowest per-layer match confidence, when an alignment was tried
     )
     alignment_used: bool | None = None
+    alignment_uncounted: int | None = None  # layers whose bits a permutation put back: not counted
     # retrofit keys: the proof read in the model the retrofit started from (None where not measured)
     ancestor_required: bool = False
     ancestor_given: bool | None = None
@@ -278,9 +279,16 @@ class VerdictRule:
             return True
         low = evidence.alignment_confidence
         if evidence.alignment_used:
+            uncounted = evidence.alignment_uncounted or 0
             verdict.reasons.append(
                 f"alignment used: lowest per-layer match confidence {low:.3f} >= "
-                f"{self.min_alignment_confidence:g} (the suspect is a rearranged copy of the reference)"
+                f"{self.min_alignment_confidence:g} (the suspect's filters match the reference's)"
+                + (
+                    f"; the bits of {uncounted} layers it permuted back are not counted, since a "
+                    "permutation could have put them there either way"
+                    if uncounted
+                    else ""
+                )
             )
         else:
             verdict.reasons.append(

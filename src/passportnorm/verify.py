@@ -157,12 +157,14 @@ class VerificationReport:
                 if self.alignment["used"]
                 else "**not used** (no rearranged copy: bits read from the suspect as is)"
             )
+            uncounted = self.alignment.get("rearranged", []) if self.alignment["used"] else []
             rows.append(
                 (
                     "alignment to the reference",
                     f"{used}; {self.alignment['permuted']} layers permuted, "
                     f"{self.alignment['flipped']} channels sign-flipped; lowest per-layer "
-                    f"match confidence {low:.3f} (needed {self.alignment['needed']:g})",
+                    f"match confidence {low:.3f} (needed {self.alignment['needed']:g})"
+                    + (f"; bits of {len(uncounted)} permuted layers not counted" if uncounted else ""),
                 )
             )
             narrowed = self.alignment.get("narrowed") or {}
@@ -399,13 +401,17 @@ def verify_attached(
     report = VerificationReport(
         verified=False, rule=rule.describe(mode), certificate=certificate_info, signature_mode=mode
     )
-    report.signature_bits = detection.total
-    report.signature_matches = detection.matched
-    report.signature_detection = detection.rate
-    report.bit_errors = detection.bit_errors
-    report.signature_p_value = binomial_p_value(detection.matched, detection.total, 0.5)
-    report.signature_log10_p_value = binomial_log10_p_value(detection.matched, detection.total, 0.5)
-    report.forgery_log10_chance = log10_forgery_chance(detection.total, rule.signature_threshold(mode))
+    # bits a permutation put back are not counted: it could have put them there either way (align.py)
+    uncounted = set((alignment or {}).get("rearranged", [])) if (alignment or {}).get("used") else set()
+    counted = [d for path, d in detection.layers.items() if path not in uncounted]
+    matched, total = sum(d.matched for d in counted), sum(d.total for d in counted)
+    report.signature_bits = total
+    report.signature_matches = matched
+    report.signature_detection = matched / total if total else 0.0
+    report.bit_errors = total - matched
+    report.signature_p_value = binomial_p_value(matched, total, 0.5)
+    report.signature_log10_p_value = binomial_log10_p_value(matched, total, 0.5)
+    report.forgery_log10_chance = log10_forgery_chance(total, rule.signature_threshold(mode))
     report.decoded_text = detection.message
     report.expected_text = expected_text
     report.per_layer = {path: d.rate for path, d in detection.layers.items()}
@@ -446,6 +452,7 @@ def evidence_of(report: VerificationReport) -> Evidence:
         signature_matches=report.signature_matches,
         alignment_confidence=alignment.get("lowest_confidence"),
         alignment_used=alignment.get("used"),
+        alignment_uncounted=len(alignment.get("rearranged", [])) if alignment.get("used") else None,
         ancestor_required=report.ancestor is not None,
         ancestor_given=(report.ancestor or {}).get("given"),
         ancestor_signature_shows=(report.ancestor or {}).get("signature_shows"),

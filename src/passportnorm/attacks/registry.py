@@ -243,6 +243,7 @@ ATTACKS: Registry[Attack] = Registry(
             "ambiguity",
             "erb",
             "forge",
+            "spell",
             "reprotect",
             "quantize",
             "distill",
