@@ -126,8 +126,8 @@ def _thief_rows(runs: dict[str, Path], root: Path, example: torch.Tensor) -> lis
     released = _released(runs["scratch"])
     owner = Claim("owner", owner_key, Certificate.load(runs["scratch"] / "certificate.json"), released)
     result = run_attack("reprotect", runs["scratch"] / "released", runs["scratch"] / "owner-key", root / "thief")
-    thief_key, thief_model = result.thief_claim
-    backdated = dataclasses.replace(result.thief_claim[1], created_utc="2001-01-01T00:00:00+00:00")
+    thief_key, thief_certificate = result.thief_claim
+    backdated = dataclasses.replace(thief_certificate, created_utc="2001-01-01T00:00:00+00:00")
     thief = Claim("thief", thief_key, backdated, result.model)
     rows = [_dispute_row("re-protects the stolen release and backdates its certificate to 2001", released,
                          result.model, owner, thief)]
