@@ -131,6 +131,13 @@ def _thief_rows(runs: dict[str, Path], root: Path, example: torch.Tensor) -> lis
     thief = Claim("thief", thief_key, backdated, result.model)
     rows = [_dispute_row("re-protects the stolen release and backdates its certificate to 2001", released,
                          result.model, owner, thief)]
+    hidden = run_attack("obfuscate", runs["scratch"] / "released", runs["scratch"] / "owner-key", root / "hidden")
+    assert hidden.model is not None
+    report = verify(hidden.model, owner_key, data=load_dataset("mnist5k", seed=0).test, reference=released)
+    row = _row("thief", "permutes, flips and rescales the owner's channels (`attack obfuscate`); the owner "
+               "verifies with `--reference`", report)
+    row["measured"] += f"; {len(report.alignment['rearranged'])} permuted layers not counted"
+    rows.append(row)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         relabel = pn.protect(copy.deepcopy(released), example, signature="(c) Thief", seed=11, passports="random")

@@ -182,8 +182,17 @@ def test_unparseable_certificate_times_are_one_line(tmp_path, trigger_only_claim
             Certificate.load(path)
 
 
+def _local_tsa():
+    """The tests' RFC 3161 authority: needs the timestamp extra and asn1crypto (the test extra)."""
+    pytest.importorskip("rfc3161_client", reason="the timestamp extra is not installed: pip install 'passportnorm[timestamp]'")
+    pytest.importorskip("asn1crypto", reason="the test extra is not installed: pip install 'passportnorm[test]'")
+    import tsa
+
+    return tsa
+
+
 def test_attested_times_decide_and_a_claimants_own_tsa_attests_nothing(tmp_path, trigger_only_claims):
-    from tsa import TestAuthority
+    TestAuthority = _local_tsa().TestAuthority
 
     model, (alice, bob) = trigger_only_claims
     trusted = TestAuthority("trusted TSA").at(pn_time("2026-01-01T00:00:00+00:00"))
@@ -268,7 +277,8 @@ def alice_renamed(claim: Claim) -> Claim:
 
 def test_certify_with_a_tsa_and_offline_and_dispute_reads_the_attested_time(ancestry, tmp_path, capsys):
     """The CLI end to end against a real RFC 3161 exchange with a local TSA (its own test CA)."""
-    from tsa import TestAuthority, TSAServer
+    tsa = _local_tsa()
+    TestAuthority, TSAServer = tsa.TestAuthority, tsa.TSAServer
 
     authority = TestAuthority()
     root = authority.root_pem(tmp_path / "root.pem")

@@ -77,7 +77,8 @@ _HELP = {
     "'input_transform.*,feature_transform.*' "
     "(see `passportnorm inspect`)",
     "trigger": "none, noise, pattern (images), shapes (point clouds), or a folder with inputs and "
-    "labels.csv; default noise/shapes",
+    "labels.csv (lines 'file': labels drawn from the secret seed; 'file,label': your labels, half the "
+    "inputs then held out as controls that measure chance); default noise/shapes",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "sync_bn": "under torchrun on CUDA: torch's BatchNorm layers become SyncBatchNorm while training, "
     "so each norm (and its passport-aware statistics) normalizes over the global batch; the release "
