@@ -80,6 +80,14 @@ def _retrofit_rows(runs: dict[str, Path]) -> list[dict[str, Any]]:
     public, release = _released(runs["plain"]), _released(runs["retrofit"])
     report = verify(public, hidden, reference=release)
     rows.append(_row("false claimant", "the same, with the ancestor deleted from the key", report))
+    hidden = run_attack("obfuscate", runs["retrofit"] / "released", runs["retrofit"] / "owner-key",
+                        runs["retrofit"].parent / "hidden-retrofit", ancestor=str(runs["plain"] / "released"))
+    assert hidden.model is not None
+    report = verify(hidden.model, key.with_ancestor(public), reference=release)
+    row = _row("thief", "obfuscates the retrofit owner's release (`attack obfuscate`); the owner verifies "
+               "with `--reference` and `--ancestor`", report)
+    row["measured"] += f"; {len(report.alignment['rearranged'])} permuted layers not counted"
+    rows.append(row)
     return rows
 
 
