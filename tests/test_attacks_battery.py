@@ -95,7 +95,8 @@ def test_dummy_neurons_keep_the_function_and_are_undone_with_the_reference(owner
     data, released, key = owner
     example = data.train.tensors[0][:8]
     wide, added = add_dummy_neurons(released, example, share, seed=3)
-    hidden, _ = obfuscate(wide, example, seed=3)
+    # flipped and rescaled but not permuted: on this conv chain permuted layers count no bits (attack spell)
+    hidden, _ = obfuscate(wide, example, permute=False, seed=3)
     x = data.test.tensors[0][:64]
     assert (hidden(x) - released(x)).abs().max() < 1e-3  # the same function, a wider architecture
     assert sum(p.numel() for p in hidden.parameters()) > sum(p.numel() for p in released.parameters())
@@ -129,11 +130,16 @@ def test_combined_chain_reports_where_the_proof_stops(owner):
         data.train,
         data.test,
         data.train.tensors[0][:8],
-        steps=("prune", "finetune", "dummy-neurons", "obfuscate"),
+        steps=("prune", "finetune"),
         rates=(0.3, 0.95),
         epochs=1,
     )
     first, last = result["rows"]
-    assert first["verified"] and first["alignment_used"]  # pruned, tuned, widened and scrambled: still proven
+    assert first["verified"]  # pruned and tuned: still proven
     assert not last["verified"] and last["attacker_accuracy"] < first["attacker_accuracy"]
     assert result["last_verified"] == 0.3 and result["first_not_verified"] == 0.95
+    # widened and permuted too: the copy is recognised, but on this conv chain every protected layer
+    # was permuted, and a permutation could have put the bits there either way: nothing is proven
+    scrambled = combined_attack(released, key, data.train, data.test, data.train.tensors[0][:8],
+                                steps=("prune", "dummy-neurons", "obfuscate"), rates=(0.3,), epochs=1)
+    assert scrambled["rows"][0]["alignment_used"] and not scrambled["rows"][0]["verified"]
