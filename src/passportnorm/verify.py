@@ -157,7 +157,8 @@ class VerificationReport:
                 if self.alignment["used"]
                 else "**not used** (no rearranged copy: bits read from the suspect as is)"
             )
-            uncounted = self.alignment.get("rearranged", []) if self.alignment["used"] else []
+            rearranged = self.alignment.get("rearranged", []) if self.alignment["used"] else []
+            uncounted = [path for path in rearranged if path in self.per_layer]  # layers carrying bits
             rows.append(
                 (
                     "alignment to the reference",
@@ -452,7 +453,9 @@ def evidence_of(report: VerificationReport) -> Evidence:
         signature_matches=report.signature_matches,
         alignment_confidence=alignment.get("lowest_confidence"),
         alignment_used=alignment.get("used"),
-        alignment_uncounted=len(alignment.get("rearranged", [])) if alignment.get("used") else None,
+        alignment_uncounted=len(set(alignment.get("rearranged", [])) & set(report.per_layer))
+        if alignment.get("used")
+        else None,
         ancestor_required=report.ancestor is not None,
         ancestor_given=(report.ancestor or {}).get("given"),
         ancestor_signature_shows=(report.ancestor or {}).get("signature_shows"),
