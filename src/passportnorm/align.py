@@ -91,8 +91,9 @@ def _undone_flips(matched: torch.Tensor, norm: Layer, order: torch.Tensor) -> to
     where the filters point opposite ways *and* the suspect's norm gain is negative.
 
     A free sign flip at a per-channel norm must negate the norm's gain with the filter, so a flip
-    leaves a negative gain behind, and trained gains are positive (0 of 1200 negative in a
-    ResNet18 x0.25 owner and in its plain twin, docs/SECURITY.md). Undoing every opposite-pointing
+    leaves a negative gain behind, and trained gains start at 1 and stay positive in practice
+    (docs/SECURITY.md, threat-model table: the owner's obfuscated copies read every counted bit).
+    Undoing every opposite-pointing
     filter instead would be symmetric: a claimant could flip a public model's filters to spell
     their own bits and the alignment would flip the public model to match (issue 33). This way a
     thief's flips are undone and a claimant's flips of someone else's model are not."""
