@@ -26,6 +26,7 @@ from typing import Any
 
 from _docs import machine, update_section
 from _runs import finished_run
+from false_positives import _row as verification_row
 
 from passportnorm.data import load_dataset
 from passportnorm.key import OwnerKey
@@ -69,13 +70,9 @@ def _lineage(root: Path, index: int, epochs: int) -> dict[str, Path]:
 
 
 def _row(report) -> dict[str, Any]:
+    """benchmarks/false_positives.py's record of one verification, and what the ancestor showed."""
     ancestor = report.ancestor or {}
-    return {
-        "verified": report.verified,
-        "matches": report.signature_matches,
-        "bits": report.signature_bits,
-        "detection": report.signature_detection,
-        "log10_p": report.signature_log10_p_value,
+    return verification_row(report) | {
         "ancestor_given": ancestor.get("given"),
         "ancestor_shows": ancestor.get("signature_shows"),
     }
