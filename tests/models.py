@@ -133,7 +133,8 @@ class MobileNetLike(nn.Module):
 class TransformerBlockNet(nn.Module):
     """Token embedding (Linear + LayerNorm), a pre-norm attention block, NormFormer-style MLP norm.
 
-    ``ln_attn`` is fed by the residual stream, not by a Linear: it must be reported, not protected.
+    ``ln_attn`` is fed by the residual stream, not by a Linear: it has no producer and is paired
+    with its consumer, the self-attention that reads its output.
     """
 
     def __init__(self, classes: int = 10, dim: int = 16, features: int = 8):
@@ -202,7 +203,7 @@ CASES = [
     Case("instancenorm_cnn", InstanceNormCNN, (3, 12, 12), ("features.1", "features.4")),
     Case("pointnet", PointNetLike, (3, 32), ("bn1", "bn2", "bn3")),
     Case("mobilenet", MobileNetLike, (3, 16, 16), ("stem.1", "expand.1", "depthwise.1", "project.1")),
-    Case("transformer", TransformerBlockNet, (6, 8), ("ln_embed", "ln_mlp"), reported=("ln_attn",)),
+    Case("transformer", TransformerBlockNet, (6, 8), ("ln_embed", "ln_attn", "ln_mlp")),
     # the zoo's PointNet, built by name: the generic core must carry over with no special casing
     Case(
         "zoo_pointnet_tnets",

@@ -106,14 +106,14 @@ def test_gradients_reach_producers_and_mlps_not_the_free_affine(case):
         task = F.cross_entropy(protected(x), y)
     task.backward(retain_graph=True)
     for path, layer in layers.items():
-        assert layer.producer.weight.grad is not None and layer.producer.weight.grad.abs().sum() > 0, path
+        assert layer.lever_weight.grad is not None and layer.lever_weight.grad.abs().sum() > 0, path
         assert layer.mlp[0].weight.grad.abs().sum() > 0 and layer.mlp[2].weight.grad.abs().sum() > 0, path
         assert layer.norm.weight.grad is None and layer.norm.bias.grad is None, path
 
     protected.zero_grad(set_to_none=True)
     sign_loss(protected).backward()
     for path, layer in layers.items():
-        assert layer.producer.weight.grad.abs().sum() > 0, path
+        assert layer.lever_weight.grad.abs().sum() > 0, path
         assert layer.mlp[0].weight.grad is None, f"{path}: the sign loss must act before the MLP"
 
 

@@ -85,11 +85,31 @@ class Branchy(nn.Module):
         return self.bn(self.conv(h)).mean(dim=(2, 3))
 
 
-def test_untraceable_parts_are_reported_and_traceable_children_still_paired():
+def test_untraceable_parts_are_paired_from_the_calls_and_traceable_children_by_the_trace():
     report = find_pairs(Branchy(), torch.randn(2, 3, 8, 8))
+    assert [(p.norm, p.producer, p.read_as) for p in report.pairs] == [
+        ("block.1", "block.0", ""),
+        ("bn", "conv", "seen in the calls; torch.fx could not trace it"),
+    ]
+    assert not report.unprotectable
+    assert "bn (BatchNorm2d, 8 ch) <- conv (Conv2d, seen in the calls" in str(report)
+
+
+class BranchyMix(Branchy):
+    """The untraced norm reads a sum: no producer's output is its input, so it stays reported."""
+
+    def forward(self, x):
+        h = self.block(x)
+        if h.sum() > 0:
+            h = h * 2
+        return self.bn(self.conv(h) + h).mean(dim=(2, 3))
+
+
+def test_an_untraced_norm_without_a_called_producer_keeps_the_trace_error():
+    report = find_pairs(BranchyMix(), torch.randn(2, 3, 8, 8))
     assert [p.norm for p in report.pairs] == ["block.1"]
     (bn,) = report.unprotectable
-    assert bn.norm == "bn" and "torch.fx could not trace 'Branchy'" in bn.reason and "pairs=" in bn.reason
+    assert bn.norm == "bn" and "torch.fx could not trace 'BranchyMix'" in bn.reason and "pairs=" in bn.reason
 
 
 def test_explicit_pairs_replace_tracing():

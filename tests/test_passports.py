@@ -21,13 +21,20 @@ def _producer_inputs(model, x):
     return capture(calibrated_copy(model, x), x, paths).inputs
 
 
+def _passport_space(layer, inputs):
+    """A producer's passports are shaped like its inputs; a consumer's like its outputs x W^T."""
+    if layer.role == "consumer":
+        return torch.nn.functional.linear(inputs, layer.lever_weight.detach())
+    return inputs
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_passport_shapes_follow_real_producer_inputs(case):
     model, x = case.build(), case.example()
     protected = protect(model, x)
     seen = _producer_inputs(model, x)
     for layer in protected_layers(protected).values():
-        expected = (1, *seen[layer.producer_path].shape[1:])
+        expected = (1, *_passport_space(layer, seen[layer.producer_path]).shape[1:])
         assert tuple(layer.passport_gamma.shape) == expected
         assert tuple(layer.passport_beta.shape) == expected
 
@@ -71,8 +78,8 @@ def test_shuffle_passports_take_each_channel_from_some_input_channel(model, shap
     protected = protect(model, x, passports="shuffle", seed=2)
     acts = _producer_inputs(model, x)
     for layer in protected_layers(protected).values():
-        linear = isinstance(layer.producer, torch.nn.Linear)
-        batch = acts[layer.producer_path]
+        linear = isinstance(layer.producer, torch.nn.Linear) or layer.role == "consumer"
+        batch = _passport_space(layer, acts[layer.producer_path])
         dim = batch.dim() - 1 if linear else 1
         pool = batch.movedim(dim, 1).flatten(0, 1)  # every (input, channel) slice
         passport = layer.passport_gamma.movedim(dim, 1)[0]

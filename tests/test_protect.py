@@ -236,7 +236,7 @@ def test_weak_lever_layers_are_warned_about_and_get_no_message_bits():
     model, x = PlainCNN(), torch.randn(2, 1, 12, 12)
     report = find_pairs(model, x)
     assert [p.weak for p in report.pairs] == [True, False] and "fan-in 1" in str(report)
-    with pytest.warns(PassportWarning, match=r"^bn1: the producer reads at most 3 input channels"):
+    with pytest.warns(PassportWarning, match=r"^bn1: the layer carrying the bits has at most 3 channels"):
         protected = protect(model, x, signature="ok", signature_mode="text")
     layers = protected_layers(protected)
     assert int(layers["bn1"].message_bits) == 0

@@ -76,11 +76,14 @@ def without_directions(rows: torch.Tensor, directions: torch.Tensor | None) -> t
 
 def pairs_to_align(reference: nn.Module, key: OwnerKey, example_input: Any = None) -> list[Pair]:
     """Every producer/norm pair of the reference when an example input lets us find them (an
-    obfuscator may scramble unprotected layers too), else the key's layers."""
-    pairs = [Pair(k.norm, k.producer, k.norm_type, k.producer_type, k.channels) for k in key.layers]
+    obfuscator may scramble unprotected layers too), else the key's producer layers. Only producer
+    pairs: their output channels are what a permutation, flip or rescale moves; a consumer's norm
+    reads a residual stream no single pair owns, and is left as the suspect has it."""
+    keyed = [k for k in key.layers if k.role == "producer"]
+    pairs = [Pair(k.norm, k.producer, k.norm_type, k.producer_type, k.channels) for k in keyed]
     if example_input is not None:
         device = next((p.device for p in reference.parameters()), torch.device("cpu"))
-        found = find_pairs(reference, example_input.to(device)).pairs
+        found = find_pairs(reference, example_input.to(device)).producer_pairs
         if {p.norm for p in pairs} <= {p.norm for p in found}:
             pairs = found
     return pairs
@@ -206,5 +209,12 @@ def align_to_reference(
         report["confidence"][pair.norm] = float(matched.abs().mean())
     report["lowest_confidence"] = min(report["confidence"].values(), default=0.0)
     norm_of = {pair.producer: pair.norm for pair in pairs}
-    report["rearranged"] = sorted(rows_moved | {norm_of[path] for path in inputs_moved if path in norm_of})
+    # a consumer's bits read its columns through every row: permuted rows or columns both move them
+    reader_of = {k.producer: k.norm for k in key.layers if k.role == "consumer"}
+    moved_levers = inputs_moved | {pair.producer for pair in pairs if pair.norm in rows_moved}
+    report["rearranged"] = sorted(
+        rows_moved
+        | {norm_of[path] for path in inputs_moved if path in norm_of}
+        | {reader_of[path] for path in moved_levers if path in reader_of}
+    )
     return model, report

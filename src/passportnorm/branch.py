@@ -8,7 +8,10 @@ computes the norm's affine parameters from the producer's weights ``W``::
     y      = norm(x; weight=gamma1, bias=beta1, statistics=the branch's own)
 
 i.e. the norm's own forward with those tensors substituted, so the affine stays in the norm's
-kernel and a subclass's additions run in both branches. The sign loss
+kernel and a subclass's additions run in both branches. A norm without a producer (a pre-norm
+transformer block's) computes them from its *consumer*'s weight columns instead (role
+``consumer``: ``g_j = mean_t sum_o P[t, o] W[o, j]``, norm.consumer_responses), and a norm without
+a bias (RMSNorm) gets only ``gamma1``. The sign loss
 ``alpha * sum relu(margin - s * g) + l2 * sum g**2`` ties ``sign(g)`` to the signature ``s``.
 The producer is referenced, not owned, so its weights appear once in the state dict and the
 branch's gradients flow into the very weights the model releases.
@@ -26,8 +29,18 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from .aware_statistics import Branch, BranchStatistics
+from .choices import LeverRole, words
 from .errors import NoPassportForwardError, OwnerKeyError
-from .norm import SUPPORTED_PRODUCERS, Layer, norm_channels, producer_responses
+from .norm import (
+    SUPPORTED_CONSUMERS,
+    SUPPORTED_PRODUCERS,
+    Layer,
+    consumer_responses,
+    has_bias,
+    lever_weight,
+    norm_channels,
+    producer_responses,
+)
 from .registry import Registry
 from .signature import read_bits
 
@@ -91,6 +104,7 @@ class PassportAwareBranch(Branch):
         signature: Tensor,
         *,
         producer_path: str,
+        role: LeverRole = "producer",
         message_bits: int = 0,
         message_offset: int = 0,
         alpha: float = 0.1,
@@ -99,6 +113,9 @@ class PassportAwareBranch(Branch):
         generator: torch.Generator | None = None,
     ):
         super().__init__(norm)
+        if role not in words(LeverRole):
+            raise ValueError(f"role must be one of {', '.join(words(LeverRole))}, got {role!r}")
+        self.role = role
         channels = norm_channels(norm)
         if signature.shape != (channels,):
             raise ValueError(
@@ -126,23 +143,43 @@ class PassportAwareBranch(Branch):
 
     @property
     def producer(self) -> Layer:
-        """The Conv/Linear module whose weights the branch reads (referenced, not a child)."""
+        """The layer whose weights the branch reads (referenced, not a child): the norm's producer,
+        or its consumer for role ``consumer``."""
         return self.__dict__["_producer"]
 
     def attach_producer(self, producer: nn.Module) -> None:
-        """Point the branch at ``producer`` without registering it as a child module."""
-        if not isinstance(producer, SUPPORTED_PRODUCERS):
-            names = ", ".join(t.__name__ for t in SUPPORTED_PRODUCERS)
-            raise TypeError(f"producer must be one of {names}, got {type(producer).__name__}")
+        """Point the branch at its lever ``producer`` without registering it as a child module."""
+        kinds = SUPPORTED_CONSUMERS if self.role == "consumer" else SUPPORTED_PRODUCERS
+        if not isinstance(producer, kinds):
+            names = ", ".join(t.__name__ for t in kinds)
+            raise TypeError(f"a {self.role} must be one of {names}, got {type(producer).__name__}")
         self.__dict__["_producer"] = producer
 
     @property
     def channels(self) -> int:
         return int(self.signature.numel())
 
+    @property
+    def lever_weight(self) -> Tensor:
+        """The weight the bits live in (a self-attention's is its fused q/k/v projection)."""
+        return lever_weight(self.producer)
+
+    @property
+    def lever_channel_dim(self) -> int:
+        """The axis of :attr:`lever_weight` that runs along the norm's channels: a producer's rows
+        (output channels), a consumer's columns (input features)."""
+        return 1 if self.role == "consumer" else 0
+
+    def responses_with(self, weight: Tensor, passports: Tensor) -> Tensor:
+        """``(N, C)``: each passport's bias-free response averaged per channel, for ``weight`` in
+        place of the lever's; linear in it, channel ``c`` in slice ``c`` along lever_channel_dim."""
+        if self.role == "consumer":
+            return consumer_responses(weight, passports, self.channels)
+        return producer_responses(self.producer, weight, passports, self.channels)
+
     def responses_of(self, passports: Tensor) -> Tensor:
-        """``(N, C)``: each passport's bias-free producer response averaged per channel (linear in it)."""
-        return producer_responses(self.producer, self.producer.weight, passports, self.channels)
+        """``(N, C)``: each passport's bias-free response averaged per channel (linear in the weights)."""
+        return self.responses_with(self.lever_weight, passports)
 
     def passport_responses(self) -> Tensor:
         """``(2, C)``: row 0 is ``g`` (from the gamma passport), row 1 is ``b`` (beta passport).
@@ -166,7 +203,8 @@ class PassportAwareBranch(Branch):
         dtype = (
             self.passport_gamma.dtype
         )  # the norm's parameter dtype: what its kernel expects, also under autocast
-        return {"weight": gamma.to(dtype), "bias": beta.to(dtype), **self.branch_norm.tensors()}
+        affine = {"weight": gamma.to(dtype), "bias": beta.to(dtype)} if has_bias(self.norm) else {}
+        return {"weight": gamma.to(dtype), **affine, **self.branch_norm.tensors()}
 
     def sign_loss_of(self, g: Tensor) -> Tensor:
         """The sign loss for given pre-MLP responses ``g``."""
@@ -242,6 +280,5 @@ class PassportAwareBranch(Branch):
         return state
 
     def extra_repr(self) -> str:
-        return (
-            f"producer={self.producer_path!r}, channels={self.channels}, passport_mode={self.passport_mode}"
-        )
+        mode = self.passport_mode
+        return f"{self.role}={self.producer_path!r}, channels={self.channels}, passport_mode={mode}"

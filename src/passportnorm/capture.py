@@ -54,11 +54,22 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 @dataclass
 class Capture:
-    """First positional input and output of each watched module, and how often it was called."""
+    """First input and output of each watched module, how often it was called, and in which order.
+
+    ``one_input`` says whether every tensor argument shaped like the first equals it (a
+    self-attention called as ``attn(x, x, x)``, not a cross-attention): pairing a norm with its
+    consumer needs to know the consumer reads nothing else of that shape.
+    """
 
     inputs: dict[str, Tensor] = field(default_factory=dict)
     outputs: dict[str, Tensor] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # paths by first call
+    one_input: dict[str, bool] = field(default_factory=dict)
+
+
+def _tensor_arguments(args: tuple, kwargs: dict[str, Any]) -> list[Tensor]:
+    return [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
 
 
 def capture(model: nn.Module, example_input: Any, paths: Iterable[str]) -> Capture:
@@ -71,19 +82,24 @@ def capture(model: nn.Module, example_input: Any, paths: Iterable[str]) -> Captu
     handles = []
 
     def hook_for(path: str):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
             record.calls[path] = record.calls.get(path, 0) + 1
-            if path in record.inputs:
+            if path in record.order:
                 return
-            if args and isinstance(args[0], Tensor):
-                record.inputs[path] = args[0].detach().clone()
+            record.order.append(path)
+            tensors = _tensor_arguments(args, kwargs)
+            if tensors:
+                first = tensors[0]
+                record.inputs[path] = first.detach().clone()
+                alike = [t for t in tensors[1:] if t.shape == first.shape and t.dtype == first.dtype]
+                record.one_input[path] = all(torch.equal(t, first) for t in alike)
             if isinstance(output, Tensor):
                 record.outputs[path] = output.detach().clone()
 
         return hook
 
     for path in paths:
-        handles.append(modules[path].register_forward_hook(hook_for(path)))
+        handles.append(modules[path].register_forward_hook(hook_for(path), with_kwargs=True))
     try:
         with frozen_eval(model):
             call_model(model, example_input)

@@ -128,7 +128,9 @@ def permutable_chains(model: nn.Module, pairs: list[Pair]) -> list[Chain]:
 
 def chains_and_trace_error(model: nn.Module, pairs: list[Pair]) -> tuple[list[Chain], str | None]:
     """``permutable_chains`` and, when torch.fx cannot trace ``model``, why (then no chain is known:
-    permute nothing rather than guess, and let the caller say so)."""
+    permute nothing rather than guess, and let the caller say so). Producer pairs only: a
+    consumer-paired norm reads a residual stream that many layers write."""
+    pairs = [pair for pair in pairs if pair.role == "producer"]
     try:
         graph = trace_graph(model)
     except Exception as error:  # fx raises many kinds; all mean "cannot trace here"

@@ -21,6 +21,7 @@ __all__ = [
     "NormKind",
     "Optimizer",
     "PassportKind",
+    "LeverRole",
     "Precision",
     "Schedule",
     "SignatureMode",
@@ -38,6 +39,7 @@ LrSchedule = Literal["cosine", "multistep", "step"]
 Precision = Literal["fp32", "bf16", "fp16"]
 LayerPolicy = Literal["protect", "skip"]
 SignatureMode = Literal["hash", "text"]
+LeverRole = Literal["producer", "consumer"]  # which side of its norm a branch's weights sit on (norm.py)
 PassportKind = Literal["random", "image", "shuffle"]
 Task = Literal["image", "pointcloud"]
 NormKind = Literal["bn", "gn", "in"]

@@ -505,7 +505,15 @@ def _inspect(args: argparse.Namespace) -> int:
         from .pipeline import DEFAULT_ARCH, dataset_task
 
         args.arch = DEFAULT_ARCH[dataset_task(args.dataset)]
-    model = zoo.build(args.arch, in_channels=shape[0], num_classes=classes, width=args.width, norm=args.norm)
+    # the user named --arch on this command line: their own code may run (zoo/user_code.py)
+    model = zoo.build(
+        args.arch,
+        trust_code=True,
+        in_channels=shape[0],
+        num_classes=classes,
+        width=args.width,
+        norm=args.norm,
+    )
     print(f"{args.arch} (width {args.width}, norm {args.norm}) for {args.dataset} inputs {shape}:")
     report = find_pairs(model, torch.zeros((2, *shape)))
     print(report)

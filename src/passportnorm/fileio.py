@@ -115,10 +115,18 @@ def save_tensors(
 
 
 def looks_like_pickle(path: str | Path) -> bool:
-    """True for pickle streams and torch.save zip archives, which must never be loaded here."""
+    """True for pickle streams and torch.save zip archives, which must never be loaded here.
+
+    A pickle starts with the PROTO opcode ``0x80`` and its protocol (2-5), a zip with ``PK``. A
+    safetensors file starts with its header's length (8 bytes, little-endian) and then ``{``: its
+    first byte is 0x80 whenever that length is 128 modulo 256 (a key of 3200 header bytes was once
+    refused as a pickle), so the header is recognised first.
+    """
     with open(path, "rb") as handle:
-        head = handle.read(4)
-    return head[:1] == b"\x80" or head[:2] == b"PK"
+        head = handle.read(9)
+    if head[8:9] == b"{":
+        return False
+    return (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head[:2] == b"PK"
 
 
 def load_tensors(path: str | Path) -> dict[str, Tensor]:

@@ -45,7 +45,7 @@ from .key_manifest import (
     StatisticsLayer,
     TriggerEntry,
 )
-from .norm import SUPPORTED_PRODUCERS, norm_channels, unsupported_norm_reason
+from .norm import SUPPORTED_CONSUMERS, SUPPORTED_PRODUCERS, norm_channels, unsupported_norm_reason
 from .protect import _require_protected, statistics_layers, strip
 from .release import released_fingerprint
 from .signature import Signature
@@ -302,6 +302,7 @@ def _key_layer(path: str, layer: PassportAwareBranch) -> KeyLayer:
         alpha=layer.alpha,
         margin=layer.margin,
         branch=layer.branch_kind,
+        role=layer.role,
     )
 
 
@@ -394,7 +395,8 @@ def _checked_pair(modules: dict[str, nn.Module], layer: KeyLayer) -> tuple[nn.Mo
             f"the key is for another architecture: {layer.norm!r} is a {type(norm).__name__}, "
             f"the key expects {layer.norm_type}"
         )
-    if type(producer).__name__ != layer.producer_type or not isinstance(producer, SUPPORTED_PRODUCERS):
+    levers = SUPPORTED_CONSUMERS if layer.role == "consumer" else SUPPORTED_PRODUCERS
+    if type(producer).__name__ != layer.producer_type or not isinstance(producer, levers):
         raise OwnerKeyError(
             f"the key is for another architecture: {layer.producer!r} is a {type(producer).__name__}, "
             f"the key expects {layer.producer_type}"
@@ -419,6 +421,7 @@ def _passport_aware_from_key(
         parts["passport_beta"],
         parts["signature"],
         producer_path=layer.producer,
+        role=layer.role,
         message_bits=int(parts.get("message_bits", torch.tensor(0))),
         message_offset=int(parts.get("message_offset", torch.tensor(0))),
         alpha=layer.alpha,

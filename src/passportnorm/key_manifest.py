@@ -13,6 +13,7 @@ import copy
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
+from .choices import LeverRole, words
 from .errors import OwnerKeyError
 
 __all__ = [
@@ -87,6 +88,7 @@ class KeyLayer:
     alpha: float = 0.1
     margin: float = 0.1
     branch: str = DEFAULT_BRANCH
+    role: LeverRole = "producer"  # "consumer": ``producer`` names the layer that reads the norm's output
 
     @classmethod
     def read(cls, data: dict[str, Any], where: str) -> KeyLayer:
@@ -106,7 +108,15 @@ class KeyLayer:
             alpha=_take(data, "alpha", float, where, 0.1),
             margin=_take(data, "margin", float, where, 0.1),
             branch=_take(data, "branch", str, where, DEFAULT_BRANCH),
+            role=_role(data, where),
         )
+
+
+def _role(data: dict[str, Any], where: str) -> LeverRole:
+    role = _take(data, "role", str, where, "producer")
+    if role not in words(LeverRole):
+        raise OwnerKeyError(f"{where}.role must be one of {', '.join(words(LeverRole))}, got {role!r}")
+    return "consumer" if role == "consumer" else "producer"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,11 @@
-"""What the method needs to know about norms and producers: which ones, their channels, their responses.
+"""What the method needs to know about norms and the layers whose weights carry their bits.
 
-The branch itself (branch.py) and pairing (pairing.py) ask these questions; the answers live in
-one place so a norm is judged the same way everywhere.
+A norm's *lever* is the layer the branch reads its ``g`` and ``b`` from: its *producer* (the
+Conv/Linear whose output the norm normalizes) where one exists, else its *consumer* (the first
+Linear or self-attention that reads the norm's output, as in a pre-norm transformer block, whose
+norm reads the residual stream that no single layer writes). The branch itself (branch.py) and
+pairing (pairing.py) ask these questions; the answers live in one place so a norm is judged the
+same way everywhere.
 """
 
 from __future__ import annotations
@@ -19,10 +23,15 @@ from .attach import substituted
 Layer = Any
 
 __all__ = [
+    "SUPPORTED_CONSUMERS",
     "SUPPORTED_NORMS",
     "SUPPORTED_PRODUCERS",
     "affine_free_copy",
+    "consumer_responses",
+    "has_bias",
+    "is_hand_written_rmsnorm",
     "Layer",
+    "lever_weight",
     "along",
     "norm_channel_dim",
     "norm_channels",
@@ -36,6 +45,8 @@ __all__ = [
 ]
 
 SUPPORTED_PRODUCERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# a consumer reads the norm's channels on its input's last axis through one weight matrix (O, C)
+SUPPORTED_CONSUMERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.MultiheadAttention)
 SUPPORTED_NORMS: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
@@ -47,6 +58,32 @@ SUPPORTED_NORMS: tuple[type[nn.Module], ...] = (
     nn.InstanceNorm3d,
     nn.LayerNorm,
 )
+_RMSNORM: tuple[type[nn.Module], ...] = (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()  # torch >= 2.4
+SUPPORTED_NORMS += _RMSNORM
+_LAST_AXIS_NORMS: tuple[type[nn.Module], ...] = (nn.LayerNorm, *_RMSNORM)
+
+
+def is_hand_written_rmsnorm(module: nn.Module) -> bool:
+    """The RMSNorm class decoder LMs write themselves (Llama, Mistral, Gemma, T5 ...): named ``*RMSNorm``,
+    no children, one parameter, a 1-D ``weight``. Its forward is the user's; pairing runs it to see
+    that it applies that weight per channel on the last axis before the norm is accepted."""
+    if isinstance(module, SUPPORTED_NORMS) or not type(module).__name__.endswith("RMSNorm"):
+        return False
+    parameters = dict(module.named_parameters(recurse=False))
+    weight = parameters.get("weight")
+    return (
+        next(module.children(), None) is None
+        and list(parameters) == ["weight"]
+        and isinstance(weight, Tensor)
+        and weight.dim() == 1
+    )
+
+
+def has_bias(norm: Layer) -> bool:
+    """Whether the norm's forward takes a per-channel bias (RMSNorm's does not): the branch
+    substitutes a ``b``-derived bias only where there is that slot. ``LayerNorm(bias=False)`` keeps
+    one (set to None), and its forward adds whatever is substituted there."""
+    return "bias" in norm._parameters or "bias" in norm._buffers
 
 
 def _names(types: tuple[type, ...]) -> str:
@@ -58,10 +95,15 @@ def torch_norm_class(norm: nn.Module) -> type[nn.Module]:
     return next(cls for cls in type(norm).__mro__ if cls in SUPPORTED_NORMS)
 
 
-def unsupported_norm_reason(norm: nn.Module) -> str | None:
+def unsupported_norm_reason(norm: Layer) -> str | None:
     """Why ``norm`` cannot carry a passport-aware branch, or ``None`` when it can."""
+    if is_hand_written_rmsnorm(norm):
+        return None  # its forward is checked on real shapes by pairing (observed_channel_dim)
     if not isinstance(norm, SUPPORTED_NORMS):
-        return f"{type(norm).__name__} is not a supported norm (supported: {_names(SUPPORTED_NORMS)})"
+        return (
+            f"{type(norm).__name__} is not a supported norm (supported: {_names(SUPPORTED_NORMS)}, and "
+            "hand-written *RMSNorm classes with one 1-D weight)"
+        )
     reparametrized = [name for name in ("weight", "bias") if parametrize.is_parametrized(norm, name)]
     if reparametrized:  # the branch substitutes the stored affine; a parametrization computes it instead
         chain: Any = getattr(norm, "parametrizations")[reparametrized[0]]  # noqa: B009 (typed Any)
@@ -71,14 +113,15 @@ def unsupported_norm_reason(norm: nn.Module) -> str | None:
             "norm's stored affine, so remove the parametrization (parametrize.remove_parametrizations) "
             "or exclude the layer"
         )
-    if isinstance(norm, nn.LayerNorm):
+    if isinstance(norm, _LAST_AXIS_NORMS):
+        name = torch_norm_class(norm).__name__
         if not norm.elementwise_affine:
-            return "LayerNorm has no affine parameters (elementwise_affine=False)"
-        if len(norm.normalized_shape) != 1:
+            return f"{name} has no affine parameters (elementwise_affine=False)"
+        shape = _normalized_shape(norm)
+        if len(shape) != 1:
             return (
-                f"LayerNorm normalizes over {len(norm.normalized_shape)} axes "
-                f"{tuple(norm.normalized_shape)}; "
-                "only LayerNorm over the last axis has one affine value per channel"
+                f"{name} normalizes over {len(shape)} axes {shape}; "
+                f"only {name} over the last axis has one affine value per channel"
             )
         return None
     if not norm.affine:
@@ -92,10 +135,16 @@ def unsupported_norm_reason(norm: nn.Module) -> str | None:
     return None
 
 
+def _normalized_shape(norm: Layer) -> tuple[int, ...]:
+    return tuple(int(size) for size in norm.normalized_shape)
+
+
 def norm_channels(norm: Layer) -> int:
     """Number of channels (one affine value each) of a supported norm."""
-    if isinstance(norm, nn.LayerNorm):
-        return int(norm.normalized_shape[0])
+    if isinstance(norm, _LAST_AXIS_NORMS):
+        return _normalized_shape(norm)[0]
+    if is_hand_written_rmsnorm(norm):
+        return int(norm.weight.numel())
     if isinstance(norm, nn.GroupNorm):
         return int(norm.num_channels)
     return int(norm.num_features)
@@ -111,7 +160,7 @@ def along(values: Tensor, ndim: int, dim: int = 0) -> Tensor:
 
 def norm_channel_dim(norm: nn.Module, ndim: int) -> int:
     """The axis a norm's affine parameters run along, for an input of rank ``ndim``."""
-    return ndim - 1 if isinstance(norm, nn.LayerNorm) else 1
+    return ndim - 1 if isinstance(norm, _LAST_AXIS_NORMS) or is_hand_written_rmsnorm(norm) else 1
 
 
 def observed_channel_dim(norm: Layer, x: Tensor) -> int | None:
@@ -121,27 +170,64 @@ def observed_channel_dim(norm: Layer, x: Tensor) -> int | None:
     output is the bias (after whatever a subclass adds, such as a monotone activation) spread along
     the channel axis: the one axis whose slices are each constant and all different. timm's
     LayerNorm2d is a LayerNorm that permutes inside its forward, so its channels are axis 1, not
-    the last; a forward that ignores its weight and bias gives no such axis (None).
+    the last; a forward that ignores its weight and bias gives no such axis (None). A norm without
+    a bias (RMSNorm) is run twice instead, with weight ``1..C`` and with weight 1: their ratio is
+    that axis's constant (Gemma's ``x * (1 + w)`` included).
     """
+    if not has_bias(norm):
+        return _gain_axis(norm, x)
     channels = norm_channels(norm)
-    weight = norm.weight
-    ramp = torch.arange(1, channels + 1, dtype=weight.dtype, device=weight.device)
-    was_training, norm.training = norm.training, False  # eval: running statistics are read, never updated
-    try:
-        with torch.no_grad(), substituted(norm, {"weight": torch.zeros_like(ramp), "bias": ramp}):
-            out = type(norm).forward(norm, x)
-    finally:
-        norm.training = was_training
+    ramp = torch.arange(1, channels + 1, dtype=norm.weight.dtype, device=norm.weight.device)
+    out = _run_with(norm, x, {"weight": torch.zeros_like(ramp), "bias": ramp})
     if not isinstance(out, Tensor) or out.shape != x.shape:
         return None
-    for axis in range(1, out.dim()):
-        if out.shape[axis] != channels:
-            continue
+    for axis in _axes_of_size(out, channels):
         rows = out.movedim(axis, 0).reshape(channels, -1)
         constant = bool((rows == rows[:, :1]).all())
         if constant and rows[:, 0].unique().numel() == channels:
             return axis
     return None
+
+
+def _run_with(norm: Layer, x: Tensor, tensors: dict[str, Tensor]) -> Any:
+    """``norm``'s own forward on ``x`` in eval mode (running statistics read, never updated), with
+    ``tensors`` substituted; no hooks, no gradients."""
+    was_training, norm.training = norm.training, False
+    try:
+        with torch.no_grad(), substituted(norm, tensors):
+            return type(norm).forward(norm, x)
+    finally:
+        norm.training = was_training
+
+
+def _axes_of_size(out: Tensor, size: int) -> list[int]:
+    return [axis for axis in range(1, out.dim()) if out.shape[axis] == size]
+
+
+def _gain_axis(norm: Layer, x: Tensor) -> int | None:
+    """The axis on which a bias-free norm multiplies by its weight: the ratio of its outputs with
+    weight ``1..C`` and with weight 1 is constant along it, one distinct value per channel."""
+    channels = norm_channels(norm)
+    ramp = torch.arange(1, channels + 1, dtype=norm.weight.dtype, device=norm.weight.device)
+    ramped, flat = (_run_with(norm, x, {"weight": w}) for w in (ramp, torch.ones_like(ramp)))
+    if not all(isinstance(out, Tensor) and out.shape == x.shape for out in (ramped, flat)):
+        return None
+    for axis in _axes_of_size(ramped, channels):
+        up, base = (out.movedim(axis, 0).reshape(channels, -1).double() for out in (ramped, flat))
+        seen = base.abs() > 1e-6 * base.abs().amax().clamp_min(1e-30)
+        if not bool(seen.any(dim=1).all()):
+            continue
+        ratio = torch.where(seen, up / torch.where(seen, base, 1.0), torch.nan)
+        first = ratio.nanmean(dim=1, keepdim=True)
+        constant = bool(((ratio - first).abs() <= 1e-3 * first.abs()).logical_or(~seen).all())
+        if constant and _all_distinct(first.squeeze(1)):
+            return axis
+    return None
+
+
+def _all_distinct(values: Tensor) -> bool:
+    gaps = values.sort().values.diff().abs()
+    return bool((gaps > 1e-3 * values.abs().amax()).all())
 
 
 def producer_channel_dim(producer: nn.Module, ndim: int) -> int:
@@ -175,6 +261,29 @@ def producer_responses(producer: Layer, weight: Tensor, passports: Tensor, chann
     return response.movedim(channel_dim, 1).reshape(len(passports), channels, -1).mean(dim=2)
 
 
+def lever_weight(lever: Layer) -> Tensor:
+    """The weight a lever's bits live in: a producer's or a Linear consumer's ``weight``, a
+    self-attention's fused q/k/v projection ``in_proj_weight`` (3E, E)."""
+    if isinstance(lever, nn.MultiheadAttention):
+        return lever.in_proj_weight
+    return lever.weight
+
+
+def consumer_responses(weight: Tensor, passports: Tensor, channels: int) -> Tensor:
+    """``(N, C)``: what a consumer's weight ``W`` (O, C) gives each passport ``P`` (T rows of O values)::
+
+        g_j = mean_t sum_o P[t, o] W[o, j]      (the transpose of the consumer's map, averaged)
+
+    linear in column ``j`` of ``W``, the weights that read norm channel ``j``: the branch's ``g``
+    for a norm whose lever is its consumer. A passport lives in the consumer's output space as a
+    producer's lives in its input space (docs/DESIGN.md section 3b).
+    """
+    rows = passports.reshape(len(passports), -1, weight.shape[0]).to(weight.dtype)
+    if weight.shape[1] != channels:
+        raise RuntimeError(f"the consumer reads {weight.shape[1]} channels, the norm has {channels}")
+    return (rows @ weight).mean(dim=1)
+
+
 def reparametrized_weight_reason(producer: Layer) -> str | None:
     """Why a producer's ``weight`` is not a plain parameter (weight norm, spectral norm), or None.
 
@@ -202,6 +311,9 @@ def affine_free_copy(norm: Layer) -> nn.Module:
     factory = {"device": ref.device, "dtype": ref.dtype}
     if isinstance(norm, nn.LayerNorm):
         return nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False, **factory)
+    if is_hand_written_rmsnorm(norm) or isinstance(norm, _RMSNORM):
+        eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", None))
+        return nn.RMSNorm(norm_channels(norm), eps=eps, elementwise_affine=False, **factory)
     if isinstance(norm, nn.GroupNorm):
         return nn.GroupNorm(norm.num_groups, norm.num_channels, eps=norm.eps, affine=False, **factory)
     extra: dict[str, Any] = {}

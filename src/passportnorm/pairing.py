@@ -1,9 +1,13 @@
-"""Find, for each norm layer, the Conv/Linear module whose output feeds it directly.
+"""Find, for each norm layer, the layer whose weights carry its bits: its producer, else its consumer.
 
-The data flow comes from ``torch.fx``; nothing is guessed from module order. When a module
-cannot be traced (data-dependent control flow, say) its children are traced one by one, and
-norms left unreached are reported with the tracing error. Explicit ``pairs`` replace tracing.
-Every candidate is then checked against real shapes from one run of ``example_input``.
+The producer is the Conv/Linear module whose output feeds the norm directly; the data flow comes
+from ``torch.fx``, nothing is guessed from module order. When a module cannot be traced
+(data-dependent control flow, say) its children are traced one by one, and a norm left unreached
+is paired from the real calls of one forward instead (call_links.py), or reported with the
+tracing error. A norm with no producer (the pre-norm LayerNorm/RMSNorm of a transformer block
+reads the residual stream) is paired with its consumer, the first Linear or self-attention that
+reads its output, seen in the same calls. Explicit ``pairs`` replace tracing and discovery.
+Every candidate is checked against real shapes from one run of ``example_input``.
 """
 
 from __future__ import annotations
@@ -18,10 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from .capture import capture
+from .call_links import called_producer, first_consumer
+from .capture import Capture, capture
+from .choices import LeverRole
 from .errors import PairingError
 from .norm import (
+    SUPPORTED_CONSUMERS,
     SUPPORTED_PRODUCERS,
+    is_hand_written_rmsnorm,
+    lever_weight,
     norm_channel_dim,
     norm_channels,
     observed_channel_dim,
@@ -54,8 +63,9 @@ _PRODUCER_NAMES = ", ".join(t.__name__ for t in SUPPORTED_PRODUCERS)
 
 
 def is_norm_layer(module: nn.Module) -> bool:
-    """True for every normalization layer PyTorch ships, supported or not (so it can be reported)."""
-    return isinstance(module, _NORM_FAMILIES)
+    """True for every normalization layer PyTorch ships, supported or not (so it can be reported), and
+    for the hand-written RMSNorm of decoder LMs."""
+    return isinstance(module, _NORM_FAMILIES) or is_hand_written_rmsnorm(module)
 
 
 # producers reading this few input channels per output channel are weak levers for the sign loss:
@@ -70,7 +80,9 @@ WEAK_RULE = (
 
 @dataclass(frozen=True)
 class Pair:
-    """A norm layer and the producer whose output feeds it, by module path."""
+    """A norm layer and its lever, by module path: the producer whose output feeds it, or (role
+    ``consumer``) the layer that reads its output. The lever's fields keep the name ``producer``
+    (key files and reports read them so for both roles)."""
 
     norm: str
     producer: str
@@ -80,6 +92,8 @@ class Pair:
     fan_in: int = 0
     crossed: tuple[str, ...] = ()  # ops between producer and norm that only move or keep the channel axis
     transform: str = ""  # the sub-network it sits in, when that one's output transforms the data (a T-Net)
+    role: LeverRole = "producer"
+    read_as: str = ""  # how the link was seen: a consumer's read (call_links.how_read), or in the calls
 
     @property
     def weak(self) -> bool:
@@ -109,6 +123,12 @@ class PairingReport:
         """Signature bits the protectable norms offer: one per channel."""
         return sum(pair.channels for pair in self.pairs)
 
+    @property
+    def producer_pairs(self) -> list[Pair]:
+        """The pairs whose lever is a producer: what the attacks and alignments built on a producer's
+        output channels (permute, prune, split) act on."""
+        return [pair for pair in self.pairs if pair.role == "producer"]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "pairs": [asdict(p) for p in self.pairs],
@@ -122,9 +142,11 @@ class PairingReport:
             weak = f"  [fan-in {p.fan_in}: weak lever, bits embed slowly]" if p.weak else ""
             transform = f"  [inside transform {p.transform}]" if p.transform else ""
             via = f" via {', '.join(p.crossed)}" if p.crossed else ""
+            link = "->" if p.role == "consumer" else "<-"
+            read = f", {p.read_as}" if p.read_as else ""
             lines.append(
-                f"  + {p.norm} ({p.norm_type}, {p.channels} ch) <- {p.producer} "
-                f"({p.producer_type}){via}{weak}{transform}"
+                f"  + {p.norm} ({p.norm_type}, {p.channels} ch) {link} {p.producer} "
+                f"({p.producer_type}{read}){via}{weak}{transform}"
             )
         if self.unprotectable:
             lines.append(f"{len(self.unprotectable)} norm layers cannot be protected")
@@ -402,6 +424,107 @@ def _check_moved_channels(
     return None
 
 
+_LEVERS = SUPPORTED_PRODUCERS + SUPPORTED_CONSUMERS
+_FROM_CALLS = "seen in the calls; torch.fx could not trace it"
+_NO_CONSUMER = (
+    "; and no Linear or self-attention reads its output whole with the channels last (the consumer "
+    "that could carry its bits instead)"
+)
+
+
+def _pair_from_calls(
+    report: PairingReport,
+    reasons: dict[str, str],
+    norms: Mapping[str, nn.Module],
+    modules: Mapping[str, nn.Module],
+    record: Capture,
+    transforms: Mapping[str, Any],
+) -> None:
+    """Pair the norms left without a traced producer from the calls of one forward: a producer the
+    trace could not see, else the consumer that reads the norm's output (call_links.py)."""
+    # one lever per norm and side: a producer already feeding a norm may still be another norm's
+    # consumer (Swin's patch-merging Linear reads one norm's channels and writes the next norm's);
+    # its rows and its columns carry the two norms' bits
+    taken = {pair.producer for pair in report.pairs}
+    reading = {pair.producer for pair in report.pairs if pair.role == "consumer"}
+    for path in [p for p in norms if p in reasons]:
+        norm = norms[path]
+        if unsupported_norm_reason(norm) is not None or record.calls.get(path, 0) != 1:
+            continue
+        transform = next((t for t in transforms if path.startswith(t + ".")), "")
+        pair = _called_producer_pair(path, norm, modules, record, transform, reasons[path])
+        if pair is None or pair.producer in taken:
+            pair = _consumer_pair(path, norm, modules, record, transform, reading)
+        if pair is None:
+            if _reads_last_axis(norm, record.inputs.get(path)):
+                reasons[path] += _NO_CONSUMER
+            continue
+        report.pairs.append(pair)
+        (reading if pair.role == "consumer" else taken).add(pair.producer)
+        del reasons[path]
+
+
+def _called_producer_pair(
+    path: str, norm: nn.Module, modules: Mapping[str, nn.Module], record: Capture, transform: str, reason: str
+) -> Pair | None:
+    """Where the trace did not reach the norm: the producer whose output it was called on, if the
+    shapes agree as for a traced pair."""
+    if not reason.startswith("torch.fx"):
+        return None
+    found = called_producer(path, record, modules)
+    if found is None:
+        return None
+    producer = modules[found]
+    if reparametrized_weight_reason(producer) is not None:
+        return None
+    pair = Pair(
+        path,
+        found,
+        type(norm).__name__,
+        type(producer).__name__,
+        norm_channels(norm),
+        producer_fan_in(producer),
+        (),
+        transform,
+        read_as=_FROM_CALLS,
+    )
+    return pair if _check_shapes(pair, norm, producer, record) is None else None
+
+
+def _reads_last_axis(norm: nn.Module, seen: Any) -> bool:
+    return isinstance(seen, torch.Tensor) and _norm_axis(norm, seen) == seen.dim() - 1
+
+
+def _consumer_pair(
+    path: str,
+    norm: nn.Module,
+    modules: Mapping[str, nn.Module],
+    record: Capture,
+    transform: str,
+    taken: set[str],
+) -> Pair | None:
+    """The norm paired with its first consumer, when the norm keeps its channels on the last axis."""
+    if not _reads_last_axis(norm, record.inputs.get(path)):
+        return None
+    found = first_consumer(path, norm_channels(norm), record, modules, taken)
+    if found is None:
+        return None
+    consumer, how = found
+    rows = int(lever_weight(modules[consumer]).shape[0])
+    return Pair(
+        path,
+        consumer,
+        type(norm).__name__,
+        type(modules[consumer]).__name__,
+        norm_channels(norm),
+        rows,
+        (),
+        transform,
+        "consumer",
+        how,
+    )
+
+
 def find_pairs(
     model: nn.Module,
     example_input: Any,
@@ -464,6 +587,8 @@ def find_pairs(
         if path in links
     ]
     watched = {p.norm for p in candidates} | {p.producer for p in candidates} | set(norms)
+    if pairs is None:  # every possible lever: the calls may link what the trace did not
+        watched |= {path for path, m in modules.items() if path and isinstance(m, _LEVERS)}
     try:
         record = capture(model, example_input, sorted(watched))
     except Exception as error:  # the user's model refusing the example is theirs to fix: say so in one line
@@ -480,6 +605,10 @@ def find_pairs(
             report.pairs.append(pair)
         else:
             reasons[pair.norm] = why
+    if pairs is None:
+        _pair_from_calls(report, reasons, norms, modules, record, transforms)
+    position = {path: index for index, path in enumerate(norms)}
+    report.pairs.sort(key=lambda pair: position[pair.norm])
 
     for path, norm in norms.items():
         if path in reasons:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attach import BINDING, SECRET_SEED, STAMPS, attach_branch, branch_of, detach_branch, stamp
@@ -36,7 +37,7 @@ from .errors import (
     PassportWarning,
     SignatureError,
 )
-from .norm import producer_channel_dim, producer_responses
+from .norm import Layer, consumer_responses, lever_weight, producer_channel_dim, producer_responses
 from .pairing import WEAK_FAN_IN, Pair, PairingReport, find_pairs
 from .passports import PassportGenerator, make_passport_generator
 from .signature import Signature
@@ -306,12 +307,11 @@ def _warn_weak(chosen: list[Pair]) -> None:
     weak = [p.norm for p in chosen if p.weak]
     if weak:
         warnings.warn(
-            f"{', '.join(weak)}: the producer reads at most {WEAK_FAN_IN} input channels per output channel "
-            "(grayscale, RGB or xyz inputs, depthwise convs), so the passport response has that few degrees "
-            "of "
-            "freedom and these signature bits embed slowly (docs/RESULTS.md); the owner's message goes to "
-            "the "
-            "other layers first, and weak_layers='skip' leaves them out",
+            f"{', '.join(weak)}: the layer carrying the bits has at most {WEAK_FAN_IN} channels on its other "
+            "side (a producer reading grayscale, RGB or xyz inputs, a depthwise conv, a consumer with that "
+            "few outputs), so the passport response has that few degrees of freedom and these signature "
+            "bits embed slowly (docs/RESULTS.md); the owner's message goes to the other layers first, and "
+            "weak_layers='skip' leaves them out",
             PassportWarning,
             stacklevel=3,
         )
@@ -326,25 +326,40 @@ def _draw_passports(
     plan: BitPlan,
     margin: float,
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    """Each pair's (gamma, beta) passports, drawn from the producers' real inputs and scaled so their
-    responses start where the sign loss can move them."""
-    producer_paths = sorted({p.producer for p in chosen})
-    captured = capture(protected, example_input, producer_paths).inputs
-    activations = generator.activations(model, example_input, producer_paths, captured)
+    """Each pair's (gamma, beta) passports, drawn from the levers' real inputs (a consumer's: its
+    outputs) and scaled so their responses start where the sign loss can move them."""
+    lever_paths = sorted({p.producer for p in chosen})
+    captured = capture(protected, example_input, lever_paths).inputs
+    activations = generator.activations(model, example_input, lever_paths, captured)
     rng = torch.Generator().manual_seed(plan.passport_seed)
     modules = dict(protected.named_modules())
     drawn = {}
     for pair in chosen:
-        producer, acts = modules[pair.producer], activations[pair.producer]
         with torch.no_grad():
-            responses = partial(producer_responses, producer, producer.weight, channels=pair.channels)
+            acts, channel_dim, responses = _passport_space(
+                pair, modules[pair.producer], activations[pair.producer]
+            )
             scale = margin if pair.weak else _uniform_response_scale(responses, acts)
             gamma, beta = (
                 generator.fit_to(passport, responses(passport), scale)
-                for passport in generator.generate(acts, producer_channel_dim(producer, acts.dim()), rng)
+                for passport in generator.generate(acts, channel_dim, rng)
             )
         drawn[pair.norm] = (gamma, beta)
     return drawn
+
+
+def _passport_space(pair: Pair, lever: Layer, inputs: Tensor) -> tuple[Tensor, int, Any]:
+    """(activations to draw passports from, their channel axis, passport -> (N, C) responses).
+
+    A producer's passports are shaped like its input; a consumer's like its output ``x W^T`` (bias
+    left out), the space its weight maps the norm's channels to, so ``g`` reads its columns.
+    """
+    if pair.role == "consumer":
+        weight = lever_weight(lever)
+        outputs = F.linear(inputs.to(weight.dtype), weight)
+        return outputs, outputs.dim() - 1, partial(consumer_responses, weight, channels=pair.channels)
+    responses = partial(producer_responses, lever, lever.weight, channels=pair.channels)
+    return inputs, producer_channel_dim(lever, inputs.dim()), responses
 
 
 def _attach_branches(
@@ -372,6 +387,7 @@ def _attach_branches(
             *passports[pair.norm],
             layer_bits,
             producer_path=pair.producer,
+            role=pair.role,
             message_bits=in_message,
             message_offset=offset,
             alpha=options.alpha,
@@ -503,17 +519,36 @@ def strip(model: nn.Module) -> nn.Module:
 def passport_mode(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
     """Run the passport-aware branch (or, with ``enabled=False``, the free one) inside the block.
 
-    The previous mode of every layer is restored on exit, so blocks nest.
+    The previous mode of every layer is restored on exit, so blocks nest. In passport mode torch's
+    fused transformer fast path is off: in eval mode without gradients ``TransformerEncoderLayer``
+    and ``MultiheadAttention`` read a norm's weight straight into one kernel and never call the
+    norm, so the branch would not run (measured: the passport-aware output equalled the free one).
     """
     layers = [*_require_protected(model, "enter passport mode").values(), *statistics_layers(model).values()]
     previous = [(layer, layer.passport_mode) for layer in layers]
     for layer in layers:
         layer.passport_mode = enabled
     try:
-        yield model
+        with _transformer_fast_path(allowed=not enabled):
+            yield model
     finally:
         for layer, mode in previous:
             layer.passport_mode = mode
+
+
+@contextmanager
+def _transformer_fast_path(allowed: bool) -> Iterator[None]:
+    """torch's fused transformer fast path on or off (where this torch has the switch), restored after."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(before and allowed)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
 
 
 def sign_loss(model: nn.Module) -> Tensor:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from .capture import call_model, frozen_eval
-from .norm import along, producer_responses
+from .norm import along, has_bias
 from .protect import protected_layers
 
 __all__ = [
@@ -97,25 +97,26 @@ def move_filters(branch: Any, headroom: float) -> float:
     """Move the filters whose bit is wrong or short the least distance that puts ``g_c`` ``headroom``
     margins beyond zero; returns the change's norm relative to the weights'.
 
-    ``g_c`` is linear in filter ``c`` alone, so the smallest change is a step along its gradient
+    ``g_c`` is linear in filter ``c`` alone (a producer's row, a consumer's column: the slice of the
+    lever's weight that reads or writes channel ``c``), so the smallest change is a step along its gradient
     ``J_c``: ``W_c += (t_c - g_c) J_c / |J_c|^2``, the step the sign loss takes, sized to finish at
     once. Room beyond the margin matters: stopping at the margin lost 4 of 1184 bits to the
     fine-tune that followed, on ResNet18 x0.25 / mnist5k. The move lies in the passport
     directions alone, which verification's alignment never matches on (align.py).
     """
-    weight = branch.producer.weight
+    weight, dim = branch.lever_weight, branch.lever_channel_dim
     with torch.enable_grad():
         probe = weight.detach().clone().requires_grad_(True)
-        g = producer_responses(branch.producer, probe, branch.passport_gamma, branch.channels)[0]
-        (jacobian,) = torch.autograd.grad(g.sum(), probe)  # row c: dg_c/dW_c (g_c reads filter c alone)
+        g = branch.responses_with(probe, branch.passport_gamma)[0]
+        (jacobian,) = torch.autograd.grad(g.sum(), probe)  # slice c: dg_c/dW_c (g_c reads filter c alone)
     g = g.detach()
     signature = branch.signature.to(g.dtype)
     least = branch.margin * headroom
     target = signature * g.abs().clamp_min(least)
     short = signature * g < least  # bits wrong, or right by less than the target
-    rows = jacobian.reshape(len(g), -1)
+    rows = jacobian.movedim(dim, 0).reshape(len(g), -1)
     step = torch.where(short, (target - g) / rows.pow(2).sum(dim=1).clamp_min(1e-12), torch.zeros_like(g))
-    change = along(step, weight.dim()) * jacobian
+    change = along(step, weight.dim(), dim) * jacobian
     weight.add_(change)
     return float(change.norm() / weight.norm().clamp_min(1e-12))
 
@@ -128,6 +129,7 @@ def warm_start(model: nn.Module) -> dict[str, float]:
     gaps = {}
     for path, branch in protected_layers(model).items():
         norm = branch.norm
-        gaps[path] = branch.fit_affine(norm.weight, norm.bias)
+        bias = norm.bias if has_bias(norm) and norm.bias is not None else torch.zeros_like(norm.weight)
+        gaps[path] = branch.fit_affine(norm.weight, bias)
         branch.branch_norm.copy_from(norm)
     return gaps

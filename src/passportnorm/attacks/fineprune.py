@@ -71,7 +71,7 @@ def prune_channels(
     if not 0.0 <= rate < 1.0:
         raise ConfigError(f"fine-pruning rate {rate} must be in [0, 1)")
     pruned = copy.deepcopy(model).eval()
-    pairs = find_pairs(pruned, example).pairs
+    pairs = find_pairs(pruned, example).producer_pairs
     activity, modules, masks = channel_activity(pruned, pairs, data), dict(pruned.named_modules()), {}
     for pair in pairs:
         keep = torch.ones(pair.channels, dtype=torch.bool)

@@ -62,7 +62,7 @@ def obfuscate(
         raise ConfigError(f"rescale range {rescale} must be positive and ordered")
     model = copy.deepcopy(released).eval()
     modules = dict(model.named_modules())
-    pairs = find_pairs(model, example_input).pairs
+    pairs = find_pairs(model, example_input).producer_pairs  # a residual stream is not one pair's
     gen = torch.Generator().manual_seed(seed)
     changed: dict[str, Any] = {"permuted": [], "flipped": {}, "rescaled": [], "skipped": {}}
     for pair in pairs:

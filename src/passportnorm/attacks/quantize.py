@@ -87,7 +87,8 @@ def dequantize_into(original: nn.Module, quantized: nn.Module, example: torch.Te
         restored.load_state_dict({k: v.float() for k, v in quantized.state_dict().items()})
         return restored
     modules, present = dict(restored.named_modules()), dict(quantized.named_modules())
-    folded = {p.producer: p.norm for p in find_pairs(restored, example).pairs if p.norm not in present}
+    pairs = find_pairs(restored, example).producer_pairs
+    folded = {p.producer: p.norm for p in pairs if p.norm not in present}
     for name, module in present.items():
         if not callable(getattr(module, "weight", None)) or name not in modules:
             continue
