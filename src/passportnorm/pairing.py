@@ -432,6 +432,11 @@ _NO_CONSUMER = (
 )
 
 
+def _transform_of(path: str, transforms: Mapping[str, Any]) -> str:
+    """The transform sub-network (a T-Net) the module at ``path`` sits in, or ""."""
+    return next((t for t in transforms if path.startswith(t + ".")), "")
+
+
 def _pair_from_calls(
     report: PairingReport,
     reasons: dict[str, str],
@@ -445,13 +450,13 @@ def _pair_from_calls(
     # one lever per norm and side: a producer already feeding a norm may still be another norm's
     # consumer (Swin's patch-merging Linear reads one norm's channels and writes the next norm's);
     # its rows and its columns carry the two norms' bits
-    taken = {pair.producer for pair in report.pairs}
-    reading = {pair.producer for pair in report.pairs if pair.role == "consumer"}
+    taken = {pair.producer for pair in report.pairs}  # the traced pairs are all producers
+    reading: set[str] = set()
     for path in [p for p in norms if p in reasons]:
         norm = norms[path]
         if unsupported_norm_reason(norm) is not None or record.calls.get(path, 0) != 1:
             continue
-        transform = next((t for t in transforms if path.startswith(t + ".")), "")
+        transform = _transform_of(path, transforms)
         pair = _called_producer_pair(path, norm, modules, record, transform, reasons[path])
         if pair is None or pair.producer in taken:
             pair = _consumer_pair(path, norm, modules, record, transform, reading)
@@ -581,7 +586,7 @@ def find_pairs(
             norm_channels(norms[path]),
             producer_fan_in(modules[links[path]]),
             crossings.get(path, ()),
-            next((t for t in transforms if path.startswith(t + ".")), ""),
+            _transform_of(path, transforms),
         )
         for path in norms
         if path in links
