@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)" "$(TORCHVISION)"
-	$(PY) -m pip install --quiet -e ".[test,zoo,serve,lint,timestamp]"
+	$(PY) -m pip install --quiet -e ".[test,zoo,hf,serve,lint,timestamp]"
 	touch $(STAMP)
 
 BIN := $(VENV)/bin

@@ -128,7 +128,7 @@ def test_rmsnorm_without_affine_and_a_norm_read_through_a_mix_are_refused():
 
     reasons = {u.norm: u.reason for u in pn.find_pairs(Mixed(), _example()).unprotectable}
     assert reasons["plain"] == "RMSNorm has no affine parameters (elementwise_affine=False)"
-    assert reasons["norm"].endswith("(the consumer that could carry its bits instead)")
+    assert reasons["norm"].endswith("(the consumer that could carry its bits instead), nor does one Linear write the residual stream it reads")
 
 
 def test_how_a_consumer_reads_the_output_is_seen_value_for_value():
@@ -143,11 +143,12 @@ def test_how_a_consumer_reads_the_output_is_seen_value_for_value():
 
 def test_the_consumer_response_is_linear_in_the_column_that_reads_the_channel():
     weight, passport = torch.randn(6, 4, dtype=torch.float64), torch.randn(1, 3, 6, dtype=torch.float64)
-    g = consumer_responses(weight, passport, 4)
+    linear = nn.Linear(4, 6)
+    g = consumer_responses(linear, weight, passport, 4)
     assert torch.allclose(g[0], (passport[0] @ weight).mean(0))
     moved = weight.clone()
     moved[:, 2] *= -1  # only channel 2's column: only g_2 changes, and flips
-    changed = consumer_responses(moved, passport, 4)
+    changed = consumer_responses(linear, moved, passport, 4)
     assert torch.allclose(changed[0, [0, 1, 3]], g[0, [0, 1, 3]]) and torch.allclose(changed[0, 2], -g[0, 2])
 
 
@@ -224,18 +225,19 @@ def test_zeroing_the_consumer_weights_erases_that_norms_bits():
     assert bits["blocks.1.norm1"] == 0.0 and bits["blocks.1.norm2"] == 1.0  # sign(0) reads as no bit
 
 
-def test_a_key_layer_role_is_one_of_two_words():
+def test_a_key_layer_role_is_one_of_three_words():
     entry = {"norm": "n", "producer": "p", "norm_type": "LayerNorm", "producer_type": "Linear", "channels": 4,
              "passport_shape": [1, 3, 4]}
     assert KeyLayer.read(entry, "layers[0]").role == "producer"
     assert KeyLayer.read({**entry, "role": "consumer"}, "layers[0]").role == "consumer"
-    with pytest.raises(OwnerKeyError, match=r"layers\[0\]\.role must be one of producer, consumer, got 'reader'"):
+    assert KeyLayer.read({**entry, "role": "writer"}, "layers[0]").role == "writer"
+    with pytest.raises(OwnerKeyError, match=r"layers\[0\]\.role must be one of producer, consumer, writer, got .reader."):
         KeyLayer.read({**entry, "role": "reader"}, "layers[0]")
     with pytest.raises(ValueError, match="role must be one of"):
         PassportAwareBranch(nn.LayerNorm(4), nn.Linear(4, 3), torch.zeros(1, 2, 3), torch.zeros(1, 2, 3),
                             torch.ones(4), producer_path="p", role="reader")
-    with pytest.raises(TypeError, match="a consumer must be one of Linear, MultiheadAttention"):
-        PassportAwareBranch(nn.LayerNorm(4), nn.Conv1d(4, 3, 1), torch.zeros(1, 2, 3), torch.zeros(1, 2, 3),
+    with pytest.raises(TypeError, match="a consumer must be one of Linear, MultiheadAttention, Conv1d"):
+        PassportAwareBranch(nn.LayerNorm(4), nn.Embedding(4, 3), torch.zeros(1, 2, 3), torch.zeros(1, 2, 3),
                             torch.ones(4), producer_path="p", role="consumer")
 
 

@@ -32,9 +32,9 @@ from .aware_statistics import Branch, BranchStatistics
 from .choices import LeverRole, words
 from .errors import NoPassportForwardError, OwnerKeyError
 from .norm import (
-    SUPPORTED_CONSUMERS,
     SUPPORTED_PRODUCERS,
     Layer,
+    consumer_kinds,
     consumer_responses,
     has_bias,
     lever_weight,
@@ -149,7 +149,9 @@ class PassportAwareBranch(Branch):
 
     def attach_producer(self, producer: nn.Module) -> None:
         """Point the branch at its lever ``producer`` without registering it as a child module."""
-        kinds = SUPPORTED_CONSUMERS if self.role == "consumer" else SUPPORTED_PRODUCERS
+        kinds = (
+            consumer_kinds() if self.role == "consumer" else SUPPORTED_PRODUCERS
+        )  # a writer's rows: as a producer's
         if not isinstance(producer, kinds):
             names = ", ".join(t.__name__ for t in kinds)
             raise TypeError(f"a {self.role} must be one of {names}, got {type(producer).__name__}")
@@ -174,7 +176,7 @@ class PassportAwareBranch(Branch):
         """``(N, C)``: each passport's bias-free response averaged per channel, for ``weight`` in
         place of the lever's; linear in it, channel ``c`` in slice ``c`` along lever_channel_dim."""
         if self.role == "consumer":
-            return consumer_responses(weight, passports, self.channels)
+            return consumer_responses(self.producer, weight, passports, self.channels)
         return producer_responses(self.producer, weight, passports, self.channels)
 
     def responses_of(self, passports: Tensor) -> Tensor:

@@ -3,6 +3,10 @@
 Pairing needs the real shapes around each norm; passports need the real input of each producer.
 Both come from one forward of the user's ``example_input`` in eval mode without gradients, so
 nothing in the model changes (BatchNorm running statistics included).
+
+A module can also be used without being called: torchvision's Swin attention passes its
+``qkv.weight`` to ``F.linear`` itself, so no hook on ``qkv`` fires. A torch-function mode sees
+those calls and records them as calls of the Linear whose weight they pass.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 __all__ = ["Capture", "call_model", "capture", "frozen_copy", "frozen_eval"]
 
@@ -72,6 +78,37 @@ def _tensor_arguments(args: tuple, kwargs: dict[str, Any]) -> list[Tensor]:
     return [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
 
 
+def _note(record: Capture, path: str, tensors: list[Tensor], output: Any) -> None:
+    """Count one call of ``path``; keep what its first call received and returned."""
+    record.calls[path] = record.calls.get(path, 0) + 1
+    if path in record.order:
+        return
+    record.order.append(path)
+    if tensors:
+        first = tensors[0]
+        record.inputs[path] = first.detach().clone()
+        alike = [t for t in tensors[1:] if t.shape == first.shape and t.dtype == first.dtype]
+        record.one_input[path] = all(torch.equal(t, first) for t in alike)
+    if isinstance(output, Tensor):
+        record.outputs[path] = output.detach().clone()
+
+
+class _FunctionalLinears(TorchFunctionMode):
+    """Records ``F.linear(x, linear.weight, ...)`` called outside ``linear``'s own forward."""
+
+    def __init__(self, record: Capture, linears: dict[int, str], inside: set[str]) -> None:
+        super().__init__()
+        self.record, self.linears, self.inside = record, linears, inside
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        if func is F.linear and len(args) >= 2:
+            path = self.linears.get(id(args[1]))
+            if path is not None and path not in self.inside:
+                _note(self.record, path, [args[0]], output)
+        return output
+
+
 def capture(model: nn.Module, example_input: Any, paths: Iterable[str]) -> Capture:
     """Run ``model`` once (eval, no grad) and record the modules at ``paths``.
 
@@ -79,29 +116,26 @@ def capture(model: nn.Module, example_input: Any, paths: Iterable[str]) -> Captu
     """
     modules = dict(model.named_modules())
     record = Capture()
+    inside: set[str] = set()  # the watched modules whose forward is running
     handles = []
 
-    def hook_for(path: str):
+    def entered(path: str):
+        return lambda module, args: inside.add(path)
+
+    def returned(path: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
-            record.calls[path] = record.calls.get(path, 0) + 1
-            if path in record.order:
-                return
-            record.order.append(path)
-            tensors = _tensor_arguments(args, kwargs)
-            if tensors:
-                first = tensors[0]
-                record.inputs[path] = first.detach().clone()
-                alike = [t for t in tensors[1:] if t.shape == first.shape and t.dtype == first.dtype]
-                record.one_input[path] = all(torch.equal(t, first) for t in alike)
-            if isinstance(output, Tensor):
-                record.outputs[path] = output.detach().clone()
+            inside.discard(path)
+            _note(record, path, _tensor_arguments(args, kwargs), output)
 
         return hook
 
-    for path in paths:
-        handles.append(modules[path].register_forward_hook(hook_for(path), with_kwargs=True))
+    watched = list(paths)
+    for path in watched:
+        handles.append(modules[path].register_forward_pre_hook(entered(path)))
+        handles.append(modules[path].register_forward_hook(returned(path), with_kwargs=True))
+    linears = {id(modules[p].weight): p for p in watched if isinstance(modules[p], nn.Linear)}
     try:
-        with frozen_eval(model):
+        with frozen_eval(model), _FunctionalLinears(record, linears, inside):
             call_model(model, example_input)
     finally:
         for handle in handles:

@@ -39,7 +39,9 @@ LrSchedule = Literal["cosine", "multistep", "step"]
 Precision = Literal["fp32", "bf16", "fp16"]
 LayerPolicy = Literal["protect", "skip"]
 SignatureMode = Literal["hash", "text"]
-LeverRole = Literal["producer", "consumer"]  # which side of its norm a branch's weights sit on (norm.py)
+# which side of its norm a branch's weights sit on (norm.py): the layer that writes its input, the
+# one that reads its output, or the last writer of the residual stream it reads (call_links.py)
+LeverRole = Literal["producer", "consumer", "writer"]
 PassportKind = Literal["random", "image", "shuffle"]
 Task = Literal["image", "pointcloud"]
 NormKind = Literal["bn", "gn", "in"]

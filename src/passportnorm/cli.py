@@ -513,9 +513,18 @@ def _inspect(args: argparse.Namespace) -> int:
         num_classes=classes,
         width=args.width,
         norm=args.norm,
+        **zoo.size_options(args.arch, shape),
     )
-    print(f"{args.arch} (width {args.width}, norm {args.norm}) for {args.dataset} inputs {shape}:")
-    report = find_pairs(model, torch.zeros((2, *shape)))
+    example = torch.zeros((2, *shape))
+    if zoo.model_task(args.arch) == "text":
+        from .zoo.hf import token_input
+
+        example, args.dataset = token_input(), "token"
+    print(
+        f"{args.arch} (width {args.width}, norm {args.norm}) for {args.dataset} inputs "
+        f"{tuple(example.shape[1:])}:"
+    )
+    report = find_pairs(model, example)
     print(report)
     chosen = [p for p in report.pairs if not p.weak and not p.transform]
     bits = sum(p.channels for p in chosen)

@@ -45,7 +45,7 @@ from .key_manifest import (
     StatisticsLayer,
     TriggerEntry,
 )
-from .norm import SUPPORTED_CONSUMERS, SUPPORTED_PRODUCERS, norm_channels, unsupported_norm_reason
+from .norm import SUPPORTED_PRODUCERS, consumer_kinds, norm_channels, unsupported_norm_reason
 from .protect import _require_protected, statistics_layers, strip
 from .release import released_fingerprint
 from .signature import Signature
@@ -395,7 +395,7 @@ def _checked_pair(modules: dict[str, nn.Module], layer: KeyLayer) -> tuple[nn.Mo
             f"the key is for another architecture: {layer.norm!r} is a {type(norm).__name__}, "
             f"the key expects {layer.norm_type}"
         )
-    levers = SUPPORTED_CONSUMERS if layer.role == "consumer" else SUPPORTED_PRODUCERS
+    levers = consumer_kinds() if layer.role == "consumer" else SUPPORTED_PRODUCERS
     if type(producer).__name__ != layer.producer_type or not isinstance(producer, levers):
         raise OwnerKeyError(
             f"the key is for another architecture: {layer.producer!r} is a {type(producer).__name__}, "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from .choices import LeverRole, words
 from .errors import OwnerKeyError
@@ -116,7 +116,7 @@ def _role(data: dict[str, Any], where: str) -> LeverRole:
     role = _take(data, "role", str, where, "producer")
     if role not in words(LeverRole):
         raise OwnerKeyError(f"{where}.role must be one of {', '.join(words(LeverRole))}, got {role!r}")
-    return "consumer" if role == "consumer" else "producer"
+    return cast(LeverRole, role)
 
 
 @dataclass(frozen=True)

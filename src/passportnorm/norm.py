@@ -10,9 +10,11 @@ same way everywhere.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -27,6 +29,9 @@ __all__ = [
     "SUPPORTED_NORMS",
     "SUPPORTED_PRODUCERS",
     "affine_free_copy",
+    "consumer_conv_reason",
+    "consumer_kinds",
+    "consumer_outputs",
     "consumer_responses",
     "has_bias",
     "is_hand_written_rmsnorm",
@@ -46,7 +51,27 @@ __all__ = [
 
 SUPPORTED_PRODUCERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # a consumer reads the norm's channels on its input's last axis through one weight matrix (O, C)
-SUPPORTED_CONSUMERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.MultiheadAttention)
+SUPPORTED_CONSUMERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.MultiheadAttention,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+)
+
+
+def consumer_kinds() -> tuple[type[nn.Module], ...]:
+    """The consumer classes: SUPPORTED_CONSUMERS, and transformers' ``Conv1D`` (GPT-2's Linear,
+    its weight stored transposed as (C, O)) once transformers is loaded, as any model holding
+    one has loaded it; passportnorm itself never imports transformers."""
+    transposed = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    return SUPPORTED_CONSUMERS + ((transposed,) if isinstance(transposed, type) else ())
+
+
+def _is_transposed_linear(layer: nn.Module) -> bool:
+    return isinstance(layer, consumer_kinds()[len(SUPPORTED_CONSUMERS) :])
+
+
 SUPPORTED_NORMS: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
@@ -263,25 +288,65 @@ def producer_responses(producer: Layer, weight: Tensor, passports: Tensor, chann
 
 def lever_weight(lever: Layer) -> Tensor:
     """The weight a lever's bits live in: a producer's or a Linear consumer's ``weight``, a
-    self-attention's fused q/k/v projection ``in_proj_weight`` (3E, E)."""
+    self-attention's fused q/k/v projection ``in_proj_weight`` (3E, E), a ``Conv1D``'s weight seen
+    as a Linear's (O, C) (a transposed view of the stored parameter: writes reach it)."""
     if isinstance(lever, nn.MultiheadAttention):
         return lever.in_proj_weight
+    if _is_transposed_linear(lever):
+        return lever.weight.t()
     return lever.weight
 
 
-def consumer_responses(weight: Tensor, passports: Tensor, channels: int) -> Tensor:
-    """``(N, C)``: what a consumer's weight ``W`` (O, C) gives each passport ``P`` (T rows of O values)::
+def consumer_conv_reason(conv: nn.Module) -> str | None:
+    """Why a convolution cannot be a consumer, or None: its transpose must be one plain
+    ``conv_transpose`` (zero padding given as numbers) and its weight's columns the norm's channels
+    (one group)."""
+    if not isinstance(conv, nn.modules.conv._ConvNd):
+        return None
+    if conv.groups != 1:
+        return f"it has {conv.groups} groups"
+    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        return f"its padding is {conv.padding!r} ({conv.padding_mode})"
+    return None
+
+
+_TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def consumer_responses(consumer: Layer, weight: Tensor, passports: Tensor, channels: int) -> Tensor:
+    """``(N, C)``: what a consumer's weight ``W`` gives each passport ``P``, a point of its output
+    space; for a Linear (O, C), ``P`` being T rows of O values::
 
         g_j = mean_t sum_o P[t, o] W[o, j]      (the transpose of the consumer's map, averaged)
 
     linear in column ``j`` of ``W``, the weights that read norm channel ``j``: the branch's ``g``
     for a norm whose lever is its consumer. A passport lives in the consumer's output space as a
-    producer's lives in its input space (docs/DESIGN.md section 3b).
+    producer's lives in its input space (docs/DESIGN.md section 3b). A convolution's transpose is
+    its ``conv_transpose``, averaged over the positions.
     """
-    rows = passports.reshape(len(passports), -1, weight.shape[0]).to(weight.dtype)
     if weight.shape[1] != channels:
         raise RuntimeError(f"the consumer reads {weight.shape[1]} channels, the norm has {channels}")
+    if isinstance(consumer, nn.modules.conv._ConvNd):
+        spatial = weight.dim() - 2
+        back = _TRANSPOSED[spatial](
+            passports.to(weight.dtype),
+            weight,
+            stride=consumer.stride,
+            padding=consumer.padding,  # type: ignore[arg-type]  # numbers: consumer_conv_reason
+            dilation=consumer.dilation,
+        )
+        return back.reshape(len(passports), channels, -1).mean(dim=2)
+    rows = passports.reshape(len(passports), -1, weight.shape[0]).to(weight.dtype)
     return (rows @ weight).mean(dim=1)
+
+
+def consumer_outputs(consumer: Layer, inputs: Tensor) -> Tensor:
+    """The consumer's map, bias left out, on ``inputs``: the space its passports are drawn from."""
+    weight = lever_weight(consumer)
+    if isinstance(consumer, nn.modules.conv._ConvNd):
+        with substituted(consumer, {"bias": None}):
+            return type(consumer).forward(consumer, inputs.to(weight.dtype))
+    return F.linear(inputs.to(weight.dtype), weight)
 
 
 def reparametrized_weight_reason(producer: Layer) -> str | None:

@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from .call_links import called_producer, first_consumer
+from .call_links import called_producer, first_consumer, stream_writer
 from .capture import Capture, capture
 from .choices import LeverRole
 from .errors import PairingError
 from .norm import (
-    SUPPORTED_CONSUMERS,
     SUPPORTED_PRODUCERS,
+    consumer_kinds,
     is_hand_written_rmsnorm,
     lever_weight,
     norm_channel_dim,
@@ -142,7 +142,7 @@ class PairingReport:
             weak = f"  [fan-in {p.fan_in}: weak lever, bits embed slowly]" if p.weak else ""
             transform = f"  [inside transform {p.transform}]" if p.transform else ""
             via = f" via {', '.join(p.crossed)}" if p.crossed else ""
-            link = "->" if p.role == "consumer" else "<-"
+            link = {"consumer": "->", "writer": "<+"}.get(p.role, "<-")
             read = f", {p.read_as}" if p.read_as else ""
             lines.append(
                 f"  + {p.norm} ({p.norm_type}, {p.channels} ch) {link} {p.producer} "
@@ -424,12 +424,13 @@ def _check_moved_channels(
     return None
 
 
-_LEVERS = SUPPORTED_PRODUCERS + SUPPORTED_CONSUMERS
 _FROM_CALLS = "seen in the calls; torch.fx could not trace it"
 _NO_CONSUMER = (
-    "; and no Linear or self-attention reads its output whole with the channels last (the consumer "
-    "that could carry its bits instead)"
+    "; and no Linear, self-attention or one-group convolution reads its output whole, channel for "
+    "channel (the consumer that could carry its bits instead), nor does one Linear write the residual "
+    "stream it reads"
 )
+_WRITES_STREAM = "writes the residual stream it reads"
 
 
 def _transform_of(path: str, transforms: Mapping[str, Any]) -> str:
@@ -461,24 +462,25 @@ def _pair_from_calls(
         if pair is None or pair.producer in taken:
             pair = _consumer_pair(path, norm, modules, record, transform, reading)
         if pair is None:
-            if _reads_last_axis(norm, record.inputs.get(path)):
-                reasons[path] += _NO_CONSUMER
+            pair = _writer_pair(path, norm, modules, record, transform, taken)
+        if pair is None:
+            reasons[path] += _NO_CONSUMER
             continue
         report.pairs.append(pair)
-        (reading if pair.role == "consumer" else taken).add(pair.producer)
+        (reading if pair.role == "consumer" else taken).add(pair.producer)  # a writer's rows: taken
         del reasons[path]
 
 
 def _called_producer_pair(
     path: str, norm: nn.Module, modules: Mapping[str, nn.Module], record: Capture, transform: str, reason: str
 ) -> Pair | None:
-    """Where the trace did not reach the norm: the producer whose output it was called on, if the
-    shapes agree as for a traced pair."""
-    if not reason.startswith("torch.fx"):
+    """Where the trace found no producer (it could not follow the code, or the norm's input came
+    out of a function): the producer whose output the norm was called on, if the shapes agree as for
+    a traced pair."""
+    called = called_producer(path, record, modules)
+    if called is None:
         return None
-    found = called_producer(path, record, modules)
-    if found is None:
-        return None
+    found, how = called
     producer = modules[found]
     if reparametrized_weight_reason(producer) is not None:
         return None
@@ -491,8 +493,10 @@ def _called_producer_pair(
         producer_fan_in(producer),
         (),
         transform,
-        read_as=_FROM_CALLS,
+        read_as=_FROM_CALLS if reason.startswith("torch.fx") else f"seen in the calls, {how}",
     )
+    if how != "as it is":  # call_links matched it row by row, channels last: the norm must read them there
+        return pair if _reads_last_axis(norm, record.inputs.get(path)) else None
     return pair if _check_shapes(pair, norm, producer, record) is None else None
 
 
@@ -508,10 +512,12 @@ def _consumer_pair(
     transform: str,
     taken: set[str],
 ) -> Pair | None:
-    """The norm paired with its first consumer, when the norm keeps its channels on the last axis."""
-    if not _reads_last_axis(norm, record.inputs.get(path)):
+    """The norm paired with its first consumer, found on the axis the norm keeps its channels on."""
+    seen = record.inputs.get(path)
+    axis = _norm_axis(norm, seen) if isinstance(seen, torch.Tensor) else None
+    if axis is None:
         return None
-    found = first_consumer(path, norm_channels(norm), record, modules, taken)
+    found = first_consumer(path, axis, record, modules, taken)
     if found is None:
         return None
     consumer, how = found
@@ -527,6 +533,36 @@ def _consumer_pair(
         transform,
         "consumer",
         how,
+    )
+
+
+def _writer_pair(
+    path: str,
+    norm: nn.Module,
+    modules: Mapping[str, nn.Module],
+    record: Capture,
+    transform: str,
+    taken: set[str],
+) -> Pair | None:
+    """The norm paired with the residual stream's last writer, when it reads the channels last as
+    the writer writes them."""
+    if not _reads_last_axis(norm, record.inputs.get(path)):
+        return None
+    found = stream_writer(path, record, modules, taken)
+    if found is None:
+        return None
+    writer = modules[found]
+    return Pair(
+        path,
+        found,
+        type(norm).__name__,
+        type(writer).__name__,
+        norm_channels(norm),
+        producer_fan_in(writer),
+        (),
+        transform,
+        "writer",
+        _WRITES_STREAM,
     )
 
 
@@ -593,7 +629,11 @@ def find_pairs(
     ]
     watched = {p.norm for p in candidates} | {p.producer for p in candidates} | set(norms)
     if pairs is None:  # every possible lever: the calls may link what the trace did not
-        watched |= {path for path, m in modules.items() if path and isinstance(m, _LEVERS)}
+        watched |= {
+            path
+            for path, m in modules.items()
+            if path and isinstance(m, SUPPORTED_PRODUCERS + consumer_kinds())
+        }
     try:
         record = capture(model, example_input, sorted(watched))
     except Exception as error:  # the user's model refusing the example is theirs to fix: say so in one line

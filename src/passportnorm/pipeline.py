@@ -244,7 +244,7 @@ def _model_config(opts: RunOptions, data) -> dict[str, Any]:
         "num_classes": data.num_classes,
         "width": opts.width,
         "norm": opts.norm,
-    }
+    } | zoo.size_options(opts.arch, data.input_shape)
 
 
 def _train(opts: RunOptions, protected: bool) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attach import BINDING, SECRET_SEED, STAMPS, attach_branch, branch_of, detach_branch, stamp
@@ -37,7 +36,14 @@ from .errors import (
     PassportWarning,
     SignatureError,
 )
-from .norm import Layer, consumer_responses, lever_weight, producer_channel_dim, producer_responses
+from .norm import (
+    Layer,
+    consumer_outputs,
+    consumer_responses,
+    lever_weight,
+    producer_channel_dim,
+    producer_responses,
+)
 from .pairing import WEAK_FAN_IN, Pair, PairingReport, find_pairs
 from .passports import PassportGenerator, make_passport_generator
 from .signature import Signature
@@ -355,9 +361,10 @@ def _passport_space(pair: Pair, lever: Layer, inputs: Tensor) -> tuple[Tensor, i
     left out), the space its weight maps the norm's channels to, so ``g`` reads its columns.
     """
     if pair.role == "consumer":
-        weight = lever_weight(lever)
-        outputs = F.linear(inputs.to(weight.dtype), weight)
-        return outputs, outputs.dim() - 1, partial(consumer_responses, weight, channels=pair.channels)
+        outputs = consumer_outputs(lever, inputs)
+        channel_dim = 1 if isinstance(lever, nn.modules.conv._ConvNd) else outputs.dim() - 1
+        responses = partial(consumer_responses, lever, lever_weight(lever), channels=pair.channels)
+        return outputs, channel_dim, responses
     responses = partial(producer_responses, lever, lever.weight, channels=pair.channels)
     return inputs, producer_channel_dim(lever, inputs.dim()), responses
 

@@ -8,17 +8,18 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .hf import build_hf_model, hf_task, is_hf_model
 from .hub import build_hub_model, is_hub_model
 from .user_code import build_user_model, is_user_code
 
-__all__ = ["MODELS", "register_model", "available_models", "build", "model_task", "TASKS"]
+__all__ = ["MODELS", "register_model", "available_models", "build", "model_task", "size_options", "TASKS"]
 
-TASKS = ("image", "pointcloud")
+TASKS = ("image", "pointcloud", "text")
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry(
     "model",
     modules=tuple(f"passportnorm.zoo.{name}" for name in ("alexnet", "pointnet", "resnet", "small_cnn")),
-    hint="or tv:NAME / timm:NAME (torchvision, timm)",
+    hint="or tv:NAME / timm:NAME / hf:TYPE (torchvision, timm, transformers)",
 )
 
 
@@ -34,20 +35,34 @@ def available_models() -> list[str]:
 
 
 def model_task(name: str) -> str:
-    """``image`` or ``pointcloud``: the kind of input the model ``name`` reads (the user's own: any)."""
+    """``image``, ``pointcloud`` or ``text`` (token ids): the kind of input the model ``name`` reads
+    (the user's own: any)."""
     if is_hub_model(name):
         return "image"
+    if is_hf_model(name):
+        return hf_task(name)
     if is_user_code(name):
         return "any"
     return MODELS.traits(name)["task"]
 
 
+def size_options(name: str, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """What the model ``name`` must be told of its input's size to be built: a transformers vision
+    model its ``image_size`` (its position embeddings are sized for it); the rest, nothing."""
+    if is_hf_model(name) and model_task(name) == "image":
+        return {"image_size": int(input_shape[-1])}
+    return {}
+
+
 def build(name: str, trust_code: bool = False, **cfg) -> nn.Module:
     """The model registered as ``name``, built with ``cfg`` (in_channels, num_classes, width, norm ...);
-    ``tv:NAME`` and ``timm:NAME`` build torchvision and timm classifiers (see hub.py), and
+    ``tv:NAME`` and ``timm:NAME`` build torchvision and timm classifiers (see hub.py), ``hf:TYPE``
+    a small transformers model (hf.py), and
     ``file.py:factory`` / ``module:factory`` the user's own, only with ``trust_code`` (user_code.py)."""
     if is_hub_model(name):
         return build_hub_model(name, **cfg)
+    if is_hf_model(name):
+        return build_hf_model(name, **cfg)
     if is_user_code(name):
         if not trust_code:
             raise ConfigError(

@@ -20,14 +20,15 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from .hf import is_hf_model
 from .hub import is_hub_model
 
 __all__ = ["build_user_model", "is_user_code"]
 
 
 def is_user_code(name: str) -> bool:
-    """``module:factory`` or ``file.py:factory`` (torchvision's ``tv:`` and timm's ``timm:`` excepted)."""
-    return ":" in name and not is_hub_model(name)
+    """``module:factory`` or ``file.py:factory`` (``tv:``, ``timm:`` and ``hf:`` excepted)."""
+    return ":" in name and not is_hub_model(name) and not is_hf_model(name)
 
 
 def _module_of(target: str, spec: str):
