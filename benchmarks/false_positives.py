@@ -1,6 +1,6 @@
 """No false "verified": every owner key against every independently trained model, in every flag combination.
 
-    python benchmarks/false_positives.py [--owners 20] [--plain 20] [--epochs 8] [--docs]
+    python benchmarks/false_positives.py [--arch resnet18] [--owners 20] [--plain 20] [--epochs 8] [--docs]
 
 Trains ``--owners`` protected models with the CLI defaults (ResNet18 x0.25 on mnist5k), each with
 its own training seed, secret seed and identity, and ``--plain`` unprotected ones. Then it
@@ -11,7 +11,9 @@ the smallest p-value seen, the alignment's match confidence of independent model
 copies (each owner's own release, obfuscated; and fine-tuned 2 epochs then obfuscated), and the
 bit agreement the old matching on whole filters produced (the issue-15 false positive).
 
-Runs are kept under ``runs/bench/false-positives`` and reused when their settings match.
+Runs are kept under ``runs/bench/false-positives`` (another ``--arch``: a folder of its own in it)
+and reused when their settings match; another ``--arch`` writes its own section,
+``false-positives-ARCH``.
 """
 
 from __future__ import annotations
@@ -65,18 +67,19 @@ def _trained(out: Path, options: RunOptions, protected: bool) -> Path:
     return out
 
 
-def _owner_options(index: int, epochs: int, out: Path) -> RunOptions:
-    return RunOptions(seed=index, secret_seed=10_000 + index, signature=f"(c) owner {index:02d}", epochs=epochs, out=str(out))
+def _owner_options(index: int, epochs: int, out: Path, arch: str = "auto") -> RunOptions:
+    return RunOptions(arch=arch, seed=index, secret_seed=10_000 + index, signature=f"(c) owner {index:02d}", epochs=epochs,
+                      out=str(out))
 
 
-def _owner(root: Path, index: int, epochs: int) -> Path:
+def _owner(root: Path, index: int, epochs: int, arch: str = "auto") -> Path:
     out = root / f"owner-{index:02d}"
-    return _trained(out, _owner_options(index, epochs, out), True)
+    return _trained(out, _owner_options(index, epochs, out, arch), True)
 
 
-def _plain(root: Path, index: int, epochs: int) -> Path:
+def _plain(root: Path, index: int, epochs: int, arch: str = "auto") -> Path:
     out = root / f"plain-{index:02d}"
-    return _trained(out, RunOptions(seed=100 + index, epochs=epochs, out=str(out)), False)
+    return _trained(out, RunOptions(arch=arch, seed=100 + index, epochs=epochs, out=str(out)), False)
 
 
 def _row(report) -> dict[str, Any]:
@@ -188,11 +191,12 @@ def _required(bits: int) -> int:
     return required_matches(bits, 2.0 ** -VerdictRule().security_bits)
 
 
-def _markdown(summary: dict[str, Any], command: str, epochs: int, where: str) -> str:
+def _markdown(summary: dict[str, Any], command: str, epochs: int, where: str, arch: str = "auto") -> str:
     s = summary
     total = sum(s["verified"].values())
     lines = [
-        f"Command: `{command}` ({where}; {s['owners']} owners trained with the `passportnorm protect` defaults but {epochs} "
+        f"Command: `{command}` ({where}; {s['owners']} owners trained with the `passportnorm protect` defaults"
+        f"{'' if arch == 'auto' else f' and `--arch {arch}`'} but {epochs} "
         f"epochs, each with its own training seed, secret seed and identity; {s['owners_verified_by_protect']} of them "
         f"verified by their own `protect` run; plus the plain models trained with `passportnorm train`). Every owner key "
         f"is checked against every model that is not its own release: {s['pairs']} pairs, {s['verifications']} "
@@ -232,6 +236,7 @@ def _markdown(summary: dict[str, Any], command: str, epochs: int, where: str) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="auto", help="the owners' and plain models' --arch (default: ResNet18 x0.25)")
     parser.add_argument("--owners", type=int, default=20)
     parser.add_argument("--plain", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=8)
@@ -244,24 +249,24 @@ def main() -> None:
                         help="K/N: check only the keys whose index is K modulo N, keep their results under "
                         "--out/checks, then stop (a last call adds them all up)")
     args = parser.parse_args()
-    root = Path(args.out)
+    root = Path(args.out) if args.arch == "auto" else Path(args.out) / args.arch
     shard, shards = map(int, args.shard.split("/"))
     if shards > 1:
         for index in range(shard, max(args.owners, args.plain), shards):
             if index < args.owners:
-                _owner(root, index, args.epochs)
+                _owner(root, index, args.epochs, args.arch)
             if index < args.plain:
-                _plain(root, index, args.epochs)
+                _plain(root, index, args.epochs, args.arch)
         return
     owners, suspects = [], []
     for index in range(args.owners):
-        out = _owner(root, index, args.epochs)
+        out = _owner(root, index, args.epochs, args.arch)
         metrics = json.loads((out / "metrics.json").read_text())
         owners.append({"name": out.name, "seed": index, "key": OwnerKey.load(out / "owner-key"),
                        "released": load_released(out / "released")[0], "self_verified": bool(metrics["verified"])})
         suspects.append({"name": out.name, "kind": "protected", "released": owners[-1]["released"]})
     for index in range(args.plain):
-        out = _plain(root, index, args.epochs)
+        out = _plain(root, index, args.epochs, args.arch)
         suspects.append({"name": out.name, "kind": "plain", "released": load_released(out / "released")[0]})
     settings = {name: getattr(args, name) for name in ("owners", "plain", "epochs", "attack_epochs")}
     check, checks = map(int, args.check_shard.split("/"))
@@ -274,10 +279,11 @@ def main() -> None:
     summary = _summary(pairs, copies, owners)
     (root / "summary.json").write_text(json.dumps({"summary": summary, "pairs": pairs, "copies": copies}, indent=1))
     print(json.dumps(summary, indent=2))
-    command = "python benchmarks/false_positives.py --docs" + ("" if args.epochs == 8 else f" --epochs {args.epochs}") + (
+    command = "python benchmarks/false_positives.py --docs" + ("" if args.arch == "auto" else f" --arch {args.arch}") + ("" if args.epochs == 8 else f" --epochs {args.epochs}") + (
         "" if args.owners == 20 else f" --owners {args.owners}") + ("" if args.plain == 20 else f" --plain {args.plain}")
     if args.docs:
-        update_section("SECURITY.md", "false-positives", _markdown(summary, command, args.epochs, machine()))
+        section = "false-positives" if args.arch == "auto" else f"false-positives-{args.arch}"
+        update_section("SECURITY.md", section, _markdown(summary, command, args.epochs, machine(), args.arch))
     if sum(summary["verified"].values()):
         sys.exit("an independent model was verified: see summary.json")
 

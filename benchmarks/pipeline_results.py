@@ -1,11 +1,13 @@
 """Plain training vs protected training (alternate 0.5 and joint) on mnist5k, same budget, 3 seeds.
 
-    python benchmarks/pipeline_results.py [--seeds 0 1 2] [--epochs 8] [--docs]
+    python benchmarks/pipeline_results.py [--arch resnet18] [--variants plain "alternate 0.5" joint]
+                                          [--seeds 0 1 2] [--epochs 8] [--docs]
 
-Runs ``passportnorm train`` and ``passportnorm protect`` (both schedules) with the defaults
-(ResNet18 at width 0.25 on mnist5k), then verifies every plain model with every owner key (an
-independent model must never be verified), and measures time per epoch and peak memory of each
-kind of training as ratios to plain training in the same run.
+Runs ``passportnorm train`` and ``passportnorm protect`` (each schedule) with the defaults
+(ResNet18 at width 0.25 on mnist5k, or ``--arch``), then verifies every plain model with every
+owner key (an independent model must never be verified), and measures time per epoch and peak
+memory of each kind of training as ratios to plain training in the same run. ``--arch vit``
+writes its own section (``pipeline-vit``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import argparse
 import contextlib
 import io
 import json
+import shlex
 import statistics
+import sys
 import warnings
 from pathlib import Path
 
-from _docs import update_section
+from _docs import machine, update_section
 from _runs import finished_run
 
 import torch
@@ -28,8 +32,8 @@ from passportnorm.verify import VerdictRule
 
 VARIANTS = {"plain": None, "alternate 0.5": ("alternate", 0.5), "joint": ("joint", 0.5)}
 
-def peak_training_memory_bytes(variant: str, steps: int = 4) -> int:
-    """Memory one training unit of ResNet18 x0.25 needs at its peak (``passportnorm.bench``'s exact
+def peak_training_memory_bytes(variant: str, arch: str = "resnet18", steps: int = 4) -> int:
+    """Memory one training unit of ``arch`` x0.25 needs at its peak (``passportnorm.bench``'s exact
     count on CPU). Alternate steps free the passport-free graph before the passport-aware forward;
     the joint step keeps both graphs until its single backward."""
     from torch.utils.data import TensorDataset
@@ -42,7 +46,7 @@ def peak_training_memory_bytes(variant: str, steps: int = 4) -> int:
     torch.manual_seed(0)
     images, labels = torch.randn(512, 1, 28, 28), torch.randint(0, 10, (512,))
     data = DatasetSplits("mnist5k-shaped", TensorDataset(images, labels), TensorDataset(images, labels), 10, (1, 28, 28))
-    model = zoo.build("resnet18", in_channels=1, num_classes=10, width=0.25)
+    model = zoo.build(arch, in_channels=1, num_classes=10, width=0.25)
     if variant != "plain":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -53,6 +57,9 @@ def peak_training_memory_bytes(variant: str, steps: int = 4) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18", help="a zoo model (the CLI's --arch)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="plain is always run (the ratios' baseline)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--device", default="auto")
@@ -62,13 +69,15 @@ def main() -> None:
                         help="the table in docs/RESULTS.md was made with text, the default before hash-bound signatures")
     parser.add_argument("--reuse", action="store_true", help="use finished runs found in --out instead of training again")
     args = parser.parse_args()
+    command = shlex.join(["python", "benchmarks/pipeline_results.py", *sys.argv[1:]])
 
-    runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    variants = {name: VARIANTS[name] for name in ["plain", *args.variants] if name in VARIANTS}
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
     for seed in args.seeds:
-        for name, schedule in VARIANTS.items():
+        for name, schedule in variants.items():
             out = Path(args.out) / f"{name.split()[0]}-seed{seed}"
-            opts = RunOptions(seed=seed, secret_seed=seed, epochs=args.epochs, device=args.device, out=str(out),
-                              signature_mode=args.signature_mode)
+            opts = RunOptions(arch=args.arch, seed=seed, secret_seed=seed, epochs=args.epochs, device=args.device,
+                              out=str(out), signature_mode=args.signature_mode)
             if schedule is not None:
                 opts.schedule, opts.ratio = schedule
             print(f"{name}, seed {seed} ...", flush=True)
@@ -77,7 +86,7 @@ def main() -> None:
     # every plain (independent) model against every owner key: must never verify
     independent = []
     for plain in runs["plain"]:
-        for name in ("alternate 0.5", "joint"):
+        for name in [n for n in runs if n != "plain"]:
             for owner in runs[name]:
                 with contextlib.redirect_stdout(io.StringIO()):
                     report = run_verify(Path(plain["out"]) / "released", Path(owner["out"]) / "owner-key", device=args.device,
@@ -87,7 +96,7 @@ def main() -> None:
     worst_p = min(r.signature_p_value for r in independent)
     max_detect = max(r.signature_detection for r in independent)
 
-    memory = {name: peak_training_memory_bytes(name) for name in VARIANTS}
+    memory = {name: peak_training_memory_bytes(name, args.arch) for name in variants}
     plain_epoch = statistics.mean(statistics.mean(row["seconds"] for row in m["history"]) for m in runs["plain"])
     lines = [
         "| training | released acc (mean +- sd) | passport-aware acc | signature detection | owner verified | s/epoch | time ratio | peak-memory ratio |",
@@ -126,21 +135,28 @@ def main() -> None:
         f"verified {len(independent) - never}/{len(independent)}; highest signature detection {100 * max_detect:.1f}%, "
         f"smallest signature p-value {worst_p:.3g}."
     )
+    plain_released = [m["history"][-1]["passport_free_accuracy"] for m in runs["plain"]]
+    for name in [n for n in runs if n != "plain"]:
+        gaps = [100 * (m["history"][-1]["passport_free_accuracy"] - p) for m, p in zip(runs[name], plain_released)]
+        summary[name]["released_minus_plain_points"] = gaps
+        lines.append(f"{name}: released minus plain, same seed: {statistics.mean(gaps):+.2f} points "
+                     f"(per seed {', '.join(f'{g:+.2f}' for g in gaps)}).")
     table = "\n".join(lines)
     print(table)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "summary.json").write_text(json.dumps({"runs": summary, "memory_bytes": memory}, indent=2) + "\n")
     if args.docs:
         header = (
-            f"### Plain vs protected training (resnet18 width 0.25, mnist5k, {args.epochs} epochs, seeds "
+            f"### Plain vs protected training ({args.arch} width 0.25, mnist5k, {args.epochs} epochs, seeds "
             f"{', '.join(map(str, args.seeds))}, same data order, optimiser and budget)\n\n"
-            "Command: `python benchmarks/pipeline_results.py --docs`. Released accuracy is the stripped model's "
+            f"Command: `{command}` ({machine(args.device)}). Released accuracy is the stripped model's "
             "test accuracy (plain: the plain model's); detection and verdict come from `passportnorm verify` on the "
             "released model with its owner key and the test data. Time is training time per epoch (evaluation "
             "excluded); peak memory is what one training unit holds at its peak (weights, gradients, momentum, "
             "buffers, and the tensors autograd saves for one backward, counted exactly; batch 64).\n\n"
         )
-        update_section("RESULTS.md", "pipeline", header + table)
+        section = "pipeline" if args.arch == "resnet18" else f"pipeline-{args.arch}"
+        update_section("RESULTS.md", section + ("" if args.epochs == 8 else f"-{args.epochs}-epochs"), header + table)
 
 
 if __name__ == "__main__":

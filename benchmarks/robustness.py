@@ -1,10 +1,12 @@
 """Every attack against the default protected model on mnist5k; writes docs/ROBUSTNESS.md and its plots.
 
-    python benchmarks/robustness.py [--epochs 5] [--reuse] [--docs]
+    python benchmarks/robustness.py [--arch resnet18] [--epochs 5] [--reuse] [--docs]
 
-Trains the default ``passportnorm protect`` model (ResNet18 x0.25, mnist5k, seed 0) unless
-``--reuse`` finds it, then runs ``passportnorm attack`` for each attack and tabulates one row per
-attack: the attacker's accuracy, the signature evidence, and the owner's verdict.
+Trains the default ``passportnorm protect`` model (ResNet18 x0.25, mnist5k, seed 0; or ``--arch``)
+unless ``--reuse`` finds it, then runs ``passportnorm attack`` for each attack and tabulates one
+row per attack: the attacker's accuracy, the signature evidence, and the owner's verdict. Another
+``--arch`` runs the transformer battery (fine-tuning x4, pruning, obfuscation, quantization,
+re-protection) into its own section, ``attacks-ARCH``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import io
 import shutil
 from pathlib import Path
 
-from _docs import DOCS, update_section
+from _docs import DOCS, machine, update_section
 
 from passportnorm.attacks.runner import record, run_attack
 from passportnorm.pipeline import RunOptions, run_protect
@@ -35,6 +37,10 @@ PLAN = [
     ("erb", {"erb_mode": "cerb", "epochs": 100}, "erb-cerb"),  # cheap per epoch (10% of the data): train it well
     ("erb", {"erb_mode": "ierb", "epochs": 100}, "erb-ierb"),
     ("forge", {}, "forge"),
+]
+TRANSFORMER_PLAN = [entry for entry in PLAN if entry[0] in ("finetune", "prune", "obfuscate")] + [
+    ("quantize", {}, "quantize"),
+    ("reprotect", {"passports": "random", "lr": 0.01}, "reprotect"),
 ]
 
 
@@ -61,11 +67,24 @@ def summarise(label: str, result: dict) -> list[str]:
         lines.append(f"| prune: highest rate still verified | | | {result['highest_rate_still_verified']} |")
         return lines
     if name == "obfuscate":
-        return [f"| obfuscate: {r['transform']} (max output change {r['max_output_difference']:.1e}) | "
+        def unpermuted(r):
+            return "; no layer can be permuted" if r["transform"] in ("permute", "all three") and not r.get("layers_permuted") else ""
+
+        return [f"| obfuscate: {r['transform']} (max output change {r['max_output_difference']:.1e}{unpermuted(r)}) | "
                 f"{_pct(r['attacker_accuracy'])} | key order: detection {_pct(r['signature_detection'])}; aligned to the "
                 f"owner's release: detection {_pct(r['aligned_signature_detection'])}, passport-aware "
                 f"{_pct(r['aligned_passport_aware_accuracy'])} | {'verified' if r['verified'] else 'not verified'} in key order, "
                 f"{'**verified**' if r['aligned_verified'] else '**not verified**'} aligned |" for r in rows]
+    if name == "quantize":
+        return [f"| quantize {r['mode']} | {_pct(r['attacker_accuracy'])} (served {_pct(r['served_accuracy'])}) | "
+                f"detection {_pct(r['signature_detection'])} (p = {r['signature_p_value']}) | "
+                f"{'verified' if r['verified'] else '**not verified**'} |" for r in rows]
+    if name == "reprotect":
+        r = rows[0]
+        return [f"| re-protect ({r['thief_passports']} passports, {r['epochs']} epochs, lr {r['lr']}) | "
+                f"{_pct(r['attacker_accuracy'])} | owner's detection {_pct(r['owner_signature_detection'])} "
+                f"(p = {r['owner_signature_p_value']}) | owner's proof {'shows' if r['owner_proof_shows'] else '**fails**'}"
+                f"; dispute: {r.get('dispute_winner', '-')} |"]
     if name == "ambiguity1":
         r = rows[0]
         return [f"| ambiguity I (forged claim) | forged branch {_pct(r['forged_accuracy'])} vs released "
@@ -94,20 +113,24 @@ def summarise(label: str, result: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18", help="the owner's model (the CLI's --arch)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of each training attack")
+    parser.add_argument("--owner-epochs", type=int, default=8, help="the owner's training epochs (protect's default: 8)")
     parser.add_argument("--out", default="runs/bench/robustness")
     parser.add_argument("--reuse", action="store_true", help="reuse the owner's model found in --out")
     parser.add_argument("--docs", action="store_true")
     args = parser.parse_args()
-    out = Path(args.out)
+    default = args.arch == "resnet18"
+    out = Path(args.out) if default else Path(args.out) / args.arch
     owner = out / "owner"
     if not (args.reuse and (owner / "owner-key" / "key.json").is_file()):
         print("training the owner's protected model (defaults) ...", flush=True)
         with contextlib.redirect_stdout(io.StringIO()):
-            run_protect(RunOptions(out=str(owner), secret_seed=0, overwrite=True))
+            run_protect(RunOptions(arch=args.arch, epochs=args.owner_epochs, out=str(owner), secret_seed=0,
+                                   overwrite=True))
     lines = ["| attack | attacker's accuracy | signature evidence | owner's verdict |", "|---|---:|---|---|"]
     threats = {}
-    for name, options, label in PLAN:
+    for name, options, label in PLAN if default else TRANSFORMER_PLAN:
         print(f"{label} ...", flush=True)
         shutil.rmtree(out / label, ignore_errors=True)  # a fresh attack, not a resume of an older run
         with contextlib.redirect_stdout(io.StringIO()):
@@ -115,12 +138,21 @@ def main() -> None:
             result = record(run_attack(name, owner / "released", owner / "owner-key", out / label, **settings), settings)
         lines += summarise(label, result)
         threats[result["attack"]] = result["threat_model"]
-        for plot in result["plots"]:
+        for plot in result["plots"] if default else []:
             (DOCS / "robustness").mkdir(parents=True, exist_ok=True)
             shutil.copy(out / label / plot, DOCS / "robustness" / f"{label}.png")
     table = "\n".join(lines)
     print(table)
-    if args.docs:
+    if args.docs and not default:
+        header = (
+            f"Command: `python benchmarks/robustness.py --arch {args.arch} --owner-epochs {args.owner_epochs} --docs` "
+            f"({machine()}; owner: `passportnorm protect --arch {args.arch} --epochs {args.owner_epochs}` on mnist5k, seed 0, hash-bound signature, every norm paired with its consumer; each "
+            f"training attack {args.epochs} epochs; attacker data: 50% of the training split; the owner verifies with "
+            "the test split and the default rule, aligned to the release where the attack is one alignment undoes).\n\n"
+        )
+        notes = "\n".join(f"- **{k}**: {v}" for k, v in threats.items())
+        update_section("ROBUSTNESS.md", f"attacks-{args.arch}", header + table + "\n\nThreat models:\n\n" + notes)
+    elif args.docs:
         header = (
             f"Command: `python benchmarks/robustness.py --docs` (owner: default `passportnorm protect`, ResNet18 x0.25 on "
             f"mnist5k, seed 0, hash-bound signature; each training attack {args.epochs} epochs, ERB 100; attacker data: 50% "

@@ -1,8 +1,10 @@
-"""Which norms of the models people use can carry a branch: every torchvision classifier and 50 timm models.
+"""Which norms of the models people use can carry a branch: every torchvision classifier, 51 timm models
+and 15 Hugging Face transformers families (small random-init configs, zoo/hf.py).
 
     python benchmarks/zoo_coverage.py [--docs] [--only NAME ...] [--no-training]
 
-Each model is built with random weights and 10 classes (needs the zoo extra). Recorded per model:
+Each model is built with random weights and 10 classes (needs the zoo and hf extras); a language
+model reads 16 token ids. Recorded per model:
 norm layers, protectable layers, signature bits, the reasons for the rest (grouped), seconds to
 protect, and the promises checked on an example input (64x64, or the size a model requires):
 
@@ -40,6 +42,7 @@ from passportnorm import zoo
 from passportnorm.pairing import is_norm_layer
 from passportnorm.pipeline import RunOptions
 from passportnorm.protect import protected_layers
+from passportnorm.zoo.hf import token_input
 from passportnorm.zoo.hub import import_timm, import_torchvision
 
 TIMM = ["resnet18", "resnet50", "efficientnet_b0", "mobilenetv3_small_100", "mobilenetv3_large_100", "regnety_002",
@@ -49,7 +52,10 @@ TIMM = ["resnet18", "resnet50", "efficientnet_b0", "mobilenetv3_small_100", "mob
         "xception41", "tf_efficientnet_b0", "efficientnetv2_rw_t", "nf_resnet26", "coat_lite_tiny", "poolformer_s12",
         "edgenext_xx_small", "mobilevit_xxs", "efficientformer_l1", "tinynet_a", "lcnet_050", "hardcorenas_a",
         "fbnetc_100", "semnasnet_050", "selecsls42b", "res2net50_14w_8s", "resnest14d", "skresnet18",
-        "seresnext26d_32x4d", "ecaresnet26t", "gernet_s", "cait_xxs24_224", "pit_ti_224", "xcit_nano_12_p16_224"]
+        "seresnext26d_32x4d", "ecaresnet26t", "gernet_s", "cait_xxs24_224", "pit_ti_224", "xcit_nano_12_p16_224",
+        "swinv2_cr_tiny_224"]
+HF = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "phi3", "gpt2", "gpt_neox", "opt",
+      "bert", "roberta", "vit"]
 TRAINING = ["tv:resnet50", "tv:mobilenet_v3_small", "tv:efficientnet_b0", "tv:convnext_tiny", "timm:efficientnet_b0",
             "timm:hrnet_w18_small"]
 
@@ -98,9 +104,10 @@ def _row(name: str) -> dict[str, Any]:
     row: dict[str, Any] = {"model": name}
     try:
         torch.manual_seed(0)
-        model = zoo.build(name, in_channels=3, num_classes=10).eval()
-        size = _input_size(name, model)
-        x = torch.randn(2, 3, size, size)
+        model = zoo.build(name, in_channels=3, num_classes=10, **zoo.size_options(name, (3, 64, 64))).eval()
+        text = zoo.model_task(name) == "text"
+        size = 16 if text else _input_size(name, model)
+        x = token_input(2, size) if text else torch.randn(2, 3, size, size)
         row.update(input=size, parameters=sum(p.numel() for p in model.parameters()),
                    norms=sum(1 for path, m in model.named_modules() if path and is_norm_layer(m)))
         report = pn.find_pairs(model, x)
@@ -166,13 +173,14 @@ def _markdown(rows: list[dict], training: list[dict], command: str) -> str:
     lines = [f"Command: `{command}` (random init, 10 classes, batch of 2 at 64x64 or the size a model fixes; "
              "promises: 1 protected = original bit for bit, 2 strip = original classes, keys and outputs, "
              "8 original state-dict keys kept and `model.<norm>.weight` readable)", ""]
-    for source in ("tv", "timm"):
+    titles = {"tv": "torchvision", "timm": "timm", "hf": "Hugging Face transformers (input: 16 token ids; ViT 64x64)"}
+    for source in titles:
         part = [r for r in rows if r["model"].startswith(source + ":")]
         with_norms = [r for r in part if r.get("norms")]
         covered = [r for r in with_norms if r.get("protectable")]
         crashes = [r for r in part if "crash" in r]
         holding = {k: sum(1 for r in covered if r.get("promises", {}).get(k)) for k in ("1", "2", "8")}
-        lines += [f"### {'torchvision' if source == 'tv' else 'timm'}: {len(part)} models", "",
+        lines += [f"### {titles[source]}: {len(part)} models", "",
                   f"{len(covered)} of {len(with_norms)} models with norm layers have at least one protectable layer; "
                   f"{len(crashes)} crashed; among the covered, promise 1 holds on {holding['1']}, promise 2 on "
                   f"{holding['2']}, promise 8 on {holding['8']}.", "",
@@ -234,7 +242,8 @@ def main() -> None:
         return
     tv = import_torchvision()
     import_timm()
-    names = args.only or [f"tv:{n}" for n in tv.models.list_models(module=tv.models)] + [f"timm:{n}" for n in TIMM]
+    names = args.only or [f"tv:{n}" for n in tv.models.list_models(module=tv.models)] + [f"timm:{n}" for n in TIMM] + [
+        f"hf:{n}" for n in HF]
     if args.training_only:
         names, rows = [], json.loads((Path(args.out) / "results.json").read_text())["models"]
     else:
@@ -264,7 +273,7 @@ def main() -> None:
 def _write_docs(rows: list[dict], training: list[dict]) -> None:
     command = "python benchmarks/zoo_coverage.py --docs"
     text = ("# Coverage: the models people use\n\n"
-            "Generated by the command below; do not edit by hand. Progress on issue 16 is measured here.\n\n"
+            "Generated by the command below; do not edit by hand. Progress on issues 16 and 34 is measured here.\n\n"
             + _markdown(rows, training, command) + "\n")
     (DOCS / "COVERAGE.md").write_text(text)
 

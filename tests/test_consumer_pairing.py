@@ -19,7 +19,8 @@ from passportnorm.errors import OwnerKeyError
 from passportnorm.key import OwnerKey, attach_key, extract_key
 from passportnorm.key_manifest import KeyLayer
 from passportnorm.norm import consumer_responses, observed_channel_dim
-from passportnorm.protect import passport_mode, protected_layers, sign_loss
+from passportnorm.protect import passport_mode, protected_layers
+from sign_training import train_signature
 
 
 class LlamaRMSNorm(nn.Module):
@@ -157,14 +158,7 @@ def _trained(norm, steps=80):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pn.PassportWarning)
         protected = pn.protect(model, x, seed=1)
-    optimizer = torch.optim.SGD(protected.parameters(), lr=0.05)
-    for _ in range(steps):
-        with passport_mode(protected):
-            protected(x)
-            loss = sign_loss(protected)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_signature(protected, x, steps)
     return model, protected, x
 
 

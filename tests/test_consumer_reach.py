@@ -14,7 +14,8 @@ from torch import nn
 import passportnorm as pn
 from passportnorm.capture import capture
 from passportnorm.norm import consumer_responses
-from passportnorm.protect import passport_mode, protected_layers, sign_loss
+from passportnorm.protect import protected_layers
+from sign_training import train_signature
 
 
 class FunctionalAttention(nn.Module):
@@ -134,14 +135,7 @@ def test_training_writes_the_signature_into_these_levers(build):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pn.PassportWarning)
         protected = pn.protect(model, x, seed=3)
-    optimizer = torch.optim.SGD(protected.parameters(), lr=0.05)
-    for _ in range(100):
-        with passport_mode(protected):
-            protected(x)
-            loss = sign_loss(protected)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_signature(protected, x, 100)
     bits = {p: float((b.extracted_bits() == b.signature).float().mean()) for p, b in protected_layers(protected).items()}
     assert set(bits) == {p.norm for p in pn.find_pairs(model, x).pairs} and set(bits.values()) == {1.0}
     released = pn.strip(protected)
@@ -212,14 +206,7 @@ def test_writer_bits_train_round_trip_in_the_key_and_leave_with_the_writer(tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pn.PassportWarning)
         protected = pn.protect(model, x, seed=5)
-    optimizer = torch.optim.SGD(protected.parameters(), lr=0.05)
-    for _ in range(100):
-        with passport_mode(protected):
-            protected(x)
-            loss = sign_loss(protected)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_signature(protected, x, 100)
     extract_key(protected).save(tmp_path / "key")
     key = OwnerKey.load(tmp_path / "key")
     assert {layer.norm: layer.role for layer in key.layers}["blocks.1.norm1"] == "writer"

@@ -11,7 +11,8 @@ import passportnorm as pn
 from passportnorm import zoo
 from passportnorm.errors import ConfigError
 from passportnorm.pairing import is_norm_layer
-from passportnorm.protect import passport_mode, protected_layers, sign_loss
+from passportnorm.protect import protected_layers
+from sign_training import train_signature
 
 pytestmark = pytest.mark.skipif(
     not importlib.util.find_spec("transformers"),
@@ -70,14 +71,7 @@ def test_bits_train_into_the_consumers_and_come_back_through_the_key(arch, tmp_p
 
     model, x = _model_and_input(arch)
     protected = _protect(model, x, seed=4)
-    optimizer = torch.optim.SGD(protected.parameters(), lr=0.05)
-    for _ in range(150):
-        with passport_mode(protected):
-            protected(x)
-            loss = sign_loss(protected)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_signature(protected, x, 150)
     extract_key(protected).save(tmp_path / "key")
     released = pn.strip(protected)
     attached = attach_key(released, OwnerKey.load(tmp_path / "key"))

@@ -38,6 +38,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .channels import PER_CHANNEL_NORMS, chains_and_trace_error, permute_consumer_inputs
+from .consumer_channels import column_directions, columns, cosine, norm_readers, scale_keeps_function
 from .errors import OwnerKeyError
 from .norm import Layer, along, producer_responses
 from .pairing import Pair, find_pairs
@@ -105,6 +106,45 @@ def _undone_flips(matched: torch.Tensor, norm: Layer, order: torch.Tensor) -> to
         return torch.ones_like(matched)
     negative_gain = weight.detach().double().cpu()[order.cpu()] < 0
     return torch.where((matched < 0) & negative_gain, -1.0, 1.0)
+
+
+def _align_consumer_channels(
+    model: nn.Module, reference: nn.Module, key: OwnerKey, example_input: Any, report: dict[str, Any]
+) -> None:
+    """Undo gain folds and flips at the key's consumer layers (consumer_channels.py): each channel's
+    column is matched to the reference's with the passport directions projected out, rescaled back,
+    and negated back only where it points away *and* the norm's gain is negative (the flip's
+    trace, as for producers). Without an example input the norm's other readers are unknown, so
+    the columns are left as they are (``report["consumers_left"]``)."""
+    modules, ref_modules = dict(model.named_modules()), dict(reference.named_modules())
+    report.setdefault("consumers_left", [])
+    for layer in (k for k in key.layers if k.role == "consumer"):
+        if example_input is None or layer.producer not in modules or layer.producer not in ref_modules:
+            report["consumers_left"].append(layer.norm)
+            continue
+        parts = key.layer_tensors(layer.norm)
+        passports = [parts["passport_gamma"], parts["passport_beta"]]
+        directions = column_directions(ref_modules[layer.producer], passports, layer.channels)
+        ours, theirs = columns(modules[layer.producer]), columns(ref_modules[layer.producer])
+        if ours.shape != theirs.shape or ours.shape[1] <= directions.shape[2]:
+            report["consumers_left"].append(layer.norm)
+            continue
+        matched = cosine(without_directions(ours, directions), without_directions(theirs, directions))
+        norm = modules[layer.norm]
+        sign = _undone_flips(matched, norm, torch.arange(layer.channels))
+        scale = ours.norm(dim=1) / theirs.norm(dim=1).clamp_min(1e-12)
+        readers = [modules[p] for p in norm_readers(model, example_input.to(_device(model)), layer.norm)]
+        if modules[layer.producer] not in readers or not scale_keeps_function(
+            model, example_input.to(_device(model)), norm, readers, (sign / scale).to(_device(model))
+        ):
+            report["consumers_left"].append(layer.norm)
+            continue
+        report["flipped"] += int((sign < 0).sum())
+        report["confidence"][layer.norm] = float(matched.abs().mean())
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 @torch.no_grad()
@@ -207,6 +247,7 @@ def align_to_reference(
             inputs_moved.add(chains[pair.norm].consumer)
         report["flipped"] += int((sign < 0).sum())
         report["confidence"][pair.norm] = float(matched.abs().mean())
+    _align_consumer_channels(model, reference, key, example_input, report)
     report["lowest_confidence"] = min(report["confidence"].values(), default=0.0)
     norm_of = {pair.producer: pair.norm for pair in pairs}
     # a consumer's bits read its columns through every row: permuted rows or columns both move them

@@ -59,6 +59,7 @@ _HELP = {
     "schedule": "alternate (the paper), joint (the original code) or interleave (one step per batch, "
     "a share --ratio of them passport-aware); auto: alternate, or interleave from --weights",
     "ratio": "share of steps that train the passport-aware branch (alternate and interleave schedules)",
+    "optimizer": "sgd (momentum 0.9) or adam; auto: the model's recipe (adam for vit, sgd otherwise)",
     "aware_optimizer": "shared (one SGD state for both steps) or separate (passport-aware steps keep their "
     "own momentum "
     "and decay only the branch; alternate schedule)",

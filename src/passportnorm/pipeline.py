@@ -31,6 +31,7 @@ from .choices import (
     AwareOptimizer,
     LayerPolicy,
     NormKind,
+    Optimizer,
     PassportKind,
     Precision,
     Schedule,
@@ -91,6 +92,8 @@ class RunOptions:
     # 0: the task's default, 0.05 for images, 0.01 for point clouds (PointNet is unstable higher);
     # a fifth of it from --weights (fine-tuning a trained model: retrofit.py)
     lr: float = 0.0
+    # auto: the model's recipe (Adam for the zoo's ViT, docs/RESULTS.md), SGD with momentum otherwise
+    optimizer: Optimizer | Literal["auto"] = "auto"
     seed: int = 0  # training: data order, initialisation (public)
     secret_seed: int | None = (
         None  # passports, signature bits, triggers; None: drawn from the OS CSPRNG (secret)
@@ -167,6 +170,7 @@ def _train_config(opts: RunOptions) -> TrainConfig:
         epochs=opts.epochs,
         batch_size=opts.batch_size,
         lr=opts.lr,
+        optimizer=cast(Optimizer, opts.optimizer),  # resolve_task has replaced "auto"
         schedule=cast(Schedule, opts.schedule),  # resolve_task has replaced "auto"
         ratio=opts.ratio,
         sign_weight=opts.sign_weight,
@@ -187,8 +191,9 @@ RETROFIT_LR_DIVISOR = 5  # from --weights: fine-tune at a fifth of the from-scra
 
 
 def resolve_task(opts: RunOptions) -> RunOptions:
-    """Fill in ``task``, ``arch``, ``trigger``, ``schedule``, ``lr`` and ``triggers_per_batch`` left on
-    auto (from ``--weights``: the retrofit recipe), and refuse a model that cannot read the data."""
+    """Fill in ``task``, ``arch``, ``trigger``, ``schedule``, ``lr``, ``optimizer`` and
+    ``triggers_per_batch`` left on auto (from ``--weights``: the retrofit recipe), and refuse a model
+    that cannot read the data."""
     task = dataset_task(opts.dataset)
     if opts.task not in ("auto", task):
         raise ConfigError(
@@ -206,10 +211,19 @@ def resolve_task(opts: RunOptions) -> RunOptions:
     trigger = DEFAULT_TRIGGER[task] if opts.trigger == "auto" else opts.trigger
     retrofit = bool(opts.weights)
     schedule = ("interleave" if retrofit else "alternate") if opts.schedule == "auto" else opts.schedule
-    lr = opts.lr or DEFAULT_LR[task] / (RETROFIT_LR_DIVISOR if retrofit else 1)
+    recipe = zoo.model_recipe(arch)
+    optimizer = recipe.get("optimizer", "sgd") if opts.optimizer == "auto" else opts.optimizer
+    lr = opts.lr or recipe.get("lr", DEFAULT_LR[task]) / (RETROFIT_LR_DIVISOR if retrofit else 1)
     per_batch = opts.triggers_per_batch or DEFAULT_TRIGGERS_PER_BATCH[task]
     return replace(
-        opts, task=task, arch=arch, trigger=trigger, schedule=schedule, lr=lr, triggers_per_batch=per_batch
+        opts,
+        task=task,
+        arch=arch,
+        trigger=trigger,
+        schedule=schedule,
+        lr=lr,
+        optimizer=optimizer,
+        triggers_per_batch=per_batch,
     )
 
 

@@ -12,6 +12,10 @@ verification that reads bit i from channel i sees something else.
   (BatchNorm, InstanceNorm: per-channel statistics make this exact);
 - rescale: multiply a channel's producer weights and bias by a > 0, its running mean by a and its
   running variance by a^2.
+
+At a norm read by consumers (pre-norm transformers) the flip and rescale act on the norm's gain
+and bias and on every reader's column instead (consumer_channels.py: the gain folded into the
+readers). The residual stream itself is not permuted (see consumer_channels.py).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ..channels import (
     permutable_chains,
     permute_consumer_inputs,
 )
+from ..consumer_channels import norm_readers, scale_keeps_function
 from ..data.triggers import TriggerSet
 from ..errors import ConfigError
 from ..evaluation import accuracy
@@ -89,6 +94,7 @@ def obfuscate(
                 mean.mul_(scale.to(mean))
                 var.mul_(scale.pow(2).to(var))
             changed["rescaled"].append(pair.norm)
+    _fold_and_flip_consumer_channels(model, example_input, flip, rescale, gen, changed)
     if permute:
         for chain in permutable_chains(model, pairs):
             producer, norm = modules[chain.pair.producer], modules[chain.pair.norm]
@@ -102,6 +108,39 @@ def obfuscate(
             permute_consumer_inputs(consumer, chain, perm)
             changed["permuted"].append(chain.pair.norm)
     return model, changed
+
+
+def _fold_and_flip_consumer_channels(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    flip: float,
+    rescale: tuple[float, float] | None,
+    gen: torch.Generator,
+    changed: dict[str, Any],
+) -> None:
+    """At each norm read by consumers (pre-norm transformers): flip a share of its channels and fold
+    a log-uniform positive scale into its readers' columns (consumer_channels.py), kept only where
+    the function stays the same."""
+    if flip == 0 and rescale is None:
+        return
+    modules = dict(model.named_modules())
+    for pair in (p for p in find_pairs(model, example_input).pairs if p.role == "consumer"):
+        factor = torch.ones(pair.channels, dtype=torch.float64)
+        if flip > 0:
+            factor = torch.where(torch.rand(pair.channels, generator=gen) < flip, -1.0, 1.0).double()
+        if rescale is not None:
+            low, high = rescale
+            factor = factor * low * (high / low) ** torch.rand(pair.channels, generator=gen).double()
+        readers = [modules[p] for p in norm_readers(model, example_input, pair.norm)]
+        if not readers or not scale_keeps_function(model, example_input, modules[pair.norm], readers, factor):
+            changed["skipped"][pair.norm] = (
+                "its output is read beyond its readers' columns (or its gain does not divide)"
+            )
+            continue
+        if flip > 0:
+            changed["flipped"][pair.norm] = int((factor < 0).sum())
+        if rescale is not None:
+            changed["rescaled"].append(pair.norm)
 
 
 @torch.no_grad()

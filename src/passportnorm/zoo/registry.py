@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -12,22 +13,42 @@ from .hf import build_hf_model, hf_task, is_hf_model
 from .hub import build_hub_model, is_hub_model
 from .user_code import build_user_model, is_user_code
 
-__all__ = ["MODELS", "register_model", "available_models", "build", "model_task", "size_options", "TASKS"]
+__all__ = [
+    "MODELS",
+    "register_model",
+    "available_models",
+    "build",
+    "model_recipe",
+    "model_task",
+    "size_options",
+    "TASKS",
+]
 
-TASKS = ("image", "pointcloud", "text")
+TASKS = ("image", "pointcloud")  # the datasets' tasks; a model may also read "text" (hf.py)
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry(
     "model",
-    modules=tuple(f"passportnorm.zoo.{name}" for name in ("alexnet", "pointnet", "resnet", "small_cnn")),
+    modules=tuple(
+        f"passportnorm.zoo.{name}" for name in ("alexnet", "pointnet", "resnet", "small_cnn", "vit")
+    ),
     hint="or tv:NAME / timm:NAME / hf:TYPE (torchvision, timm, transformers)",
 )
 
 
 def register_model(
-    name: str, task: str = "image"
+    name: str, task: str = "image", **recipe: Any
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register ``builder`` as ``name``; ``task`` says what input it reads (images or point clouds)."""
-    return MODELS.register(name, task=task)
+    """Register ``builder`` as ``name``; ``task`` says what input it reads (images or point clouds),
+    ``recipe`` how it trains where that differs from the CNNs' SGD (``optimizer="adam", lr=...``)."""
+    return MODELS.register(name, task=task, **({"recipe": recipe} if recipe else {}))
+
+
+def model_recipe(name: str) -> dict[str, Any]:
+    """The training recipe registered with the zoo model ``name`` (``optimizer``, ``lr``); empty for
+    the CNNs, hub models and the user's own (the task's SGD defaults)."""
+    if is_hub_model(name) or is_hf_model(name) or is_user_code(name):
+        return {}
+    return dict(MODELS.traits(name).get("recipe", {}))
 
 
 def available_models() -> list[str]:
