@@ -39,6 +39,7 @@ from torch import nn
 
 from .channels import PER_CHANNEL_NORMS, chains_and_trace_error, permute_consumer_inputs
 from .consumer_channels import column_directions, columns, cosine, norm_readers, scale_keeps_function
+from .device import model_device
 from .errors import OwnerKeyError
 from .norm import Layer, along, producer_responses
 from .pairing import Pair, find_pairs
@@ -83,8 +84,7 @@ def pairs_to_align(reference: nn.Module, key: OwnerKey, example_input: Any = Non
     keyed = [k for k in key.layers if k.role == "producer"]
     pairs = [Pair(k.norm, k.producer, k.norm_type, k.producer_type, k.channels) for k in keyed]
     if example_input is not None:
-        device = next((p.device for p in reference.parameters()), torch.device("cpu"))
-        found = find_pairs(reference, example_input.to(device)).producer_pairs
+        found = find_pairs(reference, example_input.to(model_device(reference))).producer_pairs
         if {p.norm for p in pairs} <= {p.norm for p in found}:
             pairs = found
     return pairs
@@ -133,18 +133,16 @@ def _align_consumer_channels(
         norm = modules[layer.norm]
         sign = _undone_flips(matched, norm, torch.arange(layer.channels))
         scale = ours.norm(dim=1) / theirs.norm(dim=1).clamp_min(1e-12)
-        readers = [modules[p] for p in norm_readers(model, example_input.to(_device(model)), layer.norm)]
+        example = example_input.to(model_device(model))
+        readers = [modules[p] for p in norm_readers(model, example, layer.norm)]
+        factor = (sign / scale).to(model_device(model))
         if modules[layer.producer] not in readers or not scale_keeps_function(
-            model, example_input.to(_device(model)), norm, readers, (sign / scale).to(_device(model))
+            model, example, norm, readers, factor
         ):
             report["consumers_left"].append(layer.norm)
             continue
         report["flipped"] += int((sign < 0).sum())
         report["confidence"][layer.norm] = float(matched.abs().mean())
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 @torch.no_grad()

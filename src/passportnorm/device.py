@@ -19,3 +19,8 @@ def resolve_device(name: str = "auto") -> torch.device:
             f"device {name!r} asked for but no CUDA device is present; use --device cpu or auto"
         )
     return device
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -24,6 +24,7 @@ from .capture import frozen_copy
 from .certificate import Certificate
 from .data.triggers import TriggerSet
 from .detection import signature_detection
+from .device import model_device
 from .errors import ConfigError
 from .evaluation import accuracy
 from .key import OwnerKey, attach_key
@@ -254,10 +255,6 @@ def _example_of(data: Any, trigger: TriggerSet | None) -> Tensor | None:
     return None
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
 def verify(
     model: nn.Module,
     key: OwnerKey,
@@ -302,7 +299,7 @@ def verify(
     if ancestor is not None:
         key = key.with_ancestor(ancestor)
     checked = ancestor_check(key, reference, example, trigger, rule)
-    suspect = attach_key(model, key).to(_model_device(model))
+    suspect = attach_key(model, key).to(model_device(model))
     return verify_attached(
         suspect,
         data,
@@ -351,11 +348,9 @@ def ancestor_check(
     }
     if key.ancestor_model is None:
         return result
-    ancestor = key.ancestor_model.to(
-        _model_device(reference if reference is not None else key.ancestor_model)
-    )
+    ancestor = key.ancestor_model.to(model_device(reference if reference is not None else key.ancestor_model))
     model, _ = _as_reference_reads(ancestor, key, reference, example, rule)
-    report = verify_attached(attach_key(model, key).to(_model_device(model)), trigger=trigger, rule=rule)
+    report = verify_attached(attach_key(model, key).to(model_device(model)), trigger=trigger, rule=rule)
     evidence = evidence_of(report)
     result |= {
         "signature_matches": report.signature_matches,
@@ -395,7 +390,7 @@ def verify_attached(
             "give the training split"
         )
     suspect = frozen_copy(suspect)  # one discipline: every number below is read in eval mode
-    device = _model_device(suspect)
+    device = model_device(suspect)
     binding = getattr(suspect, BINDING, None) or {"mode": "text", "identity": None}
     mode = binding["mode"]
     detection = signature_detection(suspect)
