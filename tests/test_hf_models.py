@@ -119,3 +119,20 @@ def test_inspect_names_every_norm_of_a_decoder(capsys):
     out = capsys.readouterr().out
     assert "for token inputs (16,)" in out and "5 protectable norm layers" in out
     assert "hf.transformer.h.0.ln_1 (LayerNorm, 64 ch) -> hf.transformer.h.0.attn.c_attn (Conv1D, as it is)" in out
+
+
+def test_a_transformers_causal_lm_reads_pydocs_like_the_zoo_gpt():
+    """Scores along dim 1, (batch, vocabulary, tokens): the layout training and accuracy take."""
+    from torch.utils.data import TensorDataset
+
+    from passportnorm.data.registry import load_dataset
+    from passportnorm.evaluation import accuracy, perplexity
+    from passportnorm.pipeline import RunOptions, resolve_task
+
+    data = load_dataset("pydocs")
+    inputs, labels = (t[:8] for t in data.test.tensors)
+    model = zoo.build("hf:llama", in_channels=64, num_classes=256).eval()
+    assert model(inputs).shape == (8, 256, 64)
+    assert 0.0 <= accuracy(model, TensorDataset(inputs, labels)) <= 1.0
+    assert 100 < perplexity(model, TensorDataset(inputs, labels)) < 1000  # about 256 untrained
+    assert resolve_task(RunOptions(arch="hf:llama", dataset="pydocs")).trigger == "prompts"

@@ -158,7 +158,7 @@ def test_shapes3d_is_seeded_and_balanced():
 
 
 def test_points_option_is_checked():
-    with pytest.raises(ConfigError, match="'mnist5k' holds images; --points"):
+    with pytest.raises(ConfigError, match="'mnist5k' holds image data; --points"):
         load_dataset("mnist5k", points=64)
     with pytest.raises(DatasetError, match="--points must be at least 1"):
         load_dataset("shapes3d", points=-3)

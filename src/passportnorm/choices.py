@@ -43,7 +43,7 @@ SignatureMode = Literal["hash", "text"]
 # one that reads its output, or the last writer of the residual stream it reads (call_links.py)
 LeverRole = Literal["producer", "consumer", "writer"]
 PassportKind = Literal["random", "image", "shuffle"]
-Task = Literal["image", "pointcloud"]
+Task = Literal["image", "pointcloud", "text"]
 NormKind = Literal["bn", "gn", "in"]
 
 

@@ -104,6 +104,7 @@ _SHAPES = {
     "mnist5k-points": ((3, 256), 10),
     "shapes3d": ((3, 256), 8),
     "modelnet40": ((3, 1024), 40),
+    "pydocs": ((64,), 256),  # token windows, byte vocabulary (data/text.py)
 }
 
 
@@ -506,6 +507,8 @@ def _inspect(args: argparse.Namespace) -> int:
         from .pipeline import DEFAULT_ARCH, dataset_task
 
         args.arch = DEFAULT_ARCH[dataset_task(args.dataset)]
+    if zoo.model_task(args.arch) == "text":  # a language model reads token windows, whatever --dataset says
+        shape, classes = _SHAPES["pydocs"]
     # the user named --arch on this command line: their own code may run (zoo/user_code.py)
     model = zoo.build(
         args.arch,

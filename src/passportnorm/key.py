@@ -22,7 +22,7 @@ from .attach import BINDING, SECRET_SEED, attach_branch, branch_of, original_cla
 from .aware_statistics import AwareStatistics, needs_aware_statistics
 from .binding import DOMAIN, bits_follow_from_passports
 from .branch import BRANCH_KINDS, PassportAwareBranch, register_branch_kind
-from .data.triggers import LABELS_CHOSEN, LABELS_DRAWN, TriggerSet
+from .data.triggers import LABELS_CHOSEN, LABELS_DRAWN, UNSCORED, TriggerSet
 from .errors import OwnerKeyError
 from .fileio import (
     atomic_folder,
@@ -267,6 +267,25 @@ class OwnerKey:
                 raise OwnerKeyError(
                     f"{where}: the trigger set in key.safetensors does not match its manifest entry"
                 )
+            for name, values in (("labels", labels), ("control_labels", control_labels)):
+                _check_trigger_labels(values, trigger.num_classes, f"{where}: trigger.{name}")
+
+
+def _check_trigger_labels(labels: Tensor | None, num_classes: int, where: str) -> None:
+    """Labels a key's owner wrote: classes of the task or UNSCORED places, and at least one scored."""
+    if labels is None:
+        return
+    scored = labels[labels != UNSCORED]
+    if (
+        labels.is_floating_point()
+        or not len(scored)
+        or int(scored.min()) < 0
+        or int(scored.max()) >= num_classes
+    ):
+        raise OwnerKeyError(
+            f"{where}: labels must be classes 0..{num_classes - 1} (or {UNSCORED} where a place is not "
+            "scored), at least one scored; the key was edited or damaged"
+        )
 
 
 def _signature_entry(model: nn.Module, message: Tensor, total_bits: int) -> SignatureEntry:

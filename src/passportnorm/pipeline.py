@@ -120,11 +120,9 @@ class RunOptions:
         "skip"  # norms inside a T-Net-like sub-network: left out (transform_branches.py)
     )
     exclude: str = ""  # comma-separated fnmatch patterns of norm paths to leave unprotected
-    trigger: str = (
-        "auto"  # none, noise, pattern (images), shapes (point clouds), or a folder; auto: noise / shapes
-    )
+    trigger: str = "auto"  # none, noise, pattern (images), shapes (point clouds), prompts (text), or a folder
     trigger_count: int = 50
-    triggers_per_batch: int = 0  # 0: the task's default, 2 for images, 8 for point clouds (docs/RESULTS.md)
+    triggers_per_batch: int = 0  # 0: the task's default, 2 for images and text, 8 for point clouds
     holdout: float = (
         0.0  # > 0: evaluate on this share of the training split instead of the test split (tuning)
     )
@@ -181,12 +179,12 @@ def _train_config(opts: RunOptions) -> TrainConfig:
     )
 
 
-DEFAULT_ARCH = {"image": "resnet18", "pointcloud": "pointnet"}
-DEFAULT_TRIGGER = {"image": "noise", "pointcloud": "shapes"}
-DEFAULT_LR = {"image": 0.05, "pointcloud": 0.01}
+DEFAULT_ARCH = {"image": "resnet18", "pointcloud": "pointnet", "text": "gpt"}
+DEFAULT_TRIGGER = {"image": "noise", "pointcloud": "shapes", "text": "prompts"}
+DEFAULT_LR = {"image": 0.05, "pointcloud": 0.01, "text": 0.002}
 # shapes are learned more slowly than noise images: at 8 epochs PointNet answered 21-27 of 50 with 2 per
 # batch and 38-44 with 8 (black-box p 10^-8..10^-14 -> 10^-27..10^-37; benchmarks/pointcloud_defaults.py)
-DEFAULT_TRIGGERS_PER_BATCH = {"image": 2, "pointcloud": 8}
+DEFAULT_TRIGGERS_PER_BATCH = {"image": 2, "pointcloud": 8, "text": 2}
 RETROFIT_LR_DIVISOR = 5  # from --weights: fine-tune at a fifth of the from-scratch rate (retrofit.py)
 
 
@@ -207,7 +205,7 @@ def resolve_task(opts: RunOptions) -> RunOptions:
             f"use --arch {DEFAULT_ARCH[task]}"
         )
     if opts.points and task != "pointcloud":
-        raise ConfigError(f"--points applies to point-cloud datasets; {opts.dataset!r} holds images")
+        raise ConfigError(f"--points applies to point-cloud datasets; {opts.dataset!r} holds {task} data")
     trigger = DEFAULT_TRIGGER[task] if opts.trigger == "auto" else opts.trigger
     retrofit = bool(opts.weights)
     schedule = ("interleave" if retrofit else "alternate") if opts.schedule == "auto" else opts.schedule

@@ -40,7 +40,7 @@ from .data.triggers import TriggerSet
 from .detection import signature_detection
 from .distributed import World, check_batch
 from .errors import ConfigError, TrainingError
-from .evaluation import accuracy
+from .evaluation import accuracy, perplexity
 from .fileio import read_checkpoint, write_checkpoint
 from .protect import is_protected, passport_mode, protected_layers
 from .schedule import PassportSchedule
@@ -345,6 +345,8 @@ class Trainer:
             num_workers=0 if isinstance(self.data.test, TensorDataset) else loader_workers(),
         )
         metrics: dict[str, Any] = {"passport_free_accuracy": accuracy(self.model, loader, self.device)}
+        if self.data.task == "text":
+            metrics["passport_free_perplexity"] = perplexity(self.model, loader, self.device)
         if self.protected:
             with passport_mode(self.model):
                 metrics["passport_aware_accuracy"] = accuracy(self.model, loader, self.device)
@@ -352,8 +354,8 @@ class Trainer:
         if self.trigger is not None:
             with torch.no_grad():
                 self.model.eval()
-                hits = (self.model(self.trigger.inputs).argmax(1) == self.trigger.labels).float().mean()
-            metrics["trigger_accuracy"] = float(hits)
+                hits = self.trigger.hits(self.model(self.trigger.inputs).argmax(1))
+            metrics["trigger_accuracy"] = hits / self.trigger.scored
         return metrics
 
     def fit(

@@ -479,7 +479,7 @@ def _num_classes(model: nn.Module, data: Dataset | DataLoader, device: torch.dev
     if example is None:
         raise ConfigError("no input to learn the model's number of classes from: give data or a trigger set")
     model.eval()
-    return int(model(example.to(device)).shape[-1])
+    return int(model(example.to(device)).shape[1])  # scores along dim 1 (evaluation.py)
 
 
 @torch.no_grad()
@@ -501,16 +501,17 @@ def _predictions(predict: Callable[[Tensor], Tensor], inputs: Tensor, device) ->
 def fill_trigger_answers(
     report: VerificationReport, answers: Tensor, trigger: TriggerSet, control_answers: Tensor | None = None
 ) -> None:
-    """The trigger evidence of ``answers`` (one label per trigger, however they were obtained),
+    """The trigger evidence of ``answers`` (shaped like the labels: one per trigger, or one per token
+    of a prompt; however they were obtained),
     scored against the trigger set's null: 1/num_classes for drawn labels, measured on
     ``control_answers`` (the same model's answers on the held-out controls) for owner-chosen ones."""
-    matches = int((answers.cpu() == trigger.labels.cpu()).sum())
-    report.trigger_count = len(trigger)
+    matches, scored = trigger.hits(answers.cpu(), trigger.labels.cpu()), trigger.scored
+    report.trigger_count = scored
     report.trigger_matches = matches
-    report.trigger_accuracy = matches / len(trigger)
+    report.trigger_accuracy = matches / scored
     report.trigger_chance, report.trigger_null = trigger.chance(control_answers)
-    report.trigger_p_value = binomial_p_value(matches, len(trigger), report.trigger_chance)
-    report.trigger_log10_p_value = binomial_log10_p_value(matches, len(trigger), report.trigger_chance)
+    report.trigger_p_value = binomial_p_value(matches, scored, report.trigger_chance)
+    report.trigger_log10_p_value = binomial_log10_p_value(matches, scored, report.trigger_chance)
 
 
 def verify_blackbox(

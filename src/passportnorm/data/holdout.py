@@ -18,8 +18,9 @@ __all__ = ["hold_out"]
 
 
 def hold_out(splits: DatasetSplits, share: float, seed: int = 0) -> DatasetSplits:
-    """``splits`` with a stratified, seeded ``share`` of its training split as the new test split
-    (the original test split is dropped); ``share`` 0 returns ``splits`` unchanged."""
+    """``splits`` with a seeded ``share`` of its training split as the new test split (stratified by
+    class where a sample has one label; the original test split is dropped); ``share`` 0 returns
+    ``splits`` unchanged."""
     if share == 0:
         return splits
     if not 0.0 < share < 1.0:
@@ -32,7 +33,10 @@ def hold_out(splits: DatasetSplits, share: float, seed: int = 0) -> DatasetSplit
         )
     inputs, labels = splits.train.tensors
     keep, held = train_test_split(
-        range(len(labels)), test_size=share, stratify=labels.numpy(), random_state=seed
+        range(len(labels)),
+        test_size=share,
+        stratify=labels.numpy() if labels.ndim == 1 else None,
+        random_state=seed,
     )
     pick = lambda index: TensorDataset(inputs[list(index)], labels[list(index)])  # noqa: E731
     return replace(splits, train=pick(keep), test=pick(held))

@@ -37,13 +37,14 @@ class DatasetSplits:
     input_shape: tuple[int, ...]
     augment: Any = None  # callable(images, generator) -> images, applied to training batches
     normalize: Any = None  # callable(images in [0, 1]) -> images as the model sees them
-    task: Task = "image"  # or "pointcloud": inputs are clouds (3, points)
+    task: Task = "image"  # or "pointcloud": clouds (3, points); "text": token ids (context,)
 
 
 DATASETS: Registry[Callable[..., DatasetSplits]] = Registry(
     "dataset",
     modules=tuple(
-        f"passportnorm.data.{name}" for name in ("cifar", "image_folder", "modelnet", "point_sets", "shipped")
+        f"passportnorm.data.{name}"
+        for name in ("cifar", "image_folder", "modelnet", "point_sets", "shipped", "text")
     ),
     error=DatasetError,
 )
@@ -61,7 +62,7 @@ def available_datasets() -> list[str]:
 
 
 def dataset_task(name: str) -> Task:
-    """``image`` or ``pointcloud``: what the dataset ``name`` holds."""
+    """``image``, ``pointcloud`` or ``text``: what the dataset ``name`` holds."""
     return cast(Task, DATASETS.traits(name)["task"])
 
 
@@ -78,10 +79,13 @@ def load_dataset(
 ) -> DatasetSplits:
     """The dataset called ``name``; ``data_dir`` for those read from a local folder, ``points`` (N
     points per cloud) for point clouds, ``image_size`` for an image folder."""
-    if dataset_task(name) == "pointcloud":
+    task = dataset_task(name)
+    if task == "pointcloud":
         return DATASETS[name](data_dir=data_dir, seed=seed, points=points)
     if points:
-        raise ConfigError(f"dataset {name!r} holds images; --points applies to point-cloud datasets only")
+        raise ConfigError(
+            f"dataset {name!r} holds {task} data; --points applies to point-cloud datasets only"
+        )
     if name in RESIZABLE:
         return DATASETS[name](
             data_dir=data_dir, seed=seed, **({"image_size": image_size} if image_size else {})

@@ -25,15 +25,20 @@ from torch import Tensor
 from ..errors import DatasetError
 
 __all__ = [
+    "CONTINUATION",
+    "UNSCORED",
     "LABELS_CHOSEN",
     "LABELS_DRAWN",
     "TRIGGER_KINDS",
     "TriggerSet",
     "generate_triggers",
     "load_trigger_folder",
+    "secret_prompts",
 ]
 
-TRIGGER_KINDS = ("noise", "pattern", "shapes")
+TRIGGER_KINDS = ("noise", "pattern", "shapes", "prompts")
+UNSCORED = -100  # a label position no answer is scored at (cross_entropy's ignore_index)
+CONTINUATION = 8  # tokens of secret continuation after a secret prompt
 
 
 LABELS_DRAWN = "drawn"  # uniformly from a seed: chance 1/num_classes
@@ -55,7 +60,18 @@ class TriggerSet:
     control_labels: Tensor | None = None
 
     def __len__(self) -> int:
-        return int(self.labels.numel())
+        """How many trigger inputs there are (a classifier's: one answer each)."""
+        return len(self.inputs)
+
+    @property
+    def scored(self) -> int:
+        """How many answers are scored: one per input, or a prompt's continuation tokens."""
+        return int((self.labels != UNSCORED).sum())
+
+    def hits(self, answers: Tensor, labels: Tensor | None = None) -> int:
+        """How many scored ``answers`` (top classes, shaped like the labels) match ``labels``."""
+        labels = (self.labels if labels is None else labels).to(answers.device)
+        return int(((answers == labels) & (labels != UNSCORED)).sum())
 
     def to(self, device) -> TriggerSet:
         move = lambda t: None if t is None else t.to(device)
@@ -77,8 +93,8 @@ class TriggerSet:
             return 1.0, "owner-chosen labels and no control answers: nothing to measure chance against"
         from scipy.stats import beta
 
-        n = len(self.control_labels)
-        k = int((control_answers.cpu() == self.control_labels.cpu()).sum())
+        n = int((self.control_labels != UNSCORED).sum())
+        k = self.hits(control_answers.cpu(), self.control_labels.cpu())
         upper = 1.0 if k == n else float(beta.ppf(CONTROL_CONFIDENCE, k + 1, n - k))
         measured = max(uniform, upper)
         return measured, (
@@ -97,16 +113,15 @@ def generate_triggers(
     ``pattern`` (images): a flat background with one random block pattern stamped at a random place.
     ``shapes`` (point clouds, ``input_shape`` = (3, points)): procedural 3D shapes, a source
     other than the task's, as the paper swaps in shapes from another dataset.
+    ``prompts`` (token ids, ``input_shape`` = (context,)): secret prompts of random tokens, each
+    followed by a continuation drawn from the seed too (:func:`secret_prompts`).
     """
     if count < 1:
         raise DatasetError(f"a trigger set needs at least 1 trigger, got {count}")
-    clouds = len(input_shape) == 2
-    if (kind == "pattern" and clouds) or (kind == "shapes" and not clouds):
-        fits = "shapes or noise" if clouds else "noise or pattern"
-        raise DatasetError(
-            f"trigger kind {kind!r} does not fit inputs of shape {tuple(input_shape)}; use {fits}"
-        )
+    _check_kind_fits(kind, input_shape)
     gen = torch.Generator().manual_seed(seed)
+    if kind == "prompts":
+        return secret_prompts(count, input_shape[0], num_classes, gen, f"generated:{kind}:{count}:seed{seed}")
     labels = torch.randint(0, num_classes, (count,), generator=gen)
     if kind == "noise":
         inputs = torch.randn((count, *input_shape), generator=gen)
@@ -130,6 +145,31 @@ def generate_triggers(
     return TriggerSet(inputs, labels, num_classes, f"generated:{kind}:{count}:seed{seed}")
 
 
+def _check_kind_fits(kind: str, input_shape: tuple[int, ...]) -> None:
+    shape = {1: "text", 2: "pointcloud"}.get(len(input_shape), "image")
+    fitting = {"image": ("noise", "pattern"), "pointcloud": ("shapes", "noise"), "text": ("prompts",)}[shape]
+    if kind in TRIGGER_KINDS and kind not in fitting:
+        raise DatasetError(
+            f"trigger kind {kind!r} does not fit inputs of shape {tuple(input_shape)}; "
+            f"use {' or '.join(fitting)}"
+        )
+
+
+def secret_prompts(
+    count: int, context: int, vocabulary: int, gen: torch.Generator, source: str
+) -> TriggerSet:
+    """``count`` prompts of random tokens, each continued by ``CONTINUATION`` tokens drawn from ``gen``,
+    as a language model reads them (teacher forcing): the input is prompt + continuation but its last
+    token, and the labels score only the continuation. An unrelated model's answer at a scored place
+    depends on tokens drawn before that place's label, so it matches with chance exactly 1/vocabulary."""
+    if context <= CONTINUATION:
+        raise DatasetError(f"prompts need a context longer than their {CONTINUATION}-token continuation")
+    tokens = torch.randint(0, vocabulary, (count, context + 1), generator=gen)
+    labels = tokens[:, 1:].clone()
+    labels[:, : context - CONTINUATION] = UNSCORED
+    return TriggerSet(tokens[:, :-1].clone(), labels, vocabulary, source)
+
+
 def load_trigger_folder(
     folder: str | Path,
     input_shape: tuple[int, ...],
@@ -144,6 +184,10 @@ def load_trigger_folder(
     ``filename,label`` keeps the owner's label, and then a ``seed``-drawn half of the inputs (at
     least one) is held out as controls, never trained on, to measure the null (module docstring)."""
     root = Path(folder)
+    if len(input_shape) == 1:
+        raise DatasetError(
+            f"trigger folder {root}: a text task's triggers are generated; use --trigger prompts"
+        )
     index = root / "labels.csv"
     if not index.is_file():
         raise DatasetError(

@@ -91,7 +91,8 @@ def token_input(batch: int = 2, length: int = 16) -> Tensor:
 
 
 class LogitsOnly(nn.Module):
-    """A ``transformers`` model answering its logits as a tensor (the model is ``.hf``)."""
+    """A ``transformers`` model answering its logits as a tensor (the model is ``.hf``); a causal
+    LM's as ``(batch, vocabulary, tokens)``, the layout the zoo's GPT answers (zoo/gpt.py)."""
 
     def __init__(self, hf: nn.Module) -> None:
         super().__init__()
@@ -100,7 +101,9 @@ class LogitsOnly(nn.Module):
     def forward(self, inputs: Tensor) -> Tensor:
         if inputs.is_floating_point():
             return self.hf(pixel_values=inputs).logits
-        return self.hf(input_ids=inputs).logits
+        logits = self.hf(input_ids=inputs).logits
+        # a causal LM's (batch, tokens, vocabulary) as scores along dim 1, like every model here
+        return logits.transpose(1, 2) if logits.ndim == 3 else logits
 
 
 def build_hf_model(

@@ -24,12 +24,12 @@ __all__ = [
     "TASKS",
 ]
 
-TASKS = ("image", "pointcloud")  # the datasets' tasks; a model may also read "text" (hf.py)
+TASKS = ("image", "pointcloud", "text")  # the datasets' tasks
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry(
     "model",
     modules=tuple(
-        f"passportnorm.zoo.{name}" for name in ("alexnet", "pointnet", "resnet", "small_cnn", "vit")
+        f"passportnorm.zoo.{name}" for name in ("alexnet", "gpt", "pointnet", "resnet", "small_cnn", "vit")
     ),
     hint="or tv:NAME / timm:NAME / hf:TYPE (torchvision, timm, transformers)",
 )

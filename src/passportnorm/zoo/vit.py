@@ -3,16 +3,16 @@
 The "simple ViT" recipe (Beyer et al., 2022): 4x4 patches, fixed 2-D sin-cos positions (so any
 image size whose sides divide by 4 runs without resizing a table), pre-norm blocks
 ``x + attn(norm1(x))``, ``x + mlp(norm2(x))``, a final LayerNorm and the mean over tokens into a
-linear head. None of its LayerNorms has a producer: each is paired with its consumer (the qkv
-projection, the MLP's first layer, the head through the mean), docs/DESIGN.md section 3b.
+linear head (blocks.py). None of its LayerNorms has a producer: each is paired with its consumer
+(the qkv projection, the MLP's first layer, the head through the mean), docs/DESIGN.md section 3b.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .blocks import Block
 from .registry import register_model
 
 __all__ = ["PATCH", "SmallViT", "sincos_positions", "vit"]
@@ -32,37 +32,6 @@ def sincos_positions(height: int, width: int, dim: int, like: Tensor) -> Tensor:
     cols = cols[None, :, :].expand(height, width, quarter)
     grid = torch.cat([rows.sin(), rows.cos(), cols.sin(), cols.cos()], dim=-1)
     return grid.reshape(height * width, dim)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention through one fused ``qkv`` Linear and scaled dot products."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch, tokens, dim = x.shape
-        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        mixed = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(mixed.transpose(1, 2).reshape(batch, tokens, dim))
-
-
-class Block(nn.Module):
-    """``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``, the MLP twice as wide as the stream."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
 
 
 class SmallViT(nn.Module):
