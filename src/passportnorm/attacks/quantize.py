@@ -129,7 +129,8 @@ def quantize_attack(
     rows, restored = [], None
     for mode in modes:
         served = quantize(released, mode, calibration)
-        inputs_of = (lambda x: x.half()) if mode == "fp16" else (lambda x: x)
+        # fp16 serving casts what it is sent to half, token ids excepted (an embedding reads them as ids)
+        inputs_of = (lambda x: x.half() if x.is_floating_point() else x) if mode == "fp16" else (lambda x: x)
         served_accuracy = accuracy(_Cast(served, inputs_of), owner_test)
         restored = dequantize_into(released, served, calibration[:8])
         rows.append(
