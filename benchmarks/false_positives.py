@@ -67,19 +67,19 @@ def _trained(out: Path, options: RunOptions, protected: bool) -> Path:
     return out
 
 
-def _owner_options(index: int, epochs: int, out: Path, arch: str = "auto") -> RunOptions:
-    return RunOptions(arch=arch, seed=index, secret_seed=10_000 + index, signature=f"(c) owner {index:02d}", epochs=epochs,
+def _owner_options(index: int, epochs: int, out: Path, arch: str = "auto", dataset: str = "mnist5k") -> RunOptions:
+    return RunOptions(arch=arch, dataset=dataset, seed=index, secret_seed=10_000 + index, signature=f"(c) owner {index:02d}", epochs=epochs,
                       out=str(out))
 
 
-def _owner(root: Path, index: int, epochs: int, arch: str = "auto") -> Path:
+def _owner(root: Path, index: int, epochs: int, arch: str = "auto", dataset: str = "mnist5k") -> Path:
     out = root / f"owner-{index:02d}"
-    return _trained(out, _owner_options(index, epochs, out, arch), True)
+    return _trained(out, _owner_options(index, epochs, out, arch, dataset), True)
 
 
-def _plain(root: Path, index: int, epochs: int, arch: str = "auto") -> Path:
+def _plain(root: Path, index: int, epochs: int, arch: str = "auto", dataset: str = "mnist5k") -> Path:
     out = root / f"plain-{index:02d}"
-    return _trained(out, RunOptions(arch=arch, seed=100 + index, epochs=epochs, out=str(out)), False)
+    return _trained(out, RunOptions(arch=arch, dataset=dataset, seed=100 + index, epochs=epochs, out=str(out)), False)
 
 
 def _row(report) -> dict[str, Any]:
@@ -135,7 +135,7 @@ def _copies(owner: dict, data, epochs: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _checked(root: Path, owner: dict, suspects: list[dict], settings: dict[str, int]) -> dict[str, Any]:
+def _checked(root: Path, owner: dict, suspects: list[dict], settings: dict[str, Any]) -> dict[str, Any]:
     """One key's pairs and copies, kept in ``checks/<owner>.json`` so that several processes can share
     the keys and a last call only adds up; reused while the settings match."""
     path = root / "checks" / f"{owner['name']}.json"
@@ -144,7 +144,7 @@ def _checked(root: Path, owner: dict, suspects: list[dict], settings: dict[str, 
         if done["settings"] == settings:
             return done
     started = time.perf_counter()
-    data = load_dataset("mnist5k", seed=owner["seed"])
+    data = load_dataset(settings.get("dataset", "mnist5k"), seed=owner["seed"])
     done = {"settings": settings, "pairs": _pairs(owner, suspects, data.test),
             "copies": _copies(owner, data, settings["attack_epochs"])}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +237,7 @@ def _markdown(summary: dict[str, Any], command: str, epochs: int, where: str, ar
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="auto", help="the owners' and plain models' --arch (default: ResNet18 x0.25)")
+    parser.add_argument("--dataset", default="mnist5k", help="their data (pydocs for --arch gpt)")
     parser.add_argument("--owners", type=int, default=20)
     parser.add_argument("--plain", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=8)
@@ -254,21 +255,22 @@ def main() -> None:
     if shards > 1:
         for index in range(shard, max(args.owners, args.plain), shards):
             if index < args.owners:
-                _owner(root, index, args.epochs, args.arch)
+                _owner(root, index, args.epochs, args.arch, args.dataset)
             if index < args.plain:
-                _plain(root, index, args.epochs, args.arch)
+                _plain(root, index, args.epochs, args.arch, args.dataset)
         return
     owners, suspects = [], []
     for index in range(args.owners):
-        out = _owner(root, index, args.epochs, args.arch)
+        out = _owner(root, index, args.epochs, args.arch, args.dataset)
         metrics = json.loads((out / "metrics.json").read_text())
         owners.append({"name": out.name, "seed": index, "key": OwnerKey.load(out / "owner-key"),
                        "released": load_released(out / "released")[0], "self_verified": bool(metrics["verified"])})
         suspects.append({"name": out.name, "kind": "protected", "released": owners[-1]["released"]})
     for index in range(args.plain):
-        out = _plain(root, index, args.epochs, args.arch)
+        out = _plain(root, index, args.epochs, args.arch, args.dataset)
         suspects.append({"name": out.name, "kind": "plain", "released": load_released(out / "released")[0]})
-    settings = {name: getattr(args, name) for name in ("owners", "plain", "epochs", "attack_epochs")}
+    settings: dict[str, Any] = {name: getattr(args, name) for name in ("owners", "plain", "epochs", "attack_epochs")}
+    settings |= {} if args.dataset == "mnist5k" else {"dataset": args.dataset}
     check, checks = map(int, args.check_shard.split("/"))
     print(f"checking {len(owners[check::checks])} keys against {len(suspects)} models", flush=True)
     checked = [_checked(root, owner, suspects, settings) for owner in owners[check::checks]]
@@ -279,7 +281,8 @@ def main() -> None:
     summary = _summary(pairs, copies, owners)
     (root / "summary.json").write_text(json.dumps({"summary": summary, "pairs": pairs, "copies": copies}, indent=1))
     print(json.dumps(summary, indent=2))
-    command = "python benchmarks/false_positives.py --docs" + ("" if args.arch == "auto" else f" --arch {args.arch}") + ("" if args.epochs == 8 else f" --epochs {args.epochs}") + (
+    command = "python benchmarks/false_positives.py --docs" + ("" if args.arch == "auto" else f" --arch {args.arch}") + (
+        "" if args.dataset == "mnist5k" else f" --dataset {args.dataset}") + ("" if args.epochs == 8 else f" --epochs {args.epochs}") + (
         "" if args.owners == 20 else f" --owners {args.owners}") + ("" if args.plain == 20 else f" --plain {args.plain}")
     if args.docs:
         section = "false-positives" if args.arch == "auto" else f"false-positives-{args.arch}"

@@ -1,13 +1,14 @@
 """Plain training vs protected training (alternate 0.5 and joint) on mnist5k, same budget, 3 seeds.
 
-    python benchmarks/pipeline_results.py [--arch resnet18] [--variants plain "alternate 0.5" joint]
+    python benchmarks/pipeline_results.py [--arch resnet18] [--dataset mnist5k] [--variants plain "alternate 0.5" joint]
                                           [--seeds 0 1 2] [--epochs 8] [--docs]
 
 Runs ``passportnorm train`` and ``passportnorm protect`` (each schedule) with the defaults
 (ResNet18 at width 0.25 on mnist5k, or ``--arch``), then verifies every plain model with every
 owner key (an independent model must never be verified), and measures time per epoch and peak
 memory of each kind of training as ratios to plain training in the same run. ``--arch vit``
-writes its own section (``pipeline-vit``).
+writes its own section (``pipeline-vit``); ``--arch gpt --dataset pydocs`` adds the released
+perplexity and its change against plain (section ``pipeline-gpt-pydocs``).
 """
 
 from __future__ import annotations
@@ -30,35 +31,42 @@ import torch
 from passportnorm.pipeline import RunOptions, run_verify
 from passportnorm.verify import VerdictRule
 
-VARIANTS = {"plain": None, "alternate 0.5": ("alternate", 0.5), "joint": ("joint", 0.5)}
+VARIANTS = {"plain": None, "alternate 0.5": ("alternate", 0.5), "joint": ("joint", 0.5),
+            "interleave 0.5": ("interleave", 0.5)}  # one step a batch, as plain: the same optimizer steps
+DEFAULT_VARIANTS = ["plain", "alternate 0.5", "joint"]
 
-def peak_training_memory_bytes(variant: str, arch: str = "resnet18", steps: int = 4) -> int:
+def peak_training_memory_bytes(variant: str, arch: str = "resnet18", dataset: str = "mnist5k", steps: int = 4) -> int:
     """Memory one training unit of ``arch`` x0.25 needs at its peak (``passportnorm.bench``'s exact
-    count on CPU). Alternate steps free the passport-free graph before the passport-aware forward;
-    the joint step keeps both graphs until its single backward."""
+    count on CPU) on 512 samples of ``dataset``. Alternate steps free the passport-free graph before the
+    passport-aware forward; the joint step keeps both graphs until its single backward."""
+    from dataclasses import replace
+
     from torch.utils.data import TensorDataset
 
     from passportnorm import protect, zoo
     from passportnorm.bench import peak_training_memory
-    from passportnorm.data.registry import DatasetSplits
+    from passportnorm.data.registry import load_dataset
     from passportnorm.train import TrainConfig, Trainer
 
     torch.manual_seed(0)
-    images, labels = torch.randn(512, 1, 28, 28), torch.randint(0, 10, (512,))
-    data = DatasetSplits("mnist5k-shaped", TensorDataset(images, labels), TensorDataset(images, labels), 10, (1, 28, 28))
-    model = zoo.build(arch, in_channels=1, num_classes=10, width=0.25)
+    data = load_dataset(dataset)
+    inputs, labels = (t[:512] for t in data.train.tensors)
+    data = replace(data, train=TensorDataset(inputs, labels), test=TensorDataset(inputs, labels))
+    model = zoo.build(arch, in_channels=data.input_shape[0], num_classes=data.num_classes, width=0.25)
     if variant != "plain":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = protect(model, images[:16], signature="mem", passports="shuffle", weak_layers="skip", seed=0)
-    trainer = Trainer(model, data, TrainConfig(schedule="joint" if variant == "joint" else "alternate"))
+            model = protect(model, inputs[:16], signature="mem", passports="shuffle", weak_layers="skip", seed=0)
+    schedule = VARIANTS[variant][0] if VARIANTS[variant] else "alternate"
+    trainer = Trainer(model, data, TrainConfig(schedule=schedule))
     return peak_training_memory(trainer, torch.device("cpu"), units=steps)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18", help="a zoo model (the CLI's --arch)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+    parser.add_argument("--dataset", default="mnist5k", help="the CLI's --dataset (pydocs for --arch gpt)")
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS),
                         help="plain is always run (the ratios' baseline)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=8)
@@ -76,7 +84,7 @@ def main() -> None:
     for seed in args.seeds:
         for name, schedule in variants.items():
             out = Path(args.out) / f"{name.split()[0]}-seed{seed}"
-            opts = RunOptions(arch=args.arch, seed=seed, secret_seed=seed, epochs=args.epochs, device=args.device,
+            opts = RunOptions(arch=args.arch, dataset=args.dataset, seed=seed, secret_seed=seed, epochs=args.epochs, device=args.device,
                               out=str(out), signature_mode=args.signature_mode)
             if schedule is not None:
                 opts.schedule, opts.ratio = schedule
@@ -96,8 +104,8 @@ def main() -> None:
     worst_p = min(r.signature_p_value for r in independent)
     max_detect = max(r.signature_detection for r in independent)
 
-    memory = {name: peak_training_memory_bytes(name, args.arch) for name in variants}
-    plain_epoch = statistics.mean(statistics.mean(row["seconds"] for row in m["history"]) for m in runs["plain"])
+    memory = {name: peak_training_memory_bytes(name, args.arch, args.dataset) for name in variants}
+    plain_epoch = statistics.mean(epoch_seconds(m) for m in runs["plain"])
     lines = [
         "| training | released acc (mean +- sd) | passport-aware acc | signature detection | owner verified | s/epoch | time ratio | peak-memory ratio |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -105,7 +113,7 @@ def main() -> None:
     summary = {}
     for name, metrics_list in runs.items():
         released = [m["history"][-1]["passport_free_accuracy"] for m in metrics_list]
-        epoch_s = statistics.mean(statistics.mean(row["seconds"] for row in m["history"]) for m in metrics_list)
+        epoch_s = statistics.mean(epoch_seconds(m) for m in metrics_list)
         row = {
             "released_accuracy": released,
             "seconds_per_epoch": epoch_s,
@@ -141,22 +149,46 @@ def main() -> None:
         summary[name]["released_minus_plain_points"] = gaps
         lines.append(f"{name}: released minus plain, same seed: {statistics.mean(gaps):+.2f} points "
                      f"(per seed {', '.join(f'{g:+.2f}' for g in gaps)}).")
+    lines += perplexity_lines(runs, summary)
     table = "\n".join(lines)
     print(table)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "summary.json").write_text(json.dumps({"runs": summary, "memory_bytes": memory}, indent=2) + "\n")
     if args.docs:
         header = (
-            f"### Plain vs protected training ({args.arch} width 0.25, mnist5k, {args.epochs} epochs, seeds "
+            f"### Plain vs protected training ({args.arch} width 0.25, {args.dataset}, {args.epochs} epochs, seeds "
             f"{', '.join(map(str, args.seeds))}, same data order, optimiser and budget)\n\n"
             f"Command: `{command}` ({machine(args.device)}). Released accuracy is the stripped model's "
             "test accuracy (plain: the plain model's); detection and verdict come from `passportnorm verify` on the "
             "released model with its owner key and the test data. Time is training time per epoch (evaluation "
-            "excluded); peak memory is what one training unit holds at its peak (weights, gradients, momentum, "
+            "excluded; the median epoch of each run, then the mean over seeds); peak memory is what one training unit holds at its peak (weights, gradients, momentum, "
             "buffers, and the tensors autograd saves for one backward, counted exactly; batch 64).\n\n"
         )
         section = "pipeline" if args.arch == "resnet18" else f"pipeline-{args.arch}"
+        section += "" if args.dataset == "mnist5k" else f"-{args.dataset}"
         update_section("RESULTS.md", section + ("" if args.epochs == 8 else f"-{args.epochs}-epochs"), header + table)
+
+
+def epoch_seconds(metrics: dict) -> float:
+    """A run's median epoch time: an epoch slowed by other work on the machine moves it little."""
+    return statistics.median(row["seconds"] for row in metrics["history"])
+
+
+def perplexity_lines(runs: dict[str, list[dict]], summary: dict[str, dict]) -> list[str]:
+    """A language model's released perplexity per variant and its change against plain, same seed."""
+    if "passport_free_perplexity" not in runs["plain"][0]["history"][-1]:
+        return []
+    final = lambda m: m["history"][-1]["passport_free_perplexity"]  # noqa: E731
+    plain = [final(m) for m in runs["plain"]]
+    lines = ["", f"Released perplexity (per byte): plain {statistics.mean(plain):.3f} ({', '.join(f'{p:.3f}' for p in plain)})."]
+    for name in [n for n in runs if n != "plain"]:
+        values = [final(m) for m in runs[name]]
+        change = [100 * (v / p - 1) for v, p in zip(values, plain)]
+        summary[name].update(released_perplexity=values, perplexity_change_percent=change)
+        lines.append(f"{name}: perplexity {statistics.mean(values):.3f}, {statistics.mean(change):+.2f}% against plain "
+                     f"(per seed {', '.join(f'{c:+.2f}%' for c in change)}).")
+    summary["plain"]["released_perplexity"] = plain
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Every attack against the default protected model on mnist5k; writes docs/ROBUSTNESS.md and its plots.
 
-    python benchmarks/robustness.py [--arch resnet18] [--epochs 5] [--reuse] [--docs]
+    python benchmarks/robustness.py [--arch resnet18] [--dataset mnist5k] [--epochs 5] [--reuse] [--docs]
 
 Trains the default ``passportnorm protect`` model (ResNet18 x0.25, mnist5k, seed 0; or ``--arch``)
 unless ``--reuse`` finds it, then runs ``passportnorm attack`` for each attack and tabulates one
@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 from _docs import DOCS, machine, update_section
@@ -114,19 +116,21 @@ def summarise(label: str, result: dict) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18", help="the owner's model (the CLI's --arch)")
+    parser.add_argument("--dataset", default="mnist5k", help="the owner's data (pydocs for --arch gpt)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of each training attack")
     parser.add_argument("--owner-epochs", type=int, default=8, help="the owner's training epochs (protect's default: 8)")
     parser.add_argument("--out", default="runs/bench/robustness")
     parser.add_argument("--reuse", action="store_true", help="reuse the owner's model found in --out")
     parser.add_argument("--docs", action="store_true")
     args = parser.parse_args()
+    command = shlex.join(["python", "benchmarks/robustness.py", *sys.argv[1:]])
     default = args.arch == "resnet18"
     out = Path(args.out) if default else Path(args.out) / args.arch
     owner = out / "owner"
     if not (args.reuse and (owner / "owner-key" / "key.json").is_file()):
         print("training the owner's protected model (defaults) ...", flush=True)
         with contextlib.redirect_stdout(io.StringIO()):
-            run_protect(RunOptions(arch=args.arch, epochs=args.owner_epochs, out=str(owner), secret_seed=0,
+            run_protect(RunOptions(arch=args.arch, dataset=args.dataset, epochs=args.owner_epochs, out=str(owner), secret_seed=0,
                                    overwrite=True))
     lines = ["| attack | attacker's accuracy | signature evidence | owner's verdict |", "|---|---:|---|---|"]
     threats = {}
@@ -145,8 +149,8 @@ def main() -> None:
     print(table)
     if args.docs and not default:
         header = (
-            f"Command: `python benchmarks/robustness.py --arch {args.arch} --owner-epochs {args.owner_epochs} --docs` "
-            f"({machine()}; owner: `passportnorm protect --arch {args.arch} --epochs {args.owner_epochs}` on mnist5k, seed 0, hash-bound signature, every norm paired with its consumer; each "
+            f"Command: `{command}` "
+            f"({machine()}; owner: `passportnorm protect --arch {args.arch} --epochs {args.owner_epochs}` on {args.dataset}, seed 0, hash-bound signature, every norm paired with its consumer; each "
             f"training attack {args.epochs} epochs; attacker data: 50% of the training split; the owner verifies with "
             "the test split and the default rule, aligned to the release where the attack is one alignment undoes).\n\n"
         )

@@ -1,5 +1,5 @@
-"""The README's `protect` commands, run as written at their default budget, end verified (slow:
-`make test-slow`; about 3 minutes each on 2 CPU cores). The point-cloud command must also give
+"""The README's `protect` commands (images, point clouds, text), run as written at their default
+budget, end verified (slow: `make test-slow`; about 3 to 6 minutes each on 2 CPU cores). The point-cloud command must also give
 black-box evidence: its trigger answers must meet the black-box threshold (p < 1e-6) with room:
 the README states 10^-27 to 10^-37 (two seeds); the test asks for 10^-15."""
 
@@ -28,8 +28,9 @@ def _protect_commands() -> list[list[str]]:
 COMMANDS = _protect_commands()
 
 
-def test_the_readme_shows_an_image_and_a_point_cloud_command():
-    assert len(COMMANDS) == 2 and any("mnist5k-points" in argv for argv in COMMANDS)
+def test_the_readme_shows_an_image_a_point_cloud_and_a_text_command():
+    assert len(COMMANDS) == 3 and any("mnist5k-points" in argv for argv in COMMANDS)
+    assert any("pydocs" in argv for argv in COMMANDS)
 
 
 @pytest.mark.slow
