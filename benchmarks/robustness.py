@@ -72,10 +72,19 @@ def summarise(label: str, result: dict) -> list[str]:
         def unpermuted(r):
             return "; no layer can be permuted" if r["transform"] in ("permute", "all three") and not r.get("layers_permuted") else ""
 
-        return [f"| obfuscate: {r['transform']} (max output change {r['max_output_difference']:.1e}{unpermuted(r)}) | "
+        def stream(r):
+            return f"; residual stream ({r['stream_permuted']} channels) permuted" if r.get("stream_permuted") else ""
+
+        def aligned(r):
+            if r.get("aligned_signature_bits") == 0 and r.get("aligned_trigger_count"):
+                return (f"stream permuted back, so no bit counts; triggers {r['aligned_trigger_matches']}/"
+                        f"{r['aligned_trigger_count']} decide")
+            return (f"detection {_pct(r['aligned_signature_detection'])}, passport-aware "
+                    f"{_pct(r['aligned_passport_aware_accuracy'])}")
+
+        return [f"| obfuscate: {r['transform']} (max output change {r['max_output_difference']:.1e}{unpermuted(r)}{stream(r)}) | "
                 f"{_pct(r['attacker_accuracy'])} | key order: detection {_pct(r['signature_detection'])}; aligned to the "
-                f"owner's release: detection {_pct(r['aligned_signature_detection'])}, passport-aware "
-                f"{_pct(r['aligned_passport_aware_accuracy'])} | {'verified' if r['verified'] else 'not verified'} in key order, "
+                f"owner's release: {aligned(r)} | {'verified' if r['verified'] else 'not verified'} in key order, "
                 f"{'**verified**' if r['aligned_verified'] else '**not verified**'} aligned |" for r in rows]
     if name == "quantize":
         return [f"| quantize {r['mode']} | {_pct(r['attacker_accuracy'])} (served {_pct(r['served_accuracy'])}) | "

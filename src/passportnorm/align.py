@@ -43,6 +43,7 @@ from .device import model_device
 from .errors import OwnerKeyError
 from .norm import Layer, along, producer_responses
 from .pairing import Pair, find_pairs
+from .residual_stream import find_stream, permutation_keeps_function, stream_channels
 
 if TYPE_CHECKING:
     from .key import OwnerKey
@@ -80,7 +81,7 @@ def pairs_to_align(reference: nn.Module, key: OwnerKey, example_input: Any = Non
     """Every producer/norm pair of the reference when an example input lets us find them (an
     obfuscator may scramble unprotected layers too), else the key's producer layers. Only producer
     pairs: their output channels are what a permutation, flip or rescale moves; a consumer's norm
-    reads a residual stream no single pair owns, and is left as the suspect has it."""
+    reads a residual stream no single pair owns (aligned as a whole, ``_align_stream``)."""
     keyed = [k for k in key.layers if k.role == "producer"]
     pairs = [Pair(k.norm, k.producer, k.norm_type, k.producer_type, k.channels) for k in keyed]
     if example_input is not None:
@@ -143,6 +144,40 @@ def _align_consumer_channels(
             continue
         report["flipped"] += int((sign < 0).sum())
         report["confidence"][layer.norm] = float(matched.abs().mean())
+
+
+def _align_stream(
+    model: nn.Module, reference: nn.Module, example_input: Any, report: dict[str, Any]
+) -> set[str]:
+    """Undo a residual-stream permutation (residual_stream.py): stream channels are matched to the
+    reference's by a Hungarian assignment on the mean absolute cosine of every slice the stream
+    runs along (writer rows, embedding columns, reader columns: a fold or flip of a reader's
+    column changes neither), and the suspect is permuted back where that keeps its function.
+    Answers the readers it rearranged: their bits cannot count (DESIGN.md 3a)."""
+    if example_input is None:
+        return set()
+    stream, _ = find_stream(reference, example_input.to(model_device(reference)))
+    if stream is None or any(path not in dict(model.named_modules()) for path in stream.readers):
+        return set()
+    ours, theirs = stream_channels(model, stream), stream_channels(reference, stream)
+    if not ours or any(a.shape != b.shape for (_, a), (_, b) in zip(ours, theirs)):
+        return set()
+    cosines = [
+        (F.normalize(a, dim=1) @ F.normalize(b, dim=1).T).abs() for (_, a), (_, b) in zip(ours, theirs)
+    ]
+    similarity = torch.stack(cosines).mean(dim=0)  # (suspect channel, reference channel)
+    rows, cols = linear_sum_assignment(-similarity.numpy())
+    order = torch.empty(stream.width, dtype=torch.long)
+    order[torch.as_tensor(cols)] = torch.as_tensor(rows)  # reference channel j <- suspect channel order[j]
+    report["confidence"]["residual stream"] = float(similarity[order, torch.arange(stream.width)].mean())
+    if torch.equal(order, torch.arange(stream.width)):
+        return set()
+    example = example_input.to(model_device(model))
+    if not permutation_keeps_function(model, example, stream, order.to(model_device(model))):
+        return set()
+    report["permuted"] += 1
+    report["stream_permuted"] = stream.width
+    return set(stream.readers)
 
 
 @torch.no_grad()
@@ -245,6 +280,7 @@ def align_to_reference(
             inputs_moved.add(chains[pair.norm].consumer)
         report["flipped"] += int((sign < 0).sum())
         report["confidence"][pair.norm] = float(matched.abs().mean())
+    inputs_moved |= _align_stream(model, reference, example_input, report)
     _align_consumer_channels(model, reference, key, example_input, report)
     report["lowest_confidence"] = min(report["confidence"].values(), default=0.0)
     norm_of = {pair.producer: pair.norm for pair in pairs}

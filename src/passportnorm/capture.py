@@ -89,6 +89,8 @@ def _note(record: Capture, path: str, tensors: list[Tensor], output: Any) -> Non
         record.inputs[path] = first.detach().clone()
         alike = [t for t in tensors[1:] if t.shape == first.shape and t.dtype == first.dtype]
         record.one_input[path] = all(torch.equal(t, first) for t in alike)
+    if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
+        output = output[0]  # a self-attention's (output, attention weights)
     if isinstance(output, Tensor):
         record.outputs[path] = output.detach().clone()
 

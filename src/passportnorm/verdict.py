@@ -173,7 +173,24 @@ class VerdictRule:
             verdict.reasons.append(
                 self._trigger_reason(evidence) + " (reported; not required for a white-box claim)"
             )
+        if self._no_bit_can_count(evidence):
+            verdict.reasons.append(
+                f"no signature bit counts: the alignment permuted back every layer carrying them "
+                f"({evidence.alignment_uncounted}), so this copy's proof is black-box only, no stronger than "
+                "verifying without the key: a trigger set labelled with a model's own answers shows up in it "
+                "too (docs/SECURITY.md); a dispute decides between claims"
+            )
         return verdict
+
+    @staticmethod
+    def _no_bit_can_count(evidence: Evidence) -> bool:
+        """Every keyed layer was rearranged by the alignment: no bit counts (a residual stream
+        permuted as a whole does this to every layer of a transformer)."""
+        return (
+            evidence.signature_bits == 0
+            and bool(evidence.alignment_used)
+            and bool(evidence.alignment_uncounted)
+        )
 
     def proof_shows(self, evidence: Evidence) -> tuple[bool, str]:
         """Whether a claimant's proof shows up in a model, and which evidence says so: admissible

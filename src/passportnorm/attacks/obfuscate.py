@@ -15,7 +15,8 @@ verification that reads bit i from channel i sees something else.
 
 At a norm read by consumers (pre-norm transformers) the flip and rescale act on the norm's gain
 and bias and on every reader's column instead (consumer_channels.py: the gain folded into the
-readers). The residual stream itself is not permuted (see consumer_channels.py).
+readers). With ``permute`` the residual stream of a pre-norm transformer is also permuted, one order
+in every block at once (residual_stream.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ..evaluation import accuracy
 from ..key import OwnerKey
 from ..norm import along
 from ..pairing import find_pairs
+from ..residual_stream import find_stream, permutation_keeps_function
 from ..verify import VerdictRule, verify
 from .registry import AttackContext, AttackResult, register_attack
 
@@ -107,7 +109,29 @@ def obfuscate(
                 tensor.copy_(tensor[perm])
             permute_consumer_inputs(consumer, chain, perm)
             changed["permuted"].append(chain.pair.norm)
+        _permute_residual_stream(model, example_input, gen, changed)
     return model, changed
+
+
+def _permute_residual_stream(
+    model: nn.Module, example_input: torch.Tensor, gen: torch.Generator, changed: dict[str, Any]
+) -> None:
+    """One random order of the residual stream's channels in every block at once
+    (residual_stream.py), kept only where the function stays the same."""
+    stream, why = find_stream(model, example_input)
+    if stream is None:
+        changed["skipped"]["residual stream"] = why
+        return
+    if not permutation_keeps_function(
+        model, example_input, stream, torch.randperm(stream.width, generator=gen)
+    ):
+        changed["skipped"]["residual stream"] = (
+            "permuting it changes the output: something outside the weights pins its order (a fixed "
+            "position table added to the tokens)"
+        )
+        return
+    changed["permuted"] += [n for n in stream.norms if n not in changed["permuted"]]
+    changed["stream_permuted"] = stream.width
 
 
 def _fold_and_flip_consumer_channels(
@@ -184,6 +208,10 @@ def obfuscation_attack(
                 "aligned_signature_detection": aligned.signature_detection,
                 "aligned_passport_aware_accuracy": aligned.passport_aware_accuracy,
                 "aligned_verified": aligned.verified,
+                "aligned_signature_bits": aligned.signature_bits,
+                "aligned_trigger_matches": aligned.trigger_matches,
+                "aligned_trigger_count": aligned.trigger_count,
+                "stream_permuted": changed.get("stream_permuted"),
                 "layers_permuted": len(changed["permuted"]),
                 "layers_skipped": changed["skipped"],
             }
@@ -191,7 +219,9 @@ def obfuscation_attack(
         models[name] = model
     return {
         "attack": "obfuscate",
-        "threat_model": THREAT_MODEL.format(what="permutation, sign flips and positive rescaling"),
+        "threat_model": THREAT_MODEL.format(
+            what="permutation (a transformer's residual stream as a whole), sign flips and positive rescaling"
+        ),
         "rows": rows,
         "model": models["all three"],
     }
