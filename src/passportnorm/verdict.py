@@ -177,8 +177,8 @@ class VerdictRule:
             verdict.reasons.append(
                 f"no signature bit counts: the alignment permuted back every layer carrying them "
                 f"({evidence.alignment_uncounted}), so this copy's proof is black-box only, no stronger than "
-                "verifying without the key: a trigger set labelled with a model's own answers shows up in it "
-                "too (docs/SECURITY.md); a dispute decides between claims"
+                "a black-box verification of its triggers: a trigger set labelled with a model's own "
+                "answers shows up in it too (docs/SECURITY.md); a dispute decides between claims"
             )
         return verdict
 
