@@ -78,7 +78,7 @@ def summarise(label: str, result: dict) -> list[str]:
         def aligned(r):
             if r.get("aligned_signature_bits") == 0 and r.get("aligned_trigger_count"):
                 return (f"stream permuted back, so no bit counts; triggers {r['aligned_trigger_matches']}/"
-                        f"{r['aligned_trigger_count']} decide")
+                        f"{r['aligned_trigger_count']} answered (black-box evidence only)")
             return (f"detection {_pct(r['aligned_signature_detection'])}, passport-aware "
                     f"{_pct(r['aligned_passport_aware_accuracy'])}")
 
