@@ -146,6 +146,15 @@ def _align_consumer_channels(
         report["confidence"][layer.norm] = float(matched.abs().mean())
 
 
+def _best_order(similarity: torch.Tensor) -> torch.Tensor:
+    """The Hungarian assignment on ``similarity`` (suspect channel, reference channel), as the
+    order in which reference channel ``j`` takes suspect channel ``order[j]``."""
+    rows, cols = linear_sum_assignment(-similarity.numpy())
+    order = torch.empty(similarity.shape[1], dtype=torch.long)
+    order[torch.as_tensor(cols)] = torch.as_tensor(rows)
+    return order
+
+
 def _align_stream(
     model: nn.Module, reference: nn.Module, example_input: Any, report: dict[str, Any]
 ) -> set[str]:
@@ -166,9 +175,7 @@ def _align_stream(
         (F.normalize(a, dim=1) @ F.normalize(b, dim=1).T).abs() for (_, a), (_, b) in zip(ours, theirs)
     ]
     similarity = torch.stack(cosines).mean(dim=0)  # (suspect channel, reference channel)
-    rows, cols = linear_sum_assignment(-similarity.numpy())
-    order = torch.empty(stream.width, dtype=torch.long)
-    order[torch.as_tensor(cols)] = torch.as_tensor(rows)  # reference channel j <- suspect channel order[j]
+    order = _best_order(similarity)
     report["confidence"]["residual stream"] = float(similarity[order, torch.arange(stream.width)].mean())
     if torch.equal(order, torch.arange(stream.width)):
         return set()
@@ -241,11 +248,7 @@ def align_to_reference(
             @ F.normalize(without_directions(theirs, directions), dim=1).T
         )  # (suspect channel, reference channel)
         if pair.norm in chains:
-            rows, cols = linear_sum_assignment(-cosine.abs().numpy())
-            order = torch.empty(pair.channels, dtype=torch.long)
-            order[torch.as_tensor(cols)] = torch.as_tensor(
-                rows
-            )  # reference channel j <- suspect channel order[j]
+            order = _best_order(cosine.abs())
         else:
             order = torch.arange(pair.channels)
         matched = cosine[order, torch.arange(pair.channels)]
