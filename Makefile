@@ -30,11 +30,13 @@ demo: $(STAMP)
 	  status=$$?; if [ $$status -ne 1 ]; then echo "expected 'not verified' (exit 1), got exit $$status"; exit 1; fi
 	@echo "demo succeeded: the protected release verified with its owner key (exit 0), and the same model trained without protection was NOT verified by that key (exit 1, as it should be)"
 
+# two pytest-xdist workers, one test file each at a time (module fixtures are built once): CI's 2 cores
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m slow
 
 # format and lint (ruff, line length 110) and types (mypy) of src/: what CI checks after the tests
 lint: $(STAMP)

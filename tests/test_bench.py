@@ -2,12 +2,18 @@
 
 import json
 
+import pytest
+
 from passportnorm.bench import BenchOptions, bench_table, run_bench
 from passportnorm.cli import main
 
 
-def test_bench_measures_every_figure_against_plain(tmp_path):
-    options = BenchOptions(dataset="digits", epochs=1, rounds=1, steps=1, processes=[1, 2], out=str(tmp_path))
+@pytest.mark.parametrize(
+    "processes", [pytest.param([], id="no scaling runs"), pytest.param([1, 2], marks=pytest.mark.slow, id="1 and 2")]
+)
+def test_bench_measures_every_figure_against_plain(tmp_path, processes):
+    """Every figure, from the JSON as written; the scaling runs (torchrun launches, 30 s) are slow."""
+    options = BenchOptions(dataset="digits", epochs=1, rounds=1, steps=1, processes=processes, out=str(tmp_path))
     result = run_bench(options)
     assert json.loads((tmp_path / "bench.json").read_text())["options"]["arch"] == "small_cnn"
     seconds = result["seconds"]
@@ -22,9 +28,13 @@ def test_bench_measures_every_figure_against_plain(tmp_path):
         or epochs["protected_seconds_to_plain_accuracy"] > 0
     )
     scaling = result["scaling_seconds_per_epoch"]
-    assert set(scaling) == {"train", "protect"} and all(set(times) == {1, 2} for times in scaling.values())
+    if processes:
+        assert set(scaling) == {"train", "protect"} and all(set(t) == {1, 2} for t in scaling.values())
+    else:
+        assert scaling == {}
     table = bench_table(json.loads((tmp_path / "bench.json").read_text()))  # also from the JSON as written
-    assert "| one epoch, protected, 2 processes |" in table and "peak training memory, joint" in table
+    assert "peak training memory, joint" in table
+    assert ("| one epoch, protected, 2 processes |" in table) == (processes == [1, 2])  # scaling: against 1
 
 
 def test_bench_refuses_bad_process_counts_in_one_line(tmp_path, capsys):

@@ -93,6 +93,7 @@ def test_a_batch_that_does_not_split_over_the_processes_is_one_line(tmp_path):
     assert not (tmp_path / "odd").exists()
 
 
+@pytest.mark.slow  # three torchrun launches, 35 s; a single process's exact resume is in test_train.py
 def test_two_processes_resume_exactly_after_an_interruption(runs, tmp_path):
     two_epochs = [*RUN, "--epochs", "2"]
     assert _torchrun([*two_epochs, "--out", str(tmp_path / "whole")]) == [0, 0]

