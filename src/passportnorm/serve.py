@@ -3,7 +3,9 @@
 Owners serve their release to try black-box verification end to end; the tests serve one as the
 suspect. The protocol: ``GET /v2/health/live|ready``, ``GET /v2``, ``GET /v2/models/{name}[/ready]``
 and ``POST /v2/models/{name}/infer`` with named tensors (input ``input``, FP32, ``[N, *shape]``;
-outputs ``logits`` FP32 ``[N, classes]`` and ``label`` INT64 ``[N]``). Image models also answer as
+outputs ``logits`` FP32 ``[N, classes]`` and ``label`` INT64 ``[N]``); a language model takes token
+ids (INT64 ``[N, context]``) and answers ``logits`` ``[N, context, vocabulary]`` and ``label`` INT64
+``[N, context]``, its next-token choice at every place. Image models also answer as
 TorchServe's image classifier does: ``POST /predictions/{name}`` with PNG or JPEG bytes, normalised
 with the recorded dataset's mean and std, answered ``{"class index": probability}`` for the top 5;
 ``GET /ping``. Malformed requests get a 4xx answer ``{"error": "..."}`` naming what is wrong.
@@ -32,6 +34,7 @@ DEFAULT_MODEL_NAME = "passportnorm"
 INPUT_NAME = "input"
 TOP_CLASSES = 5  # /predictions answers the most probable classes, as TorchServe's image classifier
 _DTYPES = {"FP32": torch.float32, "FP64": torch.float64, "FP16": torch.float16}
+_TOKEN_DTYPES = {"INT64": torch.int64, "INT32": torch.int32}
 
 
 def require_serving() -> None:
@@ -57,6 +60,7 @@ class ServedModel:
     max_batch: int = 256
     sha256_weights: str | None = None
     pixels: PixelScale | None = None  # how images become inputs; None: no /predictions (not images)
+    token_inputs: bool = False  # a language model: inputs are token ids in 0..num_classes-1
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -68,10 +72,16 @@ class ServedModel:
             "name": self.name,
             "versions": ["1"],
             "platform": "pytorch",
-            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *self.input_shape]}],
+            "inputs": [
+                {
+                    "name": INPUT_NAME,
+                    "datatype": "INT64" if self.token_inputs else "FP32",
+                    "shape": [-1, *self.input_shape],
+                }
+            ],
             "outputs": [
-                {"name": "logits", "datatype": "FP32", "shape": [-1, self.num_classes]},
-                {"name": "label", "datatype": "INT64", "shape": [-1]},
+                {"name": "logits", "datatype": "FP32", "shape": [-1, *self._places, self.num_classes]},
+                {"name": "label", "datatype": "INT64", "shape": [-1, *self._places]},
             ],
             "parameters": {"sha256_weights": self.sha256_weights, "max_batch_size": self.max_batch},
         }
@@ -79,9 +89,11 @@ class ServedModel:
     def tensor_of(self, entry: dict[str, Any]) -> torch.Tensor:
         """The request's input tensor; ValueError (a 400 answer) naming what does not fit."""
         shape, datatype, data = entry.get("shape"), entry.get("datatype"), entry.get("data")
-        if datatype not in _DTYPES:
+        dtypes = _TOKEN_DTYPES if self.token_inputs else _DTYPES
+        if datatype not in dtypes:
             raise ValueError(
-                f"input {INPUT_NAME!r} has datatype {datatype!r}; send one of {', '.join(_DTYPES)}"
+                f"input {INPUT_NAME!r} has datatype {datatype!r}; send one of {', '.join(dtypes)}"
+                + (" (token ids)" if self.token_inputs else "")
             )
         if (
             not isinstance(shape, list)
@@ -100,10 +112,23 @@ class ServedModel:
             raise ValueError(
                 f"input {INPUT_NAME!r} has {len(flat)} values, its shape {shape} needs {math.prod(shape)}"
             )
+        if self.token_inputs:
+            return self._tokens(flat, shape)
         try:
             return torch.tensor(flat, dtype=_DTYPES[datatype]).reshape(shape).float()
         except (TypeError, ValueError):
             raise ValueError(f"input {INPUT_NAME!r} holds values that are not numbers") from None
+
+    def _tokens(self, flat: list, shape: list[int]) -> torch.Tensor:
+        """Token ids as a long tensor; ValueError unless each is an integer of the vocabulary."""
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
+            raise ValueError(f"input {INPUT_NAME!r} holds values that are not integer token ids")
+        tokens = torch.tensor(flat, dtype=torch.int64).reshape(shape)
+        if len(flat) and not 0 <= int(tokens.min()) <= int(tokens.max()) < self.num_classes:
+            raise ValueError(
+                f"input {INPUT_NAME!r} holds token ids outside 0..{self.num_classes - 1} (the vocabulary)"
+            )
+        return tokens
 
     def image_input(self, data: bytes) -> torch.Tensor:
         """One encoded image as a batch of one model input; ValueError (a 400 answer) if it does not fit."""
@@ -117,10 +142,17 @@ class ServedModel:
     def _shape_text(self) -> str:
         return ", ".join(str(s) for s in self.input_shape)
 
+    @property
+    def _places(self) -> tuple[int, ...]:
+        """Where the model answers: once per input, or at every token of a language model's."""
+        return self.input_shape if self.token_inputs else ()
+
     @torch.no_grad()
     def infer(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits with the class axis last (a language model's ``[N, vocabulary, context]``, the
+        layout cross-entropy takes, is answered as ``[N, context, vocabulary]``)."""
         with self._lock:
-            return self.model(inputs.to(self._device)).float().cpu()
+            return self.model(inputs.to(self._device)).float().cpu().movedim(1, -1)
 
 
 def _flatten(data: Any) -> list:
@@ -214,8 +246,8 @@ def build_app(served: ServedModel) -> Any:
                 {
                     "name": "label",
                     "datatype": "INT64",
-                    "shape": [len(logits)],
-                    "data": logits.argmax(1).tolist(),
+                    "shape": list(logits.shape[:-1]),
+                    "data": logits.argmax(-1).flatten().tolist(),
                 }
             )
         answer: dict[str, Any] = {"model_name": served.name, "model_version": "1", "outputs": outputs}
@@ -257,16 +289,19 @@ def served_release(
     from .release import load_released
 
     model, meta = load_released(folder, trusted_arch=arch)
-    pixels = None
+    pixels, tokens = None, False
     if input_shape is None:
         missing = f"{folder}/model.json records no dataset; pass --input-shape C,H,W"
         splits = recorded_dataset(meta, None, data_dir, missing=missing)
         input_shape, pixels = tuple(splits.input_shape), PixelScale.of_dataset(splits)
+        tokens = splits.task == "text"
     model = model.to(device).eval()
     with torch.no_grad():
-        probe = model(torch.zeros(1, *input_shape, device=device))
+        dtype = torch.int64 if tokens else torch.float32
+        probe = model(torch.zeros(1, *input_shape, dtype=dtype, device=device))
+    sha = meta.get("sha256_weights")
     return ServedModel(
-        model, name, tuple(input_shape), int(probe.shape[-1]), max_batch, meta.get("sha256_weights"), pixels
+        model, name, tuple(input_shape), int(probe.shape[1]), max_batch, sha, pixels, token_inputs=tokens
     )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "TemplateProtocol",
     "TorchServeProtocol",
     "V2Protocol",
+    "answer_count",
     "load_protocol",
 ]
 
@@ -51,8 +52,22 @@ class Request:
         return self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
 
 
+def answer_count(inputs: Tensor) -> int:
+    """How many labels a batch is answered with: one per input, or, for token ids (a language
+    model's prompts), one next-token choice at every place."""
+    if inputs.is_floating_point():
+        return len(inputs)
+    return inputs.numel()
+
+
+def _values(inputs: Tensor) -> Tensor:
+    """What travels: token ids as integers, anything else as 32-bit floats."""
+    return inputs if not inputs.is_floating_point() else inputs.float()
+
+
 class Protocol(ABC):
-    """Encodes a batch ``(N, *shape)`` into one request and reads ``N`` labels from its JSON answer."""
+    """Encodes a batch ``(N, *shape)`` into one request and reads its labels (:func:`answer_count`
+    of them, in row-major order) from its JSON answer."""
 
     name: str
     inputs_per_request: int | None = None  # None: any batch; else the most one request carries
@@ -66,12 +81,15 @@ class Protocol(ABC):
 
     def encoding(self, inputs: Tensor) -> dict[str, Any]:
         """How the inputs travel, for the report: what the suspect saw of them."""
+        if not inputs.is_floating_point():
+            return {"format": "token ids as JSON integers (exact)"}
         return {"format": "32-bit floats in JSON (exact)"}
 
 
 @register_protocol("v2")
 class V2Protocol(Protocol):
-    """Open Inference Protocol: input ``input`` FP32; the ``label`` output, else argmax of the first."""
+    """Open Inference Protocol: input ``input`` FP32 (token ids: INT64); the ``label`` output, else
+    argmax of the first output's last axis."""
 
     name = "v2"
 
@@ -82,8 +100,8 @@ class V2Protocol(Protocol):
         tensor = {
             "name": self.input_name,
             "shape": list(inputs.shape),
-            "datatype": "FP32",
-            "data": inputs.float().flatten().tolist(),
+            "datatype": "FP32" if inputs.is_floating_point() else "INT64",
+            "data": _values(inputs).flatten().tolist(),
         }
         return Request("POST", f"/v2/models/{self.model}/infer", {"inputs": [tensor]})
 
@@ -157,6 +175,8 @@ def _is_number(value: Any) -> bool:
 
 
 def _integers(values: Any, count: int, what: str) -> list[int]:
+    while isinstance(values, list) and values and all(isinstance(v, list) for v in values):
+        values = [v for row in values for v in row]  # a language model's rows of per-place choices
     if not isinstance(values, list) or len(values) != count:
         raise ValueError(f"{what} should hold {count} labels, got {values!r:.80}")
     try:
@@ -176,8 +196,8 @@ class TemplateProtocol(Protocol):
     In ``body``, the string ``"{{inputs}}"`` becomes the batch as nested lists ``[N, *shape]``,
     ``"{{flat_inputs}}"`` the same values flat, ``"{{shape}}"`` the batch's shape. Either
     ``labels`` (a path to N class indices) or ``scores`` (a path to N rows of scores, argmax
-    taken) says where the answer is; a path is keys joined by dots, ``[i]`` an index, ``[*]``
-    every element of a list.
+    taken) says where the answer is (for token ids, a label or a row of scores at every place);
+    a path is keys joined by dots, ``[i]`` an index, ``[*]`` every element of a list.
     """
 
     name = "template"
@@ -214,8 +234,8 @@ class TemplateProtocol(Protocol):
 
     def request(self, inputs: Tensor) -> Request:
         values = {
-            "{{inputs}}": inputs.float().tolist(),
-            "{{flat_inputs}}": inputs.float().flatten().tolist(),
+            "{{inputs}}": _values(inputs).tolist(),
+            "{{flat_inputs}}": _values(inputs).flatten().tolist(),
             "{{shape}}": list(inputs.shape),
         }
         return Request(self.method, self.path, _fill(self.body, values))
@@ -228,11 +248,12 @@ class TemplateProtocol(Protocol):
             scores = torch.tensor(found, dtype=torch.float64)
         except (TypeError, ValueError):
             raise ValueError(f"'{self.answer_path}' is not a table of scores: {found!r:.80}") from None
-        if scores.dim() != 2 or len(scores) != count:
+        rows = scores.reshape(-1, scores.shape[-1]) if scores.dim() >= 2 else scores
+        if scores.dim() < 2 or len(rows) != count:
             raise ValueError(
                 f"'{self.answer_path}' should hold {count} rows of scores, got shape {tuple(scores.shape)}"
             )
-        return scores.argmax(1).tolist()
+        return rows.argmax(1).tolist()
 
 
 def _fill(template: Any, values: dict[str, Any]) -> Any:

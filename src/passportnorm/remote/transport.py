@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..errors import PassportNormError
 from .evidence_log import EvidenceLog, sha256_bytes
-from .protocols import Protocol, Request
+from .protocols import Protocol, Request, answer_count
 
 __all__ = ["Endpoint", "RemoteError", "TransportOptions"]
 
@@ -65,7 +65,7 @@ class Endpoint:
         request = self.protocol.request(inputs)
         body = request.content()
         for attempt in range(self.options.retries + 1):
-            outcome, wait = self._attempt(request, body, len(inputs))
+            outcome, wait = self._attempt(request, body, answer_count(inputs))
             self.log.attempt(batch, attempt, body, outcome)
             if outcome.get("labels") is not None:
                 return outcome["labels"]

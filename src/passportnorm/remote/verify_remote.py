@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..data.pixels import PixelScale
 from ..data.registry import recorded_dataset
-from ..data.triggers import TriggerSet, generate_triggers
+from ..data.triggers import UNSCORED, TriggerSet, generate_triggers
 from ..errors import ConfigError
 from ..fileio import write_json_atomic
 from ..key import OwnerKey
@@ -88,6 +88,8 @@ def _control(trigger: TriggerSet) -> tuple[Tensor, str, Tensor]:
 
 
 def _answers(endpoint: Endpoint, name: str, inputs: Tensor, batch_size: int, classes: int) -> Tensor:
+    """The endpoint's labels for ``inputs``, shaped as the trigger labels are: one per input, or one
+    per place of a prompt (token ids)."""
     labels: list[int] = []
     total = len(inputs)
     for start in range(0, total, batch_size):
@@ -105,7 +107,8 @@ def _answers(endpoint: Endpoint, name: str, inputs: Tensor, batch_size: int, cla
             file=sys.stderr,
             flush=True,
         )
-    return torch.tensor(labels)
+    places = () if inputs.is_floating_point() else tuple(inputs.shape[1:])
+    return torch.tensor(labels, dtype=torch.int64).reshape(total, *places)
 
 
 def _prepare_out(options: RemoteOptions) -> Path:
@@ -154,18 +157,18 @@ def verify_remote(options: RemoteOptions, rule: VerdictRule = VerdictRule()) -> 
         endpoint.close()
     held = trigger.controls is not None
     report = blackbox_report(trigger_answers, trigger, rule, control_answers if held else None)
-    matches = int((control_answers == control_labels).sum())
+    matches, scored = trigger.hits(control_answers, control_labels), int((control_labels != UNSCORED).sum())
     chance = 1.0 / trigger.num_classes
     result = {
         "verified": report.verified,
         "endpoint": header,
         "report": report.to_dict(),
         "control": {
-            "count": len(control),
+            "count": scored,
             "matches": matches,
-            "accuracy_on_owner_labels": matches / len(control),
-            "p_value": binomial_p_value(matches, len(control), chance),
-            "log10_p_value": binomial_log10_p_value(matches, len(control), chance),
+            "accuracy_on_owner_labels": matches / scored,
+            "p_value": binomial_p_value(matches, scored, chance),
+            "log10_p_value": binomial_log10_p_value(matches, scored, chance),
             "source": control_source,
         },
         "encoding": protocol.encoding(torch.cat([trigger.inputs, control])),
