@@ -24,12 +24,18 @@ A permutation, unlike a flip, leaves no trace of who made it: a claimant can per
 model's channels so that its responses spell the claimant's bits, and aligning the public model
 to that "release" then reads them (``attack spell``). So the layers whose producer's rows or
 input columns the alignment permuted are reported in ``rearranged`` and their bits are not
-counted (verify.py): the claim rests on the layers no permutation touched.
+counted (verify.py): the claim rests on the layers no permutation touched. (Charging the orders
+instead would change nothing there: a layer of n channels carries n bits and log2(n!) > n for
+n >= 4.) A pre-norm transformer's residual stream is one order of width D under every norm's
+bits at once: those layers are reported in ``stream_rearranged`` and counted, with the
+signature's p-value charged D! (``stream_search_log2``), the union bound over every order a
+claimant could have chosen (DESIGN.md 3b).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -162,7 +168,8 @@ def _align_stream(
     reference's by a Hungarian assignment on the mean absolute cosine of every slice the stream
     runs along (writer rows, embedding columns, reader columns: a fold or flip of a reader's
     column changes neither), and the suspect is permuted back where that keeps its function.
-    Answers the readers it rearranged: their bits cannot count (DESIGN.md 3a)."""
+    Answers the readers and writers it rearranged: their bits count only after a charge of
+    log2(width!) bits, the orders it chose among (``stream_search_log2``; DESIGN.md 3b)."""
     if example_input is None:
         return set()
     stream, _ = find_stream(reference, example_input.to(model_device(reference)))
@@ -184,7 +191,8 @@ def _align_stream(
         return set()
     report["permuted"] += 1
     report["stream_permuted"] = stream.width
-    return set(stream.readers)
+    report["stream_search_log2"] = math.lgamma(stream.width + 1) / math.log(2)
+    return set(stream.readers) | set(stream.writers)
 
 
 @torch.no_grad()
@@ -283,7 +291,7 @@ def align_to_reference(
             inputs_moved.add(chains[pair.norm].consumer)
         report["flipped"] += int((sign < 0).sum())
         report["confidence"][pair.norm] = float(matched.abs().mean())
-    inputs_moved |= _align_stream(model, reference, example_input, report)
+    stream_moved = _align_stream(model, reference, example_input, report)
     _align_consumer_channels(model, reference, key, example_input, report)
     report["lowest_confidence"] = min(report["confidence"].values(), default=0.0)
     norm_of = {pair.producer: pair.norm for pair in pairs}
@@ -294,5 +302,10 @@ def align_to_reference(
         rows_moved
         | {norm_of[path] for path in inputs_moved if path in norm_of}
         | {reader_of[path] for path in moved_levers if path in reader_of}
+    )
+    # one order moved every stream lever at once: their bits count together, charged once (verify.py)
+    lever_of = {k.producer: k.norm for k in key.layers if k.role in ("consumer", "writer")}
+    report["stream_rearranged"] = sorted(
+        {lever_of[path] for path in stream_moved if path in lever_of} - set(report["rearranged"])
     )
     return model, report

@@ -81,24 +81,26 @@ def bits_follow_from_passports(
     )
 
 
-def required_matches(bits: int, max_p_value: float) -> int:
+def required_matches(bits: int, max_p_value: float, search_log2: float = 0.0) -> int:
     """The fewest matching bits out of ``bits`` whose chance p-value is at most ``max_p_value``
-    (``bits + 1`` when no count is)."""
-    # P(X >= k) = sf(k - 1); the smallest k with sf(k - 1) <= threshold
+    (``bits + 1`` when no count is); ``search_log2``: the log2 of how many arrangements someone
+    could have chosen among before the bits were read, charged as a union bound (p x 2^search)."""
+    # P(X >= k) = sf(k - 1); the smallest k with sf(k - 1) * 2^search <= threshold
+    log_threshold = math.log(max_p_value) - search_log2 * math.log(2)
     low, high = 0, bits + 1
     while low < high:
         mid = (low + high) // 2
-        if binom.logsf(mid - 1, bits, 0.5) <= math.log(max_p_value) + 1e-9:
+        if binom.logsf(mid - 1, bits, 0.5) <= log_threshold + 1e-9:
             high = mid
         else:
             low = mid + 1
     return low
 
 
-def log10_forgery_chance(bits: int, max_p_value: float) -> float:
+def log10_forgery_chance(bits: int, max_p_value: float, search_log2: float = 0.0) -> float:
     """log10 of the chance that one forgery try (fresh passports, hence fresh random bits) reaches
     the required matches: the binomial tail at ``required_matches``; -inf when no count suffices."""
-    k = required_matches(bits, max_p_value)
+    k = required_matches(bits, max_p_value, search_log2)
     if k > bits:
         return float("-inf")
     return float(binom.logsf(k - 1, bits, 0.5) / math.log(10))

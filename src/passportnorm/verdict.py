@@ -79,6 +79,8 @@ class Evidence:
     )
     alignment_used: bool | None = None
     alignment_uncounted: int | None = None  # layers whose bits a permutation put back: not counted
+    # log2 of the residual-stream orders the alignment chose among (log2 width!): charged to the bits
+    signature_search_log2: float = 0.0
     # retrofit keys: the proof read in the model the retrofit started from (None where not measured)
     ancestor_required: bool = False
     ancestor_given: bool | None = None
@@ -184,8 +186,9 @@ class VerdictRule:
 
     @staticmethod
     def _no_bit_can_count(evidence: Evidence) -> bool:
-        """Every keyed layer was rearranged by the alignment: no bit counts (a residual stream
-        permuted as a whole does this to every layer of a transformer)."""
+        """Every keyed layer was rearranged by the alignment layer by layer: no bit counts (a chain
+        of convolutions permuted channel by channel leaves nothing; a residual stream permuted as a
+        whole is charged instead, ``signature_search_log2``)."""
         return (
             evidence.signature_bits == 0
             and bool(evidence.alignment_used)
@@ -318,11 +321,18 @@ class VerdictRule:
     def _signature(self, evidence: Evidence, verdict: Verdict) -> bool:
         bits, matches = evidence.signature_bits or 0, evidence.signature_matches or 0
         threshold = self.signature_threshold(evidence.signature_mode)
-        verdict.required_matches = required_matches(bits, threshold)
+        search = evidence.signature_search_log2
+        verdict.required_matches = required_matches(bits, threshold, search)
         ok = bits > 0 and matches >= verdict.required_matches
         p = format_p_value(binomial_p_value(matches, bits, 0.5), binomial_log10_p_value(matches, bits, 0.5))
+        charged = (
+            f", charged 2^{search:.0f} for the residual-stream orders the alignment chose among "
+            "(a claimant could have chosen among them too)"
+            if search
+            else ""
+        )
         verdict.reasons.append(
-            f"signature: {matches}/{bits} bits match (needed {verdict.required_matches}), p = {p} "
+            f"signature: {matches}/{bits} bits match (needed {verdict.required_matches}), p = {p}{charged} "
             f"({'meets' if ok else 'misses'} the threshold {threshold:.3g})"
         )
         return ok

@@ -66,6 +66,8 @@ class VerificationReport:
     bit_errors: int | None = None
     signature_p_value: float | None = None
     signature_log10_p_value: float | None = None
+    # log2 of the residual-stream orders an alignment chose among: the verdict charges it to the bits
+    signature_search_log2: float = 0.0
     decoded_text: str | None = None
     expected_text: str | None = None
     passport_free_accuracy: float | None = None
@@ -166,7 +168,13 @@ class VerificationReport:
                     f"{used}; {self.alignment['permuted']} layers permuted, "
                     f"{self.alignment['flipped']} channels sign-flipped; lowest per-layer "
                     f"match confidence {low:.3f} (needed {self.alignment['needed']:g})"
-                    + (f"; bits of {len(uncounted)} permuted layers not counted" if uncounted else ""),
+                    + (f"; bits of {len(uncounted)} permuted layers not counted" if uncounted else "")
+                    + (
+                        f"; residual stream of width {self.alignment['stream_permuted']} permuted back, its "
+                        f"bits charged 2^{self.signature_search_log2:.0f} (the orders it chose among)"
+                        if self.signature_search_log2
+                        else ""
+                    ),
                 )
             )
             narrowed = self.alignment.get("narrowed") or {}
@@ -397,9 +405,13 @@ def verify_attached(
     report = VerificationReport(
         verified=False, rule=rule.describe(mode), certificate=certificate_info, signature_mode=mode
     )
-    # bits a permutation put back are not counted: it could have put them there either way (align.py)
-    uncounted = set((alignment or {}).get("rearranged", [])) if (alignment or {}).get("used") else set()
+    # bits a permutation put back are not counted: it could have put them there either way (align.py);
+    # those one residual-stream order put back count, charged the log2(width!) orders it chose among
+    aligned = alignment if alignment and alignment.get("used") else {}
+    uncounted = set(aligned.get("rearranged", []))
     counted = [d for path, d in detection.layers.items() if path not in uncounted]
+    streamed = set(aligned.get("stream_rearranged", [])) & set(detection.layers)
+    report.signature_search_log2 = float(aligned.get("stream_search_log2", 0.0)) if streamed else 0.0
     matched, total = sum(d.matched for d in counted), sum(d.total for d in counted)
     report.signature_bits = total
     report.signature_matches = matched
@@ -407,7 +419,9 @@ def verify_attached(
     report.bit_errors = total - matched
     report.signature_p_value = binomial_p_value(matched, total, 0.5)
     report.signature_log10_p_value = binomial_log10_p_value(matched, total, 0.5)
-    report.forgery_log10_chance = log10_forgery_chance(total, rule.signature_threshold(mode))
+    report.forgery_log10_chance = log10_forgery_chance(
+        total, rule.signature_threshold(mode), report.signature_search_log2
+    )
     report.decoded_text = detection.message
     report.expected_text = expected_text
     report.per_layer = {path: d.rate for path, d in detection.layers.items()}
@@ -451,6 +465,7 @@ def evidence_of(report: VerificationReport) -> Evidence:
         alignment_uncounted=len(set(alignment.get("rearranged", [])) & set(report.per_layer))
         if alignment.get("used")
         else None,
+        signature_search_log2=report.signature_search_log2,
         ancestor_required=report.ancestor is not None,
         ancestor_given=(report.ancestor or {}).get("given"),
         ancestor_signature_shows=(report.ancestor or {}).get("signature_shows"),

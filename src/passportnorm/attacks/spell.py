@@ -9,7 +9,12 @@ response has the bit's sign sits at each position. They publish the rearranged c
 release, name no ancestor, and ask a verifier to read the public model through it
 (``verify --reference``). A flip leaves a negative gain behind, which the alignment refuses to
 undo (align.py); a permutation leaves no trace, so it is undone and the claimant's bits are read:
-what stops the claim is that channels feeding residual additions cannot move alone.
+what stops the claim is that channels feeding residual additions cannot move alone. ``stream``
+reorders a pre-norm transformer's residual stream as a whole (residual_stream.py), in the order
+under which the public model spells the claimant's key best: bit c of every stream norm reads the
+channel at place c, so reading the model under each cyclic shift of the stream scores every
+(place, channel) pair and a Hungarian assignment picks the order. What stops that claim is the
+log2(width!) charge on the bits an alignment of the stream puts back (verify.py).
 """
 
 from __future__ import annotations
@@ -19,23 +24,26 @@ import warnings
 from typing import Any
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from ..channels import flip_channels, norm_tensors, permutable_chains, permute_consumer_inputs
 from ..errors import ConfigError
-from ..key import OwnerKey, extract_key
+from ..key import OwnerKey, attach_key, extract_key
 from ..pairing import find_pairs
 from ..protect import protect, protected_layers, strip
+from ..residual_stream import find_stream, permutation_keeps_function
 from ..verify import VerdictRule, verify
 from .registry import AttackContext, AttackResult, Option, register_attack
 
 __all__ = ["spell_by_rearranging"]
 
-MODES = ("flip", "permute")
+MODES = ("flip", "permute", "stream")
 THREAT_MODEL = (
     "false claimant: a public model, no data. Action: protect a copy with their own key, then flip or "
-    "permute its channels (function unchanged) so the responses spell their bits; publish that as their "
-    "release, name no ancestor. Claim: the public model, read through their release (verify --reference)."
+    "permute its channels or its residual stream (function unchanged) so the responses spell their bits; "
+    "publish that as their release, name no ancestor. Claim: the public model, read through their "
+    "release (verify --reference)."
 )
 
 
@@ -48,6 +56,10 @@ def spell_by_rearranging(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         claimant = protect(copy.deepcopy(public).eval(), example, signature=signature, seed=seed)
+    if mode == "stream":
+        release, key = strip(claimant).eval(), extract_key(claimant)
+        _permute_stream_to_spell(release, key, example)
+        return release, key
     (_flip_to_spell if mode == "flip" else _permute_to_spell)(claimant, example)
     return strip(claimant).eval(), extract_key(claimant)
 
@@ -84,6 +96,28 @@ def _permute_to_spell(claimant: nn.Module, example: torch.Tensor) -> None:
         permute_consumer_inputs(modules[chains[path].consumer], chains[path], order)
 
 
+@torch.no_grad()
+def _permute_stream_to_spell(release: nn.Module, key: OwnerKey, example: torch.Tensor) -> None:
+    """Reorder ``release``'s residual stream (in place) so that it spells ``key`` best; nothing
+    where it has no stream."""
+    stream, _ = find_stream(release, example)
+    if stream is None:
+        return
+    width, places = stream.width, torch.arange(stream.width)
+    score = torch.zeros(width, width)  # (place, stream channel put there): matching bits over the norms
+    for shift in range(width):
+        order = (places + shift) % width
+        moved = copy.deepcopy(release)
+        if not permutation_keeps_function(moved, example, stream, order):
+            return
+        for path, branch in protected_layers(attach_key(moved, key)).items():
+            if path in stream.norms and len(branch.signature) == width:
+                score[places, order] += (branch.extracted_bits().cpu() == branch.signature.cpu()).float()
+    rows, cols = linear_sum_assignment(-score.numpy())
+    best = torch.as_tensor(cols)[torch.argsort(torch.as_tensor(rows))]
+    permutation_keeps_function(release, example, stream, best)
+
+
 def spell_rows(
     public: nn.Module, example: torch.Tensor, modes: list[str], data: Any, rule: VerdictRule
 ) -> tuple[list[dict[str, Any]], nn.Module, OwnerKey]:
@@ -102,6 +136,8 @@ def spell_rows(
                 "needed": through.required_matches,
                 "flips_undone": (through.alignment or {}).get("flipped"),
                 "layers_permuted_back": (through.alignment or {}).get("permuted"),
+                "stream_permuted_back": (through.alignment or {}).get("stream_permuted"),
+                "bits_charged_log2": round(through.signature_search_log2, 1),
                 "verified_through_release": through.verified,
                 "verified_as_is": alone.verified,
             }
