@@ -73,13 +73,22 @@ def summarise(label: str, result: dict) -> list[str]:
             return "; no layer can be permuted" if r["transform"] in ("permute", "all three") and not r.get("layers_permuted") else ""
 
         def stream(r):
+            if r.get("stream_rotated"):
+                return f"; residual stream ({r['stream_rotated']} channels) rotated, gains folded into readers"
+            if r["transform"] == "rotate":
+                return f"; nothing rotated: {r['layers_skipped'].get('rotation', '')}"
             return f"; residual stream ({r['stream_permuted']} channels) permuted" if r.get("stream_permuted") else ""
 
         def aligned(r):
             if r.get("aligned_signature_bits") == 0 and r.get("aligned_trigger_count"):
-                return (f"stream permuted back, so no bit counts; triggers {r['aligned_trigger_matches']}/"
-                        f"{r['aligned_trigger_count']} answered (black-box evidence only)")
-            return (f"detection {_pct(r['aligned_signature_detection'])}, passport-aware "
+                how = "stream rotated back" if r.get("aligned_stream_rotated_back") else "every keyed layer permuted back"
+                return (f"{how}, so no bit counts; triggers "
+                        f"{r['aligned_trigger_matches']}/{r['aligned_trigger_count']} answered (black-box evidence only)")
+            charged = ""
+            if r.get("aligned_bits_charged_log2"):
+                charged = (f"stream permuted back, {r['aligned_signature_matches']}/{r['aligned_signature_bits']} bits "
+                           f"charged 2^{r['aligned_bits_charged_log2']:.0f} (needed {r['aligned_bits_needed']}); ")
+            return (f"{charged}detection {_pct(r['aligned_signature_detection'])}, passport-aware "
                     f"{_pct(r['aligned_passport_aware_accuracy'])}")
 
         return [f"| obfuscate: {r['transform']} (max output change {r['max_output_difference']:.1e}{unpermuted(r)}{stream(r)}) | "

@@ -43,18 +43,23 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from .capture import call_model, frozen_eval
 from .channels import PER_CHANNEL_NORMS, chains_and_trace_error, permute_consumer_inputs
 from .consumer_channels import column_directions, columns, cosine, norm_readers, scale_keeps_function
 from .device import model_device
 from .errors import OwnerKeyError
 from .norm import Layer, along, producer_responses
 from .pairing import Pair, find_pairs
-from .residual_stream import find_stream, permutation_keeps_function, stream_channels
+from .residual_stream import Stream, find_stream, permutation_keeps_function, stream_channels
+from .stream_rotation import rotate_stream, rotation_to
 
 if TYPE_CHECKING:
     from .key import OwnerKey
 
 __all__ = ["align_to_reference", "pairs_to_align", "passport_directions", "without_directions"]
+
+# a stream order matched this poorly is tried as a rotation too (a permuted copy matches at 1.00)
+ROTATION_BELOW = 0.9
 
 
 def _rows(weight: torch.Tensor) -> torch.Tensor:
@@ -183,16 +188,42 @@ def _align_stream(
     ]
     similarity = torch.stack(cosines).mean(dim=0)  # (suspect channel, reference channel)
     order = _best_order(similarity)
-    report["confidence"]["residual stream"] = float(similarity[order, torch.arange(stream.width)].mean())
+    confidence = float(similarity[order, torch.arange(stream.width)].mean())
+    report["confidence"]["residual stream"] = confidence
     if torch.equal(order, torch.arange(stream.width)):
         return set()
     example = example_input.to(model_device(model))
+    if confidence < ROTATION_BELOW and _rotated_back(model, reference, stream, example, confidence, report):
+        return set()
     if not permutation_keeps_function(model, example, stream, order.to(model_device(model))):
         return set()
     report["permuted"] += 1
     report["stream_permuted"] = stream.width
     report["stream_search_log2"] = math.lgamma(stream.width + 1) / math.log(2)
     return set(stream.readers) | set(stream.writers)
+
+
+def _rotated_back(
+    model: nn.Module, reference: nn.Module, stream: Stream, example: Any, than: float, report: dict[str, Any]
+) -> bool:
+    """Undo a rotation of the stream (stream_rotation.py) where it fits the writers better than any
+    order does (``than``) and keeps the function. Its layers join ``rearranged``: a rotation is a
+    continuous choice, so no bit it put back can count (``report["rotated_levers"]``)."""
+    found = rotation_to(model, reference, stream)
+    if found is None or found[1] <= than:
+        return False
+    rotation, fit = found
+    with frozen_eval(model):
+        before = call_model(model, example)
+        rotate_stream(model, stream, rotation)
+        after = call_model(model, example)
+    if not torch.allclose(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().amax())):
+        rotate_stream(model, stream, rotation.T)
+        return False
+    report["confidence"]["residual stream"] = fit
+    report["stream_rotated"] = stream.width
+    report["rotated_levers"] = sorted(set(stream.readers) | set(stream.writers))
+    return True
 
 
 @torch.no_grad()
@@ -298,10 +329,12 @@ def align_to_reference(
     # a consumer's bits read its columns through every row: permuted rows or columns both move them
     reader_of = {k.producer: k.norm for k in key.layers if k.role == "consumer"}
     moved_levers = inputs_moved | {pair.producer for pair in pairs if pair.norm in rows_moved}
+    rotated = {k.norm for k in key.layers if k.producer in set(report.get("rotated_levers", []))}
     report["rearranged"] = sorted(
         rows_moved
         | {norm_of[path] for path in inputs_moved if path in norm_of}
         | {reader_of[path] for path in moved_levers if path in reader_of}
+        | rotated
     )
     # one order moved every stream lever at once: their bits count together, charged once (verify.py)
     lever_of = {k.producer: k.norm for k in key.layers if k.role in ("consumer", "writer")}

@@ -16,7 +16,8 @@ verification that reads bit i from channel i sees something else.
 At a norm read by consumers (pre-norm transformers) the flip and rescale act on the norm's gain
 and bias and on every reader's column instead (consumer_channels.py: the gain folded into the
 readers). With ``permute`` the residual stream of a pre-norm transformer is also permuted, one order
-in every block at once (residual_stream.py).
+in every block at once (residual_stream.py); with ``rotate`` its norms' gains are folded into their
+readers and the stream is rotated by a random orthogonal matrix (stream_rotation.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..capture import call_model, frozen_eval
 from ..channels import (
     PER_CHANNEL_NORMS,
     flip_channels,
@@ -43,6 +45,7 @@ from ..key import OwnerKey
 from ..norm import along
 from ..pairing import find_pairs
 from ..residual_stream import find_stream, permutation_keeps_function
+from ..stream_rotation import fold_stream_norms, random_rotation, rotatable, rotate_stream
 from ..verify import VerdictRule, verify
 from .registry import AttackContext, AttackResult, register_attack
 
@@ -61,8 +64,11 @@ def obfuscate(
     flip: float = 0.5,
     rescale: tuple[float, float] | None = (0.5, 2.0),
     seed: int = 0,
+    rotate: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """A function-preserving obfuscated copy of ``released`` and what was changed where."""
+    """A function-preserving obfuscated copy of ``released`` and what was changed where; ``rotate``
+    folds the stream norms' gains into their readers and rotates a pre-norm transformer's residual
+    stream by a random orthogonal matrix (stream_rotation.py)."""
     if not 0.0 <= flip <= 1.0:
         raise ConfigError(f"flip share {flip} must be in [0, 1]")
     if rescale is not None and not 0 < rescale[0] <= rescale[1]:
@@ -110,7 +116,37 @@ def obfuscate(
             permute_consumer_inputs(consumer, chain, perm)
             changed["permuted"].append(chain.pair.norm)
         _permute_residual_stream(model, example_input, gen, changed)
+    if rotate:
+        _rotate_residual_stream(model, example_input, gen, changed)
     return model, changed
+
+
+def _rotate_residual_stream(
+    model: nn.Module, example_input: torch.Tensor, gen: torch.Generator, changed: dict[str, Any]
+) -> None:
+    """Fold the stream norms' gains into their readers, then one random rotation of the stream,
+    kept only where the function stays the same."""
+    stream, why = find_stream(model, example_input)
+    keep_ones, why = rotatable(model, stream) if stream is not None else (None, why)
+    if stream is None or keep_ones is None:
+        changed["skipped"]["rotation"] = why
+        return
+    if not fold_stream_norms(model, stream, example_input):
+        changed["skipped"]["rotation"] = (
+            "folding the norms' gains into their readers changes the output (a reader shares its weight: "
+            "a head tied to the token embedding)"
+        )
+        return
+    rotation = random_rotation(stream.width, gen, keep_ones)
+    with frozen_eval(model):
+        before = call_model(model, example_input)
+        rotate_stream(model, stream, rotation)
+        after = call_model(model, example_input)
+    if not torch.allclose(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().amax())):
+        rotate_stream(model, stream, rotation.T)
+        changed["skipped"]["rotation"] = "rotating it changes the output: something pins its basis"
+        return
+    changed["stream_rotated"] = stream.width
 
 
 def _permute_residual_stream(
@@ -188,6 +224,7 @@ def obfuscation_attack(
         "flip half": dict(permute=False, flip=0.5, rescale=None),
         "rescale 0.5-2": dict(permute=False, flip=0.0, rescale=(0.5, 2.0)),
         "all three": dict(permute=True, flip=0.5, rescale=(0.5, 2.0)),
+        "rotate": dict(permute=False, flip=0.0, rescale=None, rotate=True),
     }
     rows = []
     models = {}
@@ -209,9 +246,14 @@ def obfuscation_attack(
                 "aligned_passport_aware_accuracy": aligned.passport_aware_accuracy,
                 "aligned_verified": aligned.verified,
                 "aligned_signature_bits": aligned.signature_bits,
+                "aligned_signature_matches": aligned.signature_matches,
+                "aligned_bits_needed": aligned.required_matches,
+                "aligned_bits_charged_log2": round(aligned.signature_search_log2, 1),
                 "aligned_trigger_matches": aligned.trigger_matches,
                 "aligned_trigger_count": aligned.trigger_count,
                 "stream_permuted": changed.get("stream_permuted"),
+                "stream_rotated": changed.get("stream_rotated"),
+                "aligned_stream_rotated_back": (aligned.alignment or {}).get("stream_rotated"),
                 "layers_permuted": len(changed["permuted"]),
                 "layers_skipped": changed["skipped"],
             }
@@ -220,7 +262,8 @@ def obfuscation_attack(
     return {
         "attack": "obfuscate",
         "threat_model": THREAT_MODEL.format(
-            what="permutation (a transformer's residual stream as a whole), sign flips and positive rescaling"
+            what="permutation (a transformer's residual stream as a whole), sign flips, positive rescaling, "
+            "and a rotation of a transformer's residual stream (its norms' gains folded into their readers)"
         ),
         "rows": rows,
         "model": models["all three"],
