@@ -43,7 +43,6 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from .capture import call_model, frozen_eval
 from .channels import PER_CHANNEL_NORMS, chains_and_trace_error, permute_consumer_inputs
 from .consumer_channels import column_directions, columns, cosine, norm_readers, scale_keeps_function
 from .device import model_device
@@ -51,7 +50,7 @@ from .errors import OwnerKeyError
 from .norm import Layer, along, producer_responses
 from .pairing import Pair, find_pairs
 from .residual_stream import Stream, find_stream, permutation_keeps_function, stream_channels
-from .stream_rotation import rotate_stream, rotation_to
+from .stream_rotation import rotation_keeps_function, rotation_to
 
 if TYPE_CHECKING:
     from .key import OwnerKey
@@ -213,12 +212,7 @@ def _rotated_back(
     if found is None or found[1] <= than:
         return False
     rotation, fit = found
-    with frozen_eval(model):
-        before = call_model(model, example)
-        rotate_stream(model, stream, rotation)
-        after = call_model(model, example)
-    if not torch.allclose(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().amax())):
-        rotate_stream(model, stream, rotation.T)
+    if not rotation_keeps_function(model, example, stream, rotation):
         return False
     report["confidence"]["residual stream"] = fit
     report["stream_rotated"] = stream.width

@@ -31,7 +31,14 @@ from .consumer_channels import norm_readers, scale_channels
 from .norm import is_hand_written_rmsnorm
 from .residual_stream import Stream, stream_channels, stream_tensors
 
-__all__ = ["fold_stream_norms", "random_rotation", "rotatable", "rotate_stream", "rotation_to"]
+__all__ = [
+    "fold_stream_norms",
+    "random_rotation",
+    "rotatable",
+    "rotate_stream",
+    "rotation_keeps_function",
+    "rotation_to",
+]
 
 
 def _fixes_ones(norm: nn.Module) -> bool | None:
@@ -72,13 +79,18 @@ def fold_stream_norms(model: nn.Module, stream: Stream, example_input: Any) -> b
         for norm, readers, gain in plan:
             scale_channels(norm, readers, gain)  # gain 1, bias b / w, columns * w
         after = call_model(model, example_input)
-    if isinstance(before, Tensor) and torch.allclose(
-        after, before, rtol=1e-4, atol=1e-4 * float(before.abs().amax())
-    ):
+    if _same_output(before, after):
         return True
     for norm, readers, gain in plan:
         scale_channels(norm, readers, 1.0 / gain)
     return False
+
+
+def _same_output(before: Any, after: Any) -> bool:
+    """The same output to 1e-4 of its scale (float rounding through a fold or a rotation)."""
+    if not isinstance(before, Tensor) or not isinstance(after, Tensor):
+        return False
+    return torch.allclose(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().amax()))
 
 
 def random_rotation(width: int, generator: torch.Generator, keep_ones: bool) -> Tensor:
@@ -119,6 +131,20 @@ def rotate_stream(model: nn.Module, stream: Stream, rotation: Tensor) -> None:
     for _, tensor, axis in _rotated_tensors(model, stream):
         moved = tensor.movedim(axis, -1)
         tensor.copy_((moved.double() @ rotation.to(tensor.device)).to(tensor.dtype).movedim(-1, axis))
+
+
+@torch.no_grad()
+def rotation_keeps_function(model: nn.Module, example_input: Any, stream: Stream, rotation: Tensor) -> bool:
+    """Rotate the stream by ``rotation``; keep it and answer True where the output on
+    ``example_input`` stays the same (to 1e-4 of its scale), else rotate it back and answer False."""
+    with frozen_eval(model):
+        before = call_model(model, example_input)
+        rotate_stream(model, stream, rotation)
+        after = call_model(model, example_input)
+    if _same_output(before, after):
+        return True
+    rotate_stream(model, stream, rotation.T)
+    return False
 
 
 def rotation_to(model: nn.Module, reference: nn.Module, stream: Stream) -> tuple[Tensor, float] | None:

@@ -177,7 +177,7 @@ class VerdictRule:
             )
         if self._no_bit_can_count(evidence):
             verdict.reasons.append(
-                f"no signature bit counts: the alignment permuted back every layer carrying them "
+                f"no signature bit counts: the alignment permuted or rotated back every layer carrying them "
                 f"({evidence.alignment_uncounted}), so this copy's proof is black-box only, no stronger than "
                 "a black-box verification of its triggers: a trigger set labelled with a model's own "
                 "answers shows up in it too (docs/SECURITY.md); a dispute decides between claims"

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..capture import call_model, frozen_eval
 from ..channels import (
     PER_CHANNEL_NORMS,
     flip_channels,
@@ -45,7 +44,7 @@ from ..key import OwnerKey
 from ..norm import along
 from ..pairing import find_pairs
 from ..residual_stream import find_stream, permutation_keeps_function
-from ..stream_rotation import fold_stream_norms, random_rotation, rotatable, rotate_stream
+from ..stream_rotation import fold_stream_norms, random_rotation, rotatable, rotation_keeps_function
 from ..verify import VerdictRule, verify
 from .registry import AttackContext, AttackResult, register_attack
 
@@ -137,13 +136,9 @@ def _rotate_residual_stream(
             "a head tied to the token embedding)"
         )
         return
-    rotation = random_rotation(stream.width, gen, keep_ones)
-    with frozen_eval(model):
-        before = call_model(model, example_input)
-        rotate_stream(model, stream, rotation)
-        after = call_model(model, example_input)
-    if not torch.allclose(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().amax())):
-        rotate_stream(model, stream, rotation.T)
+    if not rotation_keeps_function(
+        model, example_input, stream, random_rotation(stream.width, gen, keep_ones)
+    ):
         changed["skipped"]["rotation"] = "rotating it changes the output: something pins its basis"
         return
     changed["stream_rotated"] = stream.width
