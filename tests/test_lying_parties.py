@@ -396,7 +396,9 @@ def test_permuting_a_public_model_to_spell_a_signature_claims_nothing(ancestry, 
     assert main(["attack", "spell", "--model", str(ancestry / "P" / "released"), "--key",
                  str(ancestry / "O" / "owner-key"), "--out", str(out)]) == 0
     rows = json.loads((out / "result.json").read_text())["rows"]
-    assert [r["mode"] for r in rows] == ["flip", "permute"] and not any(r["verified_through_release"] for r in rows)
+    assert [r["mode"] for r in rows] == ["flip", "permute", "stream"]
+    assert not any(r["verified_through_release"] for r in rows)
+    assert rows[-1]["stream_permuted_back"] is None  # a CNN has no residual stream to reorder
 
 
 def test_an_obfuscated_resnet_copy_is_still_the_owners(ancestry, tmp_path, capsys):

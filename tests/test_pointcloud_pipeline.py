@@ -71,7 +71,10 @@ def test_attacks_run_on_point_clouds(protected_clouds, tmp_path, attack, extra):
         # PointNet's permuted layers (a conv chain: every one can move) count no bits after it (attack spell)
         unpermuted = [r for r in rows if r["layers_permuted"] == 0]
         assert unpermuted and all(r["aligned_signature_detection"] > 0.9 for r in unpermuted)
-        assert rows[-1]["signature_detection"] < 0.7 and not rows[-1]["aligned_verified"]
+        every = next(r for r in rows if r["transform"] == "all three")
+        assert every["signature_detection"] < 0.7 and not every["aligned_verified"]
+        rotate = next(r for r in rows if r["transform"] == "rotate")  # PointNet has no residual stream
+        assert rotate["stream_rotated"] is None and rotate["signature_detection"] == 1.0
     elif attack == "forge":  # the hash-bound forgery stays at chance agreement
         assert not rows[0]["forged_verified"] and rows[0]["best_agreement"] < 0.65
     else:
