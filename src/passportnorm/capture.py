@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["Capture", "call_model", "capture", "frozen_copy", "frozen_eval"]
+__all__ = ["Capture", "call_model", "capture", "frozen_copy", "frozen_eval", "same_output"]
 
 
 def call_model(model: nn.Module, example_input: Any) -> Any:
@@ -33,6 +33,14 @@ def call_model(model: nn.Module, example_input: Any) -> Any:
     if isinstance(example_input, (tuple, list)):
         return model(*example_input)
     return model(example_input)
+
+
+def same_output(before: Any, after: Any) -> bool:
+    """Two outputs the same to 1e-4 of their scale: what float rounding through a function-preserving
+    edit (a permutation, a fold, a rotation) leaves; False where either is not one tensor."""
+    if not isinstance(before, Tensor) or not isinstance(after, Tensor):
+        return False
+    return torch.allclose(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().amax()))
 
 
 @contextmanager

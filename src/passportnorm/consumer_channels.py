@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .call_links import how_read
-from .capture import call_model, capture, frozen_eval
+from .capture import call_model, capture, frozen_eval, same_output
 from .norm import Layer, consumer_kinds, consumer_responses, lever_weight
 
 __all__ = ["column_directions", "columns", "cosine", "norm_readers", "scale_channels", "scale_keeps_function"]
@@ -69,9 +69,8 @@ def scale_keeps_function(
         before = call_model(model, example_input)
         scale_channels(norm, readers, factor)
         after = call_model(model, example_input)
-        if isinstance(before, Tensor):
-            if torch.allclose(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().amax())):
-                return True
+        if same_output(before, after):
+            return True
         for tensor, old in zip(tensors, saved):  # put back bit for bit
             if tensor is not None and old is not None:
                 tensor.copy_(old)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .capture import Capture, call_model, capture, frozen_eval
+from .capture import Capture, call_model, capture, frozen_eval, same_output
 from .consumer_channels import norm_readers
 from .norm import SUPPORTED_NORMS, consumer_kinds, lever_weight
 from .pairing import find_pairs
@@ -214,8 +214,7 @@ def permutation_keeps_function(model: nn.Module, example_input: Any, stream: Str
         before = call_model(model, example_input)
         _permute(model, stream, order)
         after = call_model(model, example_input)
-        if isinstance(before, Tensor) and isinstance(after, Tensor):
-            if torch.allclose(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().amax())):
-                return True
+        if same_output(before, after):
+            return True
         _permute(model, stream, torch.argsort(order))
     return False

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .capture import call_model, frozen_eval
+from .capture import call_model, frozen_eval, same_output
 from .consumer_channels import norm_readers, scale_channels
-from .norm import is_hand_written_rmsnorm
+from .norm import is_hand_written_rmsnorm, lever_weight
 from .residual_stream import Stream, stream_channels, stream_tensors
 
 __all__ = [
@@ -74,23 +74,24 @@ def fold_stream_norms(model: nn.Module, stream: Stream, example_input: Any) -> b
             return False
         if getattr(norm, "weight", None) is not None:
             plan.append((norm, readers, norm.weight.detach().clone()))
+    tensors = [t for norm, readers, _ in plan for t in _fold_touches(norm, readers)]
+    saved = [t.detach().clone() for t in tensors]
     with frozen_eval(model):
         before = call_model(model, example_input)
         for norm, readers, gain in plan:
             scale_channels(norm, readers, gain)  # gain 1, bias b / w, columns * w
         after = call_model(model, example_input)
-    if _same_output(before, after):
+    if same_output(before, after):
         return True
-    for norm, readers, gain in plan:
-        scale_channels(norm, readers, 1.0 / gain)
+    for tensor, old in zip(tensors, saved):  # put back bit for bit
+        tensor.copy_(old)
     return False
 
 
-def _same_output(before: Any, after: Any) -> bool:
-    """The same output to 1e-4 of its scale (float rounding through a fold or a rotation)."""
-    if not isinstance(before, Tensor) or not isinstance(after, Tensor):
-        return False
-    return torch.allclose(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().amax()))
+def _fold_touches(norm: nn.Module, readers: list[nn.Module]) -> list[Tensor]:
+    """What :func:`scale_channels` writes: the norm's gain and bias, the readers' weights."""
+    own = [t for t in (norm.weight, getattr(norm, "bias", None)) if isinstance(t, Tensor)]
+    return own + [lever_weight(r) for r in readers]
 
 
 def random_rotation(width: int, generator: torch.Generator, keep_ones: bool) -> Tensor:
@@ -141,7 +142,7 @@ def rotation_keeps_function(model: nn.Module, example_input: Any, stream: Stream
         before = call_model(model, example_input)
         rotate_stream(model, stream, rotation)
         after = call_model(model, example_input)
-    if _same_output(before, after):
+    if same_output(before, after):
         return True
     rotate_stream(model, stream, rotation.T)
     return False
