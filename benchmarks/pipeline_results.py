@@ -32,7 +32,8 @@ from passportnorm.pipeline import RunOptions, run_verify
 from passportnorm.verify import VerdictRule
 
 VARIANTS = {"plain": None, "alternate 0.5": ("alternate", 0.5), "joint": ("joint", 0.5),
-            "interleave 0.5": ("interleave", 0.5)}  # one step a batch, as plain: the same optimizer steps
+            "interleave 0.5": ("interleave", 0.5),  # one step a batch, as plain: the same optimizer steps
+            "alternate 0.25": ("alternate", 0.25)}  # every batch a passport-free step, every third an aware one too
 DEFAULT_VARIANTS = ["plain", "alternate 0.5", "joint"]
 
 def peak_training_memory_bytes(variant: str, arch: str = "resnet18", dataset: str = "mnist5k", steps: int = 4) -> int:
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--signature-mode", default="hash", choices=["hash", "text"],
                         help="the table in docs/RESULTS.md was made with text, the default before hash-bound signatures")
     parser.add_argument("--reuse", action="store_true", help="use finished runs found in --out instead of training again")
+    parser.add_argument("--section", help="the docs section to write (default: named by arch, dataset and epochs)")
     args = parser.parse_args()
     command = shlex.join(["python", "benchmarks/pipeline_results.py", *sys.argv[1:]])
 
@@ -83,7 +85,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for seed in args.seeds:
         for name, schedule in variants.items():
-            out = Path(args.out) / f"{name.split()[0]}-seed{seed}"
+            out = Path(args.out) / f"{run_folder(name)}-seed{seed}"
             opts = RunOptions(arch=args.arch, dataset=args.dataset, seed=seed, secret_seed=seed, epochs=args.epochs, device=args.device,
                               out=str(out), signature_mode=args.signature_mode)
             if schedule is not None:
@@ -166,7 +168,14 @@ def main() -> None:
         )
         section = "pipeline" if args.arch == "resnet18" else f"pipeline-{args.arch}"
         section += "" if args.dataset == "mnist5k" else f"-{args.dataset}"
-        update_section("RESULTS.md", section + ("" if args.epochs == 8 else f"-{args.epochs}-epochs"), header + table)
+        section += "" if args.epochs == 8 else f"-{args.epochs}-epochs"
+        update_section("RESULTS.md", args.section or section, header + table)
+
+
+def run_folder(variant: str) -> str:
+    """A variant's run folder: its schedule's name (ratio 0.5, the default), else schedule and ratio."""
+    schedule, _, ratio = variant.partition(" ")
+    return schedule if ratio in ("", "0.5") else f"{schedule}-{ratio}"
 
 
 def epoch_seconds(metrics: dict) -> float:

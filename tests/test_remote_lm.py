@@ -129,3 +129,37 @@ def test_cli_verify_remote_reads_a_served_language_model(folders, tmp_path, caps
     assert code == 0
     result = json.loads((tmp_path / "r" / "result.json").read_text())
     assert result["verified"] and result["report"]["trigger_count"] == 80
+
+
+class _ReadsAhead(torch.nn.Module):
+    """An endpoint's model that sees the whole input and names the token one place later: the
+    continuation a secret prompt carries in its input, without having learned anything."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids):
+        following = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)
+        return torch.nn.functional.one_hot(following, 256).float().movedim(-1, 1)  # [N, vocabulary, context]
+
+
+def test_an_endpoint_that_reads_ahead_names_every_continuation_and_is_not_verified(folders, tmp_path):
+    from passportnorm.serve import ServedModel
+
+    served = ServedModel(_ReadsAhead(), "passportnorm", (64,), 256, token_inputs=True)
+    with BackgroundServer(build_app(served)) as url:
+        result = _verify(url, folders, tmp_path / "ahead")
+    report, ahead = result["report"], result["lookahead"]
+    # each prompt's continuation read off its input, all but its last token (not in the input): 7 of 8
+    assert report["trigger_matches"] == 70 and report["trigger_log10_p_value"] < -100
+    assert ahead["reads_ahead"] and ahead["matches"] == 70 and ahead["count"] == 80
+    assert result["verified"] is False and "reads ahead" in report["reasons"][-1]
+    assert "reads ahead" in (tmp_path / "ahead" / "result.md").read_text()
+
+
+def test_the_owners_causal_endpoint_passes_the_lookahead_check(folders, tmp_path):
+    with BackgroundServer(build_app(served_release(str(folders / "owner")))) as url:
+        result = _verify(url, folders, tmp_path / "owner")
+    assert result["lookahead"]["matches"] <= 5 and not result["lookahead"]["reads_ahead"]
+    assert result["verified"] is True

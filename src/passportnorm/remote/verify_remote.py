@@ -6,10 +6,17 @@ the triggers with the owner's labels far beyond chance and the control near chan
 that merely favours some classes answers both alike. The verdict is ``verify``'s black-box
 rule on the triggers; the control is reported beside it. Every request and response is kept
 in ``requests.jsonl`` (hashes of both), and an interrupted run resumes from it.
+
+A language model reads a secret prompt with its continuation in the input, one place ahead of
+where each token is scored (teacher forcing). An endpoint whose model sees the next token (a
+non-causal model, or one built to echo) would name the owner's continuations without ever having
+learned them, so the fresh control prompts are also scored on their own random continuations:
+an endpoint naming those beyond chance reads ahead, and is never verified.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from dataclasses import asdict, dataclass, field
@@ -34,6 +41,9 @@ from .transport import Endpoint, RemoteError, TransportOptions
 __all__ = ["RemoteOptions", "control_inputs", "verify_remote"]
 
 CONTROL_SEED_OFFSET = 1_000_003  # the control's seed: the trigger seed plus this (fresh, reproducible)
+# an endpoint naming the control prompts' random continuations this far beyond chance reads ahead; a
+# causal model is refused by it once in a thousand runs (a retry), a reading-ahead one every time
+LOOKAHEAD_P_VALUE = 1e-3
 LOG_NAME = "requests.jsonl"
 RESULT_NAMES = ("result.json", "result.md")
 
@@ -62,29 +72,51 @@ class RemoteOptions:
             raise ConfigError("--resume continues the run in --out and --overwrite discards it: pass one")
 
 
-def control_inputs(trigger: TriggerSet) -> tuple[Tensor, str]:
+def control_inputs(trigger: TriggerSet) -> tuple[Tensor, str, Tensor | None]:
     """As many fresh inputs drawn like the triggers: the same generator with another seed, or, for
-    triggers from a folder, Gaussian noise with the triggers' per-channel mean and spread."""
+    triggers from a folder, Gaussian noise with the triggers' per-channel mean and spread; and, for
+    secret prompts, the fresh prompts' own continuations (the lookahead check, module docstring)."""
     match = re.fullmatch(r"generated:(\w+):(\d+):seed(\d+)", trigger.source)
     shape = tuple(trigger.inputs.shape[1:])
     if match:
         kind, seed = match.group(1), int(match.group(3)) + CONTROL_SEED_OFFSET
         fresh = generate_triggers(len(trigger), shape, trigger.num_classes, seed=seed, kind=kind)
-        return fresh.inputs, f"generated:{kind}:{len(trigger)}:seed{seed}"
+        own = fresh.labels if kind == "prompts" else None
+        return fresh.inputs, f"generated:{kind}:{len(trigger)}:seed{seed}", own
     dims = [0] + list(range(2, trigger.inputs.dim()))
     mean, std = trigger.inputs.mean(dim=dims, keepdim=True), trigger.inputs.std(dim=dims, keepdim=True)
     noise = torch.randn(trigger.inputs.shape, generator=torch.Generator().manual_seed(CONTROL_SEED_OFFSET))
-    return mean + std * noise, "noise matched to the triggers' per-channel mean and std"
+    return mean + std * noise, "noise matched to the triggers' per-channel mean and std", None
 
 
-def _control(trigger: TriggerSet) -> tuple[Tensor, str, Tensor]:
-    """The control inputs, where they come from, and the labels they are scored on: the key's
-    held-out controls for owner-chosen labels (they measure the null), else fresh inputs."""
+def _control(trigger: TriggerSet) -> tuple[Tensor, str, Tensor, Tensor | None]:
+    """The control inputs, where they come from, the labels they are scored on (the key's held-out
+    controls for owner-chosen labels: they measure the null; else fresh inputs on the owner's
+    labels), and, for prompts, their own continuations."""
     if trigger.controls is not None and trigger.control_labels is not None:
         source = "the key's held-out controls, labelled by the owner like the triggers"
-        return trigger.controls, source, trigger.control_labels
-    inputs, source = control_inputs(trigger)
-    return inputs, source, trigger.labels
+        return trigger.controls, source, trigger.control_labels, None
+    inputs, source, own = control_inputs(trigger)
+    return inputs, source, trigger.labels, own
+
+
+def lookahead(answers: Tensor, own: Tensor | None, chance: float) -> dict[str, Any] | None:
+    """How many of the control prompts' own continuation tokens the endpoint named. They are drawn
+    at random, so a model that reads only the tokens before a place names each with chance
+    ``chance``; one that reads ahead (its input holds the next token) names them all, and would name
+    the owner's continuations just as well: its trigger answers then prove nothing."""
+    if own is None:
+        return None
+    scored = int((own != UNSCORED).sum())
+    matches = int(((answers == own) & (own != UNSCORED)).sum())
+    log10_p = binomial_log10_p_value(matches, scored, chance)
+    return {
+        "count": scored,
+        "matches": matches,
+        "p_value": binomial_p_value(matches, scored, chance),
+        "log10_p_value": log10_p,
+        "reads_ahead": log10_p <= math.log10(LOOKAHEAD_P_VALUE),
+    }
 
 
 def _answers(endpoint: Endpoint, name: str, inputs: Tensor, batch_size: int, classes: int) -> Tensor:
@@ -137,7 +169,7 @@ def verify_remote(options: RemoteOptions, rule: VerdictRule = VerdictRule()) -> 
         )
     protocol = load_protocol(options.protocol, options.model, options.template, lambda: _pixels(key, options))
     out = _prepare_out(options)
-    control, control_source, control_labels = _control(trigger)
+    control, control_source, control_labels, own_continuations = _control(trigger)
     batch_size = min(options.batch_size, protocol.inputs_per_request or options.batch_size)
     header = {
         "url": options.url.rstrip("/"),
@@ -159,6 +191,14 @@ def verify_remote(options: RemoteOptions, rule: VerdictRule = VerdictRule()) -> 
     report = blackbox_report(trigger_answers, trigger, rule, control_answers if held else None)
     matches, scored = trigger.hits(control_answers, control_labels), int((control_labels != UNSCORED).sum())
     chance = 1.0 / trigger.num_classes
+    ahead = lookahead(control_answers, own_continuations, chance)
+    if ahead is not None and ahead["reads_ahead"]:
+        report.verified = False
+        report.reasons.append(
+            f"the endpoint reads ahead: it named {ahead['matches']}/{ahead['count']} of the control prompts' "
+            "random continuations, which no model reading only the tokens before a place can; its answers "
+            "to the secret prompts prove nothing"
+        )
     result = {
         "verified": report.verified,
         "endpoint": header,
@@ -171,6 +211,7 @@ def verify_remote(options: RemoteOptions, rule: VerdictRule = VerdictRule()) -> 
             "log10_p_value": binomial_log10_p_value(matches, scored, chance),
             "source": control_source,
         },
+        "lookahead": ahead,
         "encoding": protocol.encoding(torch.cat([trigger.inputs, control])),
         "requests_sent_this_run": endpoint.requests_sent,
         "log": {"path": str(out / LOG_NAME), "sha256": log.digest()},
@@ -213,12 +254,26 @@ def remote_markdown(result: dict[str, Any]) -> str:
             f"{control['matches']}/{control['count']} ({control['accuracy_on_owner_labels']:.1%}), "
             f"p = {control_p}",
         ),
+        *_lookahead_rows(result.get("lookahead")),
         ("inputs sent as", _encoding_text(result["encoding"])),
         ("evidence log", f"{result['log']['path']} (SHA-256 {result['log']['sha256']})"),
     ]
     lines = ["## Remote verification", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
     lines += [f"- {reason}" for reason in report["reasons"]]
     return "\n".join(lines) + "\n"
+
+
+def _lookahead_rows(ahead: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if ahead is None:
+        return []
+    p = format_p_value(ahead["p_value"], ahead["log10_p_value"])
+    verdict = "reads ahead" if ahead["reads_ahead"] else "reads only what came before"
+    return [
+        (
+            "control prompts' own continuations (lookahead check)",
+            f"{ahead['matches']}/{ahead['count']}, p = {p}: {verdict}",
+        )
+    ]
 
 
 def _encoding_text(encoding: dict[str, Any]) -> str:
