@@ -44,6 +44,7 @@ def test_each_attack_writes_its_evidence(owner, tmp_path, capsys, name, extra, p
                  "--out", str(out), "--epochs", "1", *extra]) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["threat_model"] and result["rows"]
+    _assert_cost_and_removal_rule(name, result)
     assert (out / "result.md").read_text().startswith("# Attack:")
     for plot in result["plots"]:
         assert (out / plot).stat().st_size > 1000
@@ -54,6 +55,34 @@ def test_each_attack_writes_its_evidence(owner, tmp_path, capsys, name, extra, p
         assert main(["verify", "--model", str(owner / "released"), "--key", str(out / "forged-key")]) in (0, 1)
     else:
         assert not (out / "model").exists() and not (out / "forged-key").exists()
+
+
+# the distinct training samples each attack reads: all of the attacker's share, none, or part of it
+READS = {"finetune": "share", "transfer": "task", "prune": 0, "obfuscate": 0, "ambiguity1": "share",
+         "ambiguity2": "share", "erb": "share", "forge": 0, "reprotect": "share", "quantize": 256, "distill": "share",
+         "fine-prune": "share", "dummy-neurons": 0, "combined": "share"}
+FORGERIES = ("ambiguity1", "ambiguity2", "erb", "forge")
+
+
+def _assert_cost_and_removal_rule(name, result):
+    """The runner's measured cost (cost.py) and the field's removal rule on every row (removal.py)."""
+    from passportnorm.attacks.runner import attacker_split
+    from passportnorm.data import load_dataset
+
+    cost, train = result["cost"], load_dataset("digits").train
+    share = len(attacker_split(train, 0.1 if name in ("ambiguity1", "ambiguity2", "erb") else 0.5, 0))
+    expected = {"share": share, "task": len(train) // 2}.get(READS[name], READS[name])
+    assert cost["attacker_samples"] == expected or (READS[name] == "task" and cost["attacker_samples"] > 0), cost
+    assert cost["attacker_seconds"] > 0 and cost["evaluation_seconds"] > 0
+    if name == "transfer":  # another task: no accuracy to compare with the original's
+        assert "original_accuracy" not in result and all(r["removed"] is None for r in result["rows"] if "removed" in r)
+        return
+    assert 0.5 < result["original_accuracy"] <= 1.0
+    removed = [row["removed"] for row in result["rows"]]
+    assert all(r is None for r in removed) if name in FORGERIES else all(r in (True, False) for r in removed)
+    for row in result["rows"]:
+        if row["removed"]:  # the rule: proof gone, accuracy kept within 5 points
+            assert result["original_accuracy"] - row["attacker_accuracy"] <= 0.05
 
 
 def test_reprotection_claim_loses_the_dispute_in_folders_with_apostrophes_and_spaces(owner, tmp_path, capsys):

@@ -15,12 +15,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data.triggers import UNSCORED
+from .stopwatch import measurement
 
 
 def _batches(data: Dataset | DataLoader) -> DataLoader:
     return data if isinstance(data, DataLoader) else DataLoader(data, batch_size=256)
 
 
+@measurement
 @torch.no_grad()
 def accuracy(model: nn.Module, data: Dataset | DataLoader, device: torch.device | str = "cpu") -> float:
     """The share of scored labels the model's top class matches (a language model: next tokens)."""
@@ -34,6 +36,7 @@ def accuracy(model: nn.Module, data: Dataset | DataLoader, device: torch.device 
     return correct / max(total, 1)
 
 
+@measurement
 @torch.no_grad()
 def perplexity(model: nn.Module, data: Dataset | DataLoader, device: torch.device | str = "cpu") -> float:
     """``exp`` of the mean cross-entropy per scored label (a language model's per-token perplexity)."""

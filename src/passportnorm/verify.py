@@ -30,6 +30,7 @@ from .evaluation import accuracy
 from .key import OwnerKey, attach_key
 from .narrow import narrow_to_reference
 from .protect import passport_mode, passports_of, protected_layers, statistics_layers
+from .stopwatch import measurement
 from .verdict import (
     Evidence,
     VerdictRule,
@@ -263,6 +264,7 @@ def _example_of(data: Any, trigger: TriggerSet | None) -> Tensor | None:
     return None
 
 
+@measurement
 def verify(
     model: nn.Module,
     key: OwnerKey,
@@ -529,6 +531,7 @@ def fill_trigger_answers(
     report.trigger_log10_p_value = binomial_log10_p_value(matches, scored, report.trigger_chance)
 
 
+@measurement
 def verify_blackbox(
     predict: Callable[[Tensor], Tensor] | nn.Module,
     trigger: TriggerSet,

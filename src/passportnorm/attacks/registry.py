@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..key import OwnerKey
 from ..registry import Registry
 from ..verify import VerdictRule
+from .cost import AttackCost
 
 __all__ = [
     "ATTACKER_LR",
@@ -180,6 +181,9 @@ class AttackResult:
     thief_claim: tuple[OwnerKey, Any] | None = None  # the thief's key and certificate
     plots: list[Plot] = field(default_factory=list)
     table_rows: list[dict[str, Any]] | None = None  # what result.md shows, where it leaves columns out
+    removal_applies: bool = True  # False where the attacked model serves another task (removal.py)
+    original_accuracy: float | None = None  # the release's test accuracy, the removal rule's baseline
+    cost: AttackCost | None = None  # measured by the runner (cost.py)
 
     @classmethod
     def of(
@@ -197,6 +201,10 @@ class AttackResult:
         record = {"attack": self.attack, "threat_model": self.threat_model, **self.numbers, "rows": self.rows}
         if self.model_is:
             record["model_is"] = self.model_is
+        if self.original_accuracy is not None:
+            record["original_accuracy"] = self.original_accuracy
+        if self.cost is not None:
+            record["cost"] = self.cost.to_dict()
         return record
 
 

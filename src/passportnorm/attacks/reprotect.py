@@ -173,4 +173,7 @@ def run_reprotect(context: AttackContext) -> AttackResult:
     )
     model = report.pop("model")
     claim = (report.pop("thief_key"), report.pop("thief_certificate"))
+    report["attacker_samples"] = len(
+        context.attacker
+    )  # the thief trains on the whole share (not read through it)
     return AttackResult.of(report, model=model, thief_claim=claim)

@@ -17,10 +17,13 @@ from torch.utils.data import Subset
 
 from ..data.registry import recorded_dataset
 from ..errors import ConfigError
+from ..evaluation import accuracy
 from ..fileio import write_json_atomic, write_text_atomic
 from ..key import OwnerKey
 from ..release import load_model_like, load_released, save_released
+from .cost import AttackCost, ReadCounter, timed
 from .registry import ATTACKS, Attack, AttackContext, AttackResult, Plot
+from .removal import judge_removals
 
 __all__ = ["ATTACKS", "attacker_split", "record", "run_attack"]
 
@@ -76,7 +79,7 @@ def _context(
         fallback=meta,
         missing="no dataset recorded in the key or the model; pass --dataset",
     )
-    attacker = attacker_split(data.train, settings["share"], settings["seed"])
+    attacker = ReadCounter(attacker_split(data.train, settings["share"], settings["seed"]))
     out.mkdir(parents=True, exist_ok=True)
     return AttackContext(attack.name, released, meta, key, key_dir, model_dir, data, attacker, out, settings)
 
@@ -89,7 +92,13 @@ def run_attack(
     attack = ATTACKS[name]
     settings = attack.settings({k: v for k, v in options.items() if v is not None})
     context = _context(attack, settings, Path(model_dir), Path(key_dir), Path(out))
-    result = attack.run(context)
+    result, seconds, measuring = timed(lambda: attack.run(context))
+    read = len(context.attacker.read) if isinstance(context.attacker, ReadCounter) else 0
+    samples = int(result.numbers.pop("attacker_samples", read))
+    result.cost = AttackCost(seconds - measuring, measuring, samples)
+    if result.removal_applies:
+        result.original_accuracy = accuracy(context.released, context.data.test)
+        judge_removals(result.original_accuracy, result.rows)
     _write(result, context, options)
     return result
 

@@ -142,4 +142,5 @@ def run_transfer(context: AttackContext) -> AttackResult:
         rule=context.rule,
         checkpoint=context.out / "checkpoint.pt",
     )
-    return AttackResult.of(report, model=report.pop("model"), num_classes=count)
+    report["attacker_samples"] = len(train)  # every epoch reads the whole new task
+    return AttackResult.of(report, model=report.pop("model"), num_classes=count, removal_applies=False)
