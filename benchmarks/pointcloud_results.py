@@ -26,9 +26,10 @@ from scipy import stats
 
 from _docs import machine, update_section
 from _runs import finished_run
-from robustness import summarise
+from robustness import removal_summary, rule_cells, summarise
 
 from passportnorm.attacks.runner import record, run_attack
+from passportnorm.data import load_dataset
 from passportnorm.pipeline import RunOptions, run_verify
 
 DATASET = "mnist5k-points"
@@ -102,13 +103,16 @@ def _recalibrated(target: Path, owner: Path, device: str) -> str:
     return f"{verdict} (passport-aware {100 * report.passport_aware_accuracy:.1f}%)"
 
 
-def _attack_table(kind: str, owner_metrics: dict, args) -> str:
-    """The attack rows against the first seed's owner of ``kind`` (runs in <out>/attacks[-<kind>])."""
+def _attack_table(kind: str, owner_metrics: dict, args, scratch: dict) -> str:
+    """The attack rows against the first seed's owner of ``kind`` (runs in <out>/attacks[-<kind>]),
+    each with the field's removal rule and its cost against ``scratch`` (the first plain run)."""
     owner = Path(owner_metrics["out"])
     folder = Path(args.out) / ("attacks" if kind == "protected" else f"attacks-{kind}")
     lines = [f"Owner: {_label(kind)}, seed {args.seeds[0]}.", "",
-             "| attack | attacker's accuracy | signature evidence | owner's verdict | verdict with `--recalibrate` |",
-             "|---|---:|---|---|---|"]
+             "| attack | attacker's accuracy | signature evidence | owner's verdict | verdict with `--recalibrate` | "
+             "removed (field's rule) | attacker's cost: time, data (vs from scratch) |",
+             "|---|---:|---|---|---|---|---|"]
+    results = []
     for name, options, label in ATTACKS:
         print(f"attack {label} on {kind} ...", flush=True)
         target = folder / label
@@ -119,9 +123,11 @@ def _attack_table(kind: str, owner_metrics: dict, args) -> str:
             with contextlib.redirect_stdout(io.StringIO()):
                 settings = {"epochs": args.attack_epochs, **options}
                 result = record(run_attack(name, owner / "released", owner / "owner-key", target, **settings), settings)
-        rows = summarise(label, result)
-        lines += [row + f" {_recalibrated(target, owner, args.device) if name == 'finetune' else '-'} |" for row in rows]
-    return "\n".join(lines)
+        recalibrated = _recalibrated(target, owner, args.device) if name == "finetune" else "-"
+        lines += [line + f" {recalibrated} |" + rule_cells(row, result, scratch) for line, row in summarise(label, result)]
+        results.append((label, result))
+    command = f"passportnorm train --dataset {DATASET} --arch pointnet --epochs {args.epochs} --seed {args.seeds[0]}"
+    return "\n".join(lines) + "\n\n" + removal_summary(results, scratch, command)
 
 
 def main() -> None:
@@ -202,7 +208,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
 
-    attack_tables = [_attack_table(kind, runs[kind][0], args) for kind in args.attack_owners]
+    scratch = {"seconds": sum(row["seconds"] for row in runs["plain"][0]["history"]),
+               "samples": len(load_dataset(DATASET).train)}
+    attack_tables = [_attack_table(kind, runs[kind][0], args, scratch) for kind in args.attack_owners]
     attacks = "\n\n".join(attack_tables)
     print(attacks)
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -50,23 +50,23 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def summarise(label: str, result: dict) -> list[str]:
-    """Markdown rows: attacker accuracy, evidence, verdict."""
+def summarise(label: str, result: dict) -> list[tuple[str, dict | None]]:
+    """Markdown rows (attacker accuracy, evidence, verdict), each with the result row it shows."""
     rows = result["rows"]
     name = result["attack"]
     if name.startswith("finetune") or name == "transfer":
         last = rows[-1]
         p_value = format_p_value(last["signature_p_value"], last["signature_log10_p_value"])
-        return [f"| {label} | {_pct(last['attacker_accuracy'])} | detection {_pct(last['signature_detection'])} "
-                f"(p = {p_value}) | {'verified' if last['verified'] else '**not verified**'} |"]
+        return [(f"| {label} | {_pct(last['attacker_accuracy'])} | detection {_pct(last['signature_detection'])} "
+                 f"(p = {p_value}) | {'verified' if last['verified'] else '**not verified**'} |", last)]
     if name == "prune":
-        lines = []
+        lines: list[tuple[str, dict | None]] = []
         for row in rows:
             if row["rate"] in (0.3, 0.5, 0.7, 0.9):
-                lines.append(f"| prune {row['rate']:.0%} | {_pct(row['attacker_accuracy'])} | detection "
-                             f"{_pct(row['signature_detection'])}, passport-aware {_pct(row['passport_aware_accuracy'])} | "
-                             f"{'verified' if row['verified'] else '**not verified**'} |")
-        lines.append(f"| prune: highest rate still verified | | | {result['highest_rate_still_verified']} |")
+                lines.append((f"| prune {row['rate']:.0%} | {_pct(row['attacker_accuracy'])} | detection "
+                              f"{_pct(row['signature_detection'])}, passport-aware {_pct(row['passport_aware_accuracy'])} | "
+                              f"{'verified' if row['verified'] else '**not verified**'} |", row))
+        lines.append((f"| prune: highest rate still verified | | | {result['highest_rate_still_verified']} |", None))
         return lines
     if name == "obfuscate":
         def unpermuted(r):
@@ -91,44 +91,79 @@ def summarise(label: str, result: dict) -> list[str]:
             return (f"{charged}detection {_pct(r['aligned_signature_detection'])}, passport-aware "
                     f"{_pct(r['aligned_passport_aware_accuracy'])}")
 
-        return [f"| obfuscate: {r['transform']} (max output change {r['max_output_difference']:.1e}{unpermuted(r)}{stream(r)}) | "
-                f"{_pct(r['attacker_accuracy'])} | key order: detection {_pct(r['signature_detection'])}; aligned to the "
-                f"owner's release: {aligned(r)} | {'verified' if r['verified'] else 'not verified'} in key order, "
-                f"{'**verified**' if r['aligned_verified'] else '**not verified**'} aligned |" for r in rows]
+        return [(f"| obfuscate: {r['transform']} (max output change {r['max_output_difference']:.1e}{unpermuted(r)}{stream(r)}) | "
+                 f"{_pct(r['attacker_accuracy'])} | key order: detection {_pct(r['signature_detection'])}; aligned to the "
+                 f"owner's release: {aligned(r)} | {'verified' if r['verified'] else 'not verified'} in key order, "
+                 f"{'**verified**' if r['aligned_verified'] else '**not verified**'} aligned |", r) for r in rows]
     if name == "quantize":
-        return [f"| quantize {r['mode']} | {_pct(r['attacker_accuracy'])} (served {_pct(r['served_accuracy'])}) | "
-                f"detection {_pct(r['signature_detection'])} (p = {r['signature_p_value']}) | "
-                f"{'verified' if r['verified'] else '**not verified**'} |" for r in rows]
+        return [(f"| quantize {r['mode']} | {_pct(r['attacker_accuracy'])} (served {_pct(r['served_accuracy'])}) | "
+                 f"detection {_pct(r['signature_detection'])} (p = {r['signature_p_value']}) | "
+                 f"{'verified' if r['verified'] else '**not verified**'} |", r) for r in rows]
     if name == "reprotect":
         r = rows[0]
-        return [f"| re-protect ({r['thief_passports']} passports, {r['epochs']} epochs, lr {r['lr']}) | "
-                f"{_pct(r['attacker_accuracy'])} | owner's detection {_pct(r['owner_signature_detection'])} "
-                f"(p = {r['owner_signature_p_value']}) | owner's proof {'shows' if r['owner_proof_shows'] else '**fails**'}"
-                f"; dispute: {r.get('dispute_winner', '-')} |"]
+        return [(f"| re-protect ({r['thief_passports']} passports, {r['epochs']} epochs, lr {r['lr']}) | "
+                 f"{_pct(r['attacker_accuracy'])} | owner's detection {_pct(r['owner_signature_detection'])} "
+                 f"(p = {r['owner_signature_p_value']}) | owner's proof {'shows' if r['owner_proof_shows'] else '**fails**'}"
+                 f"; dispute: {r.get('dispute_winner', '-')} |", r)]
     if name == "ambiguity1":
         r = rows[0]
-        return [f"| ambiguity I (forged claim) | forged branch {_pct(r['forged_accuracy'])} vs released "
-                f"{_pct(r['released_accuracy'])} | forged signs {_pct(r['forged_signature_detection'])} | "
-                f"forged claim {'**verified**' if r['forged_verified'] else 'rejected'} |"]
+        return [(f"| ambiguity I (forged claim) | forged branch {_pct(r['forged_accuracy'])} vs released "
+                 f"{_pct(r['released_accuracy'])} | forged signs {_pct(r['forged_signature_detection'])} | "
+                 f"forged claim {'**verified**' if r['forged_verified'] else 'rejected'} |", r)]
     if name == "ambiguity2":
-        return [f"| ambiguity II, {r['flip']:.0%} flipped (forged claim) | forged branch {_pct(r['forged_accuracy'])} | "
-                f"target reached {_pct(r['target_detection'])}, dissimilar to owner {_pct(r['bit_dissimilarity_to_owner'])} | "
-                f"forged claim {'**verified**' if r['forged_verified'] else 'rejected'} |" for r in rows]
+        return [(f"| ambiguity II, {r['flip']:.0%} flipped (forged claim) | forged branch {_pct(r['forged_accuracy'])} | "
+                 f"target reached {_pct(r['target_detection'])}, dissimilar to owner {_pct(r['bit_dissimilarity_to_owner'])} | "
+                 f"forged claim {'**verified**' if r['forged_verified'] else 'rejected'} |", r) for r in rows]
     if name.startswith("erb"):
         r = rows[0]
         drop = r["released_accuracy"] - r["forged_accuracy"]
         verdict = "**meets** the paper's accuracy condition" if drop <= 0.10 else f"{100 * drop:.1f} points below released"
-        return [f"| {label}, {result['options'].get('epochs')} epochs (forged branch) | {_pct(r['forged_accuracy'])} vs released "
-                f"{_pct(r['released_accuracy'])} | dissimilar to owner {_pct(r['bit_dissimilarity_to_owner'])}, own target "
-                f"{_pct(r['target_detection'])}, agreement with the hash of its own parameters {_pct(r['hash_bound_agreement'])} | "
-                f"{verdict}; hash-bound claim {'passes' if r['hash_bound_claim_passes'] else '**fails**'} |"]
+        return [(f"| {label}, {result['options'].get('epochs')} epochs (forged branch) | {_pct(r['forged_accuracy'])} vs released "
+                 f"{_pct(r['released_accuracy'])} | dissimilar to owner {_pct(r['bit_dissimilarity_to_owner'])}, own target "
+                 f"{_pct(r['target_detection'])}, agreement with the hash of its own parameters {_pct(r['hash_bound_agreement'])} | "
+                 f"{verdict}; hash-bound claim {'passes' if r['hash_bound_claim_passes'] else '**fails**'} |", r)]
     r = rows[0]  # forge
     closeness = (f", best agreement with its own hash over {r['hash_rounds']} rounds {_pct(r['best_agreement'])}"
                  if r.get("hash_rounds") else f", decodes {r['forged_decoded_text']!r}")
-    return [f"| forge (closed form, no data, {r['signature_mode']} signature) | forged branch "
-            f"{_pct(r['forged_passport_aware_accuracy'])} vs released {_pct(r['released_accuracy'])} | forged signs "
-            f"{_pct(r['forged_signature_detection'])}{closeness} | forged claim "
-            f"{'**verified**' if r['forged_verified'] else 'rejected'} |"]
+    return [(f"| forge (closed form, no data, {r['signature_mode']} signature) | forged branch "
+             f"{_pct(r['forged_passport_aware_accuracy'])} vs released {_pct(r['released_accuracy'])} | forged signs "
+             f"{_pct(r['forged_signature_detection'])}{closeness} | forged claim "
+             f"{'**verified**' if r['forged_verified'] else 'rejected'} |", r)]
+
+
+def scratch_cost(arch: str, dataset: str, epochs: int, out: Path) -> dict:
+    """What training the model from scratch costs here: plain `passportnorm train` with the owner's
+    budget on the whole training split (its training seconds, evaluation excluded)."""
+    from _runs import finished_run
+
+    from passportnorm.data import load_dataset
+
+    run = finished_run(RunOptions(arch=arch, dataset=dataset, epochs=epochs, seed=0, out=str(out)), protected=False)
+    return {"seconds": sum(row["seconds"] for row in run["history"]), "samples": len(load_dataset(dataset).train)}
+
+
+def rule_cells(row: dict | None, result: dict, scratch: dict) -> str:
+    """The removal rule's answer for a row and what the attack cost against training from scratch."""
+    removed = "" if row is None else {None: "-", True: "**removed**", False: "no"}[row.get("removed")]
+    cost = result.get("cost")
+    if row is None or cost is None:
+        return f" {removed} | |"
+    seconds, samples = cost["attacker_seconds"], cost["attacker_samples"]
+    return (f" {removed} | {seconds:.0f} s ({seconds / scratch['seconds']:.2f}x), {samples} samples "
+            f"({samples / scratch['samples']:.0%}) |")
+
+
+def removal_summary(results: list[tuple[str, dict]], scratch: dict, command: str) -> str:
+    """How many removal attacks succeed by the field's rule, and what from scratch costs."""
+    judged = [(label, r) for label, r in results if any(row.get("removed") is not None for row in r["rows"])]
+    won = [label for label, r in judged if any(row.get("removed") for row in r["rows"])]
+    original = next((r["original_accuracy"] for _, r in judged if "original_accuracy" in r), None)
+    baseline = "" if original is None else f" of the release's {100 * original:.1f}%"
+    return (f"Removals by the field's rule (the owner's proof gone while the attacker's model stays within 5 points"
+            f"{baseline}): **{len(won)} of {len(judged)} removal attacks** ({', '.join(won) or 'none'}); a sweep counts if "
+            f"any of its settings succeeds; forgeries and transfer to another task are not removals (-). Training from "
+            f"scratch here (`{command}`): {scratch['seconds']:.0f} s on {scratch['samples']} samples; an attack's time "
+            "is its own work (training, transforming), without the owner's verification after each step.")
 
 
 def main() -> None:
@@ -150,20 +185,26 @@ def main() -> None:
         with contextlib.redirect_stdout(io.StringIO()):
             run_protect(RunOptions(arch=args.arch, dataset=args.dataset, epochs=args.owner_epochs, out=str(owner), secret_seed=0,
                                    overwrite=True))
-    lines = ["| attack | attacker's accuracy | signature evidence | owner's verdict |", "|---|---:|---|---|"]
-    threats = {}
+    scratch_epochs = args.owner_epochs
+    print("training the same model from scratch, plain (the cost baseline) ...", flush=True)
+    scratch = scratch_cost(args.arch, args.dataset, scratch_epochs, out / "scratch")
+    scratch_command = (f"passportnorm train --arch {args.arch} --dataset {args.dataset} --epochs {scratch_epochs}")
+    lines = ["| attack | attacker's accuracy | signature evidence | owner's verdict | removed (field's rule) | "
+             "attacker's cost: time, data (vs from scratch) |", "|---|---:|---|---|---|---|"]
+    threats, results = {}, []
     for name, options, label in PLAN if default else TRANSFORMER_PLAN:
         print(f"{label} ...", flush=True)
         shutil.rmtree(out / label, ignore_errors=True)  # a fresh attack, not a resume of an older run
         with contextlib.redirect_stdout(io.StringIO()):
             settings = {"epochs": args.epochs, **options}
             result = record(run_attack(name, owner / "released", owner / "owner-key", out / label, **settings), settings)
-        lines += summarise(label, result)
+        lines += [line + rule_cells(row, result, scratch) for line, row in summarise(label, result)]
+        results.append((label, result))
         threats[result["attack"]] = result["threat_model"]
         for plot in result["plots"] if default else []:
             (DOCS / "robustness").mkdir(parents=True, exist_ok=True)
             shutil.copy(out / label / plot, DOCS / "robustness" / f"{label}.png")
-    table = "\n".join(lines)
+    table = "\n".join(lines) + "\n\n" + removal_summary(results, scratch, scratch_command)
     print(table)
     if args.docs and not default:
         header = (

@@ -46,6 +46,7 @@ def test_each_attack_writes_its_evidence(owner, tmp_path, capsys, name, extra, p
     assert result["threat_model"] and result["rows"]
     _assert_cost_and_removal_rule(name, result)
     assert (out / "result.md").read_text().startswith("# Attack:")
+    assert "Attacker's cost:" in (out / "result.md").read_text()
     for plot in result["plots"]:
         assert (out / plot).stat().st_size > 1000
     if produces == "model":

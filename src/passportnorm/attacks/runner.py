@@ -23,7 +23,7 @@ from ..key import OwnerKey
 from ..release import load_model_like, load_released, save_released
 from .cost import AttackCost, ReadCounter, timed
 from .registry import ATTACKS, Attack, AttackContext, AttackResult, Plot
-from .removal import judge_removals
+from .removal import MAX_ACCURACY_LOSS, judge_removals
 
 __all__ = ["ATTACKS", "attacker_split", "record", "run_attack"]
 
@@ -98,7 +98,8 @@ def run_attack(
     result.cost = AttackCost(seconds - measuring, measuring, samples)
     if result.removal_applies:
         result.original_accuracy = accuracy(context.released, context.data.test)
-        judge_removals(result.original_accuracy, result.rows)
+        for rows in (result.rows, result.table_rows or []):
+            judge_removals(result.original_accuracy, rows)
     _write(result, context, options)
     return result
 
@@ -139,9 +140,27 @@ def _write(result: AttackResult, context: AttackContext, options: dict[str, Any]
         f"Threat model: {result.threat_model}",
         "",
         _table(result.table_rows or result.rows),
+        *_cost_lines(result),
     ]
     text += [f"\n![{p.file}]({p.file})" for p in result.plots]
     write_text_atomic(out / "result.md", "\n".join(text) + "\n")
+
+
+def _cost_lines(result: AttackResult) -> list[str]:
+    """What the attack cost and how the removal rule reads (removal.py, cost.py), under the table."""
+    lines = [""]
+    if result.cost is not None:
+        cost = result.cost
+        lines.append(
+            f"Attacker's cost: {cost.attacker_seconds:.1f} s of its own work ({cost.evaluation_seconds:.1f} s "
+            f"of measuring left out), {cost.attacker_samples} training samples read."
+        )
+    if result.original_accuracy is not None:
+        lines.append(
+            f"removed: the field's removal rule (the owner's proof gone and the attacker within "
+            f"{100 * MAX_ACCURACY_LOSS:.0f} points of the release's {100 * result.original_accuracy:.1f}%)."
+        )
+    return lines if len(lines) > 1 else []
 
 
 def record(result: AttackResult, options: dict[str, Any]) -> dict[str, Any]:
