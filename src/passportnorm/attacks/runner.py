@@ -152,8 +152,9 @@ def _cost_lines(result: AttackResult) -> list[str]:
     if result.cost is not None:
         cost = result.cost
         lines.append(
-            f"Attacker's cost: {cost.attacker_seconds:.1f} s of its own work ({cost.evaluation_seconds:.1f} s "
-            f"of measuring left out), {cost.attacker_samples} training samples read."
+            f"Attacker's cost: {cost.attacker_seconds:.1f} s of its own work "
+            f"({cost.evaluation_seconds:.1f} s of measuring left out), "
+            f"{cost.attacker_samples} training samples read."
         )
     if result.original_accuracy is not None:
         lines.append(
