@@ -46,7 +46,7 @@ def last_layer(model: nn.Module) -> tuple[str, nn.Linear]:
 
 def finetune(
     released: nn.Module,
-    key: OwnerKey,
+    key: OwnerKey | None,
     attacker_data: Dataset,
     owner_test: Dataset,
     mode: FinetuneMode = "ftal",
@@ -63,7 +63,8 @@ def finetune(
     """Run one fine-tuning attack; returns per-epoch rows and the attacked model under ``"model"``.
 
     ``after_step(model)`` runs after every optimizer step (fine-pruning keeps its pruned channels
-    at zero with it); ``reference`` is passed to the owner's verification (alignment).
+    at zero with it); ``reference`` is passed to the owner's verification (alignment). With no
+    ``key`` (a fine-tune of a model nobody protected) the rows hold the attacker's accuracy only.
 
     With ``checkpoint`` (a file path) the state is saved after every epoch and an interrupted
     attack continues from its last finished epoch when called again with the same arguments.
@@ -86,6 +87,8 @@ def finetune(
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
 
     def row(epoch: int) -> dict[str, Any]:
+        if key is None:
+            return {"epoch": epoch, "attacker_accuracy": accuracy(model, owner_test)}
         report = verify(model, key, data=owner_test, trigger=trigger, rule=rule, reference=reference)
         return {
             "epoch": epoch,
@@ -120,7 +123,7 @@ def finetune(
         "attack": f"finetune-{mode}",
         "threat_model": THREAT_MODEL.format(mode=mode.upper(), epochs=epochs, lr=lr),
         "rows": rows,
-        "verified_after": rows[-1]["verified"],
+        "verified_after": rows[-1].get("verified"),
         "model": model,
     }
 
