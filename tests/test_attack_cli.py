@@ -23,6 +23,7 @@ def owner(tmp_path_factory):
     "name,extra,produces",
     [
         ("finetune", ["--mode", "rtal"], "model"),
+        ("refit", ["--lrs", "0.3,0.01"], "model"),
         ("transfer", ["--target-classes", "5,6,7,8,9"], "model"),
         ("prune", ["--rates", "0,0.5"], "model"),
         ("obfuscate", [], "model"),
@@ -59,7 +60,7 @@ def test_each_attack_writes_its_evidence(owner, tmp_path, capsys, name, extra, p
 
 
 # the distinct training samples each attack reads: all of the attacker's share, none, or part of it
-READS = {"finetune": "share", "transfer": "task", "prune": 0, "obfuscate": 0, "ambiguity1": "share",
+READS = {"finetune": "share", "refit": "share", "transfer": "task", "prune": 0, "obfuscate": 0, "ambiguity1": "share",
          "ambiguity2": "share", "erb": "share", "forge": 0, "reprotect": "share", "quantize": 256, "distill": "share",
          "fine-prune": "share", "dummy-neurons": 0, "combined": "share"}
 FORGERIES = ("ambiguity1", "ambiguity2", "erb", "forge")
@@ -189,7 +190,7 @@ def test_the_library_refuses_what_the_attack_does_not_take_before_loading_anythi
 def test_each_attack_declares_its_options_once_and_the_cli_offers_exactly_those(capsys):
     from passportnorm.attacks.registry import ATTACKS, COMMON_OPTIONS
 
-    assert len(ATTACKS.names()) == 15
+    assert len(ATTACKS.names()) == 16
     for name in ATTACKS.names():
         with pytest.raises(SystemExit):
             main(["attack", name, "--help"])

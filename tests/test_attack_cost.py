@@ -55,3 +55,12 @@ def test_the_read_counter_counts_distinct_samples_through_a_loader_and_by_index(
 )
 def test_the_removal_rule_needs_the_proof_gone_and_the_accuracy_kept(row, removed):
     assert removal_succeeded(0.97, row) is removed
+
+
+def test_refits_schedule_rises_to_the_peak_and_decays_to_zero():
+    from passportnorm.attacks.finetune import warmup_cosine
+
+    rates = [warmup_cosine(step, 100, 0.3, 0.1) for step in range(100)]
+    assert rates[0] == pytest.approx(0.03) and rates[9] == pytest.approx(0.3)  # 10 steps up
+    assert max(rates) == pytest.approx(0.3) and rates[-1] < 1e-3
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))  # then only down

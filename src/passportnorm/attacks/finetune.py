@@ -8,6 +8,7 @@ LL = train the last layer only, AL = train all layers. The owner verifies after 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,15 @@ def last_layer(model: nn.Module) -> tuple[str, nn.Linear]:
     return found[-1]
 
 
+def warmup_cosine(step: int, total: int, peak: float, warmup: float) -> float:
+    """The learning rate at ``step`` of ``total``: linear up to ``peak`` over the ``warmup`` share,
+    then a cosine down to 0 at the last step."""
+    rise = max(1, round(warmup * total))
+    if step < rise:
+        return peak * (step + 1) / rise
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - rise) / max(1, total - rise)))
+
+
 def finetune(
     released: nn.Module,
     key: OwnerKey | None,
@@ -59,12 +69,15 @@ def finetune(
     checkpoint: str | Path | None = None,
     after_step: Callable[[nn.Module], None] | None = None,
     reference: nn.Module | None = None,
+    warmup: float | None = None,
 ) -> dict[str, Any]:
     """Run one fine-tuning attack; returns per-epoch rows and the attacked model under ``"model"``.
 
     ``after_step(model)`` runs after every optimizer step (fine-pruning keeps its pruned channels
     at zero with it); ``reference`` is passed to the owner's verification (alignment). With no
     ``key`` (a fine-tune of a model nobody protected) the rows hold the attacker's accuracy only.
+    ``warmup`` (a share of the steps): the learning rate rises linearly to ``lr`` over it, then
+    decays to 0 on a cosine (REFIT's schedule, refit.py); None: constant ``lr``, as Adi et al.
 
     With ``checkpoint`` (a file path) the state is saved after every epoch and an interrupted
     attack continues from its last finished epoch when called again with the same arguments.
@@ -103,11 +116,19 @@ def finetune(
 
     # what a resume must share (more epochs may be asked for: the run continues)
     config = {"attack": "finetune", "mode": mode, "lr": lr, "batch_size": batch_size, "seed": seed}
+    if warmup is not None:
+        config["warmup"] = warmup
     rows, start = resume_state(checkpoint, model, optimizer, [row(0)], config)
+    per_epoch = len(DataLoader(attacker_data, batch_size=batch_size))  # batches in an epoch
     for epoch in range(start, epochs + 1):
         model.train() if mode.endswith("al") else model.eval()  # LL: frozen layers keep their statistics
         order = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # replayable after a resume
-        for x, y in DataLoader(attacker_data, batch_size=batch_size, shuffle=True, generator=order):
+        loader = DataLoader(attacker_data, batch_size=batch_size, shuffle=True, generator=order)
+        for batch, (x, y) in enumerate(loader):
+            if warmup is not None:
+                step = (epoch - 1) * per_epoch + batch
+                for group in optimizer.param_groups:
+                    group["lr"] = warmup_cosine(step, epochs * per_epoch, lr, warmup)
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -245,6 +245,7 @@ ATTACKS: Registry[Attack] = Registry(
         f"passportnorm.attacks.{module}"
         for module in (
             "finetune",
+            "refit",
             "transfer",
             "prune",
             "obfuscate",
