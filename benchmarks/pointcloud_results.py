@@ -37,6 +37,7 @@ ATTACKS = [
     ("finetune", {"mode": "ftll"}, "ftll"),
     ("finetune", {"mode": "ftal"}, "ftal"),
     ("finetune", {"mode": "rtal"}, "rtal"),
+    ("refit", {}, "refit"),
     ("transfer", {}, "transfer-shapes3d"),
     ("prune", {}, "prune"),
 ]

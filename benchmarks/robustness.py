@@ -30,6 +30,7 @@ PLAN = [
     ("finetune", {"mode": "ftal"}, "ftal"),
     ("finetune", {"mode": "rtll"}, "rtll"),
     ("finetune", {"mode": "rtal"}, "rtal"),
+    ("refit", {}, "refit"),
     ("transfer", {"target_dataset": "digits"}, "transfer-digits"),
     ("transfer", {"target_classes": "5,6,7,8,9"}, "transfer-classes"),
     ("prune", {}, "prune"),
@@ -40,7 +41,7 @@ PLAN = [
     ("erb", {"erb_mode": "ierb", "epochs": 100}, "erb-ierb"),
     ("forge", {}, "forge"),
 ]
-TRANSFORMER_PLAN = [entry for entry in PLAN if entry[0] in ("finetune", "prune", "obfuscate")] + [
+TRANSFORMER_PLAN = [entry for entry in PLAN if entry[0] in ("finetune", "refit", "prune", "obfuscate")] + [
     ("quantize", {}, "quantize"),
     ("reprotect", {"passports": "random", "lr": 0.01}, "reprotect"),
 ]
@@ -59,6 +60,12 @@ def summarise(label: str, result: dict) -> list[tuple[str, dict | None]]:
         p_value = format_p_value(last["signature_p_value"], last["signature_log10_p_value"])
         return [(f"| {label} | {_pct(last['attacker_accuracy'])} | detection {_pct(last['signature_detection'])} "
                  f"(p = {p_value}) | {'verified' if last['verified'] else '**not verified**'} |", last)]
+    if name == "refit":
+        return [(f"| refit, peak lr {r['peak_lr']:g} (warm-up {result['options'].get('warmup', 0.1):.0%}, cosine decay) | "
+                 f"{_pct(r['attacker_accuracy'])} | detection {_pct(r['signature_detection'])} (p = "
+                 f"{format_p_value(r['signature_p_value'], r['signature_log10_p_value'])}), passport-aware "
+                 f"{_pct(r['passport_aware_accuracy'])} | {'verified' if r['verified'] else '**not verified**'} |", r)
+                for r in rows]
     if name == "prune":
         lines: list[tuple[str, dict | None]] = []
         for row in rows:
