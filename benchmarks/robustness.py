@@ -77,6 +77,8 @@ def summarise(label: str, result: dict) -> list[tuple[str, dict | None]]:
         return lines
     if name == "obfuscate":
         def unpermuted(r):
+            if r.get("norms_folded"):
+                return f"; {r['norms_folded']} batch norms folded into their producers"
             return "; no layer can be permuted" if r["transform"] in ("permute", "all three") and not r.get("layers_permuted") else ""
 
         def stream(r):

@@ -220,6 +220,21 @@ def _rotated_back(
     return True
 
 
+def _take_reference_bias(producer: Layer, reference_producer: Layer, norm: Layer) -> None:
+    """A producer's bias is no evidence, and a norm's running mean absorbs any change of it: the
+    aligned copy takes the reference's bias and its norm's mean moves by as much, which computes
+    the same. Folding a norm into its producer (obfuscate.fold_norm) moves the norm's shift into
+    that bias, where the passport-aware forward (the key's statistics) would otherwise read it."""
+    mean = getattr(norm, "running_mean", None)
+    if producer.bias is None or reference_producer.bias is None or mean is None:
+        return
+    if not isinstance(norm, PER_CHANNEL_NORMS):
+        return
+    delta = (reference_producer.bias - producer.bias).to(mean.dtype)
+    producer.bias.copy_(reference_producer.bias)
+    mean.add_(delta)
+
+
 @torch.no_grad()
 def align_to_reference(
     suspect: nn.Module,
@@ -309,6 +324,7 @@ def align_to_reference(
         if getattr(norm, "running_mean", None) is not None:
             norm.running_mean.copy_(norm.running_mean[order] * factor.to(norm.running_mean.dtype))
             norm.running_var.copy_(norm.running_var[order] / scale.pow(2).to(norm.running_var.dtype))
+        _take_reference_bias(producer, ref_modules[pair.producer], norm)
         if pair.norm in chains and not torch.equal(order.cpu(), torch.arange(pair.channels)):
             permute_consumer_inputs(modules[chains[pair.norm].consumer], chains[pair.norm], order)
             report["permuted"] += 1

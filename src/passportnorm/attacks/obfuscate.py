@@ -41,7 +41,7 @@ from ..data.triggers import TriggerSet
 from ..errors import ConfigError
 from ..evaluation import accuracy
 from ..key import OwnerKey
-from ..norm import along
+from ..norm import Layer, along
 from ..pairing import find_pairs
 from ..residual_stream import find_stream, permutation_keeps_function
 from ..stream_rotation import fold_stream_norms, random_rotation, rotatable, rotation_keeps_function
@@ -64,10 +64,12 @@ def obfuscate(
     rescale: tuple[float, float] | None = (0.5, 2.0),
     seed: int = 0,
     rotate: bool = False,
+    fold: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A function-preserving obfuscated copy of ``released`` and what was changed where; ``rotate``
     folds the stream norms' gains into their readers and rotates a pre-norm transformer's residual
-    stream by a random orthogonal matrix (stream_rotation.py)."""
+    stream by a random orthogonal matrix (stream_rotation.py); ``fold`` folds every batch norm
+    into its producer first (``fold_norm``)."""
     if not 0.0 <= flip <= 1.0:
         raise ConfigError(f"flip share {flip} must be in [0, 1]")
     if rescale is not None and not 0 < rescale[0] <= rescale[1]:
@@ -76,7 +78,10 @@ def obfuscate(
     modules = dict(model.named_modules())
     pairs = find_pairs(model, example_input).producer_pairs  # a residual stream is not one pair's
     gen = torch.Generator().manual_seed(seed)
-    changed: dict[str, Any] = {"permuted": [], "flipped": {}, "rescaled": [], "skipped": {}}
+    changed: dict[str, Any] = {"permuted": [], "flipped": {}, "rescaled": [], "folded": [], "skipped": {}}
+    for pair in pairs if fold else []:
+        if fold_norm(modules[pair.producer], modules[pair.norm]):
+            changed["folded"].append(pair.norm)
     for pair in pairs:
         producer, norm = modules[pair.producer], modules[pair.norm]
         if not isinstance(norm, PER_CHANNEL_NORMS):
@@ -118,6 +123,30 @@ def obfuscate(
     if rotate:
         _rotate_residual_stream(model, example_input, gen, changed)
     return model, changed
+
+
+@torch.no_grad()
+def fold_norm(producer: Layer, norm: Layer) -> bool:
+    """Fold an eval-mode batch norm into its producer, as inference compilers do (DeepEclipse's
+    norm folding): the producer's rows scaled by gain / std, the norm left with zero mean, unit
+    spread and gain 1, the shift in the producer's bias where it has one, else in the norm's. The
+    function stays; False (nothing changed) where the norm keeps no statistics or no affine."""
+    mean, var = getattr(norm, "running_mean", None), getattr(norm, "running_var", None)
+    if not isinstance(norm, PER_CHANNEL_NORMS) or mean is None or var is None or norm.weight is None:
+        return False
+    factor = norm.weight / (var + norm.eps).sqrt()
+    bias = producer.bias if producer.bias is not None else torch.zeros_like(mean)
+    shift = (bias - mean) * factor + norm.bias
+    producer.weight.mul_(along(factor, producer.weight.dim()).to(producer.weight))
+    if producer.bias is not None:
+        producer.bias.copy_(shift)
+        norm.bias.zero_()
+    else:
+        norm.bias.copy_(shift)
+    norm.weight.fill_(1.0)
+    mean.zero_()
+    var.fill_(1.0 - norm.eps)
+    return True
 
 
 def _rotate_residual_stream(
@@ -220,6 +249,7 @@ def obfuscation_attack(
         "rescale 0.5-2": dict(permute=False, flip=0.0, rescale=(0.5, 2.0)),
         "all three": dict(permute=True, flip=0.5, rescale=(0.5, 2.0)),
         "rotate": dict(permute=False, flip=0.0, rescale=None, rotate=True),
+        "fold norms": dict(permute=False, flip=0.0, rescale=None, fold=True),
     }
     rows = []
     models = {}
@@ -250,6 +280,7 @@ def obfuscation_attack(
                 "stream_rotated": changed.get("stream_rotated"),
                 "aligned_stream_rotated_back": (aligned.alignment or {}).get("stream_rotated"),
                 "layers_permuted": len(changed["permuted"]),
+                "norms_folded": len(changed["folded"]),
                 "layers_skipped": changed["skipped"],
             }
         )
@@ -258,7 +289,8 @@ def obfuscation_attack(
         "attack": "obfuscate",
         "threat_model": THREAT_MODEL.format(
             what="permutation (a transformer's residual stream as a whole), sign flips, positive rescaling, "
-            "and a rotation of a transformer's residual stream (its norms' gains folded into their readers)"
+            "a rotation of a transformer's residual stream (its norms' gains folded into their readers), and "
+            "batch norms folded into their producers"
         ),
         "rows": rows,
         "model": models["all three"],
