@@ -1,6 +1,8 @@
 """``passportnorm attack NAME``: run one attack on a released model with the owner's key, write its evidence.
 
-Writes ``DIR/result.json`` (every number, the threat model), ``DIR/result.md`` (a table),
+Writes ``DIR/result.json`` (every number, the threat model, what the attack cost the attacker
+(cost.py) and, per row, whether it removed the proof by the field's rule (removal.py)),
+``DIR/result.md`` (a table),
 PNG plots where the attack has a curve, ``DIR/model/`` for attacks that produce a model (a
 released-model folder) and ``DIR/forged-key/`` for attacks that produce a forged claim (a key
 folder), so that ``passportnorm verify`` can be pointed at either.
