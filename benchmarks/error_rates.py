@@ -6,7 +6,7 @@ fingerprinting peer, on the same suspects; ROC curves as a plot.
 
 On sklearn's digits with the zoo's small_cnn (x1.0; every run takes seconds on a CPU):
 ``--owners`` models protected with `passportnorm protect` (seeds 0.., secret seeds 0..), each also
-fingerprinted by IPGuard (baselines/ipguard.py, 100 boundary points grown from test inputs).
+fingerprinted by IPGuard (baselines/ipguard.py, 100 boundary points grown from test inputs the owner's seed draws).
 Positives, per owner: its release, FTAL and RTAL fine-tunes (5 epochs, lr 0.01, on 50% of the
 training split), 50% global magnitude pruning, and a distilled student (a fresh small_cnn trained
 10 epochs on the release's soft labels). Nulls, for every owner's key and fingerprint: ``--nulls``
@@ -157,7 +157,8 @@ def main() -> None:
     for seed in range(args.owners):
         release = run(out / f"owner-{seed}", seed, args.epochs, protected=True)
         key = OwnerKey.load(out / f"owner-{seed}" / "owner-key")
-        starts = data.test.tensors[0][seed * args.points : (seed + 1) * args.points]
+        chosen = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(seed))[: args.points]
+        starts = data.test.tensors[0][chosen]
         fingerprint = boundary_points(release, starts, seed=seed)
         owners.append((key, fingerprint, release, positives(release, data, seed)))
     print(f"{args.nulls} independent models and the other nulls ...", flush=True)

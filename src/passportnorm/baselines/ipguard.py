@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 __all__ = ["Fingerprint", "boundary_points", "matching_rate"]
 
 
@@ -51,6 +53,8 @@ def boundary_points(
     seed: int = 0,
 ) -> Fingerprint:
     """The fingerprint of ``model`` grown from ``starts`` (task inputs), kept within their range."""
+    if len(starts) == 0:
+        raise ConfigError("IPGuard needs at least one task input to grow a fingerprint point from")
     model.eval()
     low, high = float(starts.min()), float(starts.max())
     with torch.no_grad():
