@@ -34,6 +34,7 @@ def owner(tmp_path_factory):
         ("reprotect", ["--passports", "shuffle"], "model"),
         ("quantize", ["--quantize", "fp16,int8-static"], "model"),
         ("distill", [], "model"),
+        ("merge", ["--alphas", "0.5"], "model"),
         ("fine-prune", ["--rates", "0.3,0.9"], "model"),
         ("dummy-neurons", ["--rates", "0.5"], "model"),
         ("combined", ["--steps", "fine-prune,quantize,dummy-neurons,obfuscate", "--rates", "0.2"], "model"),
@@ -61,7 +62,7 @@ def test_each_attack_writes_its_evidence(owner, tmp_path, capsys, name, extra, p
 
 # the distinct training samples each attack reads: all of the attacker's share, none, or part of it
 READS = {"finetune": "share", "refit": "share", "transfer": "task", "prune": 0, "obfuscate": 0, "ambiguity1": "share",
-         "ambiguity2": "share", "erb": "share", "forge": 0, "reprotect": "share", "quantize": 256, "distill": "share",
+         "ambiguity2": "share", "erb": "share", "forge": 0, "reprotect": "share", "quantize": 256, "distill": "share", "merge": "share",
          "fine-prune": "share", "dummy-neurons": 0, "combined": "share"}
 FORGERIES = ("ambiguity1", "ambiguity2", "erb", "forge")
 
@@ -190,7 +191,7 @@ def test_the_library_refuses_what_the_attack_does_not_take_before_loading_anythi
 def test_each_attack_declares_its_options_once_and_the_cli_offers_exactly_those(capsys):
     from passportnorm.attacks.registry import ATTACKS, COMMON_OPTIONS
 
-    assert len(ATTACKS.names()) == 16
+    assert len(ATTACKS.names()) == 17
     for name in ATTACKS.names():
         with pytest.raises(SystemExit):
             main(["attack", name, "--help"])

@@ -214,6 +214,18 @@ def permute_consumer_inputs(consumer: Layer, chain: Chain, order: torch.Tensor) 
         weight.copy_(weight[:, order])
 
 
+def permute_chain(modules: dict[str, Layer], chain: Chain, order: torch.Tensor) -> None:
+    """Put the chain's channels in ``order``: the producer's rows, the norm's tensors and the
+    consumer's input columns move together, so the function stays the same."""
+    producer, norm = modules[chain.pair.producer], modules[chain.pair.norm]
+    producer.weight.copy_(producer.weight[order])
+    if producer.bias is not None:
+        producer.bias.copy_(producer.bias[order])
+    for tensor in norm_tensors(norm):
+        tensor.copy_(tensor[order])
+    permute_consumer_inputs(modules[chain.consumer], chain, order)
+
+
 # a module's width attributes and the weight dimension each one reads
 _WIDTH_ATTRIBUTES = (
     ("out_channels", 0),

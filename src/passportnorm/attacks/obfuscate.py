@@ -29,13 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..channels import (
-    PER_CHANNEL_NORMS,
-    flip_channels,
-    norm_tensors,
-    permutable_chains,
-    permute_consumer_inputs,
-)
+from ..channels import PER_CHANNEL_NORMS, flip_channels, permutable_chains, permute_chain
 from ..consumer_channels import norm_readers, scale_keeps_function
 from ..data.triggers import TriggerSet
 from ..errors import ConfigError
@@ -109,15 +103,7 @@ def obfuscate(
     _fold_and_flip_consumer_channels(model, example_input, flip, rescale, gen, changed)
     if permute:
         for chain in permutable_chains(model, pairs):
-            producer, norm = modules[chain.pair.producer], modules[chain.pair.norm]
-            consumer = modules[chain.consumer]
-            perm = torch.randperm(chain.pair.channels, generator=gen)
-            producer.weight.copy_(producer.weight[perm])
-            if producer.bias is not None:
-                producer.bias.copy_(producer.bias[perm])
-            for tensor in norm_tensors(norm):
-                tensor.copy_(tensor[perm])
-            permute_consumer_inputs(consumer, chain, perm)
+            permute_chain(modules, chain, torch.randperm(chain.pair.channels, generator=gen))
             changed["permuted"].append(chain.pair.norm)
         _permute_residual_stream(model, example_input, gen, changed)
     if rotate:

@@ -256,6 +256,7 @@ ATTACKS: Registry[Attack] = Registry(
             "reprotect",
             "quantize",
             "distill",
+            "merge",
             "fineprune",
             "dummy",
             "combined",
