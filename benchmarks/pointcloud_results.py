@@ -38,6 +38,7 @@ ATTACKS = [
     ("finetune", {"mode": "ftal"}, "ftal"),
     ("finetune", {"mode": "rtal"}, "rtal"),
     ("refit", {}, "refit"),
+    ("merge", {}, "merge"),
     ("transfer", {}, "transfer-shapes3d"),
     ("prune", {}, "prune"),
 ]

@@ -31,6 +31,7 @@ PLAN = [
     ("finetune", {"mode": "rtll"}, "rtll"),
     ("finetune", {"mode": "rtal"}, "rtal"),
     ("refit", {}, "refit"),
+    ("merge", {}, "merge"),
     ("transfer", {"target_dataset": "digits"}, "transfer-digits"),
     ("transfer", {"target_classes": "5,6,7,8,9"}, "transfer-classes"),
     ("prune", {}, "prune"),
@@ -65,6 +66,12 @@ def summarise(label: str, result: dict) -> list[tuple[str, dict | None]]:
                  f"{_pct(r['attacker_accuracy'])} | detection {_pct(r['signature_detection'])} (p = "
                  f"{format_p_value(r['signature_p_value'], r['signature_log10_p_value'])}), passport-aware "
                  f"{_pct(r['passport_aware_accuracy'])} | {'verified' if r['verified'] else '**not verified**'} |", r)
+                for r in rows]
+    if name == "merge":
+        return [(f"| merge with the attacker's {'fine-tune of the stolen model' if r['partner'] == 'finetuned' else 'own model (weights matched)'}"
+                 f" ({_pct(r['partner_accuracy'])}), alpha {r['alpha']:g} | {_pct(r['attacker_accuracy'])} | detection "
+                 f"{_pct(r['signature_detection'])} (p = {format_p_value(r['signature_p_value'], r['signature_log10_p_value'])}), "
+                 f"passport-aware {_pct(r['passport_aware_accuracy'])} | {'verified' if r['verified'] else '**not verified**'} |", r)
                 for r in rows]
     if name == "prune":
         lines: list[tuple[str, dict | None]] = []
