@@ -116,8 +116,8 @@ def finetune(
 
     # what a resume must share (more epochs may be asked for: the run continues)
     config = {"attack": "finetune", "mode": mode, "lr": lr, "batch_size": batch_size, "seed": seed}
-    if warmup is not None:
-        config["warmup"] = warmup
+    if warmup is not None:  # the schedule spans the epochs asked for: a resume must ask for as many
+        config.update(warmup=warmup, epochs=epochs)
     rows, start = resume_state(checkpoint, model, optimizer, [row(0)], config)
     per_epoch = len(DataLoader(attacker_data, batch_size=batch_size))  # batches in an epoch
     for epoch in range(start, epochs + 1):
