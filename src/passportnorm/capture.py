@@ -22,7 +22,41 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["Capture", "call_model", "capture", "frozen_copy", "frozen_eval", "same_output"]
+__all__ = [
+    "Capture",
+    "call_model",
+    "capture",
+    "frozen_copy",
+    "frozen_eval",
+    "measuring_statistics",
+    "same_output",
+]
+
+
+@contextmanager
+def measuring_statistics(model: nn.Module) -> Iterator[None]:
+    """Inside: ``model`` in eval mode but its statistics-tracking norms in training mode, reset,
+    with momentum None (a cumulative average over every call), so only their running statistics
+    change; dropout and stochastic depth stay off. After: eval mode and the norms' own momentum."""
+    from torch.nn.modules.batchnorm import _NormBase
+
+    model.eval()
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, _NormBase) and m.track_running_stats and m.running_mean is not None
+    ]
+    saved = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.training = True
+    try:
+        yield
+    finally:
+        for norm, momentum in zip(norms, saved):
+            norm.momentum = momentum
+            norm.training = False
 
 
 def call_model(model: nn.Module, example_input: Any) -> Any:

@@ -31,9 +31,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _NormBase
 
-from .capture import call_model, capture
+from .capture import call_model, capture, measuring_statistics
 from .errors import PassportError
 from .registry import Registry
 
@@ -56,20 +55,9 @@ def calibrated_copy(model: nn.Module, inputs: Any) -> nn.Module:
     Only the norms run in training mode (momentum None: the statistics of this one batch), so
     dropout and stochastic depth stay off and nothing but the copy's statistics change.
     """
-    twin = copy.deepcopy(model).eval()
-    norms = [
-        m
-        for m in twin.modules()
-        if isinstance(m, _NormBase) and m.track_running_stats and m.running_mean is not None
-    ]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-        norm.training = True
-    with torch.no_grad():
+    twin = copy.deepcopy(model)
+    with torch.no_grad(), measuring_statistics(twin):
         call_model(twin, inputs)
-    for norm in norms:
-        norm.training = False
     return twin
 
 

@@ -27,6 +27,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..capture import measuring_statistics
 from ..channels import permutable_chains, permute_chain
 from ..data.triggers import TriggerSet
 from ..evaluation import accuracy
@@ -76,16 +77,10 @@ def average(first: nn.Module, second: nn.Module, alpha: float) -> nn.Module:
 @torch.no_grad()
 def remeasure_statistics(model: nn.Module, data: Dataset, batch_size: int = 256) -> nn.Module:
     """Batch-norm running statistics measured again over ``data`` (cumulative averages)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-    model.train()
-    for x, *_ in DataLoader(data, batch_size=batch_size):
-        model(x)
-    for norm in norms:
-        norm.momentum = 0.1
-    return model.eval()
+    with measuring_statistics(model):
+        for x, *_ in DataLoader(data, batch_size=batch_size):
+            model(x)
+    return model
 
 
 def partner_model(
