@@ -42,7 +42,7 @@ PLAN = [
     ("erb", {"erb_mode": "ierb", "epochs": 100}, "erb-ierb"),
     ("forge", {}, "forge"),
 ]
-TRANSFORMER_PLAN = [entry for entry in PLAN if entry[0] in ("finetune", "refit", "prune", "obfuscate")] + [
+TRANSFORMER_PLAN = [entry for entry in PLAN if entry[0] in ("finetune", "refit", "merge", "prune", "obfuscate")] + [
     ("quantize", {}, "quantize"),
     ("reprotect", {"passports": "random", "lr": 0.01}, "reprotect"),
 ]
@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist5k", help="the owner's data (pydocs for --arch gpt)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of each training attack")
     parser.add_argument("--owner-epochs", type=int, default=8, help="the owner's training epochs (protect's default: 8)")
+    parser.add_argument("--ratio", type=float, default=0.5, help="the owner's share of passport-aware steps (protect --ratio)")
     parser.add_argument("--out", default="runs/bench/robustness")
     parser.add_argument("--reuse", action="store_true", help="reuse the owner's model found in --out")
     parser.add_argument("--docs", action="store_true")
@@ -200,7 +201,7 @@ def main() -> None:
         print("training the owner's protected model (defaults) ...", flush=True)
         with contextlib.redirect_stdout(io.StringIO()):
             run_protect(RunOptions(arch=args.arch, dataset=args.dataset, epochs=args.owner_epochs, out=str(owner), secret_seed=0,
-                                   overwrite=True))
+                                   ratio=args.ratio, overwrite=True))
     scratch_epochs = args.owner_epochs
     print("training the same model from scratch, plain (the cost baseline) ...", flush=True)
     scratch = scratch_cost(args.arch, args.dataset, scratch_epochs, out / "scratch")
@@ -225,7 +226,8 @@ def main() -> None:
     if args.docs and not default:
         header = (
             f"Command: `{command}` "
-            f"({machine()}; owner: `passportnorm protect --arch {args.arch} --epochs {args.owner_epochs}` on {args.dataset}, seed 0, hash-bound signature, every norm paired with its consumer; each "
+            f"({machine()}; owner: `passportnorm protect --arch {args.arch} --epochs {args.owner_epochs}"
+            f"{'' if args.ratio == 0.5 else f' --ratio {args.ratio:g}'}` on {args.dataset}, seed 0, hash-bound signature, every norm paired with its consumer; each "
             f"training attack {args.epochs} epochs; attacker data: 50% of the training split; the owner verifies with "
             "the test split and the default rule, aligned to the release where the attack is one alignment undoes).\n\n"
         )

@@ -47,6 +47,7 @@ from .channels import PER_CHANNEL_NORMS, chains_and_trace_error, permute_consume
 from .consumer_channels import column_directions, columns, cosine, norm_readers, scale_keeps_function
 from .device import model_device
 from .errors import OwnerKeyError
+from .head_mixing import find_heads, inverse, mixing_keeps_function, mixing_to
 from .norm import Layer, along, producer_responses
 from .pairing import Pair, find_pairs
 from .residual_stream import Stream, find_stream, permutation_keeps_function, stream_channels
@@ -59,6 +60,10 @@ __all__ = ["align_to_reference", "pairs_to_align", "passport_directions", "witho
 
 # a stream order matched this poorly is tried as a rotation too (a permuted copy matches at 1.00)
 ROTATION_BELOW = 0.9
+# heads whose k rows and output columns match the reference's this poorly are tried as mixed, and a
+# mixing found is undone only where it fits above UNMIX_ABOVE (mixed copy 1.00, independent about 0.01)
+MIXED_BELOW = 0.9
+UNMIX_ABOVE = 0.5
 
 
 def _rows(weight: torch.Tensor) -> torch.Tensor:
@@ -182,12 +187,11 @@ def _align_stream(
     ours, theirs = stream_channels(model, stream), stream_channels(reference, stream)
     if not ours or any(a.shape != b.shape for (_, a), (_, b) in zip(ours, theirs)):
         return set()
-    cosines = [
-        (F.normalize(a, dim=1) @ F.normalize(b, dim=1).T).abs() for (_, a), (_, b) in zip(ours, theirs)
-    ]
-    similarity = torch.stack(cosines).mean(dim=0)  # (suspect channel, reference channel)
-    order = _best_order(similarity)
-    confidence = float(similarity[order, torch.arange(stream.width)].mean())
+    attention = {path for heads in find_heads(reference) for path in (heads.lever, heads.out)}
+    order, confidence = max(
+        (_stream_order(ours, theirs, skip) for skip in (set(), attention)),
+        key=lambda found: found[1],
+    )
     report["confidence"]["residual stream"] = confidence
     if torch.equal(order, torch.arange(stream.width)):
         return set()
@@ -200,6 +204,23 @@ def _align_stream(
     report["stream_permuted"] = stream.width
     report["stream_search_log2"] = math.lgamma(stream.width + 1) / math.log(2)
     return set(stream.readers) | set(stream.writers)
+
+
+def _stream_order(
+    ours: list[tuple[str, torch.Tensor]], theirs: list[tuple[str, torch.Tensor]], skip: set[str]
+) -> tuple[torch.Tensor, float]:
+    """The stream order on the mean absolute cosine of the slices not written or read by a path
+    in ``skip`` (a mixing of heads turns the attention's: head_mixing.py), and its confidence."""
+    cosines = [
+        (F.normalize(a, dim=1) @ F.normalize(b, dim=1).T).abs()
+        for (what, a), (_, b) in zip(ours, theirs)
+        if what.rsplit(" ", 1)[0] not in skip
+    ]
+    if not cosines:
+        return torch.arange(ours[0][1].shape[0]), 0.0
+    similarity = torch.stack(cosines).mean(dim=0)  # (suspect channel, reference channel)
+    order = _best_order(similarity)
+    return order, float(similarity[order, torch.arange(similarity.shape[1])].mean())
 
 
 def _rotated_back(
@@ -218,6 +239,27 @@ def _rotated_back(
     report["stream_rotated"] = stream.width
     report["rotated_levers"] = sorted(set(stream.readers) | set(stream.writers))
     return True
+
+
+def _unmix_heads(model: nn.Module, reference: nn.Module, example_input: Any, report: dict[str, Any]) -> None:
+    """Undo a mixing of attention heads (head_mixing.py) where no mixing fits worse than
+    ``MIXED_BELOW`` and the mixing found fits better than ``UNMIX_ABOVE`` and keeps the function.
+    Those levers join ``rearranged``: a mixing is a continuous choice, so no bit it put back can
+    count (``report["unmixed_levers"]``)."""
+    if example_input is None:
+        return
+    example = example_input.to(model_device(model))
+    for heads in find_heads(reference):
+        found = mixing_to(model, reference, heads)
+        if (
+            found is None
+            or found.unmixed_fit >= MIXED_BELOW
+            or found.fit <= max(UNMIX_ABOVE, found.unmixed_fit)
+        ):
+            continue
+        if mixing_keeps_function(model, example, heads, inverse(found.mixing)):
+            report["confidence"][f"{heads.lever} heads"] = found.fit
+            report.setdefault("unmixed_levers", []).append(heads.lever)
 
 
 def _take_reference_bias(producer: Layer, reference_producer: Layer, norm: Layer) -> None:
@@ -333,13 +375,15 @@ def align_to_reference(
         report["flipped"] += int((sign < 0).sum())
         report["confidence"][pair.norm] = float(matched.abs().mean())
     stream_moved = _align_stream(model, reference, example_input, report)
+    _unmix_heads(model, reference, example_input, report)
     _align_consumer_channels(model, reference, key, example_input, report)
     report["lowest_confidence"] = min(report["confidence"].values(), default=0.0)
     norm_of = {pair.producer: pair.norm for pair in pairs}
     # a consumer's bits read its columns through every row: permuted rows or columns both move them
     reader_of = {k.producer: k.norm for k in key.layers if k.role == "consumer"}
     moved_levers = inputs_moved | {pair.producer for pair in pairs if pair.norm in rows_moved}
-    rotated = {k.norm for k in key.layers if k.producer in set(report.get("rotated_levers", []))}
+    continuous = set(report.get("rotated_levers", [])) | set(report.get("unmixed_levers", []))
+    rotated = {k.norm for k in key.layers if k.producer in continuous}
     report["rearranged"] = sorted(
         rows_moved
         | {norm_of[path] for path in inputs_moved if path in norm_of}

@@ -304,8 +304,8 @@ class VerdictRule:
                 f"alignment used: lowest per-layer match confidence {low:.3f} >= "
                 f"{self.min_alignment_confidence:g} (the suspect's filters match the reference's)"
                 + (
-                    f"; the bits of {uncounted} layers it permuted back are not counted, since a "
-                    "permutation could have put them there either way"
+                    f"; the bits of {uncounted} layers it permuted, rotated or mixed back are not counted, "
+                    "since such a transform could have put them there either way"
                     if uncounted
                     else ""
                 )

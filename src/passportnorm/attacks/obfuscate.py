@@ -17,7 +17,12 @@ At a norm read by consumers (pre-norm transformers) the flip and rescale act on 
 and bias and on every reader's column instead (consumer_channels.py: the gain folded into the
 readers). With ``permute`` the residual stream of a pre-norm transformer is also permuted, one order
 in every block at once (residual_stream.py); with ``rotate`` its norms' gains are folded into their
-readers and the stream is rotated by a random orthogonal matrix (stream_rotation.py).
+readers and the stream is rotated by a random orthogonal matrix (stream_rotation.py). With ``mix``
+every attention head's q/k and v/output dimensions are mixed by random invertible matrices
+(head_mixing.py); ``fold`` folds batch norms into their producers. The variant ``lfea (all)``
+does everything but the rotation at once: on a ReLU network the function-preserving linear maps are
+folds, permutations and positive scales (and sign flips at a norm), so that is LFEA's attack there;
+in a transformer the head mixing adds its general invertible maps.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ from ..consumer_channels import norm_readers, scale_keeps_function
 from ..data.triggers import TriggerSet
 from ..errors import ConfigError
 from ..evaluation import accuracy
+from ..head_mixing import find_heads, mixing_keeps_function, random_mixing
 from ..key import OwnerKey
-from ..norm import Layer, along
+from ..norm import Layer, along, lever_weight
 from ..pairing import find_pairs
 from ..residual_stream import find_stream, permutation_keeps_function
 from ..stream_rotation import fold_stream_norms, random_rotation, rotatable, rotation_keeps_function
@@ -59,11 +65,13 @@ def obfuscate(
     seed: int = 0,
     rotate: bool = False,
     fold: bool = False,
+    mix: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A function-preserving obfuscated copy of ``released`` and what was changed where; ``rotate``
     folds the stream norms' gains into their readers and rotates a pre-norm transformer's residual
     stream by a random orthogonal matrix (stream_rotation.py); ``fold`` folds every batch norm
-    into its producer first (``fold_norm``)."""
+    into its producer first (``fold_norm``); ``mix`` mixes every attention head's q/k and v/output
+    dimensions by random invertible matrices (head_mixing.py)."""
     if not 0.0 <= flip <= 1.0:
         raise ConfigError(f"flip share {flip} must be in [0, 1]")
     if rescale is not None and not 0 < rescale[0] <= rescale[1]:
@@ -72,7 +80,14 @@ def obfuscate(
     modules = dict(model.named_modules())
     pairs = find_pairs(model, example_input).producer_pairs  # a residual stream is not one pair's
     gen = torch.Generator().manual_seed(seed)
-    changed: dict[str, Any] = {"permuted": [], "flipped": {}, "rescaled": [], "folded": [], "skipped": {}}
+    changed: dict[str, Any] = {
+        "permuted": [],
+        "flipped": {},
+        "rescaled": [],
+        "folded": [],
+        "mixed": [],
+        "skipped": {},
+    }
     for pair in pairs if fold else []:
         if fold_norm(modules[pair.producer], modules[pair.norm]):
             changed["folded"].append(pair.norm)
@@ -108,7 +123,28 @@ def obfuscate(
         _permute_residual_stream(model, example_input, gen, changed)
     if rotate:
         _rotate_residual_stream(model, example_input, gen, changed)
+    if mix:
+        _mix_attention_heads(model, example_input, gen, changed)
     return model, changed
+
+
+def _mix_attention_heads(
+    model: nn.Module, example_input: torch.Tensor, gen: torch.Generator, changed: dict[str, Any]
+) -> None:
+    """Every attention of a known layout: each head's q/k and v/output dimensions mixed by random
+    invertible matrices (head_mixing.py), kept only where the function stays the same."""
+    found = find_heads(model)
+    if not found:
+        changed["skipped"]["attention heads"] = "no attention with a fused q/k/v projection of a known layout"
+    for heads in found:
+        size = lever_weight(dict(model.named_modules())[heads.out]).shape[1] // heads.heads
+        mixing = [(random_mixing(size, gen), random_mixing(size, gen)) for _ in range(heads.heads)]
+        if mixing_keeps_function(model, example_input, heads, mixing):
+            changed["mixed"].append(heads.lever)
+        else:
+            changed["skipped"][heads.lever] = (
+                "mixing its heads changes the output (rotary positions, a q/k norm, or another layout)"
+            )
 
 
 @torch.no_grad()
@@ -236,6 +272,8 @@ def obfuscation_attack(
         "all three": dict(permute=True, flip=0.5, rescale=(0.5, 2.0)),
         "rotate": dict(permute=False, flip=0.0, rescale=None, rotate=True),
         "fold norms": dict(permute=False, flip=0.0, rescale=None, fold=True),
+        "mix heads": dict(permute=False, flip=0.0, rescale=None, mix=True),
+        "lfea (all)": dict(permute=True, flip=0.5, rescale=(0.5, 2.0), fold=True, mix=True),
     }
     rows = []
     models = {}
@@ -267,6 +305,8 @@ def obfuscation_attack(
                 "aligned_stream_rotated_back": (aligned.alignment or {}).get("stream_rotated"),
                 "layers_permuted": len(changed["permuted"]),
                 "norms_folded": len(changed["folded"]),
+                "attentions_mixed": len(changed["mixed"]),
+                "aligned_heads_unmixed": len((aligned.alignment or {}).get("unmixed_levers", [])),
                 "layers_skipped": changed["skipped"],
             }
         )
@@ -275,8 +315,9 @@ def obfuscation_attack(
         "attack": "obfuscate",
         "threat_model": THREAT_MODEL.format(
             what="permutation (a transformer's residual stream as a whole), sign flips, positive rescaling, "
-            "a rotation of a transformer's residual stream (its norms' gains folded into their readers), and "
-            "batch norms folded into their producers"
+            "a rotation of a transformer's residual stream (its norms' gains folded into their readers), "
+            "batch norms folded into their producers, attention heads mixed by invertible matrices, and all "
+            "of these at once (LFEA's linear functionality equivalence)"
         ),
         "rows": rows,
         "model": models["all three"],
