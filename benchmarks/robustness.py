@@ -42,7 +42,13 @@ PLAN = [
     ("erb", {"erb_mode": "ierb", "epochs": 100}, "erb-ierb"),
     ("forge", {}, "forge"),
 ]
-TRANSFORMER_PLAN = [entry for entry in PLAN if entry[0] in ("finetune", "refit", "merge", "prune", "obfuscate")] + [
+# a transformer trains with Adam (its recipe, zoo/vit.py): REFIT and merge's partners use it, at its scale of rates
+ADAM = {"refit": {"optimizer": "adam", "lrs": [0.001, 0.003, 0.01, 0.03]}, "merge": {"optimizer": "adam", "lr": 0.002}}
+TRANSFORMER_PLAN = [
+    (name, ADAM.get(name, options), label)
+    for name, options, label in PLAN
+    if name in ("finetune", "refit", "merge", "prune", "obfuscate")
+] + [
     ("quantize", {}, "quantize"),
     ("reprotect", {"passports": "random", "lr": 0.01}, "reprotect"),
 ]
@@ -62,14 +68,15 @@ def summarise(label: str, result: dict) -> list[tuple[str, dict | None]]:
         return [(f"| {label} | {_pct(last['attacker_accuracy'])} | detection {_pct(last['signature_detection'])} "
                  f"(p = {p_value}) | {'verified' if last['verified'] else '**not verified**'} |", last)]
     if name == "refit":
-        return [(f"| refit, peak lr {r['peak_lr']:g} (warm-up {result['options'].get('warmup', 0.1):.0%}, cosine decay) | "
+        return [(f"| refit, peak lr {r['peak_lr']:g} (warm-up {result['options'].get('warmup', 0.1):.0%}, cosine decay"
+                 f"{', Adam' if result['options'].get('optimizer') == 'adam' else ''}) | "
                  f"{_pct(r['attacker_accuracy'])} | detection {_pct(r['signature_detection'])} (p = "
                  f"{format_p_value(r['signature_p_value'], r['signature_log10_p_value'])}), passport-aware "
                  f"{_pct(r['passport_aware_accuracy'])} | {'verified' if r['verified'] else '**not verified**'} |", r)
                 for r in rows]
     if name == "merge":
         return [(f"| merge with the attacker's {'fine-tune of the stolen model' if r['partner'] == 'finetuned' else 'own model (weights matched)'}"
-                 f" ({_pct(r['partner_accuracy'])}), alpha {r['alpha']:g} | {_pct(r['attacker_accuracy'])} | detection "
+                 f" ({_pct(r['partner_accuracy'])}{', Adam' if result['options'].get('optimizer') == 'adam' else ''}), alpha {r['alpha']:g} | {_pct(r['attacker_accuracy'])} | detection "
                  f"{_pct(r['signature_detection'])} (p = {format_p_value(r['signature_p_value'], r['signature_log10_p_value'])}), "
                  f"passport-aware {_pct(r['passport_aware_accuracy'])} | {'verified' if r['verified'] else '**not verified**'} |", r)
                 for r in rows]

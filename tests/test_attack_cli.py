@@ -34,7 +34,7 @@ def owner(tmp_path_factory):
         ("reprotect", ["--passports", "shuffle"], "model"),
         ("quantize", ["--quantize", "fp16,int8-static"], "model"),
         ("distill", [], "model"),
-        ("merge", ["--alphas", "0.5"], "model"),
+        ("merge", ["--alphas", "0.5", "--optimizer", "adam", "--lr", "0.002"], "model"),
         ("fine-prune", ["--rates", "0.3,0.9"], "model"),
         ("dummy-neurons", ["--rates", "0.5"], "model"),
         ("combined", ["--steps", "fine-prune,quantize,dummy-neurons,obfuscate", "--rates", "0.2"], "model"),
@@ -58,6 +58,19 @@ def test_each_attack_writes_its_evidence(owner, tmp_path, capsys, name, extra, p
         assert main(["verify", "--model", str(owner / "released"), "--key", str(out / "forged-key")]) in (0, 1)
     else:
         assert not (out / "model").exists() and not (out / "forged-key").exists()
+
+
+def test_refit_and_merge_train_with_the_optimizer_asked_for_and_refuse_an_unknown_one(owner, tmp_path, capsys):
+    base = ["--model", str(owner / "released"), "--key", str(owner / "owner-key"), "--epochs", "1"]
+    assert main(["attack", "refit", *base, "--out", str(tmp_path / "adam"), "--lrs", "0.001", "--optimizer", "adam"]) == 0
+    result = json.loads((tmp_path / "adam" / "result.json").read_text())
+    assert "(Adam)" in result["threat_model"] and result["options"]["optimizer"] == "adam"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:  # argparse's choices: one line, exit 2
+        main(["attack", "merge", *base, "--out", str(tmp_path / "bad"), "--optimizer", "rmsprop"])
+    assert refused.value.code == 2
+    error = capsys.readouterr().err
+    assert "--optimizer" in error and "rmsprop" in error and len(error.strip().splitlines()) == 1
 
 
 # the distinct training samples each attack reads: all of the attacker's share, none, or part of it

@@ -389,7 +389,8 @@ def test_permuting_a_public_model_to_spell_a_signature_claims_nothing(ancestry, 
         report = verify(public, key, data=data_given, reference=release)
         assert report.alignment["used"] and report.alignment["rearranged"]
         read = [report.per_layer[path] for path in report.alignment["rearranged"] if path in report.per_layer]
-        assert max(read) == 1.0  # where it permuted, the forgery spells its bits ...
+        assert max(read) >= 0.95  # where it permuted, the forgery spells its bits (a near-tie of two filters
+        # can swap one pair back: 31/32 with one thread per process) ...
         assert not report.verified and report.signature_detection < 0.6  # ... and there only
     # the command: one row per rearrangement, neither verified
     out = ancestry / "spelled"

@@ -54,6 +54,9 @@ def warmup_cosine(step: int, total: int, peak: float, warmup: float) -> float:
     return 0.5 * peak * (1 + math.cos(math.pi * (step - rise) / max(1, total - rise)))
 
 
+OPTIMIZERS = ("sgd", "adam")
+
+
 def finetune(
     released: nn.Module,
     key: OwnerKey | None,
@@ -70,6 +73,7 @@ def finetune(
     after_step: Callable[[nn.Module], None] | None = None,
     reference: nn.Module | None = None,
     warmup: float | None = None,
+    optimizer_name: str = "sgd",
 ) -> dict[str, Any]:
     """Run one fine-tuning attack; returns per-epoch rows and the attacked model under ``"model"``.
 
@@ -78,6 +82,8 @@ def finetune(
     ``key`` (a fine-tune of a model nobody protected) the rows hold the attacker's accuracy only.
     ``warmup`` (a share of the steps): the learning rate rises linearly to ``lr`` over it, then
     decays to 0 on a cosine (REFIT's schedule, refit.py); None: constant ``lr``, as Adi et al.
+    ``optimizer_name``: ``sgd`` (momentum 0.9, Adi et al.) or ``adam`` (what a transformer's recipe
+    trains with: an attacker who knows the architecture uses it).
 
     With ``checkpoint`` (a file path) the state is saved after every epoch and an interrupted
     attack continues from its last finished epoch when called again with the same arguments.
@@ -97,7 +103,13 @@ def finetune(
     params = list(head.parameters()) if mode.endswith("ll") else list(model.parameters())
     for parameter in model.parameters():
         parameter.requires_grad_(any(parameter is p for p in params))
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if optimizer_name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {optimizer_name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    optimizer = (
+        torch.optim.Adam(params, lr=lr)
+        if optimizer_name == "adam"
+        else torch.optim.SGD(params, lr=lr, momentum=0.9)
+    )
 
     def row(epoch: int) -> dict[str, Any]:
         if key is None:
@@ -116,6 +128,8 @@ def finetune(
 
     # what a resume must share (more epochs may be asked for: the run continues)
     config = {"attack": "finetune", "mode": mode, "lr": lr, "batch_size": batch_size, "seed": seed}
+    if optimizer_name != "sgd":
+        config["optimizer"] = optimizer_name
     if warmup is not None:  # the schedule spans the epochs asked for: a resume must ask for as many
         config.update(warmup=warmup, epochs=epochs)
     rows, start = resume_state(checkpoint, model, optimizer, [row(0)], config)

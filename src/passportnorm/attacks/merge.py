@@ -35,13 +35,14 @@ from ..key import OwnerKey
 from ..pairing import find_pairs
 from ..verify import VerdictRule, verify
 from .evidence import require_data
-from .finetune import finetune
+from .finetune import OPTIMIZERS, finetune
 from .registry import ATTACKER_LR, AttackContext, AttackResult, Option, register_attack
 
 THREAT_MODEL = (
     "attacker: released weights, architecture and labelled task data (a held-out share); no key. "
-    "Action: averages the stolen weights with {partners} at weights {alphas}, batch-norm statistics "
-    "measured again on its data. Owner: verifies each merge with the key, aligned to the release."
+    "Action: averages the stolen weights with {partners} (trained with {optimizer}) at weights {alphas}, "
+    "batch-norm statistics measured again on its data. Owner: verifies each merge with the key, aligned "
+    "to the release."
 )
 PARTNERS = ("finetuned", "independent")
 
@@ -92,13 +93,22 @@ def partner_model(
     epochs: int,
     lr: float,
     seed: int,
+    optimizer_name: str = "sgd",
 ) -> nn.Module:
     """The model the attacker merges with: its fine-tune of the stolen model, or a model of its own
     trained from scratch (``fresh``, its weights matched to the stolen model's)."""
     start = released if kind == "finetuned" else fresh
-    tuned = finetune(start, None, attacker_data, owner_test, mode="ftal", epochs=epochs, lr=lr, seed=seed)[
-        "model"
-    ]
+    tuned = finetune(
+        start,
+        None,
+        attacker_data,
+        owner_test,
+        mode="ftal",
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        optimizer_name=optimizer_name,
+    )["model"]
     if kind == "finetuned":
         return tuned
     example = next(iter(DataLoader(attacker_data, batch_size=4)))[0]
@@ -118,12 +128,15 @@ def merge_attack(
     seed: int = 0,
     trigger: TriggerSet | None = None,
     rule: VerdictRule = VerdictRule(),
+    optimizer_name: str = "sgd",
 ) -> dict[str, Any]:
     """One row per (partner, alpha): the merge's accuracy and the owner's verdict on it."""
     require_data(attacker_data)
     rows, kept = [], released
     for kind in partners:
-        partner = partner_model(kind, released, fresh, attacker_data, owner_test, epochs, lr, seed)
+        partner = partner_model(
+            kind, released, fresh, attacker_data, owner_test, epochs, lr, seed, optimizer_name
+        )
         for alpha in alphas:
             merged = remeasure_statistics(average(released, partner, alpha), attacker_data)
             report = verify(merged, key, data=owner_test, trigger=trigger, rule=rule, reference=released)
@@ -146,7 +159,9 @@ def merge_attack(
     return {
         "attack": "merge",
         "threat_model": THREAT_MODEL.format(
-            partners=" and ".join(partners), alphas=", ".join(f"{a:g}" for a in alphas)
+            partners=" and ".join(partners),
+            alphas=", ".join(f"{a:g}" for a in alphas),
+            optimizer="SGD" if optimizer_name == "sgd" else "Adam",
         ),
         "rows": rows,
         "model": kept,
@@ -160,6 +175,12 @@ def merge_attack(
         Option("partners", "comma-separated: finetuned, independent", default=list(PARTNERS), listed=True),
         Option("alphas", "comma-separated weights of the partner", float, [0.25, 0.5, 0.75], listed=True),
         Option(ATTACKER_LR.name, "the partner's learning rate (fine-tuning or training)", float, 0.05),
+        Option(
+            "optimizer",
+            "the partner's optimizer (adam: a transformer's recipe)",
+            default="sgd",
+            choices=OPTIMIZERS,
+        ),
     ),
 )
 def run_merge(context: AttackContext) -> AttackResult:
@@ -192,6 +213,7 @@ def run_merge(context: AttackContext) -> AttackResult:
         seed=context.seed,
         trigger=context.trigger,
         rule=context.rule,
+        optimizer_name=context.settings["optimizer"],
     )
     model_is = f"the last merge ({partners[-1]}, alpha {max(context.settings['alphas']):g})"
     return AttackResult.of(report, model=report.pop("model"), model_is=model_is)

@@ -20,13 +20,13 @@ from torch.utils.data import Dataset
 from ..data.triggers import TriggerSet
 from ..key import OwnerKey
 from ..verify import VerdictRule
-from .finetune import finetune
+from .finetune import OPTIMIZERS, finetune
 from .registry import AttackContext, AttackResult, Option, Plot, register_attack
 from .removal import MAX_ACCURACY_LOSS
 
 THREAT_MODEL = (
     "attacker: released weights, architecture and labelled task data (a held-out share); no key. "
-    "Action: FTAL for {epochs} epochs (SGD, momentum 0.9), the learning rate warmed up linearly over "
+    "Action: FTAL for {epochs} epochs ({optimizer}), the learning rate warmed up linearly over "
     "{warmup:.0%} of the steps to a peak of {lrs} and cosine-decayed to 0 (REFIT). Owner: verifies with "
     "the key after the last epoch."
 )
@@ -45,6 +45,7 @@ def refit_sweep(
     trigger: TriggerSet | None = None,
     rule: VerdictRule = VerdictRule(),
     checkpoints: Any = None,
+    optimizer_name: str = "sgd",
 ) -> dict[str, Any]:
     """One row per peak rate (the owner's verdict after the last epoch); the model kept is the one
     of the largest rate whose accuracy stayed within 5 points of the release's first row."""
@@ -64,6 +65,7 @@ def refit_sweep(
             rule=rule,
             checkpoint=checkpoint,
             warmup=warmup,
+            optimizer_name=optimizer_name,
         )
         first, last = report["rows"][0], report["rows"][-1]
         rows.append({"peak_lr": lr, **{k: v for k, v in last.items() if k != "epoch"}})
@@ -74,7 +76,10 @@ def refit_sweep(
     return {
         "attack": "refit",
         "threat_model": THREAT_MODEL.format(
-            epochs=epochs, warmup=warmup, lrs=", ".join(f"{lr:g}" for lr in lrs)
+            epochs=epochs,
+            warmup=warmup,
+            lrs=", ".join(f"{lr:g}" for lr in lrs),
+            optimizer="SGD, momentum 0.9" if optimizer_name == "sgd" else "Adam",
         ),
         "rows": rows,
         "model": usable[-1] if usable else models[-1][1],
@@ -87,6 +92,12 @@ def refit_sweep(
     options=(
         Option("lrs", "comma-separated peak learning rates", float, PEAK_RATES, listed=True),
         Option("warmup", "the share of the steps the rate rises over", float, 0.1),
+        Option(
+            "optimizer",
+            "the attacker's optimizer (adam: a transformer's recipe)",
+            default="sgd",
+            choices=OPTIMIZERS,
+        ),
     ),
 )
 def run_refit(context: AttackContext) -> AttackResult:
@@ -102,6 +113,7 @@ def run_refit(context: AttackContext) -> AttackResult:
         trigger=context.trigger,
         rule=context.rule,
         checkpoints=context.out,
+        optimizer_name=context.settings["optimizer"],
     )
     rows = report["rows"]
     curve = Plot(
