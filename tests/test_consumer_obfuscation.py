@@ -15,24 +15,6 @@ from passportnorm.consumer_channels import norm_readers, scale_keeps_function
 from passportnorm.verify import verify
 
 
-@pytest.fixture(scope="module")
-def vit_owner():
-    from passportnorm.data import load_dataset
-    from passportnorm.key import extract_key
-    from passportnorm.train import TrainConfig, Trainer
-
-    data = load_dataset("digits", seed=0)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        protected = pn.protect(zoo.build("vit", width=0.25), data.train.tensors[0][:8], signature="(c) A", seed=0)
-    Trainer(protected, data, TrainConfig(epochs=3, batch_size=32, lr=0.05)).fit()
-    torch.manual_seed(1)
-    independent = zoo.build("vit", width=0.25)
-    Trainer(independent, data, TrainConfig(epochs=3, batch_size=32, lr=0.05)).fit()
-    return data, pn.strip(protected).eval(), extract_key(protected), independent.eval()
-
-
 class PostNorm(nn.Module):
     """The norm's output is also the residual stream (BERT): scaling its channels changes the function."""
 

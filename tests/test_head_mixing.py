@@ -92,24 +92,6 @@ def test_a_mixing_that_changes_the_output_is_refused_and_undone():
         torch.testing.assert_close(value, before[name], rtol=0, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def vit_owner():
-    from passportnorm.data import load_dataset
-    from passportnorm.key import extract_key
-    from passportnorm.train import TrainConfig, Trainer
-
-    data = load_dataset("digits", seed=0)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        protected = pn.protect(zoo.build("vit", width=0.25), data.train.tensors[0][:8], signature="(c) A", seed=0)
-    Trainer(protected, data, TrainConfig(epochs=3, batch_size=32, lr=0.05)).fit()
-    torch.manual_seed(1)
-    independent = zoo.build("vit", width=0.25)
-    Trainer(independent, data, TrainConfig(epochs=3, batch_size=32, lr=0.05)).fit()
-    return data, pn.strip(protected).eval(), extract_key(protected), independent.eval()
-
-
 @pytest.mark.parametrize("variant", [
     dict(permute=False, flip=0.0, rescale=None, mix=True),
     dict(permute=True, flip=0.5, rescale=(0.5, 2.0), fold=True, mix=True),  # the lfea (all) variant
