@@ -108,11 +108,6 @@ def random_mixing(size: int, generator: torch.Generator) -> Tensor:
 
 
 @torch.no_grad()
-def _left_multiply(rows: Tensor, matrix: Tensor) -> None:
-    rows.copy_((matrix.to(rows.device) @ rows.double()).to(rows.dtype))
-
-
-@torch.no_grad()
 def mix_heads(model: nn.Module, heads: Heads, mixing: Mixing) -> None:
     """Per head ``(A, B)``: q rows (and bias) times ``A``, k rows times ``A^-T``, v rows times
     ``B``, the output's columns of that head times ``B^-1``. Keeps the function for this layout."""
@@ -120,14 +115,12 @@ def mix_heads(model: nn.Module, heads: Heads, mixing: Mixing) -> None:
     fused, out = modules[heads.lever], modules[heads.out]
     weight, bias, out_weight = lever_weight(fused), _bias(fused), lever_weight(out)
     width = out_weight.shape[1]
-    for head, (a, b) in enumerate(mixing):
-        q, k, v, o = _slices(heads, width, head)
-        for rows, matrix in ((q, a), (k, torch.linalg.inv(a).T), (v, b)):
-            _left_multiply(weight[rows], matrix)
-            if bias is not None:
-                _left_multiply(bias[rows].unsqueeze(1), matrix)
-        columns = out_weight[:, o]
-        columns.copy_((columns.double() @ torch.linalg.inv(b).to(columns.device)).to(columns.dtype))
+    on_device = [(a.to(weight.device), b.to(weight.device)) for a, b in mixing]
+    for rows in [weight] + ([bias.unsqueeze(1)] if bias is not None else []):  # a bias: one column
+        rows.copy_(_mixed_rows(rows.double(), heads, width, on_device).to(rows.dtype))
+    for head, (_, b) in enumerate(on_device):
+        columns = out_weight[:, _slices(heads, width, head)[3]]
+        columns.copy_((columns.double() @ torch.linalg.inv(b)).to(columns.dtype))
 
 
 def inverse(mixing: Mixing) -> Mixing:
