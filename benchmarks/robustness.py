@@ -36,6 +36,8 @@ PLAN = [
     ("transfer", {"target_classes": "5,6,7,8,9"}, "transfer-classes"),
     ("prune", {}, "prune"),
     ("obfuscate", {}, "obfuscate"),
+    ("eclipse", {"rates": [0.5, 1.0], "cancel": 0.0}, "eclipse"),
+    ("eclipse", {"rates": [0.5], "cancel": 0.25}, "eclipse-cancel"),
     ("ambiguity1", {}, "ambiguity1"),
     ("ambiguity2", {}, "ambiguity2"),
     ("erb", {"erb_mode": "cerb", "epochs": 100}, "erb-cerb"),  # cheap per epoch (10% of the data): train it well
@@ -118,6 +120,22 @@ def summarise(label: str, result: dict) -> list[tuple[str, dict | None]]:
                  f"{_pct(r['attacker_accuracy'])} | key order: detection {_pct(r['signature_detection'])}; aligned to the "
                  f"owner's release: {aligned(r)} | {'verified' if r['verified'] else 'not verified'} in key order, "
                  f"{'**verified**' if r['aligned_verified'] else '**not verified**'} aligned |", r) for r in rows]
+    if name == "eclipse":
+        def undone(r):
+            if r.get("aligned", "aligned") != "aligned":
+                return f"with --reference: {r['aligned'].split(': ', 1)[-1].split(' (after')[0]}"
+            return (f"with --reference: {r['merged']} copies merged, {r['cancelled']} cancelling groups dropped, "
+                    f"detection {_pct(r['signature_detection'])} (p = {r['signature_p_value']}), passport-aware "
+                    f"{_pct(r['passport_aware_accuracy'])}")
+
+        def cancelling(r):
+            return f", {r['cancel']:g} cancelling channels per channel" if r["cancel"] else ""
+        return [(f"| eclipse (DeepEclipse-style): {r['split']:.0%} of channels split into {r['channels_added']} copies"
+                 f"{cancelling(r)}, "
+                 f"{r['norms_folded']} norms folded, permuted/flipped/rescaled (max output change "
+                 f"{r['max_output_difference']:.1e}) | {_pct(r['attacker_accuracy'])} | key order: not verifiable (widths "
+                 f"differ); {undone(r)} | {'**verified**' if r['verified'] else '**not verified**'} aligned |", r)
+                for r in rows]
     if name == "quantize":
         return [(f"| quantize {r['mode']} | {_pct(r['attacker_accuracy'])} (served {_pct(r['served_accuracy'])}) | "
                  f"detection {_pct(r['signature_detection'])} (p = {r['signature_p_value']}) | "

@@ -37,6 +37,7 @@ def owner(tmp_path_factory):
         ("merge", ["--alphas", "0.5", "--optimizer", "adam", "--lr", "0.002"], "model"),
         ("fine-prune", ["--rates", "0.3,0.9"], "model"),
         ("dummy-neurons", ["--rates", "0.5"], "model"),
+        ("eclipse", ["--rates", "0.5", "--cancel", "0"], "model"),
         ("combined", ["--steps", "fine-prune,quantize,dummy-neurons,obfuscate", "--rates", "0.2"], "model"),
     ],
 )
@@ -76,7 +77,7 @@ def test_refit_and_merge_train_with_the_optimizer_asked_for_and_refuse_an_unknow
 # the distinct training samples each attack reads: all of the attacker's share, none, or part of it
 READS = {"finetune": "share", "refit": "share", "transfer": "task", "prune": 0, "obfuscate": 0, "ambiguity1": "share",
          "ambiguity2": "share", "erb": "share", "forge": 0, "reprotect": "share", "quantize": 256, "distill": "share", "merge": "share",
-         "fine-prune": "share", "dummy-neurons": 0, "combined": "share"}
+         "fine-prune": "share", "dummy-neurons": 0, "eclipse": 0, "combined": "share"}
 FORGERIES = ("ambiguity1", "ambiguity2", "erb", "forge")
 
 
@@ -204,7 +205,7 @@ def test_the_library_refuses_what_the_attack_does_not_take_before_loading_anythi
 def test_each_attack_declares_its_options_once_and_the_cli_offers_exactly_those(capsys):
     from passportnorm.attacks.registry import ATTACKS, COMMON_OPTIONS
 
-    assert len(ATTACKS.names()) == 17
+    assert len(ATTACKS.names()) == 18
     for name in ATTACKS.names():
         with pytest.raises(SystemExit):
             main(["attack", name, "--help"])

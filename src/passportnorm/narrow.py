@@ -15,7 +15,10 @@ channels reach one consumer (channels.py), this removes exactly those two kinds 
   beta`` are positively proportional (``c > 0``; sign flips and rescaling leave the map as it is)
   are merged: the consumer's weights of the second, times ``c``, are added to the first's. This
   is exact for ``c = 1`` under any activation and for any ``c > 0`` under positively homogeneous
-  ones (ReLU, pooling), which is where a split with ``c != 1`` preserves the function at all.
+  ones (ReLU, pooling), which is where a split with ``c != 1`` preserves the function at all;
+- a channel that received such merges and whose merged consumer weights then cancel (below 1e-5 of
+  the largest weight merged in: a group of copies whose reads sum to zero, DeepEclipse's cancelling
+  neurons, attacks/eclipse.py) is dropped like an unread one, within the same surplus.
 
 Nothing here looks at the passports, so the choice cannot favour the owner's bits. Layers that
 are still wider afterwards are left for align.py to refuse, with the counts in its message.
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["narrow_to_reference"]
 
+_CANCELLED = 1e-5  # merged reads this small against their parts: a cancelling group (float32 rounding)
 _SAME_MAP = 1.0 - 1e-6  # cosine of two effective maps that are one map (float64 rounding allows no less)
 
 
@@ -96,6 +100,7 @@ def _narrow(modules: dict[str, Layer], chain: Chain, target: int) -> dict[str, A
     reach = columns.abs().amax(dim=(0, 2))
     dead = reach <= 1e-12 * reach.max().clamp_min(1e-300)
     keep, merged, surplus = torch.ones(channels, dtype=torch.bool), 0, channels - target
+    parts, received = reach.clone(), torch.zeros(channels, dtype=torch.bool)  # what merges brought in
     maps = _effective_maps(producer, norm)
     if maps is not None:
         dead |= maps.abs().amax(dim=1) == 0  # the norm outputs exactly zero whatever the input
@@ -109,9 +114,13 @@ def _narrow(modules: dict[str, Layer], chain: Chain, target: int) -> dict[str, A
             earlier = (same[j, :j] & keep[:j] & candidates[:j]).nonzero().flatten()
             if earlier.numel() and merged < surplus:
                 i = int(earlier[0])
-                columns[:, i] += columns[:, j] * (maps[j].norm() / maps[i].norm())
+                ratio = maps[j].norm() / maps[i].norm()
+                columns[:, i] += columns[:, j] * ratio
+                parts[i], received[i] = torch.maximum(parts[i], reach[j] * ratio), True
                 keep[j] = False
                 merged += 1
+    cancelled = received & keep & ~dead & (columns.abs().amax(dim=(0, 2)) <= _CANCELLED * parts)
+    dead |= cancelled
     # which unread channels were the owner's cannot be told from the function: the surplus goes, in order
     unread = dead.nonzero().flatten()[: surplus - merged]
     keep[unread] = False
@@ -127,7 +136,14 @@ def _narrow(modules: dict[str, Layer], chain: Chain, target: int) -> dict[str, A
         },
     )
     set_consumer_columns(consumer, columns[:, index].to(consumer.weight.dtype), chain.flattened)
-    return {"from": channels, "to": int(index.numel()), "dummy": dummies, "merged": merged}
+    cancelled_dropped = int(cancelled[unread].sum())
+    return {
+        "from": channels,
+        "to": int(index.numel()),
+        "dummy": dummies - cancelled_dropped,
+        "merged": merged,
+        "cancelled": cancelled_dropped,
+    }
 
 
 def _effective_maps(producer: Layer, norm: Layer) -> torch.Tensor | None:

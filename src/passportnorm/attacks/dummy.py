@@ -90,12 +90,13 @@ def _widen(producer, norm, consumer, chain, dummies: int, splits: int, gen: torc
             1.0 + float(torch.rand(1, generator=gen)),
             0.2 + 0.6 * float(torch.rand(1, generator=gen)),
         )
-        rows.append(weight[i : i + 1] * scale)
-        biases.append(None if bias is None else bias[i : i + 1].detach() * scale)
-        new_stats["weight"].append(stats["weight"][i : i + 1])
-        new_stats["bias"].append(stats["bias"][i : i + 1])
-        new_stats["running_mean"].append(stats["running_mean"][i : i + 1] * scale)
-        new_stats["running_var"].append((stats["running_var"][i : i + 1] + norm.eps) * scale**2 - norm.eps)
+        row, row_bias, row_stats = scaled_copy(
+            weight[i], None if bias is None else bias[i], stats, i, scale, norm.eps
+        )
+        rows.append(row)
+        biases.append(row_bias)
+        for name, value in row_stats.items():
+            new_stats[name].append(value)
         new_columns.append(columns[:, i : i + 1] * (1.0 - part))
         columns[:, i] *= part
     resize_module(
@@ -103,6 +104,26 @@ def _widen(producer, norm, consumer, chain, dummies: int, splits: int, gen: torc
     )
     resize_module(norm, {n: torch.cat(parts) for n, parts in new_stats.items()})
     set_consumer_columns(consumer, torch.cat(new_columns, dim=1), chain.flattened)
+
+
+def scaled_copy(
+    row: torch.Tensor,
+    bias: torch.Tensor | None,
+    stats: dict[str, torch.Tensor],
+    i: int,
+    scale: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+    """A channel that computes exactly what channel ``i`` computes after its norm: its filter
+    ``row`` and ``bias`` times ``scale`` > 0, the running mean times ``scale`` and the running
+    variance such that ``sqrt(var + eps)`` scales by ``scale``; gain and shift as they are."""
+    copy_stats = {
+        "weight": stats["weight"][i : i + 1],
+        "bias": stats["bias"][i : i + 1],
+        "running_mean": stats["running_mean"][i : i + 1] * scale,
+        "running_var": (stats["running_var"][i : i + 1] + eps) * scale**2 - eps,
+    }
+    return row.unsqueeze(0) * scale, None if bias is None else bias.detach().reshape(1) * scale, copy_stats
 
 
 def dummy_neuron_attack(

@@ -259,6 +259,7 @@ ATTACKS: Registry[Attack] = Registry(
             "merge",
             "fineprune",
             "dummy",
+            "eclipse",
             "combined",
         )
     ),
