@@ -16,8 +16,8 @@ channels reach one consumer (channels.py), this removes exactly those two kinds 
   are merged: the consumer's weights of the second, times ``c``, are added to the first's. This
   is exact for ``c = 1`` under any activation and for any ``c > 0`` under positively homogeneous
   ones (ReLU, pooling), which is where a split with ``c != 1`` preserves the function at all;
-- a channel that received such merges and whose merged consumer weights then cancel (below 1e-5 of
-  the largest weight merged in: a group of copies whose reads sum to zero, DeepEclipse's cancelling
+- a channel that received such merges and whose merged consumer weights then cancel (below 1e-3 of
+  the largest weight merged in, since rescaling moves a copy's map by the norm's eps: a group of copies whose reads sum to zero, DeepEclipse's cancelling
   neurons, attacks/eclipse.py) is dropped like an unread one, within the same surplus.
 
 Nothing here looks at the passports, so the choice cannot favour the owner's bits. Layers that
@@ -50,7 +50,9 @@ if TYPE_CHECKING:
 
 __all__ = ["narrow_to_reference"]
 
-_CANCELLED = 1e-5  # merged reads this small against their parts: a cancelling group (float32 rounding)
+_CANCELLED = (
+    1e-3  # merged reads this small against their parts: a cancelling group (rescaling moves a copy by eps)
+)
 _SAME_MAP = 1.0 - 1e-6  # cosine of two effective maps that are one map (float64 rounding allows no less)
 
 
