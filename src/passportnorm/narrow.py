@@ -18,7 +18,8 @@ channels reach one consumer (channels.py), this removes exactly those two kinds 
   ones (ReLU, pooling), which is where a split with ``c != 1`` preserves the function at all;
 - a channel that received such merges and whose merged consumer weights then cancel (below 1e-3 of
   the largest weight merged in, since rescaling moves a copy's map by the norm's eps: a group of
-  copies whose reads sum to zero, DeepEclipse's cancelling neurons, attacks/eclipse.py) is dropped like an unread one, within the same surplus.
+  copies whose reads sum to zero, DeepEclipse's cancelling neurons, attacks/eclipse.py) is dropped
+  like an unread one, within the same surplus.
 
 Nothing here looks at the passports, so the choice cannot favour the owner's bits. Layers that
 are still wider afterwards are left for align.py to refuse, with the counts in its message.
