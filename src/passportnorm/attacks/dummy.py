@@ -126,6 +126,14 @@ def scaled_copy(
     return row.unsqueeze(0) * scale, None if bias is None else bias.detach().reshape(1) * scale, copy_stats
 
 
+def key_order_verdict(model: nn.Module, key: OwnerKey, rule: VerdictRule) -> str:
+    """The owner's verdict reading a widened model in key order, or why it cannot be read so."""
+    try:
+        return "verified" if verify(model, key, rule=rule).verified else "not verified"
+    except OwnerKeyError as error:
+        return f"not verifiable: {error}"
+
+
 def dummy_neuron_attack(
     released: nn.Module,
     key: OwnerKey,
@@ -141,10 +149,7 @@ def dummy_neuron_attack(
     for share in shares:
         wide, added = add_dummy_neurons(released, example_input, share, seed)
         model, _ = obfuscate(wide, example_input, permute=True, flip=0.5, rescale=(0.5, 2.0), seed=seed)
-        try:
-            plain = "verified" if verify(model, key, rule=rule).verified else "not verified"
-        except OwnerKeyError as error:
-            plain = f"not verifiable: {error}"
+        plain = key_order_verdict(model, key, rule)
         report = verify(model, key, data=owner_test, trigger=trigger, rule=rule, reference=released)
         narrowed = (report.alignment or {}).get("narrowed", {})
         rows.append(

@@ -45,7 +45,7 @@ from ..key import OwnerKey
 from ..norm import Layer
 from ..pairing import find_pairs
 from ..verify import VerdictRule, format_p_value, verify
-from .dummy import scaled_copy
+from .dummy import key_order_verdict, scaled_copy
 from .obfuscate import max_output_difference, obfuscate
 from .registry import AttackContext, AttackResult, Option, register_attack
 
@@ -178,10 +178,7 @@ def eclipse_attack(
     rows, model = [], None
     for split in splits:
         model, changed = eclipse(released, example_input, split, cancel, seed)
-        try:
-            plain = "verified" if verify(model, key, rule=rule).verified else "not verified"
-        except OwnerKeyError as error:
-            plain = f"not verifiable: {error}"
+        plain = key_order_verdict(model, key, rule)
         widened = changed["widened"].values()
         row = {
             "split": split,
